@@ -1,0 +1,322 @@
+"""Frozen, validated inputs: the GPUs and their links, the model, the workload, the targets, the engine
+profile and the search settings. Every size is an integer in base units; every fraction a ``Fraction``.
+
+Field names follow Hugging Face ``config.json`` for the model (``num_hidden_layers``, ``num_key_value_heads``,
+``moe_intermediate_size``, ...) and vLLM / SGLang for the workload (ISL = ``input_tokens``, OSL =
+``output_tokens``, ``gpu_memory_utilization``). Loading from YAML lives in ``optimizer.loader``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from fractions import Fraction
+from functools import cached_property
+from typing import Annotated
+
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
+
+from optimizer.units import exact_decimal
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+def _to_fraction(value: object) -> Fraction:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, Fraction)):
+        raise ValueError(f"expected a number, got {type(value).__name__}")
+    try:
+        return exact_decimal(value)
+    except (ValueError, ZeroDivisionError) as exc:
+        raise ValueError(f"not a number: {value!r}") from exc
+
+
+ExactNumber = Annotated[
+    Fraction,
+    BeforeValidator(_to_fraction),
+    PlainSerializer(lambda f: f.numerator if f.denominator == 1 else float(f), return_type=float | int),
+]
+
+
+class Dtype(StrEnum):
+    """Storage formats for weights and KV cache. ``bits`` counts the scales that block formats carry."""
+
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP8 = "fp8"
+    FP8_BLOCK = "fp8-block"  # DeepSeek-V3: e4m3 with one fp32 scale per 128x128 block
+    INT8 = "int8"
+    INT4 = "int4"  # AWQ/GPTQ: 4 bits + one fp16 scale and zero point per 128 values
+    MXFP4 = "mxfp4"  # OCP MX: 4 bits + one 8-bit scale per 32 values (gpt-oss experts)
+    NVFP4 = "nvfp4"  # 4 bits + one fp8 scale per 16 values
+
+    @property
+    def bits(self) -> Fraction:
+        """Bits per stored value, scales included (OCP MX spec v1.0; NVIDIA NVFP4 blog; DeepSeek-V3 §3.3)."""
+        return {
+            Dtype.BF16: Fraction(16),
+            Dtype.FP16: Fraction(16),
+            Dtype.FP8: Fraction(8),
+            Dtype.FP8_BLOCK: Fraction(8) + Fraction(32, 128 * 128),
+            Dtype.INT8: Fraction(8),
+            Dtype.INT4: Fraction(4) + Fraction(32, 128),
+            Dtype.MXFP4: Fraction(4) + Fraction(8, 32),
+            Dtype.NVFP4: Fraction(4) + Fraction(8, 16),
+        }[self]
+
+    @property
+    def block_size(self) -> int | None:
+        """Width a sharded weight dimension must stay a multiple of (vLLM's block-FP8 check), or None."""
+        return 128 if self is Dtype.FP8_BLOCK else None
+
+    @property
+    def compute(self) -> ComputeDtype:
+        """The tensor-core format the matmuls run in with these weights (W8A8 for 8-bit, else BF16)."""
+        if self in (Dtype.FP8, Dtype.FP8_BLOCK, Dtype.INT8):
+            return ComputeDtype.FP8
+        if self in (Dtype.MXFP4, Dtype.NVFP4):
+            return ComputeDtype.FP4
+        return ComputeDtype.BF16
+
+
+class ComputeDtype(StrEnum):
+    BF16 = "bf16"
+    FP8 = "fp8"
+    FP4 = "fp4"
+
+
+class Link(BaseModel):
+    """One kind of link, seen from one GPU: bandwidth per direction and per-message latency (alpha)."""
+
+    model_config = _FROZEN
+    bandwidth_bytes_per_s: int = Field(gt=0, description="per GPU, per direction")
+    latency_us: float = Field(ge=0, description="alpha of the alpha-beta model, microseconds")
+
+
+class GpuSpec(BaseModel):
+    """One GPU: memory, dense tensor throughput per compute format, HBM bandwidth."""
+
+    model_config = _FROZEN
+    name: str = Field(min_length=1)
+    memory_bytes: int = Field(gt=0)
+    hbm_bytes_per_s: int = Field(gt=0)
+    dense_tflops: dict[ComputeDtype, float] = Field(description="dense (no sparsity) peak, TFLOPS")
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _has_bf16(self) -> GpuSpec:
+        if ComputeDtype.BF16 not in self.dense_tflops:
+            raise ValueError("dense_tflops needs a bf16 entry")
+        if any(v <= 0 for v in self.dense_tflops.values()):
+            raise ValueError("dense_tflops values must be > 0")
+        return self
+
+    def peak_flops_per_s(self, dtype: ComputeDtype) -> float:
+        """Peak dense FLOP/s for ``dtype``; formats the GPU lacks fall back to BF16 (weight-only quant)."""
+        return self.dense_tflops.get(dtype, self.dense_tflops[ComputeDtype.BF16]) * 1e12
+
+
+class Cluster(BaseModel):
+    """``num_nodes`` nodes of ``gpus_per_node`` identical GPUs."""
+
+    model_config = _FROZEN
+    gpu: GpuSpec
+    num_nodes: int = Field(gt=0, le=1 << 16)
+    gpus_per_node: int = Field(gt=0, le=1 << 10)
+    intra_node_link: Link
+    inter_node_link: Link
+    allow_tp_across_nodes: bool = False
+
+    @property
+    def num_gpus(self) -> int:
+        return self.num_nodes * self.gpus_per_node
+
+
+class ModelSpec(BaseModel):
+    """Architecture in Hugging Face ``config.json`` terms (Llama, Mixtral, Qwen3-MoE, DeepSeek-V2/V3,
+    gpt-oss). Experts are ``num_experts`` (aliases ``num_local_experts``, ``n_routed_experts``).
+
+    For Mixtral and gpt-oss, where ``intermediate_size`` is the expert width, ``moe_intermediate_size``
+    defaults to it and the model has no dense FFN.
+    """
+
+    model_config = _FROZEN
+    name: str = Field(min_length=1)
+    architecture: str | None = None
+    num_hidden_layers: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    intermediate_size: int = Field(ge=0, description="dense FFN width (dense layers, dense models)")
+    num_attention_heads: int = Field(gt=0)
+    num_key_value_heads: int | None = Field(default=None, gt=0)
+    head_dim: int | None = Field(default=None, gt=0)
+    vocab_size: int = Field(gt=0)
+    num_experts: int = Field(
+        default=0, ge=0, validation_alias=AliasChoices("num_experts", "num_local_experts", "n_routed_experts")
+    )
+    num_experts_per_tok: int = Field(default=0, ge=0)
+    moe_intermediate_size: int | None = Field(default=None, gt=0)
+    n_shared_experts: int = Field(default=0, ge=0)
+    shared_expert_intermediate_size: int = Field(default=0, ge=0)
+    first_k_dense_replace: int = Field(default=0, ge=0)
+    kv_lora_rank: int | None = Field(default=None, gt=0)
+    q_lora_rank: int | None = Field(default=None, gt=0)
+    qk_rope_head_dim: int | None = Field(default=None, gt=0)
+    qk_nope_head_dim: int | None = Field(default=None, gt=0)
+    v_head_dim: int | None = Field(default=None, gt=0)
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    source: str = ""
+    published_params: str | None = Field(default=None, description='total parameters as published, e.g. "46.7B"')
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        if self.num_experts and not self.num_experts_per_tok:
+            raise ValueError("num_experts_per_tok must be >= 1 when num_experts > 0")
+        if self.num_experts_per_tok > self.num_experts:
+            raise ValueError(
+                f"num_experts_per_tok={self.num_experts_per_tok} exceeds num_experts={self.num_experts}"
+            )
+        if self.first_k_dense_replace > self.num_hidden_layers:
+            raise ValueError("first_k_dense_replace exceeds num_hidden_layers")
+        if self.is_mla and (self.qk_rope_head_dim is None or self.qk_nope_head_dim is None or self.v_head_dim is None):
+            raise ValueError("MLA (kv_lora_rank set) needs qk_rope_head_dim, qk_nope_head_dim and v_head_dim")
+        if not self.is_mla and self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ValueError("head_dim is missing and hidden_size is not divisible by num_attention_heads")
+        if self.kv_heads > self.num_attention_heads or self.num_attention_heads % self.kv_heads:
+            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
+        if self.dense_ffn_width == 0 and (not self.is_moe or self.first_k_dense_replace):
+            raise ValueError("intermediate_size must be > 0 for dense layers")
+        return self
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank is not None
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def attn_head_dim(self) -> int:
+        """Per-head width of Q/K for GQA/MHA (``head_dim`` or ``hidden_size / num_attention_heads``)."""
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def expert_width(self) -> int:
+        """FFN width of one routed expert."""
+        return self.moe_intermediate_size or self.intermediate_size
+
+    @property
+    def shared_ffn_width(self) -> int:
+        """Total FFN width of the shared experts of one MoE layer (DeepSeek, Qwen2-MoE); 0 if none."""
+        return self.n_shared_experts * self.expert_width + self.shared_expert_intermediate_size
+
+    @property
+    def dense_ffn_width(self) -> int:
+        """FFN width of a dense layer: ``intermediate_size``, unless it is really the expert width."""
+        if self.is_moe and self.moe_intermediate_size is None:
+            return 0
+        return self.intermediate_size
+
+    @property
+    def num_dense_layers(self) -> int:
+        return self.num_hidden_layers if not self.is_moe else self.first_k_dense_replace
+
+    @property
+    def num_moe_layers(self) -> int:
+        return self.num_hidden_layers - self.num_dense_layers
+
+
+class Workload(BaseModel):
+    """What the deployment serves: ``concurrent_sequences`` requests in flight at once, each with
+    ``input_tokens`` (ISL) of prompt and ``output_tokens`` (OSL) generated."""
+
+    model_config = _FROZEN
+    concurrent_sequences: int = Field(gt=0, le=1 << 24)
+    input_tokens: int = Field(gt=0, le=1 << 24)
+    output_tokens: int = Field(ge=0, le=1 << 24)
+    weight_dtype: Dtype = Dtype.BF16
+    expert_weight_dtype: Dtype | None = Field(default=None, description="routed experts; default weight_dtype")
+    kv_cache_dtype: Dtype = Dtype.BF16
+
+    @property
+    def experts_dtype(self) -> Dtype:
+        return self.expert_weight_dtype or self.weight_dtype
+
+    @property
+    def max_sequence_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class Targets(BaseModel):
+    """Service-level targets; each may be absent. Exact decimals as written (0.05 means 1/20)."""
+
+    model_config = _FROZEN
+    ttft_s: ExactNumber | None = None
+    tpot_s: ExactNumber | None = None
+    output_tokens_per_s: ExactNumber | None = None
+
+    @model_validator(mode="after")
+    def _positive(self) -> Targets:
+        for name in ("ttft_s", "tpot_s", "output_tokens_per_s"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0, got {float(value)}")
+        return self
+
+
+class EngineName(StrEnum):
+    MEGATRON = "megatron"  # Megatron-Core MoE parallel folding: any ETP x EP x EDP = TP x DP
+    VLLM = "vllm"
+
+
+class Engine(BaseModel):
+    """Engine profile. ``enable_expert_parallel`` mirrors vLLM's ``--enable-expert-parallel`` (off by
+    default there); ``max_num_batched_tokens`` the prefill chunk vLLM profiles activations with;
+    ``reserve_bytes`` what the runtime keeps outside weights, KV cache and activations (CUDA context,
+    NCCL buffers, CUDA graphs)."""
+
+    model_config = _FROZEN
+    name: EngineName = EngineName.MEGATRON
+    enable_expert_parallel: bool = False
+    max_num_batched_tokens: int = Field(default=8192, gt=0)
+    reserve_bytes: int = Field(default=2 << 30, ge=0)
+
+
+class Objective(StrEnum):
+    REQUEST_LATENCY = "request_latency"  # TTFT + (OSL - 1) x TPOT
+    TTFT = "ttft"
+    TPOT = "tpot"
+    THROUGHPUT = "output_tokens_per_s"  # maximised
+
+
+class Search(BaseModel):
+    """What to minimise and the knobs of the search. ``gpu_memory_utilization`` is vLLM's (SGLang's
+    ``mem_fraction_static``): the share of each GPU's memory the plan may use."""
+
+    model_config = _FROZEN
+    objective: Objective = Objective.REQUEST_LATENCY
+    gpu_memory_utilization: ExactNumber = Fraction(9, 10)
+    allow_uneven_layers: bool = True
+
+    @model_validator(mode="after")
+    def _fraction(self) -> Search:
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {float(self.gpu_memory_utilization)}")
+        return self
+
+
+class Scenario(BaseModel):
+    """A whole planning problem: cluster + model + workload + targets + engine + search."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ignored_types=(cached_property,))
+    name: str = Field(min_length=1)
+    description: str = ""
+    cluster: Cluster
+    model: ModelSpec
+    workload: Workload
+    targets: Targets = Targets()
+    engine: Engine = Engine()
+    search: Search = Search()

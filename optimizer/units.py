@@ -1,0 +1,66 @@
+"""Unit constants and exact integer helpers. Imports nothing from the project.
+
+Every quantity in the project carries its unit in its name (``memory_bytes``, ``latency_ns``); this
+module holds the one definition of each prefix so that GB (10**9) and GiB (2**30) never drift.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+KIB = 1 << 10
+MIB = 1 << 20
+GIB = 1 << 30
+KB = 10**3
+MB = 10**6
+GB = 10**9
+TB = 10**12
+TFLOPS = 10**12  # floating-point operations per second in one "TFLOPS"
+BITS_PER_BYTE = 8
+NS_PER_S = 10**9
+US_PER_S = 10**6
+
+
+def ceil_div(numerator: int, denominator: int) -> int:
+    """``ceil(numerator / denominator)`` for integers, exactly (no float).
+
+    Raises:
+        ZeroDivisionError: if ``denominator`` is 0.
+    """
+    return -(-numerator // denominator)
+
+
+def bytes_for(count: int, bits: Fraction | int) -> int:
+    """Bytes needed to store ``count`` values of ``bits`` bits each, rounded up to a whole byte.
+
+    ``bits`` may be a Fraction (MXFP4 stores 4 bits plus one 8-bit scale per 32 values: 17/4 bits).
+    """
+    total_bits = Fraction(count) * Fraction(bits)
+    return ceil_div(total_bits.numerator, total_bits.denominator * BITS_PER_BYTE)
+
+
+def ceil_ns(seconds: float) -> int:
+    """Round a cost-model time in seconds up to whole nanoseconds: the one place floats become ints.
+
+    Rounding up keeps every estimate that enters the solver conservative (never optimistic).
+    """
+    ns = seconds * NS_PER_S
+    whole = int(ns)
+    return whole if whole >= ns else whole + 1
+
+
+def exact_decimal(value: float | int | str | Fraction) -> Fraction:
+    """The exact decimal a user wrote (``0.05`` -> 1/20), not the nearest binary float."""
+    if isinstance(value, Fraction):
+        return value
+    if isinstance(value, float):
+        return Fraction(repr(value))
+    return Fraction(value)
+
+
+def human_bytes(n_bytes: int) -> str:
+    """``85899345920`` -> ``'80.00 GiB'``; for people only, never for comparisons."""
+    for unit, size in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+        if abs(n_bytes) >= size:
+            return f"{n_bytes / size:.2f} {unit}"
+    return f"{n_bytes} B"
