@@ -1,0 +1,66 @@
+"""What a search works on (the grid and its integer tables) and returns (plan, tables, evidence)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from optimizer.cost import CostTable, integer_costs
+from optimizer.memory import MemoryTable, memory_table
+from optimizer.parallel import Layout, Plan, layout_grid
+from optimizer.scenario import Objective, Scenario
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """How the plan was found. ``proved_optimal`` only when the status is OPTIMAL, no gap limit was set
+    and ``objective == best_bound`` (CP-SAT), or every candidate was enumerated (exhaustive).
+
+    ``objective`` is ``primary x candidates + tie_break_rank`` where ``primary`` is the scenario's
+    objective in nanoseconds (lower is better) and the rank orders layouts by ``tie_break_key``.
+    """
+
+    status: str  # OPTIMAL | FEASIBLE | INFEASIBLE | UNKNOWN
+    objective: int | None
+    best_bound: int | None
+    proved_optimal: bool
+    solver: str
+    wall_s: float
+    parameters: dict[str, Any] = field(default_factory=dict)
+    model_size: dict[str, int] = field(default_factory=dict)
+    candidates: int = 0
+
+
+@dataclass(frozen=True)
+class Solution:
+    scenario: Scenario
+    plan: Plan
+    tables: Tables
+    evidence: Evidence
+
+
+def primary_ns(objective: Objective, *, ttft_ns: int, tpot_ns: int, request_latency_ns: int) -> int:
+    """The scenario objective as an integer to minimise. Throughput ``B x OSL / latency`` is maximised by
+    minimising the request latency, since B and OSL are fixed by the workload."""
+    if objective is Objective.TTFT:
+        return ttft_ns
+    if objective is Objective.TPOT:
+        return tpot_ns
+    return request_latency_ns
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The candidate grid and its integer cost and memory tables, in tie-break order."""
+
+    layouts: tuple[Layout, ...]
+    cost: CostTable
+    memory: MemoryTable
+
+
+def build_tables(scenario: Scenario, layouts: tuple[Layout, ...] | None = None) -> Tables:
+    """Tables for ``layouts`` (default: the whole grid of the scenario's cluster and model)."""
+    if layouts is None:
+        layouts = layout_grid(num_gpus=scenario.cluster.num_gpus, is_moe=scenario.model.is_moe)
+    cost = integer_costs(scenario=scenario, layouts=layouts)
+    return Tables(layouts=layouts, cost=cost, memory=memory_table(scenario=scenario, layouts=layouts, batches=cost.batch))

@@ -1,0 +1,387 @@
+"""The rule set. One object per constraint group, each able to
+
+(a) add itself to the CP-SAT model behind one enforcement literal (``add_to_model``), and
+(b) check a concrete plan exactly, returning ``Check(name, formula, lhs, op, rhs, holds)`` with the integers.
+
+The same objects serve the solver, the certificate, the exhaustive oracle and infeasibility explanations.
+This module never imports ortools: ``add_to_model`` receives a ``SolverView`` whose ``model`` is the
+CP-SAT model, and uses only its methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from optimizer.cost import CostTable, Estimate
+from optimizer.memory import MemoryTable, StageMemory
+from optimizer.parallel import Layout, Plan
+from optimizer.scenario import EngineName, Scenario
+from optimizer.units import NS_PER_S
+
+
+@dataclass(frozen=True)
+class Check:
+    """One rule evaluated on one plan: ``lhs op rhs`` in integers, and a sentence a person can act on."""
+
+    name: str
+    formula: str
+    lhs: int
+    op: str
+    rhs: int
+    holds: bool
+    detail: str = ""
+
+
+_OPS = {"==": int.__eq__, "<=": int.__le__, ">=": int.__ge__}
+
+
+def make_check(name: str, formula: str, lhs: int, op: str, rhs: int, detail: str = "") -> Check:
+    return Check(name=name, formula=formula, lhs=int(lhs), op=op, rhs=int(rhs), holds=_OPS[op](int(lhs), int(rhs)), detail=detail)
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """Everything a rule needs to check a concrete plan; the table holds the plan's layout at ``index``."""
+
+    scenario: Scenario
+    plan: Plan
+    table: CostTable
+    index: int
+    memory: list[StageMemory]
+    estimate: Estimate
+
+
+class SolverView(Protocol):
+    """What ``solve.py`` hands to ``add_to_model``: the CP-SAT model and its variables.
+
+    ``x[c]`` is true iff grid layout ``c`` is chosen; ``l_first``, ``l_middle``, ``l_last`` are the layers
+    of the first stage, of the largest middle stage and of the last stage; ``tpot_ns`` and
+    ``request_latency_ns`` are bounded below by the cost tables.
+    """
+
+    model: Any
+    scenario: Scenario
+    layouts: tuple[Layout, ...]
+    table: CostTable
+    memory: MemoryTable
+    x: list[Any]
+    l_first: Any
+    l_middle: Any
+    l_last: Any
+    tpot_ns: Any
+    request_latency_ns: Any
+
+
+class Rule:
+    """Base: a stable ``name`` and a ``formula`` shown in the certificate."""
+
+    name = ""
+    formula = ""
+
+    def check(self, ctx: PlanContext) -> list[Check]:
+        raise NotImplementedError
+
+    def add_to_model(self, view: SolverView, lit: Any) -> None:
+        raise NotImplementedError
+
+
+class LayoutRule(Rule):
+    """A rule on the sizes alone. In the solver it forbids, behind its literal, every grid layout its own
+    ``evaluate`` rejects, so solver and certificate cannot disagree."""
+
+    def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
+        raise NotImplementedError
+
+    def check(self, ctx: PlanContext) -> list[Check]:
+        return [self.evaluate(ctx.scenario, ctx.plan.layout)]
+
+    def add_to_model(self, view: SolverView, lit: Any) -> None:
+        bad = [view.x[c] for c, layout in enumerate(view.layouts) if not self.evaluate(view.scenario, layout).holds]
+        if bad:
+            view.model.add(sum(bad) == 0).only_enforce_if(lit)
+
+
+class GpuProduct(LayoutRule):
+    name = "gpu_product"
+    formula = "tp x pp x dp == num_gpus"
+
+    def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
+        n = scenario.cluster.num_gpus
+        t, p, d = layout.tp, layout.pp, layout.dp
+        return make_check(self.name, self.formula, t * p * d, "==", n,
+                          f"TP x PP x DP = {t} x {p} x {d} = {t * p * d}, and the cluster has {n} GPUs")
+
+
+class MoeProduct(LayoutRule):
+    name = "moe_product"
+    formula = "etp x ep x edp x pp == num_gpus"
+
+    def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
+        n = scenario.cluster.num_gpus
+        e, ep, edp, p = layout.etp, layout.ep, layout.edp, layout.pp
+        return make_check(self.name, self.formula, e * ep * edp * p, "==", n,
+                          f"ETP x EP x EDP x PP = {e} x {ep} x {edp} x {p} = {e * ep * edp * p}, and the cluster has {n} GPUs")
+
+
+class Divisible(LayoutRule):
+    """``numerator % size == 0`` for a model width (``field``) and the Layout size that shards it."""
+
+    def __init__(self, name: str, field: str, size: str, numerator: int):
+        self.name, self.field, self.size, self.numerator = name, field, size, numerator
+        self.formula = f"{field} % {size} == 0"
+
+    def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
+        size = getattr(layout, self.size)
+        rest = self.numerator % size
+        return make_check(self.name, self.formula, rest, "==", 0,
+                          f"{self.field} = {self.numerator} is {'not ' if rest else ''}divisible by {self.size.upper()} = {size}")
+
+
+class KvHeadsDivisible(LayoutRule):
+    name = "kv_heads_divisible"
+    formula = "num_key_value_heads % tp == 0 or tp % num_key_value_heads == 0"
+
+    def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
+        kv, tp = scenario.model.kv_heads, layout.tp
+        rest = kv % tp if tp <= kv else tp % kv
+        how = "split evenly" if tp <= kv else "replicated evenly"
+        return make_check(self.name, self.formula, rest, "==", 0,
+                          f"{kv} KV heads over TP = {tp}: {how}" if not rest else f"{kv} KV heads cannot be {how} over TP = {tp}")
+
+
+class BlockAligned(LayoutRule):
+    """Block-quantised weights: each rank's share of a sharded width stays a multiple of the block."""
+
+    def __init__(self, name: str, field: str, size: str, width: int, block: int):
+        self.name, self.field, self.size, self.width, self.block = name, field, size, width, block
+        self.formula = f"({field} / {size}) % {block} == 0"
+
+    def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
+        size = getattr(layout, self.size)
+        rest = (self.width % size) or ((self.width // size) % self.block)
+        return make_check(self.name, self.formula, rest, "==", 0,
+                          f"{self.field} / {self.size.upper()} = {self.width} / {size} must be a multiple of the {self.block}-wide quantisation block")
+
+
+class TpWithinNode(LayoutRule):
+    name = "tp_within_node"
+    formula = "gpus_per_node % tp == 0"
+
+    def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
+        g, tp = scenario.cluster.gpus_per_node, layout.tp
+        if scenario.cluster.allow_tp_across_nodes and tp > g:
+            return make_check(self.name, "tp % gpus_per_node == 0 (TP across nodes allowed)", tp % g, "==", 0,
+                              f"TP = {tp} must span whole nodes of {g} GPUs")
+        return make_check(self.name, self.formula, g % tp, "==", 0,
+                          f"TP = {tp} {'fits' if g % tp == 0 else 'does not fit'} evenly in a node of {g} GPUs")
+
+
+class VllmFolding(LayoutRule):
+    """vLLM's MoE layout (docs: serving/expert_parallel_deployment): with ``--enable-expert-parallel``
+    ``EP = TP x DP`` of one engine instance and experts are not tensor-split (ETP = 1); without it the
+    experts are tensor-parallel over the same TP x DP ranks (EP = 1). EDP counts engine instances."""
+
+    name = "engine_folding"
+
+    def __init__(self, expert_parallel: bool):
+        self.expert_parallel = expert_parallel
+        self.formula = "etp == 1 and ep % tp == 0" if expert_parallel else "ep == 1 and etp % tp == 0"
+
+    def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
+        if self.expert_parallel:
+            if layout.etp != 1:
+                return make_check(self.name, self.formula, layout.etp, "==", 1, f"vLLM with expert parallel keeps ETP = 1, plan has ETP = {layout.etp}")
+            return make_check(self.name, self.formula, layout.ep % layout.tp, "==", 0,
+                              f"vLLM sets EP = TP x DP per instance: EP = {layout.ep} must be a multiple of TP = {layout.tp}")
+        if layout.ep != 1:
+            return make_check(self.name, self.formula, layout.ep, "==", 1, f"vLLM without --enable-expert-parallel keeps EP = 1, plan has EP = {layout.ep}")
+        return make_check(self.name, self.formula, layout.etp % layout.tp, "==", 0,
+                          f"vLLM shards experts over TP x DP per instance: ETP = {layout.etp} must be a multiple of TP = {layout.tp}")
+
+
+class LayerSplit(Rule):
+    """Layers per stage: PP entries, each >= 1, summing to ``num_hidden_layers``; equal when the scenario
+    forbids uneven splits."""
+
+    name = "layer_split"
+    formula = "len(layers_per_stage) == pp, each >= 1, sum == num_hidden_layers"
+
+    def __init__(self, even: bool):
+        self.even = even
+
+    def check(self, ctx: PlanContext) -> list[Check]:
+        layers, pp, total = ctx.plan.layers_per_stage, ctx.plan.layout.pp, ctx.scenario.model.num_hidden_layers
+        checks = [
+            make_check(f"{self.name}[stages]", "len(layers_per_stage) == pp", len(layers), "==", pp,
+                       f"{len(layers)} stages listed for PP = {pp}"),
+            make_check(f"{self.name}[sum]", "sum(layers_per_stage) == num_hidden_layers", sum(layers), "==", total,
+                       f"stages hold {sum(layers)} layers, the model has {total}"),
+            make_check(f"{self.name}[min]", "min(layers_per_stage) >= 1", min(layers, default=0), ">=", 1,
+                       "every stage needs at least one layer"),
+        ]
+        if self.even:
+            checks.append(make_check(f"{self.name}[even]", "max(layers_per_stage) == min(layers_per_stage)",
+                                     max(layers, default=0), "==", min(layers, default=0),
+                                     "search.allow_uneven_layers is false"))
+        return checks
+
+    def add_to_model(self, view: SolverView, lit: Any) -> None:
+        m, total = view.model, view.scenario.model.num_hidden_layers
+        for c, layout in enumerate(view.layouts):
+            on = [view.x[c], lit]
+            if layout.pp == 1:
+                m.add(view.l_first == total).only_enforce_if(on)
+            elif layout.pp == 2:
+                m.add(view.l_first + view.l_last == total).only_enforce_if(on)
+            else:
+                middle = layout.pp - 2
+                m.add(view.l_first + view.l_last + middle <= total).only_enforce_if(on)
+                m.add(view.l_first + view.l_last + middle * view.l_middle >= total).only_enforce_if(on)
+                m.add(view.l_middle >= 1).only_enforce_if(on)
+            if layout.pp >= 2:
+                m.add(view.l_first >= 1).only_enforce_if(on)
+                m.add(view.l_last >= 1).only_enforce_if(on)
+            if self.even:
+                if total % layout.pp:
+                    m.add(view.x[c] == 0).only_enforce_if(lit)
+                    continue
+                share = total // layout.pp
+                m.add(view.l_first == share).only_enforce_if(on)
+                if layout.pp >= 2:
+                    m.add(view.l_last == share).only_enforce_if(on)
+                if layout.pp >= 3:
+                    m.add(view.l_middle == share).only_enforce_if(on)
+
+
+class MemoryCap(Rule):
+    """Every GPU: weights + KV cache + activations + reserve <= memory_bytes x gpu_memory_utilization.
+    Both sides are integers: an integer total fits under ``memory x p/q`` iff it is ``<= floor(memory x p/q)``."""
+
+    name = "memory_cap"
+    formula = "weights + kv_cache + activations + reserve <= floor(memory_bytes x gpu_memory_utilization)"
+
+    @staticmethod
+    def cap_bytes(scenario: Scenario) -> int:
+        util = scenario.search.gpu_memory_utilization
+        return scenario.cluster.gpu.memory_bytes * util.numerator // util.denominator
+
+    def check(self, ctx: PlanContext) -> list[Check]:
+        cap = self.cap_bytes(ctx.scenario)
+        return [
+            make_check(f"{self.name}[stage={s.stage}]", self.formula, s.total_bytes, "<=", cap,
+                       f"stage {s.stage}: {s.weights_bytes} weights + {s.kv_cache_bytes} KV cache + "
+                       f"{s.activation_bytes} activations + {s.reserve_bytes} reserve = {s.total_bytes} bytes, cap {cap}")
+            for s in ctx.memory
+        ]
+
+    def add_to_model(self, view: SolverView, lit: Any) -> None:
+        m, mem, cap = view.model, view.memory, self.cap_bytes(view.scenario)
+        model = view.scenario.model
+        dense, total = model.num_dense_layers, model.num_hidden_layers
+        for c, layout in enumerate(view.layouts):
+            on = [view.x[c], lit]
+            if layout.pp == 1:
+                only = dense * mem.dense_layer[c] + (total - dense) * mem.moe_layer[c] + mem.fixed_only[c]
+                if only > cap:
+                    m.add(view.x[c] == 0).only_enforce_if(lit)
+                continue
+            # The search keeps every dense layer in the first stage (see solve.py), so later stages are MoE.
+            first_const = dense * (mem.dense_layer[c] - mem.moe_layer[c]) + mem.fixed_first[c]
+            m.add(view.l_first * mem.moe_layer[c] + first_const <= cap).only_enforce_if(on)
+            m.add(view.l_last * mem.moe_layer[c] + mem.fixed_last[c] <= cap).only_enforce_if(on)
+            if layout.pp >= 3:
+                m.add(view.l_middle * mem.moe_layer[c] + mem.fixed_middle[c] <= cap).only_enforce_if(on)
+
+
+def _target_ns(seconds) -> int:
+    """Largest whole nanosecond count within an exact target in seconds."""
+    value = seconds * NS_PER_S
+    return value.numerator // value.denominator
+
+
+class TtftTarget(Rule):
+    name = "ttft_target"
+    formula = "ttft_ns <= floor(targets.ttft_s x 1e9)"
+
+    def check(self, ctx: PlanContext) -> list[Check]:
+        bound = _target_ns(ctx.scenario.targets.ttft_s)
+        return [make_check(self.name, self.formula, ctx.estimate.ttft_ns, "<=", bound,
+                           f"TTFT {ctx.estimate.ttft_ns / 1e9:.4f} s against a target of {bound / 1e9:.4f} s")]
+
+    def add_to_model(self, view: SolverView, lit: Any) -> None:
+        bound = _target_ns(view.scenario.targets.ttft_s)
+        bad = [view.x[c] for c in range(len(view.layouts)) if view.table.ttft_ns(c) > bound]
+        if bad:
+            view.model.add(sum(bad) == 0).only_enforce_if(lit)
+
+
+class TpotTarget(Rule):
+    name = "tpot_target"
+    formula = "tpot_ns <= floor(targets.tpot_s x 1e9)"
+
+    def check(self, ctx: PlanContext) -> list[Check]:
+        bound = _target_ns(ctx.scenario.targets.tpot_s)
+        return [make_check(self.name, self.formula, ctx.estimate.tpot_ns, "<=", bound,
+                           f"TPOT {ctx.estimate.tpot_ns / 1e6:.3f} ms against a target of {bound / 1e6:.3f} ms")]
+
+    def add_to_model(self, view: SolverView, lit: Any) -> None:
+        view.model.add(view.tpot_ns <= _target_ns(view.scenario.targets.tpot_s)).only_enforce_if(lit)
+
+
+class ThroughputTarget(Rule):
+    """``B x OSL / request_latency >= target`` tokens/s, rewritten exactly as a bound on the latency."""
+
+    name = "throughput_target"
+    formula = "request_latency_ns <= floor(concurrent_sequences x output_tokens x 1e9 / targets.output_tokens_per_s)"
+
+    @staticmethod
+    def bound_ns(scenario: Scenario) -> int:
+        w = scenario.workload
+        value = w.concurrent_sequences * w.output_tokens * NS_PER_S / scenario.targets.output_tokens_per_s
+        return value.numerator // value.denominator
+
+    def check(self, ctx: PlanContext) -> list[Check]:
+        est, target = ctx.estimate, float(ctx.scenario.targets.output_tokens_per_s)
+        return [make_check(self.name, self.formula, est.request_latency_ns, "<=", self.bound_ns(ctx.scenario),
+                           f"{est.output_tokens_per_s:,.0f} output tokens/s against a target of {target:,.0f}")]
+
+    def add_to_model(self, view: SolverView, lit: Any) -> None:
+        view.model.add(view.request_latency_ns <= self.bound_ns(view.scenario)).only_enforce_if(lit)
+
+
+def build_rules(scenario: Scenario) -> tuple[Rule, ...]:
+    """The rules that apply to ``scenario``, in the order the certificate lists them."""
+    model, engine = scenario.model, scenario.engine
+    rules: list[Rule] = [GpuProduct()]
+    if model.is_moe:
+        rules.append(MoeProduct())
+    rules.append(Divisible("attention_heads_divisible", "num_attention_heads", "tp", model.num_attention_heads))
+    if not model.is_mla:
+        rules.append(KvHeadsDivisible())
+    if model.num_dense_layers:
+        rules.append(Divisible("dense_ffn_divisible", "intermediate_size", "tp", model.dense_ffn_width))
+    if model.is_moe:
+        rules.append(Divisible("experts_divisible", "num_experts", "ep", model.num_experts))
+        rules.append(Divisible("moe_ffn_divisible", "moe_intermediate_size", "etp", model.expert_width))
+        if model.shared_ffn_width:
+            rules.append(Divisible("shared_ffn_divisible", "shared_expert_width", "tp", model.shared_ffn_width))
+        block = scenario.workload.experts_dtype.block_size
+        if block:
+            rules.append(BlockAligned("moe_ffn_block_aligned", "moe_intermediate_size", "etp", model.expert_width, block))
+        if engine.name is EngineName.VLLM:
+            rules.append(VllmFolding(expert_parallel=engine.enable_expert_parallel))
+    block = scenario.workload.weight_dtype.block_size
+    if block and model.num_dense_layers:
+        rules.append(BlockAligned("dense_ffn_block_aligned", "intermediate_size", "tp", model.dense_ffn_width, block))
+    rules.append(TpWithinNode())
+    rules.append(LayerSplit(even=not scenario.search.allow_uneven_layers))
+    rules.append(MemoryCap())
+    targets = scenario.targets
+    if targets.ttft_s is not None:
+        rules.append(TtftTarget())
+    if targets.tpot_s is not None:
+        rules.append(TpotTarget())
+    if targets.output_tokens_per_s is not None:
+        rules.append(ThroughputTarget())
+    return tuple(rules)
