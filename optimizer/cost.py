@@ -19,6 +19,7 @@ Sources:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -284,6 +285,7 @@ class CostTable:
 
     num_dense_layers: int
     num_moe_layers: int
+    prefill_share_ns: tuple[int, ...]  # added to every decode step: the prefills that keep the batch full
 
     def index(self, layout: Layout) -> int:
         return self.layouts.index(layout)
@@ -322,29 +324,38 @@ def _phase(*, scenario: Scenario, g: _Grid, layouts, tokens, seqs, context, pref
 
 
 def integer_costs(*, scenario: Scenario, layouts: tuple[Layout, ...], eff: Efficiency = DEFAULT_EFFICIENCY) -> CostTable:
-    """Cost tables for every layout: prefill of a replica's whole batch (``batch x ISL`` tokens), and a
-    decode step of one micro-batch (``ceil(batch / m)`` sequences) at the mean context
-    ``ISL + ceil(OSL / 2)``. Rounded up to nanoseconds term by term."""
+    """Cost tables for every layout, rounded up to nanoseconds term by term.
+
+    Serving with continuous batching (vLLM, SGLang): a replica keeps ``batch`` sequences in flight; a new
+    request's prompt is prefilled on its own (``ISL`` tokens, one sequence: its TTFT), and every decode
+    step of one micro-batch (``ceil(batch / m)`` sequences at the mean context ``ISL + ceil(OSL / 2)``)
+    also carries its share of the prefills that keep the batch full: ``batch / OSL`` prompts per step,
+    spread over the PP stages (``prefill_share_ns``).
+    """
     workload = scenario.workload
     g = _grid(scenario, layouts)
     context_decode = workload.input_tokens + ceil_div(workload.output_tokens, 2)
     micro_seqs = np.ceil(g.batch / g.microbatches)
-    return CostTable(
+    one = np.ones_like(g.tp)
+    prefill = _phase(scenario=scenario, g=g, layouts=layouts, tokens=one * workload.input_tokens, seqs=one,
+                     context=workload.input_tokens, prefill=True, eff=eff)
+    table = CostTable(
         layouts=layouts,
         batch=tuple(int(b) for b in g.batch),
         microbatches=tuple(int(m) for m in g.microbatches),
-        prefill=_phase(
-            scenario=scenario, g=g, layouts=layouts, tokens=g.batch * workload.input_tokens, seqs=g.batch,
-            context=workload.input_tokens, prefill=True, eff=eff,
-        ),
-        decode=_phase(
-            scenario=scenario, g=g, layouts=layouts, tokens=micro_seqs, seqs=micro_seqs, context=context_decode,
-            prefill=False, eff=eff,
-        ),
+        prefill=prefill,
+        decode=_phase(scenario=scenario, g=g, layouts=layouts, tokens=micro_seqs, seqs=micro_seqs,
+                      context=context_decode, prefill=False, eff=eff),
         efficiency=eff,
         num_dense_layers=scenario.model.num_dense_layers,
         num_moe_layers=scenario.model.num_moe_layers,
+        prefill_share_ns=(),
     )
+    osl = max(workload.output_tokens, 1)
+    share = tuple(
+        ceil_div(table.batch[c] * table.ttft_ns(c), osl * layouts[c].pp) for c in range(len(layouts))
+    )
+    return dataclasses.replace(table, prefill_share_ns=share)
 
 
 @dataclass(frozen=True)
@@ -379,13 +390,14 @@ def stage_ns(phase: PhaseCosts, i: int, kinds: list[tuple[int, int]]) -> tuple[i
 
 
 def estimate(*, table: CostTable, i: int, kinds: list[tuple[int, int]], concurrent_sequences: int, output_tokens: int) -> Estimate:
-    """TTFT = all prefill stages + (PP-1) hops; TPOT = ``max(m x slowest decode stage, all decode stages
-    + (PP-1) hops)``; request latency = TTFT + max(OSL - 1, 0) x TPOT."""
+    """TTFT = one prompt through all prefill stages + (PP-1) hops; TPOT = ``max(m x slowest decode stage,
+    all decode stages + (PP-1) hops) + prefill share``; request latency = TTFT + max(OSL - 1, 0) x TPOT."""
     pp = len(kinds)
     prefill = stage_ns(table.prefill, i, kinds)
     decode = stage_ns(table.decode, i, kinds)
     ttft = sum(prefill) + (pp - 1) * int(table.prefill.boundary_ns[i])
-    tpot = max(table.microbatches[i] * max(decode), sum(decode) + (pp - 1) * int(table.decode.boundary_ns[i]))
+    cycle = max(table.microbatches[i] * max(decode), sum(decode) + (pp - 1) * int(table.decode.boundary_ns[i]))
+    tpot = cycle + table.prefill_share_ns[i]
     return Estimate(
         prefill_stage_ns=prefill,
         decode_stage_ns=decode,

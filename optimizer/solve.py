@@ -7,7 +7,7 @@ Variables (all integers):
   stage (an exact encoding: any split with the same first/last counts and middle stages no larger than
   ``l_middle`` has the same slowest stage and the same memory peak).
 - ``slowest_stage_ns``, ``tpot_ns``, ``ttft_ns``, ``request_latency_ns``: bounded below by the integer
-  cost tables (``tpot >= m x slowest``, ``tpot >= all stages + hops``).
+  cost tables (``tpot >= m x slowest + share``, ``tpot >= all stages + hops + share``).
 Objective: ``primary_ns x C + c`` (C layouts): the scenario objective, then the grid's tie-break order.
 
 Proof: status OPTIMAL with no gap limit and ``objective == best_objective_bound``.
@@ -64,7 +64,7 @@ def _bounds(scenario: Scenario, tables: Tables) -> tuple[int, int, int]:
     cost = tables.cost
     n = len(tables.layouts)
     ttft_ub = max((cost.ttft_ns(c) for c in range(n)), default=0)
-    tpot_ub = max((cost.microbatches[c] * cost.phase_total_ns(cost.decode, c) for c in range(n)), default=0)
+    tpot_ub = max((cost.microbatches[c] * cost.phase_total_ns(cost.decode, c) + cost.prefill_share_ns[c] for c in range(n)), default=0)
     latency_ub = ttft_ub + max(scenario.workload.output_tokens - 1, 0) * tpot_ub
     if (latency_ub + 1) * (n + 1) >= _INT_LIMIT:
         raise OptimizerError(
@@ -121,8 +121,9 @@ def _add_costs(view: _View, tpot_ub: int) -> None:
         dd, dm = int(dec.dense_layer_ns[c]), int(dec.moe_layer_ns[c])
         first_extra, last_extra = int(dec.first_extra_ns[c]), int(dec.last_extra_ns[c])
         all_stages = cost.phase_total_ns(dec, c)
-        m.add(view.tpot_ns >= all_stages).only_enforce_if(on)
-        m.add(view.tpot_ns >= cost.microbatches[c] * slowest).only_enforce_if(on)
+        share = cost.prefill_share_ns[c]
+        m.add(view.tpot_ns >= all_stages + share).only_enforce_if(on)
+        m.add(view.tpot_ns >= cost.microbatches[c] * slowest + share).only_enforce_if(on)
         if layout.pp == 1:
             m.add(slowest >= all_stages).only_enforce_if(on)
             m.add(view.l_middle == 0).only_enforce_if(on)
