@@ -109,8 +109,9 @@ class GpuProduct(LayoutRule):
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
         n = scenario.cluster.num_gpus
         t, p, d = layout.tp, layout.pp, layout.dp
+        word = "and" if t * p * d == n else "but"
         return make_check(self.name, self.formula, t * p * d, "==", n,
-                          f"TP x PP x DP = {t} x {p} x {d} = {t * p * d}, and the cluster has {n} GPUs")
+                          f"TP x PP x DP = {t} x {p} x {d} = {t * p * d}, {word} the cluster has {n} GPUs")
 
 
 class MoeProduct(LayoutRule):
@@ -120,8 +121,9 @@ class MoeProduct(LayoutRule):
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
         n = scenario.cluster.num_gpus
         e, ep, edp, p = layout.etp, layout.ep, layout.edp, layout.pp
+        word = "and" if e * ep * edp * p == n else "but"
         return make_check(self.name, self.formula, e * ep * edp * p, "==", n,
-                          f"ETP x EP x EDP x PP = {e} x {ep} x {edp} x {p} = {e * ep * edp * p}, and the cluster has {n} GPUs")
+                          f"ETP x EP x EDP x PP = {e} x {ep} x {edp} x {p} = {e * ep * edp * p}, {word} the cluster has {n} GPUs")
 
 
 class Divisible(LayoutRule):

@@ -1,0 +1,160 @@
+"""``optimize``: the command line. The only module that prints or exits.
+
+Exit codes: 0 a plan was found (and proved, unless a time limit stopped the proof) or a plan verified;
+1 no feasible plan, or a verified plan breaks a rule; 2 bad input (the file, the field, what is wrong).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from optimizer.errors import Infeasible, OptimizerError, ScenarioError, SolveIncomplete
+from optimizer.exhaustive import optimize_exhaustive
+from optimizer.loader import load_scenario, shipped_scenarios
+from optimizer.report import model_summary, plan_document, render_markdown, render_table, to_json
+from optimizer.scenario import Scenario
+from optimizer.solve import optimize
+from optimizer.verify import certify, plan_context, read_plan
+
+EXIT_OK, EXIT_INFEASIBLE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}" if code == EXIT_BAD_INPUT else message, err=True)
+    sys.exit(code)
+
+
+def _load(name_or_path: str) -> Scenario:
+    try:
+        return load_scenario(name_or_path)
+    except ScenarioError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+        raise  # unreachable; keeps type checkers content
+
+
+def _write(path: str, text: str, *, inputs: list[Path]) -> None:
+    """Write ``text`` to ``path`` (``-`` is stdout) atomically: a temp file in the same folder, then
+    rename, so a failed run never leaves half a file. Refuses to overwrite an input file."""
+    if path == "-":
+        click.echo(text, nl=False)
+        return
+    target = Path(path)
+    for source in inputs:
+        if source.exists() and target.exists() and target.resolve() == source.resolve():
+            _fail(f"{path}: refusing to overwrite the input file {source}; choose another output path", EXIT_BAD_INPUT)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        _fail(f"{path}: folder {folder} does not exist", EXIT_BAD_INPUT)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        _fail(f"{path}: cannot write: {exc.strerror}", EXIT_BAD_INPUT)
+
+
+def _scenario_inputs(name_or_path: str) -> list[Path]:
+    shipped = shipped_scenarios()
+    return [shipped.get(name_or_path, Path(name_or_path))]
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--scenario", "scenario_name", metavar="NAME|PATH", help="A shipped scenario name or a scenario YAML file.")
+@click.option("--json", "json_path", metavar="PATH", help="Write the plan as JSON (- for stdout).")
+@click.option("--markdown", "markdown_path", metavar="PATH", help="Write the plan as Markdown (- for stdout).")
+@click.option("--solver", type=click.Choice(["cp-sat", "exhaustive"]), default="cp-sat", show_default=True,
+              help="CP-SAT with proof, or the enumeration oracle on the same rules and tables.")
+@click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
+              help="Stop CP-SAT after S seconds; the plan is then marked not proved.")
+@click.pass_context
+def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, markdown_path: str | None,
+         solver: str, time_limit_s: float | None) -> None:
+    """Plan a deployment: the parallel layout with the lowest estimated latency, with its proof.
+
+    Example: optimize --scenario 16gpu-30b
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if scenario_name is None:
+        click.echo(ctx.get_help())
+        _fail("give --scenario NAME|PATH (see `optimize scenarios` for the shipped names)", EXIT_BAD_INPUT)
+    scenario = _load(scenario_name)
+    try:
+        solution = optimize_exhaustive(scenario) if solver == "exhaustive" else optimize(scenario, time_limit_s=time_limit_s)
+    except Infeasible as exc:
+        lines = "\n".join(f"  - {reason}" for reason in exc.reasons)
+        _fail(f"no feasible plan for {scenario.name}; these rules cannot all hold:\n{lines}", EXIT_INFEASIBLE)
+        return
+    except SolveIncomplete as exc:
+        _fail(f"no plan for {scenario.name}: {exc}", EXIT_INFEASIBLE)
+        return
+    except OptimizerError as exc:
+        _fail(f"{scenario.name}: {exc}", EXIT_BAD_INPUT)
+        return
+    certificate = certify(scenario, solution.plan, solution.tables)
+    index = solution.tables.layouts.index(solution.plan.layout)
+    document = plan_document(scenario=scenario, plan=solution.plan, certificate=certificate, table=solution.tables.cost,
+                             index=index, evidence=solution.evidence)
+    inputs = _scenario_inputs(scenario_name)
+    if json_path:
+        _write(json_path, to_json(document), inputs=inputs)
+    if markdown_path:
+        _write(markdown_path, render_markdown(document), inputs=inputs)
+    if json_path != "-" and markdown_path != "-":
+        click.echo(model_summary(scenario))
+        click.echo(render_table(document))
+    if not certificate.holds:  # the certificate re-checks the solver; this would be a bug
+        _fail("internal error: the plan's certificate does not hold", EXIT_INFEASIBLE)
+
+
+@main.command()
+@click.argument("plan_path", metavar="PLAN")
+@click.option("--scenario", "scenario_name", required=True, metavar="NAME|PATH", help="Scenario to check against.")
+@click.option("--json", "json_path", metavar="PATH", help="Write the verdict as plan JSON (- for stdout).")
+def verify(plan_path: str, scenario_name: str, json_path: str | None) -> None:
+    """Check a hand-written plan: every rule with its integers, and the estimate.
+
+    PLAN is a plan JSON from `optimize --json`, or a YAML/JSON mapping with the sizes
+    (tp, pp, dp, ep, optional etp/edp, batch_per_replica, layers_per_stage). Exit 0 if every rule holds,
+    1 if any fails.
+    """
+    scenario = _load(scenario_name)
+    try:
+        plan = read_plan(Path(plan_path), scenario)
+    except ScenarioError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+        return
+    context = plan_context(scenario, plan)
+    certificate = certify(scenario, plan)
+    document = plan_document(scenario=scenario, plan=plan, certificate=certificate, table=context.table,
+                             index=context.index, evidence=None)
+    if json_path:
+        _write(json_path, to_json(document), inputs=[Path(plan_path), *_scenario_inputs(scenario_name)])
+    if json_path != "-":
+        click.echo(model_summary(scenario))
+        click.echo(render_table(document, title="Verified plan"))
+    if not certificate.holds:
+        failing = "\n".join(f"  - {c.name}: {c.detail} ({c.lhs} {c.op} {c.rhs} is false)" for c in certificate.failing)
+        _fail(f"the plan breaks {len(certificate.failing)} rule(s):\n{failing}", EXIT_INFEASIBLE)
+
+
+@main.command()
+def scenarios() -> None:
+    """List the shipped scenarios: name, then description."""
+    for name in shipped_scenarios():
+        try:
+            description = load_scenario(name).description
+        except ScenarioError as exc:
+            description = f"(does not load: {exc})"
+        click.echo(f"{name}\t{description}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,224 @@
+"""Renderings of a plan and its certificate: a JSON document (the contract other tools read), a table for
+the terminal, and Markdown for review. Pure functions returning strings; the CLI writes them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from optimizer.cost import CostTable, LayerTime
+from optimizer.memory import total_params, active_params
+from optimizer.parallel import Plan, process_groups, rank_info
+from optimizer.result import Evidence
+from optimizer.rules import MemoryCap
+from optimizer.scenario import EngineName, Scenario
+from optimizer.units import human_bytes
+from optimizer.verify import Certificate
+
+SCHEMA_VERSION = "1.0"
+
+
+def instances(scenario: Scenario, plan: Plan) -> int:
+    """Independent engine instances to launch. vLLM: one per expert-data-parallel copy for MoE
+    (``EP x ETP = TP x DP`` of one instance), one per DP replica for a dense model. Megatron: one job."""
+    if scenario.engine.name is not EngineName.VLLM:
+        return 1
+    return plan.layout.edp if scenario.model.is_moe else plan.layout.dp
+
+
+def plan_document(
+    *, scenario: Scenario, plan: Plan, certificate: Certificate, table: CostTable, index: int, evidence: Evidence | None
+) -> dict[str, Any]:
+    """The plan as a JSON-ready mapping (schema ``SCHEMA_VERSION``)."""
+    layout, est = plan.layout, certificate.estimate
+    n_inst = instances(scenario, plan)
+    heaviest = max(certificate.memory, key=lambda s: s.total_bytes)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "scenario": scenario.model_dump(mode="json"),
+        "plan": {
+            **layout.as_dict(),
+            "instances": n_inst,
+            "dp_per_instance": layout.dp // n_inst if layout.dp % n_inst == 0 else None,
+            "batch_per_replica": plan.batch_per_replica,
+            "layers_per_stage": list(plan.layers_per_stage),
+            "engine": scenario.engine.name.value,
+            "notes": list(plan.notes),
+        },
+        "rank_map": rank_map(scenario, plan),
+        "memory": {
+            "cap_bytes": MemoryCap.cap_bytes(scenario),
+            "per_gpu_peak": {
+                "stage": heaviest.stage,
+                "weights_bytes": heaviest.weights_bytes,
+                "kv_cache_bytes": heaviest.kv_cache_bytes,
+                "activation_bytes": heaviest.activation_bytes,
+                "reserve_bytes": heaviest.reserve_bytes,
+                "total_bytes": heaviest.total_bytes,
+            },
+            "stages": [
+                {
+                    "stage": s.stage, "dense_layers": s.dense_layers, "moe_layers": s.moe_layers,
+                    "weights_bytes": s.weights_bytes, "kv_cache_bytes": s.kv_cache_bytes,
+                    "activation_bytes": s.activation_bytes, "reserve_bytes": s.reserve_bytes, "total_bytes": s.total_bytes,
+                }
+                for s in certificate.memory
+            ],
+        },
+        "estimate": {
+            "ttft_s": est.ttft_ns / 1e9,
+            "tpot_s": est.tpot_ns / 1e9,
+            "request_latency_s": est.request_latency_ns / 1e9,
+            "output_tokens_per_s": est.output_tokens_per_s,
+            "output_tokens_per_s_per_gpu": est.output_tokens_per_s / scenario.cluster.num_gpus,
+            "ttft_ns": est.ttft_ns,
+            "tpot_ns": est.tpot_ns,
+            "request_latency_ns": est.request_latency_ns,
+            "prefill_stage_ns": list(est.prefill_stage_ns),
+            "decode_stage_ns": list(est.decode_stage_ns),
+            "prefill_share_per_decode_step_ns": table.prefill_share_ns[index],
+            "decode_microbatches": table.microbatches[index],
+            "breakdown_per_layer_s": _breakdown(scenario, table, index),
+            "efficiency": {"compute": table.efficiency.compute, "memory": table.efficiency.memory, "link": table.efficiency.link},
+            "calibration": "v1 defaults (uncalibrated)",
+        },
+        "certificate": {
+            "holds": certificate.holds,
+            "checks": [
+                {"name": c.name, "formula": c.formula, "lhs": c.lhs, "op": c.op, "rhs": c.rhs, "holds": c.holds, "detail": c.detail}
+                for c in certificate.checks
+            ],
+        },
+        "evidence": None if evidence is None else {
+            "status": evidence.status,
+            "objective": evidence.objective,
+            "best_bound": evidence.best_bound,
+            "proved_optimal": evidence.proved_optimal,
+            "solver": evidence.solver,
+            "wall_s": round(evidence.wall_s, 3),
+            "parameters": evidence.parameters | {"solve_wall_s": round(evidence.parameters.get("solve_wall_s", 0.0), 3)}
+            if evidence.parameters else {},
+            "model_size": evidence.model_size,
+            "candidates": evidence.candidates,
+            "objective_encoding": "primary_ns x candidates + tie_break_rank",
+            "objective_kind": scenario.search.objective.value,
+        },
+    }
+
+
+def _breakdown(scenario: Scenario, table: CostTable, i: int) -> dict[str, dict[str, float]]:
+    phases: dict[str, LayerTime] = {"prefill_dense": table.prefill.dense_breakdown, "decode_dense": table.decode.dense_breakdown}
+    if scenario.model.is_moe:
+        phases = {"prefill_moe": table.prefill.moe_breakdown, "decode_moe": table.decode.moe_breakdown,
+                  **({"prefill_dense": table.prefill.dense_breakdown, "decode_dense": table.decode.dense_breakdown}
+                     if scenario.model.num_dense_layers else {})}
+    return {name: layer.row(i) for name, layer in phases.items()}
+
+
+def rank_map(scenario: Scenario, plan: Plan) -> dict[str, Any]:
+    """Global rank -> node, GPU and coordinates; the process groups. Order tp-dp-pp, experts etp-ep-edp."""
+    layout, g = plan.layout, scenario.cluster.gpus_per_node
+    ranks = [rank_info(rank=r, layout=layout, gpus_per_node=g).__dict__ for r in range(layout.gpus)]
+    return {"order": "tp-dp-pp (experts inside a stage: etp-ep-edp)", "ranks": ranks, "groups": process_groups(layout=layout)}
+
+
+def to_json(document: dict[str, Any]) -> str:
+    """Deterministic bytes: sorted keys, two-space indent, trailing newline."""
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def _model_line(scenario: Scenario) -> str:
+    model = scenario.model
+    kind = f"MoE {model.num_experts} experts top-{model.num_experts_per_tok}" if model.is_moe else "dense"
+    return (f"{model.name}: {total_params(model) / 1e9:.1f}B params ({active_params(model) / 1e9:.1f}B active), "
+            f"{model.num_hidden_layers} layers, {kind}")
+
+
+def render_table(document: dict[str, Any], *, title: str = "Plan") -> str:
+    """The plan for a terminal: sizes, estimate, memory, every check, the evidence."""
+    sc, plan, est, mem, cert, ev = (document[k] for k in ("scenario", "plan", "estimate", "memory", "certificate", "evidence"))
+    cl = sc["cluster"]
+    peak = mem["per_gpu_peak"]
+    lines = [
+        f"{title} for {sc['name']}: {cl['num_nodes'] * cl['gpus_per_node']} x {cl['gpu']['name']} "
+        f"({cl['num_nodes']} node(s) x {cl['gpus_per_node']}), engine {plan['engine']}",
+        "",
+        f"  TP {plan['tp']}  PP {plan['pp']}  DP {plan['dp']}   |   EP {plan['ep']}  ETP {plan['etp']}  EDP {plan['edp']}"
+        f"   |   instances {plan['instances']}",
+        f"  batch per replica {plan['batch_per_replica']}   layers per stage {plan['layers_per_stage']}",
+        *[f"  note: {n}" for n in plan["notes"]],
+        "",
+        f"  TTFT {est['ttft_s'] * 1e3:.1f} ms   TPOT {est['tpot_s'] * 1e3:.2f} ms   request latency {est['request_latency_s']:.3f} s   "
+        f"{est['output_tokens_per_s']:,.0f} output tokens/s ({est['output_tokens_per_s_per_gpu']:,.0f} per GPU)",
+        f"  memory per GPU (stage {peak['stage']}): weights {human_bytes(peak['weights_bytes'])} + KV cache "
+        f"{human_bytes(peak['kv_cache_bytes'])} + activations {human_bytes(peak['activation_bytes'])} + reserve "
+        f"{human_bytes(peak['reserve_bytes'])} = {human_bytes(peak['total_bytes'])} of {human_bytes(mem['cap_bytes'])} usable",
+        "",
+        f"Certificate: {len(cert['checks'])} checks, " + ("all hold" if cert["holds"] else
+                                                        f"{sum(not c['holds'] for c in cert['checks'])} FAIL"),
+    ]
+    width = max(len(c["name"]) for c in cert["checks"])
+    for c in cert["checks"]:
+        mark = "ok  " if c["holds"] else "FAIL"
+        lines.append(f"  {mark} {c['name']:<{width}}  {c['lhs']} {c['op']} {c['rhs']}   {c['detail']}")
+    if ev is not None:
+        proof = "proved optimal" if ev["proved_optimal"] else "NOT proved optimal"
+        size = ev["model_size"]
+        lines += [
+            "",
+            f"Evidence: {ev['status']}, objective {ev['objective']} / bound {ev['best_bound']} ({proof}); {ev['solver']}; "
+            f"{ev['candidates']} layouts" + (f", {size['variables']} variables, {size['constraints']} constraints" if size else "")
+            + f"; {ev['wall_s']:.3f} s",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(document: dict[str, Any]) -> str:
+    """The plan for review, as Markdown tables."""
+    sc, plan, est, mem, cert, ev = (document[k] for k in ("scenario", "plan", "estimate", "memory", "certificate", "evidence"))
+    out = [
+        f"# Plan: {sc['name']}",
+        "",
+        sc.get("description") or "",
+        "",
+        "| TP | PP | DP | EP | ETP | EDP | instances | batch/replica | layers per stage |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| {plan['tp']} | {plan['pp']} | {plan['dp']} | {plan['ep']} | {plan['etp']} | {plan['edp']} | {plan['instances']} "
+        f"| {plan['batch_per_replica']} | {plan['layers_per_stage']} |",
+        "",
+        "## Estimate",
+        "",
+        "| TTFT (s) | TPOT (s) | request latency (s) | output tokens/s | per GPU |",
+        "|---:|---:|---:|---:|---:|",
+        f"| {est['ttft_s']:.4f} | {est['tpot_s']:.5f} | {est['request_latency_s']:.3f} | {est['output_tokens_per_s']:,.0f} "
+        f"| {est['output_tokens_per_s_per_gpu']:,.0f} |",
+        "",
+        f"Efficiencies: {est['efficiency']} ({est['calibration']}).",
+        "",
+        "## Memory per GPU (bytes)",
+        "",
+        "| stage | dense layers | MoE layers | weights | KV cache | activations | reserve | total | cap |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *[
+            f"| {s['stage']} | {s['dense_layers']} | {s['moe_layers']} | {s['weights_bytes']} | {s['kv_cache_bytes']} "
+            f"| {s['activation_bytes']} | {s['reserve_bytes']} | {s['total_bytes']} | {mem['cap_bytes']} |"
+            for s in mem["stages"]
+        ],
+        "",
+        "## Certificate",
+        "",
+        "| rule | formula | lhs | op | rhs | holds |",
+        "|---|---|---:|:---:|---:|:---:|",
+        *[f"| `{c['name']}` | `{c['formula']}` | {c['lhs']} | {c['op']} | {c['rhs']} | {'yes' if c['holds'] else '**NO**'} |"
+          for c in cert["checks"]],
+    ]
+    if ev is not None:
+        out += ["", "## Evidence", "", f"- status: {ev['status']}; proved optimal: {ev['proved_optimal']}",
+                f"- objective {ev['objective']}, best bound {ev['best_bound']} ({ev['objective_encoding']}, {ev['objective_kind']})",
+                f"- solver: {ev['solver']}; parameters: {ev['parameters']}; model size: {ev['model_size']}; "
+                f"{ev['candidates']} layouts; {ev['wall_s']} s"]
+    return "\n".join(out) + "\n"
+
+
+def model_summary(scenario: Scenario) -> str:
+    return _model_line(scenario)
