@@ -103,7 +103,7 @@ def plan_from_mapping(data: dict[str, Any], scenario: Scenario, *, source: str =
     for name, value in data.items():
         key = known.get(str(name))
         if key is None:
-            if name in ("instances", "engine", "notes"):
+            if name in ("instances", "dp_per_instance", "engine", "notes"):  # informative fields of a plan JSON
                 continue
             raise PlanError(f"unknown field; expected some of {', '.join(_ALIASES)}", source=source, field=str(name))
         if key in values:
