@@ -211,6 +211,8 @@ class LayerSplit(Rule):
 
     def __init__(self, even: bool):
         self.even = even
+        if even:
+            self.formula = self.formula + ", all equal (search.allow_uneven_layers is false)"
 
     def check(self, ctx: PlanContext) -> list[Check]:
         layers, pp, total = ctx.plan.layers_per_stage, ctx.plan.layout.pp, ctx.scenario.model.num_hidden_layers

@@ -1,0 +1,193 @@
+"""Differential tests on random small scenarios:
+
+1. CP-SAT (``optimize``) and the enumeration oracle (``optimize_exhaustive``) agree: both infeasible, or
+   the same objective and the same plan; CP-SAT's plan passes its certificate and is proved optimal.
+2. ``best_split`` finds the smallest slowest decode stage over every composition of the layers into PP
+   stages that fits in memory (dense layers first), by brute force.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from conftest import BASE, deep_merge
+from optimizer.cost import stage_ns
+from optimizer.errors import Infeasible
+from optimizer.exhaustive import optimize_exhaustive
+from optimizer.loader import scenario_from_dict
+from optimizer.memory import layer_kinds, stage_memory
+from optimizer.parallel import Layout, divisors
+from optimizer.result import build_tables
+from optimizer.rules import MemoryCap
+from optimizer.solve import optimize
+from optimizer.split import best_split, leading_dense_layers
+from optimizer.verify import certify
+
+GPU_COUNTS = [1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 16]  # products of 2, 3 and 5 up to 16
+MEMORY_FACTORS = [0.25, 0.5, 0.75, 1.1, 1000, 1000]  # x the one-GPU footprint: tight to ample
+
+
+@st.composite
+def models(draw, max_layers=12):
+    heads = draw(st.integers(1, 16))
+    layers = draw(st.integers(1, max_layers))
+    model = {
+        "name": "random",
+        "num_hidden_layers": layers,
+        "hidden_size": draw(st.sampled_from([64, 128, 256])),
+        "intermediate_size": draw(st.sampled_from([96, 128, 192, 250, 256, 384])),
+        "num_attention_heads": heads,
+        "num_key_value_heads": draw(st.sampled_from(divisors(heads))),
+        "head_dim": draw(st.sampled_from([16, 32, 64])),
+        "vocab_size": draw(st.sampled_from([128, 1000, 5000])),
+        "tie_word_embeddings": draw(st.booleans()),
+        "attention_bias": draw(st.booleans()),
+    }
+    if draw(st.integers(0, 9)) == 0:  # MLA now and then
+        model.update(kv_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=32, v_head_dim=32,
+                     q_lora_rank=draw(st.sampled_from([None, 64])))
+    experts = draw(st.sampled_from([0, 0, 0]) | st.integers(1, 16))
+    if experts:
+        model.update(num_experts=experts, num_experts_per_tok=draw(st.integers(1, experts)))
+        if draw(st.integers(0, 4)) == 0:  # Mixtral-style: intermediate_size is the expert width, no dense FFN
+            return model
+        model.update(
+            moe_intermediate_size=draw(st.sampled_from([64, 96, 128, 192, 250, 256])),
+            n_shared_experts=draw(st.sampled_from([0, 0, 1])),
+            shared_expert_intermediate_size=draw(st.sampled_from([0, 0, 100])),
+            first_k_dense_replace=draw(st.integers(0, min(2, layers))),
+        )
+    return model
+
+
+@st.composite
+def scenarios(draw, max_layers=12):
+    n = draw(st.sampled_from(GPU_COUNTS))
+    model = draw(models(max_layers))
+    workload = {
+        "concurrent_sequences": draw(st.integers(1, 64)),
+        "input_tokens": draw(st.sampled_from([16, 128, 1024])),
+        "output_tokens": draw(st.sampled_from([0, 1, 16, 256])),
+        "weight_dtype": draw(st.sampled_from(["bf16", "bf16", "fp8", "fp8-block", "int4"])),
+        "expert_weight_dtype": draw(st.sampled_from([None, None, "fp8-block", "mxfp4"])),
+        "kv_cache_dtype": draw(st.sampled_from(["bf16", "fp8"])),
+    }
+    engine = draw(st.sampled_from([{"name": "megatron"}, {"name": "vllm", "enable_expert_parallel": True},
+                                   {"name": "vllm", "enable_expert_parallel": False}]))
+    engine.update(reserve_bytes=draw(st.sampled_from([0, 1 << 20])),
+                  max_num_batched_tokens=draw(st.sampled_from([256, 8192])))
+    data = deep_merge(BASE, {
+        "cluster": {
+            "gpu": {"memory_bytes": 1 << 50},  # replaced below
+            "num_nodes": 1,
+            "gpus_per_node": 1,
+            "allow_tp_across_nodes": draw(st.booleans()),
+        },
+        "workload": workload,
+        "engine": engine,
+        "targets": {
+            "ttft_s": draw(st.sampled_from([None, None, 5e-5, 3e-4, 3e-3])),
+            "tpot_s": draw(st.sampled_from([None, None, 5e-5, 3e-4, 3e-3])),
+            "output_tokens_per_s": draw(st.sampled_from([None, None, None, 1e3, 1e4])),
+        },
+        "search": {
+            "objective": draw(st.sampled_from(["request_latency", "ttft", "tpot", "output_tokens_per_s"])),
+            "gpu_memory_utilization": draw(st.sampled_from([0.5, 0.9, 1])),
+            "allow_uneven_layers": draw(st.booleans()),
+        },
+    })
+    data["model"] = model  # replace, not merge: BASE's MoE fields must not leak into a dense draw
+    per_node = draw(st.sampled_from(divisors(n)))
+    data["cluster"].update(num_nodes=n // per_node, gpus_per_node=per_node)
+    # Memory as a share of what the whole model and its KV cache take on one GPU, so that the cap binds
+    # in some draws (forcing TP, PP or EP) and not in others.
+    scenario = scenario_from_dict(data)
+    single = Layout(tp=1, pp=1, dp=1, ep=1, etp=1, edp=1)
+    [whole] = stage_memory(scenario=scenario, layout=single, layers_per_stage=(model["num_hidden_layers"],),
+                           batch=workload["concurrent_sequences"])
+    data["cluster"]["gpu"]["memory_bytes"] = max(1, int(whole.total_bytes * draw(st.sampled_from(MEMORY_FACTORS))))
+    return scenario_from_dict(data)
+
+
+def solve_both(scenario):
+    results = []
+    for solve in (optimize, optimize_exhaustive):
+        try:
+            results.append(solve(scenario))
+        except Infeasible:
+            results.append(None)
+    return results
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_cp_sat_matches_exhaustive(scenario):
+    cp, ex = solve_both(scenario)
+    assert (cp is None) == (ex is None), (cp and cp.plan, ex and ex.plan)
+    if cp is None:
+        event("infeasible")
+        return
+    event(f"feasible, PP = {cp.plan.layout.pp}" if cp.plan.layout.pp < 3 else "feasible, PP >= 3")
+    assert cp.evidence.objective == ex.evidence.objective
+    assert cp.plan == ex.plan
+    assert cp.evidence.proved_optimal
+    cert = certify(scenario, cp.plan, cp.tables)
+    assert cert.holds, [(c.name, c.lhs, c.op, c.rhs) for c in cert.failing]
+
+
+def compositions(total, parts):
+    """Every way to write ``total`` as an ordered sum of ``parts`` positive integers."""
+    for cuts in combinations(range(1, total), parts - 1):
+        bounds = (0, *cuts, total)
+        yield tuple(b - a for a, b in zip(bounds, bounds[1:]))
+
+
+def brute_force_split(scenario, tables, c):
+    """(smallest slowest decode stage, fits) over every admissible composition; None if none fits."""
+    layout, cap = tables.layouts[c], MemoryCap.cap_bytes(scenario)
+    total, k = scenario.model.num_hidden_layers, leading_dense_layers(scenario)
+    best = None
+    for split in compositions(total, layout.pp):
+        if layout.pp > 1 and split[0] < k:  # search space: every dense layer in the first stage
+            continue
+        if not scenario.search.allow_uneven_layers and len(set(split)) > 1:
+            continue
+        if not fits(scenario, tables, c, split, cap):
+            continue
+        slowest = slowest_stage(scenario, tables, c, split)
+        best = slowest if best is None else min(best, slowest)
+    return best
+
+
+def fits(scenario, tables, c, split, cap):
+    memory = stage_memory(scenario=scenario, layout=tables.layouts[c], layers_per_stage=split, batch=tables.cost.batch[c])
+    return all(stage.total_bytes <= cap for stage in memory)
+
+
+def slowest_stage(scenario, tables, c, split):
+    return max(stage_ns(tables.cost.decode, c, layer_kinds(model=scenario.model, layers_per_stage=split)))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(max_layers=8))
+def test_best_split_is_the_brute_force_optimum(scenario):
+    tables = build_tables(scenario)
+    cap, k = MemoryCap.cap_bytes(scenario), leading_dense_layers(scenario)
+    for c, layout in enumerate(tables.layouts):
+        expected = brute_force_split(scenario, tables, c)
+        split = best_split(scenario=scenario, table=tables.cost, memory=tables.memory, c=c)
+        if expected is None:
+            assert split is None, (layout, split)
+            event("a layout with no split")
+            continue
+        if layout.pp > 1:
+            event("a layout with PP > 1 and a split")
+        assert split is not None, (layout, expected)
+        assert len(split) == layout.pp and sum(split) == scenario.model.num_hidden_layers and min(split) >= 1
+        assert layout.pp == 1 or split[0] >= k
+        assert scenario.search.allow_uneven_layers or len(set(split)) == 1
+        assert fits(scenario, tables, c, split, cap), (layout, split)
+        assert slowest_stage(scenario, tables, c, split) == expected, (layout, split)
