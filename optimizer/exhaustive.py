@@ -13,7 +13,7 @@ import time
 from optimizer.errors import Infeasible
 from optimizer.parallel import Plan
 from optimizer.result import Evidence, Solution, Tables, build_tables, primary_ns
-from optimizer.rules import Check, LayoutRule, build_rules
+from optimizer.rules import LayoutRule, build_rules
 from optimizer.scenario import Scenario
 from optimizer.split import DENSE_FIRST_NOTE, best_split, leading_dense_layers
 from optimizer.verify import plan_context
@@ -61,4 +61,3 @@ def optimize_exhaustive(scenario: Scenario, *, tables: Tables | None = None) -> 
     return Solution(scenario=scenario, plan=best[1], tables=tables, evidence=evidence)
 
 
-__all__ = ["optimize_exhaustive", "Check"]

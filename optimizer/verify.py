@@ -13,7 +13,7 @@ from optimizer.loader import read_mapping
 from optimizer.memory import StageMemory, layer_kinds, stage_memory
 from optimizer.parallel import Layout, Plan, batch_per_replica, even_split
 from optimizer.result import Tables, build_tables
-from optimizer.rules import Check, PlanContext, build_rules
+from optimizer.rules import Check, PlanContext, build_rules, make_check
 from optimizer.scenario import Scenario
 
 
@@ -58,8 +58,6 @@ def certify(scenario: Scenario, plan: Plan, tables: Tables | None = None) -> Cer
     ctx = plan_context(scenario, plan, tables)
     checks = tuple(check for rule in build_rules(scenario) for check in rule.check(ctx))
     batch = batch_per_replica(concurrent_sequences=scenario.workload.concurrent_sequences, dp=plan.layout.dp)
-    from optimizer.rules import make_check
-
     checks += (
         make_check("batch_per_replica", "batch_per_replica == ceil(concurrent_sequences / dp)", plan.batch_per_replica, "==", batch,
                    f"{scenario.workload.concurrent_sequences} sequences over DP = {plan.layout.dp} replicas put {batch} on the busiest"),
