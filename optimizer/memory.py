@@ -282,15 +282,6 @@ def stage_memory(*, scenario: Scenario, layout: Layout, layers_per_stage: tuple[
     return result
 
 
-def memory_cap_bytes(scenario: Scenario) -> tuple[int, int]:
-    """The cap as an exact fraction ``(numerator, denominator)``: usable bytes = memory x utilisation.
-
-    A stage fits when ``total_bytes x denominator <= numerator`` (no rounding at all).
-    """
-    util = scenario.search.gpu_memory_utilization
-    return scenario.cluster.gpu.memory_bytes * util.numerator, util.denominator
-
-
 @dataclass(frozen=True)
 class MemoryTable:
     """Per layout (grid order), the integers the solver's memory rule is linear in: bytes per dense and
