@@ -1,24 +1,27 @@
 """``optimize``: the command line. The only module that prints or exits.
 
 Exit codes: 0 a plan was found (and proved, unless a time limit stopped the proof) or a plan verified;
-1 no feasible plan, or a verified plan breaks a rule; 2 bad input (the file, the field, what is wrong).
+1 no feasible plan, a verified plan breaks a rule, or ``--require-proof`` and the plan is not proved;
+2 bad input (the file, the field, what is wrong).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 import tempfile
 from pathlib import Path
 
 import click
 
+from optimizer.diagnose import diagnose
 from optimizer.errors import Infeasible, OptimizerError, ScenarioError, SolveIncomplete
 from optimizer.exhaustive import optimize_exhaustive
 from optimizer.loader import load_scenario, shipped_scenarios
-from optimizer.report import model_summary, plan_document, render_markdown, render_table, to_json
+from optimizer.report import infeasible_document, model_summary, plan_document, render_markdown, render_table, to_json
 from optimizer.scenario import Scenario
-from optimizer.solve import optimize
+from optimizer.solve import confirm_optimum, optimize
 from optimizer.verify import certify, plan_context, read_plan
 
 EXIT_OK, EXIT_INFEASIBLE, EXIT_BAD_INPUT = 0, 1, 2
@@ -72,10 +75,18 @@ def _scenario_inputs(name_or_path: str) -> list[Path]:
 @click.option("--solver", type=click.Choice(["cp-sat", "exhaustive"]), default="cp-sat", show_default=True,
               help="CP-SAT with proof, or the enumeration oracle on the same rules and tables.")
 @click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
-              help="Stop CP-SAT after S seconds; the plan is then marked not proved.")
+              help="Stop CP-SAT after S seconds and return the best plan found, marked not proved, with its gap.")
+@click.option("--require-proof", is_flag=True, help="Exit 1 unless the plan is proved optimal.")
+@click.option("--double-check", is_flag=True,
+              help="After a proof, re-solve with objective <= best - 1 and require INFEASIBLE.")
+@click.option("--explain/--no-explain", default=True, show_default=True,
+              help="When no plan exists, search for the smallest changes that would give one (each confirmed by a re-solve).")
+@click.option("--workers", type=click.IntRange(min=1, max=64), default=1, show_default=True,
+              help="CP-SAT worker threads; the proved plan and its JSON are the same for any count.")
 @click.pass_context
 def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, markdown_path: str | None,
-         solver: str, time_limit_s: float | None) -> None:
+         solver: str, time_limit_s: float | None, require_proof: bool, double_check: bool, explain: bool,
+         workers: int) -> None:
     """Plan a deployment: the parallel layout with the lowest estimated latency, with its proof.
 
     Example: optimize --scenario 16gpu-30b
@@ -87,10 +98,15 @@ def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, m
         _fail("give --scenario NAME|PATH (see `optimize scenarios` for the shipped names)", EXIT_BAD_INPUT)
     scenario = _load(scenario_name)
     try:
-        solution = optimize_exhaustive(scenario) if solver == "exhaustive" else optimize(scenario, time_limit_s=time_limit_s)
+        if solver == "exhaustive":
+            solution = optimize_exhaustive(scenario)
+            if double_check:
+                checked = confirm_optimum(scenario, solution.tables, solution.evidence.objective, time_limit_s=time_limit_s)
+                solution = replace(solution, evidence=replace(solution.evidence, double_check=checked))
+        else:
+            solution = optimize(scenario, time_limit_s=time_limit_s, workers=workers, double_check=double_check)
     except Infeasible as exc:
-        lines = "\n".join(f"  - {reason}" for reason in exc.reasons)
-        _fail(f"no feasible plan for {scenario.name}; these rules cannot all hold:\n{lines}", EXIT_INFEASIBLE)
+        _infeasible(scenario, exc, solver=solver, explain=explain, json_path=json_path, inputs=_scenario_inputs(scenario_name))
         return
     except SolveIncomplete as exc:
         _fail(f"no plan for {scenario.name}: {exc}", EXIT_INFEASIBLE)
@@ -107,11 +123,40 @@ def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, m
         _write(json_path, to_json(document), inputs=inputs)
     if markdown_path:
         _write(markdown_path, render_markdown(document), inputs=inputs)
+    ev = solution.evidence
     if json_path != "-" and markdown_path != "-":
         click.echo(model_summary(scenario))
-        click.echo(render_table(document))
+        click.echo(render_table(document, timing=f"{ev.wall_s:.3f} s, {ev.workers} worker(s)"))
     if not certificate.holds:  # the certificate re-checks the solver; this would be a bug
         _fail("internal error: the plan's certificate does not hold", EXIT_INFEASIBLE)
+    if require_proof and not ev.proved_optimal:
+        _fail(f"--require-proof: the plan for {scenario.name} is not proved optimal (status {ev.status}, the optimum may be "
+              f"up to {ev.gap_ns / 1e9:.6g} s lower); allow more time with --time-limit or drop it", EXIT_INFEASIBLE)
+    if require_proof and double_check and ev.double_check != "INFEASIBLE":
+        _fail(f"--require-proof: the double check did not confirm the optimum (status {ev.double_check})", EXIT_INFEASIBLE)
+
+
+def _infeasible(scenario: Scenario, exc: Infeasible, *, solver: str, explain: bool, json_path: str | None,
+                inputs: list[Path]) -> None:
+    """Report a proved infeasibility: the independent conflicts, then (``explain``) the smallest changes."""
+    lines = [f"no feasible plan for {scenario.name}."]
+    if solver == "exhaustive":
+        lines += ["The exhaustive search rejected every layout:", *(f"  - {r}" for r in exc.reasons)]
+    diagnosis = diagnose(scenario, exc.conflicts) if explain else None
+    conflicts = diagnosis.reasons if diagnosis else tuple(exc.reasons)
+    if solver != "exhaustive" or diagnosis:
+        lines.append("These rules cannot all hold (each line is an independent conflict; relax a rule of every one):")
+        lines += [f"  {i}. {reason}" for i, reason in enumerate(conflicts, 1)]
+    if diagnosis:
+        lines.append("Smallest changes that admit a plan (each confirmed by a re-solve):" if diagnosis.changes
+                     else "No single change of GPU count, memory, batch, prompt length or targets admits a plan.")
+        lines += [f"  - {change.text}" for change in diagnosis.changes]
+        if diagnosis.notes:
+            lines.append("Tried without success:")
+            lines += [f"  - {note}" for note in diagnosis.notes]
+    if json_path:
+        _write(json_path, to_json(infeasible_document(scenario=scenario, reasons=conflicts, diagnosis=diagnosis)), inputs=inputs)
+    _fail("\n".join(lines), EXIT_INFEASIBLE)
 
 
 @main.command()

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from optimizer.cost import CostTable, LayerTime
+from optimizer.diagnose import Diagnosis
 from optimizer.memory import total_params, active_params
 from optimizer.parallel import Plan, process_groups, rank_info
 from optimizer.result import Evidence
@@ -95,13 +96,32 @@ def plan_document(
             "best_bound": evidence.best_bound,
             "proved_optimal": evidence.proved_optimal,
             "solver": evidence.solver,
-            "wall_s": round(evidence.wall_s, 3),
-            "parameters": evidence.parameters | {"solve_wall_s": round(evidence.parameters.get("solve_wall_s", 0.0), 3)}
-            if evidence.parameters else {},
+            "gap": evidence.gap,
+            "gap_ns": evidence.gap_ns,
+            "double_check": evidence.double_check,
+            "parameters": evidence.parameters,
             "model_size": evidence.model_size,
             "candidates": evidence.candidates,
             "objective_encoding": "primary_ns x candidates + tie_break_rank",
             "objective_kind": scenario.search.objective.value,
+        },
+    }
+
+
+def infeasible_document(*, scenario: Scenario, reasons: tuple[str, ...], diagnosis: Diagnosis | None) -> dict[str, Any]:
+    """The JSON for a scenario with no feasible plan (schema ``SCHEMA_VERSION``): ``plan`` is null,
+    ``infeasible`` holds the conflicts and, when diagnosed, the confirmed changes."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "scenario": scenario.model_dump(mode="json"),
+        "plan": None,
+        "infeasible": {
+            "conflicts": [list(c) for c in diagnosis.conflicts] if diagnosis else None,
+            "reasons": list(reasons),
+            "changes": None if diagnosis is None else [
+                {"field": c.field, "current": c.current, "proposed": c.proposed, "text": c.text} for c in diagnosis.changes
+            ],
+            "notes": None if diagnosis is None else list(diagnosis.notes),
         },
     }
 
@@ -112,7 +132,9 @@ def _breakdown(scenario: Scenario, table: CostTable, i: int) -> dict[str, dict[s
         phases = {"prefill_moe": table.prefill.moe_breakdown, "decode_moe": table.decode.moe_breakdown,
                   **({"prefill_dense": table.prefill.dense_breakdown, "decode_dense": table.decode.dense_breakdown}
                      if scenario.model.num_dense_layers else {})}
-    return {name: layer.row(i) for name, layer in phases.items()}
+    # Six significant digits: these floats are informative (the solver used the integer ns tables), and
+    # rounding keeps the JSON byte-identical even if a libm differs in the last bit on another machine.
+    return {name: {op: float(f"{t:.6g}") for op, t in layer.row(i).items()} for name, layer in phases.items()}
 
 
 def rank_map(scenario: Scenario, plan: Plan) -> dict[str, Any]:
@@ -134,8 +156,9 @@ def _model_line(scenario: Scenario) -> str:
             f"{model.num_hidden_layers} layers, {kind}")
 
 
-def render_table(document: dict[str, Any], *, title: str = "Plan") -> str:
-    """The plan for a terminal: sizes, estimate, memory, every check, the evidence."""
+def render_table(document: dict[str, Any], *, title: str = "Plan", timing: str | None = None) -> str:
+    """The plan for a terminal: sizes, estimate, memory, every check, the evidence; ``timing`` (wall time,
+    workers) is shown here only, never in the JSON, so that the JSON stays byte-identical across runs."""
     sc, plan, est, mem, cert, ev = (document[k] for k in ("scenario", "plan", "estimate", "memory", "certificate", "evidence"))
     cl = sc["cluster"]
     peak = mem["per_gpu_peak"]
@@ -162,15 +185,23 @@ def render_table(document: dict[str, Any], *, title: str = "Plan") -> str:
         mark = "ok  " if c["holds"] else "FAIL"
         lines.append(f"  {mark} {c['name']:<{width}}  {c['lhs']} {c['op']} {c['rhs']}   {c['detail']}")
     if ev is not None:
-        proof = "proved optimal" if ev["proved_optimal"] else "NOT proved optimal"
         size = ev["model_size"]
         lines += [
             "",
-            f"Evidence: {ev['status']}, objective {ev['objective']} / bound {ev['best_bound']} ({proof}); {ev['solver']}; "
+            f"Evidence: {ev['status']}, objective {ev['objective']} / bound {ev['best_bound']} ({_proof(ev)}); {ev['solver']}; "
             f"{ev['candidates']} layouts" + (f", {size['variables']} variables, {size['constraints']} constraints" if size else "")
-            + f"; {ev['wall_s']:.3f} s",
+            + (f"; {timing}" if timing else ""),
         ]
     return "\n".join(lines) + "\n"
+
+
+def _proof(ev: dict[str, Any]) -> str:
+    if not ev["proved_optimal"]:
+        return (f"NOT proved optimal: the search stopped at its limit; the optimum may be up to "
+                f"{ev['gap_ns'] / 1e9:.6g} s lower in {ev['objective_kind']}")
+    checked = {None: "", "INFEASIBLE": "; double-checked: objective <= best - 1 is INFEASIBLE"}.get(
+        ev["double_check"], f"; double check inconclusive ({ev['double_check']})")
+    return "proved optimal" + checked
 
 
 def render_markdown(document: dict[str, Any]) -> str:
@@ -213,10 +244,10 @@ def render_markdown(document: dict[str, Any]) -> str:
           for c in cert["checks"]],
     ]
     if ev is not None:
-        out += ["", "## Evidence", "", f"- status: {ev['status']}; proved optimal: {ev['proved_optimal']}",
+        out += ["", "## Evidence", "", f"- status: {ev['status']}; {_proof(ev)}",
                 f"- objective {ev['objective']}, best bound {ev['best_bound']} ({ev['objective_encoding']}, {ev['objective_kind']})",
                 f"- solver: {ev['solver']}; parameters: {ev['parameters']}; model size: {ev['model_size']}; "
-                f"{ev['candidates']} layouts; {ev['wall_s']} s"]
+                f"{ev['candidates']} layouts"]
     return "\n".join(out) + "\n"
 
 

@@ -13,11 +13,18 @@ from optimizer.scenario import Objective, Scenario
 
 @dataclass(frozen=True)
 class Evidence:
-    """How the plan was found. ``proved_optimal`` only when the status is OPTIMAL, no gap limit was set
-    and ``objective == best_bound`` (CP-SAT), or every candidate was enumerated (exhaustive).
+    """How the plan was found. ``proved_optimal`` only when the status is OPTIMAL and
+    ``objective == best_bound`` (CP-SAT; no gap limit is ever set), or every candidate was enumerated
+    (exhaustive).
 
     ``objective`` is ``primary x candidates + tie_break_rank`` where ``primary`` is the scenario's
-    objective in nanoseconds (lower is better) and the rank orders layouts by ``tie_break_key``.
+    objective in nanoseconds (lower is better) and the rank orders layouts by ``tie_break_key``; it is the
+    objective of the returned plan, recomputed from the integer tables. ``best_bound`` is the solver's
+    proved lower bound, read as an exact integer. ``double_check`` is the status of the re-solve with
+    ``objective <= best - 1`` (INFEASIBLE confirms the proof), or None when not asked for.
+
+    ``wall_s``, ``solve_wall_s`` and ``workers`` describe the run, not the result: they are printed on
+    the terminal but kept out of the JSON, which is byte-identical across runs and worker counts.
     """
 
     status: str  # OPTIMAL | FEASIBLE | INFEASIBLE | UNKNOWN
@@ -29,6 +36,22 @@ class Evidence:
     parameters: dict[str, Any] = field(default_factory=dict)
     model_size: dict[str, int] = field(default_factory=dict)
     candidates: int = 0
+    double_check: str | None = None
+    workers: int = 1
+    solve_wall_s: float = 0.0
+
+    @property
+    def gap(self) -> int | None:
+        """``objective - best_bound`` (0 when proved), in objective units."""
+        return None if self.objective is None or self.best_bound is None else self.objective - self.best_bound
+
+    @property
+    def gap_ns(self) -> int | None:
+        """How far (ns of the primary objective) the true optimum may lie below this plan: the plan's
+        ``primary`` minus the bound's ``floor(bound / candidates)``."""
+        if self.objective is None or self.best_bound is None or not self.candidates:
+            return None
+        return self.objective // self.candidates - self.best_bound // self.candidates
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,13 @@ def build_model(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...]) -> 
     }.get(scenario.search.objective, view.request_latency_ns)
     view.objective = primary * n + sum(c * xc for c, xc in enumerate(x))
     m.minimize(view.objective)
+    # No offset and no scaling: CP-SAT's inner objective bound is then our objective's bound, exactly.
+    if m.proto.objective.offset != 0 or m.proto.objective.scaling_factor not in (0, 1):
+        raise OptimizerError("internal error: the CP-SAT objective has an offset or a scaling factor")
+    problem = m.validate()  # CP-SAT's own check, overflow included, before any solve
+    if problem:
+        raise OptimizerError(f"the scenario's numbers do not fit the solver's 64-bit model ({problem.strip()}); "
+                             "check the byte counts and sizes for values far outside real hardware and models")
     return view, literals
 
 
@@ -149,19 +156,36 @@ def _solver(*, time_limit_s: float | None, seed: int, workers: int) -> cp_model.
 
 
 def optimize(
-    scenario: Scenario, *, time_limit_s: float | None = None, seed: int = 0, workers: int = 1, tables: Tables | None = None
+    scenario: Scenario,
+    *,
+    time_limit_s: float | None = None,
+    seed: int = 0,
+    workers: int = 1,
+    tables: Tables | None = None,
+    rules: tuple[Rule, ...] | None = None,
+    double_check: bool = False,
 ) -> Solution:
     """Find the plan that minimises the scenario's objective, with CP-SAT's evidence.
 
-    One worker and a fixed seed by default: CP-SAT is then deterministic, and these models are small.
+    One worker and a fixed seed by default: CP-SAT is then deterministic, and these models are small. With
+    more workers the proved optimum is the same (the objective includes the layout's rank, so it has one
+    minimiser), hence the same plan and the same JSON.
+
+    Args:
+        time_limit_s: wall-clock limit; if it stops the search, the best plan found is returned with
+            ``proved_optimal=False`` and the gap ``objective - best_bound``.
+        rules: the rules to enforce (default: every rule of the scenario); ``diagnose`` drops some.
+        double_check: after a proof, re-solve with ``objective <= best - 1`` and record the status, which
+            must be INFEASIBLE (else ``OptimizerError``: the proof would be wrong).
 
     Raises:
         Infeasible: no plan satisfies the rules; ``reasons`` names a minimal conflicting set of rules.
         SolveIncomplete: the time limit ran out before a plan was found or infeasibility proved.
+        OptimizerError: the scenario's numbers would overflow the solver's 62-bit integers.
     """
     start = time.perf_counter()
     tables = tables or build_tables(scenario)
-    rules = build_rules(scenario)
+    rules = build_rules(scenario) if rules is None else rules
     view, literals = build_model(scenario, tables, rules)
     for lit in literals.values():
         view.model.add(lit == 1)
@@ -169,27 +193,65 @@ def optimize(
     status = solver.solve(view.model)
     name = solver.status_name(status)
     if status == cp_model.INFEASIBLE:
-        raise Infeasible(explain_infeasible(scenario, tables, rules))
+        conflicts = disjoint_conflicts(scenario, tables, rules)
+        raise Infeasible([" + ".join(describe_conflict(c, rules)) for c in conflicts], conflicts=conflicts)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        raise SolveIncomplete(f"CP-SAT stopped with status {name} after {solver.wall_time:.2f} s without a plan")
+        limit = f" (time limit {time_limit_s:g} s)" if time_limit_s is not None else ""
+        raise SolveIncomplete(f"CP-SAT stopped with status {name} after {solver.wall_time:.2f} s{limit} "
+                              "without a plan or a proof that none exists; allow more time")
     c = next(i for i, xc in enumerate(view.x) if solver.value(xc))
     plan = _canonical_plan(scenario, tables, c)
-    objective, bound = int(round(solver.objective_value)), int(round(solver.best_objective_bound))
-    _confirm_objective(scenario, tables, plan, c, objective if status == cp_model.OPTIMAL else None)
+    # Exact integers: the Python API's objective_value is a double, inexact above 2**53.
+    found = int(solver.value(view.objective))
+    bound = int(solver.response_proto.inner_objective_lower_bound)
+    objective = plan_objective(scenario, tables, plan, c)
+    if objective > found or (status == cp_model.OPTIMAL and objective != found):
+        raise OptimizerError(f"internal error: the canonical split's objective {objective} differs from CP-SAT's {found}")
+    proved = status == cp_model.OPTIMAL and objective == bound
+    checked = None
+    if double_check and proved:
+        checked = _double_check(view, objective, time_limit_s=time_limit_s, seed=seed, workers=workers)
     proto = view.model.proto
     evidence = Evidence(
         status=name,
         objective=objective,
         best_bound=bound,
-        proved_optimal=status == cp_model.OPTIMAL and objective == bound and time_limit_s is None,
+        proved_optimal=proved,
         solver=SOLVER_NAME,
         wall_s=time.perf_counter() - start,
-        parameters={"num_workers": workers, "random_seed": seed, "max_time_in_seconds": time_limit_s,
-                    "relative_gap_limit": None, "solve_wall_s": solver.wall_time},
+        parameters={"random_seed": seed, "max_time_in_seconds": time_limit_s},
         model_size={"variables": len(proto.variables), "constraints": len(proto.constraints)},
         candidates=len(tables.layouts),
+        double_check=checked,
+        workers=workers,
+        solve_wall_s=solver.wall_time,
     )
     return Solution(scenario=scenario, plan=plan, tables=tables, evidence=evidence)
+
+
+def confirm_optimum(scenario: Scenario, tables: Tables, objective: int, *, time_limit_s: float | None = None) -> str:
+    """Double-check a claimed optimum (from either solver): build the CP-SAT model with every rule and
+    ``objective <= claimed - 1``; returns the status name, INFEASIBLE when the claim holds.
+
+    Raises:
+        OptimizerError: a plan with a smaller objective exists (the claim is wrong).
+    """
+    view, literals = build_model(scenario, tables, build_rules(scenario))
+    for lit in literals.values():
+        view.model.add(lit == 1)
+    return _double_check(view, objective, time_limit_s=time_limit_s, seed=0, workers=1)
+
+
+def _double_check(view: _View, objective: int, *, time_limit_s: float | None, seed: int, workers: int) -> str:
+    """Re-solve with ``objective <= best - 1``; returns the status name, which must be INFEASIBLE."""
+    view.model.add(view.objective <= objective - 1)
+    solver = _solver(time_limit_s=time_limit_s, seed=seed, workers=workers)
+    status = solver.solve(view.model)
+    if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        raise OptimizerError(
+            f"internal error: the double check found objective {int(solver.value(view.objective))} below the proved optimum {objective}"
+        )
+    return solver.status_name(status)
 
 
 def _canonical_plan(scenario: Scenario, tables: Tables, c: int) -> Plan:
@@ -209,23 +271,69 @@ def plan_objective(scenario: Scenario, tables: Tables, plan: Plan, c: int) -> in
     return primary * len(tables.layouts) + c
 
 
-def _confirm_objective(scenario: Scenario, tables: Tables, plan: Plan, c: int, optimal: int | None) -> None:
-    if optimal is not None and plan_objective(scenario, tables, plan, c) != optimal:
-        raise OptimizerError(
-            f"internal error: the canonical split's objective {plan_objective(scenario, tables, plan, c)} "
-            f"differs from CP-SAT's optimum {optimal}"
-        )
+def is_feasible(scenario: Scenario, *, tables: Tables | None = None, rules: tuple[Rule, ...] | None = None) -> bool:
+    """Does any plan satisfy ``rules`` (default: all of the scenario's)? The same CP-SAT model as
+    ``optimize`` with the objective removed: a feasibility proof, not an optimisation.
 
-
-def explain_infeasible(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...]) -> list[str]:
-    """A minimal set of rules that together admit no plan: CP-SAT's assumption core, then deletion
-    (drop one rule, re-solve; keep it out if still infeasible). One worker, so the core is reproducible."""
+    Raises:
+        SolveIncomplete: never expected without a time limit; kept for an UNKNOWN status.
+        OptimizerError: the scenario's numbers would overflow the solver's integers.
+    """
+    tables = tables or build_tables(scenario)
+    rules = build_rules(scenario) if rules is None else rules
     view, literals = build_model(scenario, tables, rules)
+    view.model.clear_objective()
+    for lit in literals.values():
+        view.model.add(lit == 1)
+    status = _solver(time_limit_s=None, seed=0, workers=1).solve(view.model)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE, cp_model.INFEASIBLE):
+        raise SolveIncomplete(f"CP-SAT returned {cp_model.CpSolver().status_name(status)} on a feasibility check")
+    return status != cp_model.INFEASIBLE
+
+
+def best_primary_ns(scenario: Scenario, *, rules: tuple[Rule, ...] | None = None) -> int | None:
+    """The proved optimum of the scenario's primary objective (ns) under ``rules``, or None if none admit
+    a plan. Unlike ``optimize`` it builds no concrete plan, so ``rules`` may leave out any rule (the
+    diagnosis lifts memory or targets to see how far they must move).
+
+    Raises:
+        SolveIncomplete: CP-SAT did not prove the optimum (never expected without a time limit).
+        OptimizerError: the scenario's numbers would overflow the solver's integers.
+    """
+    tables = build_tables(scenario)
+    rules = build_rules(scenario) if rules is None else rules
+    view, literals = build_model(scenario, tables, rules)
+    for lit in literals.values():
+        view.model.add(lit == 1)
+    solver = _solver(time_limit_s=None, seed=0, workers=1)
+    status = solver.solve(view.model)
+    if status == cp_model.INFEASIBLE:
+        return None
+    if status != cp_model.OPTIMAL:
+        raise SolveIncomplete(f"CP-SAT returned {solver.status_name(status)} without a proof")
+    return int(solver.value(view.objective)) // len(tables.layouts)
+
+
+def minimal_conflict(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...]) -> tuple[str, ...]:
+    """A minimal set of rule names that together admit no plan: CP-SAT's assumption core, then deletion
+    (drop one rule, re-solve; keep it out if still infeasible). One worker, so the core is reproducible.
+    Rules that are not ``relaxable`` (they define what a plan is) are always enforced and never named.
+    Empty when those alone admit no plan, in rule order otherwise.
+
+    Raises:
+        OptimizerError: the rules admit a plan (there is no conflict to explain).
+    """
+    view, literals = build_model(scenario, tables, rules)
+    view.model.clear_objective()
+    fixed = {r.name for r in rules if not r.relaxable}
+    for name in fixed:
+        view.model.add(literals[name] == 1)
+    literals = {name: lit for name, lit in literals.items() if name not in fixed}
     by_index = {lit.index: name for name, lit in literals.items()}
     solver = _solver(time_limit_s=None, seed=0, workers=1)
     view.model.add_assumptions(list(literals.values()))
     if solver.solve(view.model) != cp_model.INFEASIBLE:
-        return ["the rules admit a plan when checked one by one (internal inconsistency)"]
+        raise OptimizerError("the rules admit a plan: there is no conflict to explain")
     core = [by_index[i] for i in solver.sufficient_assumptions_for_infeasibility()]
     needed = list(core)
     for name in core:
@@ -234,7 +342,31 @@ def explain_infeasible(scenario: Scenario, tables: Tables, rules: tuple[Rule, ..
         view.model.add_assumptions([literals[r] for r in trial])
         if solver.solve(view.model) == cp_model.INFEASIBLE:
             needed = trial
-    if not needed:
-        return ["the search space itself admits no plan (" + DENSE_FIRST_NOTE + ")"]
     order = [r.name for r in rules]
-    return [f"{name}: {next(r.formula for r in rules if r.name == name)}" for name in sorted(needed, key=order.index)]
+    return tuple(sorted(needed, key=order.index))
+
+
+def disjoint_conflicts(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...]) -> tuple[tuple[str, ...], ...]:
+    """Minimal conflicts with no rule in common: find one, set its rules aside, look again among the
+    rest, until the rest admit a plan. A plan needs at least one rule of every conflict relaxed, so this
+    names every independent reason (e.g. the weights do not fit *and*, separately, TPOT is out of reach)."""
+    conflicts: list[tuple[str, ...]] = []
+    remaining = rules
+    while True:
+        try:
+            conflict = minimal_conflict(scenario, tables, remaining)
+        except OptimizerError:
+            break
+        conflicts.append(conflict)
+        if not conflict:
+            break
+        remaining = tuple(r for r in remaining if r.name not in conflict)
+    return tuple(conflicts)
+
+
+def describe_conflict(conflict: tuple[str, ...], rules: tuple[Rule, ...]) -> list[str]:
+    """One line per rule of a conflict: its name and formula."""
+    if not conflict:
+        return ["the search space itself admits no plan (" + DENSE_FIRST_NOTE + ")"]
+    formulas = {r.name: r.formula for r in rules}
+    return [f"{name}: {formulas[name]}" for name in conflict]
