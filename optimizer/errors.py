@@ -30,10 +30,13 @@ class PlanError(ScenarioError):
 
 
 class Infeasible(OptimizerError):
-    """No plan satisfies the rules. ``reasons`` names the rules that block it, one line each."""
+    """No plan satisfies the rules. ``reasons``: one line per independent reason. ``conflicts``: the rule
+    names of each minimal conflicting set, sets disjoint (from CP-SAT; empty when not known, e.g. from the
+    exhaustive solver, whose reasons are rejection counts)."""
 
-    def __init__(self, reasons: list[str]):
+    def __init__(self, reasons: list[str], conflicts: tuple[tuple[str, ...], ...] = ()):
         self.reasons = list(reasons)
+        self.conflicts = tuple(conflicts)
         super().__init__("no feasible plan: " + "; ".join(self.reasons))
 
 

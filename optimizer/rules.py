@@ -74,10 +74,13 @@ class SolverView(Protocol):
 
 
 class Rule:
-    """Base: a stable ``name`` and a ``formula`` shown in the certificate."""
+    """Base: a stable ``name`` and a ``formula`` shown in the certificate. ``relaxable`` is False for the
+    rules that define what a plan is (GPU products, a layer split that covers the model): an infeasibility
+    explanation names only rules a user could change."""
 
     name = ""
     formula = ""
+    relaxable = True
 
     def check(self, ctx: PlanContext) -> list[Check]:
         raise NotImplementedError
@@ -105,6 +108,7 @@ class LayoutRule(Rule):
 class GpuProduct(LayoutRule):
     name = "gpu_product"
     formula = "tp x pp x dp == num_gpus"
+    relaxable = False
 
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
         n = scenario.cluster.num_gpus
@@ -117,6 +121,7 @@ class GpuProduct(LayoutRule):
 class MoeProduct(LayoutRule):
     name = "moe_product"
     formula = "etp x ep x edp x pp == num_gpus"
+    relaxable = False
 
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
         n = scenario.cluster.num_gpus
@@ -203,16 +208,11 @@ class VllmFolding(LayoutRule):
 
 
 class LayerSplit(Rule):
-    """Layers per stage: PP entries, each >= 1, summing to ``num_hidden_layers``; equal when the scenario
-    forbids uneven splits."""
+    """Layers per stage: PP entries, each >= 1, summing to ``num_hidden_layers``."""
 
     name = "layer_split"
     formula = "len(layers_per_stage) == pp, each >= 1, sum == num_hidden_layers"
-
-    def __init__(self, even: bool):
-        self.even = even
-        if even:
-            self.formula = self.formula + ", all equal (search.allow_uneven_layers is false)"
+    relaxable = False
 
     def check(self, ctx: PlanContext) -> list[Check]:
         layers, pp, total = ctx.plan.layers_per_stage, ctx.plan.layout.pp, ctx.scenario.model.num_hidden_layers
@@ -224,10 +224,6 @@ class LayerSplit(Rule):
             make_check(f"{self.name}[min]", "min(layers_per_stage) >= 1", min(layers, default=0), ">=", 1,
                        "every stage needs at least one layer"),
         ]
-        if self.even:
-            checks.append(make_check(f"{self.name}[even]", "max(layers_per_stage) == min(layers_per_stage)",
-                                     max(layers, default=0), "==", min(layers, default=0),
-                                     "search.allow_uneven_layers is false"))
         return checks
 
     def add_to_model(self, view: SolverView, lit: Any) -> None:
@@ -246,16 +242,33 @@ class LayerSplit(Rule):
             if layout.pp >= 2:
                 m.add(view.l_first >= 1).only_enforce_if(on)
                 m.add(view.l_last >= 1).only_enforce_if(on)
-            if self.even:
-                if total % layout.pp:
-                    m.add(view.x[c] == 0).only_enforce_if(lit)
-                    continue
-                share = total // layout.pp
-                m.add(view.l_first == share).only_enforce_if(on)
-                if layout.pp >= 2:
-                    m.add(view.l_last == share).only_enforce_if(on)
-                if layout.pp >= 3:
-                    m.add(view.l_middle == share).only_enforce_if(on)
+
+
+class EvenLayers(Rule):
+    """Every stage holds the same number of layers (only when ``search.allow_uneven_layers`` is false)."""
+
+    name = "even_layers"
+    formula = "max(layers_per_stage) == min(layers_per_stage) (search.allow_uneven_layers is false)"
+
+    def check(self, ctx: PlanContext) -> list[Check]:
+        layers = ctx.plan.layers_per_stage
+        return [make_check(self.name, self.formula, max(layers, default=0), "==", min(layers, default=0),
+                           f"stages hold {min(layers, default=0)} to {max(layers, default=0)} layers; "
+                           "search.allow_uneven_layers is false")]
+
+    def add_to_model(self, view: SolverView, lit: Any) -> None:
+        m, total = view.model, view.scenario.model.num_hidden_layers
+        for c, layout in enumerate(view.layouts):
+            on = [view.x[c], lit]
+            if total % layout.pp:
+                m.add(view.x[c] == 0).only_enforce_if(lit)
+                continue
+            share = total // layout.pp
+            m.add(view.l_first == share).only_enforce_if(on)
+            if layout.pp >= 2:
+                m.add(view.l_last == share).only_enforce_if(on)
+            if layout.pp >= 3:
+                m.add(view.l_middle == share).only_enforce_if(on)
 
 
 class MemoryCap(Rule):
@@ -292,16 +305,37 @@ class MemoryCap(Rule):
                 continue
             # The search keeps every dense layer in the first stage (see solve.py), so later stages are MoE.
             first_const = dense * (mem.dense_layer[c] - mem.moe_layer[c]) + mem.fixed_first[c]
-            m.add(view.l_first * mem.moe_layer[c] + first_const <= cap).only_enforce_if(on)
-            m.add(view.l_last * mem.moe_layer[c] + mem.fixed_last[c] <= cap).only_enforce_if(on)
-            if layout.pp >= 3:
-                m.add(view.l_middle * mem.moe_layer[c] + mem.fixed_middle[c] <= cap).only_enforce_if(on)
+            for layers, per_layer, const in ((view.l_first, mem.moe_layer[c], first_const),
+                                             (view.l_last, mem.moe_layer[c], mem.fixed_last[c]),
+                                             *(((view.l_middle, mem.moe_layer[c], mem.fixed_middle[c]),) if layout.pp >= 3 else ())):
+                _add_stage_cap(m, layers=layers, per_layer=per_layer, const=const, cap=cap, total=total, on=on)
+
+
+def _add_stage_cap(m: Any, *, layers: Any, per_layer: int, const: int, cap: int, total: int, on: list[Any]) -> None:
+    """``layers x per_layer + const <= cap`` with every number kept inside CP-SAT's 64-bit range and the
+    meaning unchanged: skipped when even ``total`` layers fit; the layout forbidden when ``const`` alone
+    does not; else ``per_layer`` clamped to ``cap + 1`` (the same verdict for ``layers`` 0 or >= 1)."""
+    if total * per_layer + const <= cap:
+        return
+    if const > cap:
+        m.add(on[0] == 0).only_enforce_if(on[1])
+        return
+    m.add(layers * min(per_layer, cap + 1 - const) + const <= cap).only_enforce_if(on)
 
 
 def _target_ns(seconds) -> int:
     """Largest whole nanosecond count within an exact target in seconds."""
     value = seconds * NS_PER_S
     return value.numerator // value.denominator
+
+
+# Every latency variable of the CP-SAT model is bounded below this (solve.py checks it before building), so
+# a target at or above it constrains nothing and is clamped: CP-SAT needs every coefficient in 64 bits.
+SOLVER_INT_LIMIT = 1 << 62
+
+
+def _solver_bound(value: int) -> int:
+    return min(value, SOLVER_INT_LIMIT)
 
 
 class TtftTarget(Rule):
@@ -330,7 +364,7 @@ class TpotTarget(Rule):
                            f"TPOT {ctx.estimate.tpot_ns / 1e6:.3f} ms against a target of {bound / 1e6:.3f} ms")]
 
     def add_to_model(self, view: SolverView, lit: Any) -> None:
-        view.model.add(view.tpot_ns <= _target_ns(view.scenario.targets.tpot_s)).only_enforce_if(lit)
+        view.model.add(view.tpot_ns <= _solver_bound(_target_ns(view.scenario.targets.tpot_s))).only_enforce_if(lit)
 
 
 class ThroughputTarget(Rule):
@@ -351,7 +385,7 @@ class ThroughputTarget(Rule):
                            f"{est.output_tokens_per_s:,.0f} output tokens/s against a target of {target:,.0f}")]
 
     def add_to_model(self, view: SolverView, lit: Any) -> None:
-        view.model.add(view.request_latency_ns <= self.bound_ns(view.scenario)).only_enforce_if(lit)
+        view.model.add(view.request_latency_ns <= _solver_bound(self.bound_ns(view.scenario))).only_enforce_if(lit)
 
 
 def build_rules(scenario: Scenario) -> tuple[Rule, ...]:
@@ -379,7 +413,9 @@ def build_rules(scenario: Scenario) -> tuple[Rule, ...]:
     if block and model.num_dense_layers:
         rules.append(BlockAligned("dense_ffn_block_aligned", "intermediate_size", "tp", model.dense_ffn_width, block))
     rules.append(TpWithinNode())
-    rules.append(LayerSplit(even=not scenario.search.allow_uneven_layers))
+    rules.append(LayerSplit())
+    if not scenario.search.allow_uneven_layers:
+        rules.append(EvenLayers())
     rules.append(MemoryCap())
     targets = scenario.targets
     if targets.ttft_s is not None:

@@ -29,6 +29,17 @@ def _to_fraction(value: object) -> Fraction:
         raise ValueError(f"not a number: {value!r}") from exc
 
 
+_DTYPE_BITS = {  # by Dtype value; a table built once (the memory tables ask millions of times)
+    "bf16": Fraction(16),
+    "fp16": Fraction(16),
+    "fp8": Fraction(8),
+    "fp8-block": Fraction(8) + Fraction(32, 128 * 128),
+    "int8": Fraction(8),
+    "int4": Fraction(4) + Fraction(32, 128),
+    "mxfp4": Fraction(4) + Fraction(8, 32),
+    "nvfp4": Fraction(4) + Fraction(8, 16),
+}
+
 ExactNumber = Annotated[
     Fraction,
     BeforeValidator(_to_fraction),
@@ -51,16 +62,7 @@ class Dtype(StrEnum):
     @property
     def bits(self) -> Fraction:
         """Bits per stored value, scales included (OCP MX spec v1.0; NVIDIA NVFP4 blog; DeepSeek-V3 §3.3)."""
-        return {
-            Dtype.BF16: Fraction(16),
-            Dtype.FP16: Fraction(16),
-            Dtype.FP8: Fraction(8),
-            Dtype.FP8_BLOCK: Fraction(8) + Fraction(32, 128 * 128),
-            Dtype.INT8: Fraction(8),
-            Dtype.INT4: Fraction(4) + Fraction(32, 128),
-            Dtype.MXFP4: Fraction(4) + Fraction(8, 32),
-            Dtype.NVFP4: Fraction(4) + Fraction(8, 16),
-        }[self]
+        return _DTYPE_BITS[self.value]
 
     @property
     def block_size(self) -> int | None:

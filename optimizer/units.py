@@ -35,8 +35,10 @@ def bytes_for(count: int, bits: Fraction | int) -> int:
 
     ``bits`` may be a Fraction (MXFP4 stores 4 bits plus one 8-bit scale per 32 values: 17/4 bits).
     """
-    total_bits = Fraction(count) * Fraction(bits)
-    return ceil_div(total_bits.numerator, total_bits.denominator * BITS_PER_BYTE)
+    if isinstance(bits, int):
+        return ceil_div(count * bits, BITS_PER_BYTE)
+    # count x p/q bits = count x p / (8 q) bytes, rounded up: integer arithmetic, no Fraction objects.
+    return ceil_div(count * bits.numerator, bits.denominator * BITS_PER_BYTE)
 
 
 def ceil_ns(seconds: float) -> int:

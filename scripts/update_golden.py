@@ -13,6 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from optimizer.diagnose import diagnose  # noqa: E402
 from optimizer.errors import Infeasible  # noqa: E402
 from optimizer.loader import load_scenario, shipped_scenarios  # noqa: E402
 from optimizer.solve import optimize  # noqa: E402
@@ -21,12 +22,14 @@ from optimizer.verify import certify  # noqa: E402
 
 def golden(name: str) -> dict:
     """The frozen facts of one shipped scenario's result: plan, integer estimate, objective; or the
-    rules that make it infeasible."""
+    rules that make it infeasible and the confirmed changes that would admit one."""
     scenario = load_scenario(name)
     try:
         solution = optimize(scenario)
     except Infeasible as exc:
-        return {"scenario": name, "infeasible": exc.reasons}
+        diagnosis = diagnose(scenario, exc.conflicts)
+        return {"scenario": name, "infeasible": exc.reasons, "conflicts": [list(c) for c in exc.conflicts],
+                "changes": {c.field: c.proposed if isinstance(c.proposed, int) else round(c.proposed, 6) for c in diagnosis.changes}}
     est = certify(scenario, solution.plan, solution.tables).estimate
     return {
         "scenario": name,

@@ -15,7 +15,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "optimizer"
 
 LAYERS = [
     {"cli"},
-    {"sweep", "report", "verify", "solve", "exhaustive"},
+    {"report"},
+    {"diagnose"},
+    {"sweep", "verify", "solve", "exhaustive"},
     {"result", "split", "rules"},
     {"cost", "memory", "parallel"},
     {"scenario", "loader", "catalog"},
@@ -26,7 +28,6 @@ RANK = {module: rank for rank, layer in enumerate(LAYERS) for module in layer}
 # (importer, imported) inside one layer, as the code has them now.
 SAME_LAYER = {
     ("exhaustive", "verify"),
-    ("report", "verify"),
     ("split", "rules"),
     ("cost", "memory"),
     ("cost", "parallel"),
