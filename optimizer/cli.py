@@ -159,20 +159,42 @@ def _infeasible(scenario: Scenario, exc: Infeasible, *, solver: str, explain: bo
     _fail("\n".join(lines), EXIT_INFEASIBLE)
 
 
+def _layers(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(part) for part in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated layer counts such as 31,30, got {value!r}") from None
+
+
 @main.command()
-@click.argument("plan_path", metavar="PLAN")
+@click.argument("plan_path", metavar="[PLAN]", required=False)
 @click.option("--scenario", "scenario_name", required=True, metavar="NAME|PATH", help="Scenario to check against.")
 @click.option("--json", "json_path", metavar="PATH", help="Write the verdict as plan JSON (- for stdout).")
-def verify(plan_path: str, scenario_name: str, json_path: str | None) -> None:
+@click.option("--tp", "--tensor-parallel-size", "tp", type=int, help="Tensor-parallel size.")
+@click.option("--pp", "--pipeline-parallel-size", "pp", type=int, help="Pipeline-parallel size.")
+@click.option("--dp", "--data-parallel-size", "dp", type=int, help="Data-parallel size.")
+@click.option("--ep", "--expert-parallel-size", "ep", type=int, help="Expert-parallel size.")
+@click.option("--etp", "--expert-tensor-parallel-size", "etp", type=int, help="Expert tensor-parallel size.")
+@click.option("--edp", "edp", type=int, help="Expert data-parallel size.")
+@click.option("--batch", "batch_per_replica", type=int, help="Sequences per replica.")
+@click.option("--layers", "layers_per_stage", callback=_layers, metavar="N,N,...", help="Layers per pipeline stage.")
+def verify(plan_path: str | None, scenario_name: str, json_path: str | None, **sizes: object) -> None:
     """Check a hand-written plan: every rule with its integers, and the estimate.
 
-    PLAN is a plan JSON from `optimize --json`, or a YAML/JSON mapping with the sizes
-    (tp, pp, dp, ep, optional etp/edp, batch_per_replica, layers_per_stage). Exit 0 if every rule holds,
-    1 if any fails.
+    PLAN is a plan JSON from `optimize --json`, or a YAML/JSON mapping with the sizes under the names
+    people use (tp, tensor_parallel_size, --tensor-parallel-size, tp_size, expert_model_parallel_size,
+    ...). Sizes can also be given as options, e.g. `optimize verify --scenario 16gpu-30b --tp 4 --pp 4
+    --dp 2 --ep 16`. Missing sizes are derived as the scenario's engine would. Exit 0 if every rule holds,
+    1 if any fails (one line per failing rule), 2 for unreadable input.
     """
     scenario = _load(scenario_name)
+    given = {key: value for key, value in sizes.items() if value is not None}
+    if plan_path is None and not given:
+        _fail("give a PLAN file or the sizes as options (--tp, --pp, --dp, --ep, ...)", EXIT_BAD_INPUT)
     try:
-        plan = read_plan(Path(plan_path), scenario)
+        plan = read_plan(None if plan_path is None else Path(plan_path), scenario, given)
     except ScenarioError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
         return
@@ -181,7 +203,7 @@ def verify(plan_path: str, scenario_name: str, json_path: str | None) -> None:
     document = plan_document(scenario=scenario, plan=plan, certificate=certificate, table=context.table,
                              index=context.index, evidence=None)
     if json_path:
-        _write(json_path, to_json(document), inputs=[Path(plan_path), *_scenario_inputs(scenario_name)])
+        _write(json_path, to_json(document), inputs=[*([Path(plan_path)] if plan_path else []), *_scenario_inputs(scenario_name)])
     if json_path != "-":
         click.echo(model_summary(scenario))
         click.echo(render_table(document, title="Verified plan"))

@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 from optimizer.cost import CostTable, Estimate
 from optimizer.memory import MemoryTable, StageMemory
-from optimizer.parallel import Layout, Plan
+from optimizer.parallel import Layout, Plan, divisors
 from optimizer.scenario import EngineName, Scenario
-from optimizer.units import NS_PER_S
+from optimizer.units import NS_PER_S, human_bytes
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,11 @@ class Divisible(LayoutRule):
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
         size = getattr(layout, self.size)
         rest = self.numerator % size
-        return make_check(self.name, self.formula, rest, "==", 0,
-                          f"{self.field} = {self.numerator} is {'not ' if rest else ''}divisible by {self.size.upper()} = {size}")
+        detail = f"{self.field} = {self.numerator} is {'not ' if rest else ''}divisible by {self.size.upper()} = {size}"
+        if rest:
+            fits = [d for d in divisors(scenario.cluster.num_gpus) if self.numerator % d == 0]
+            detail += f"; the sizes that divide both {self.numerator} and the {scenario.cluster.num_gpus} GPUs: {', '.join(map(str, fits))}"
+        return make_check(self.name, self.formula, rest, "==", 0, detail)
 
 
 class KvHeadsDivisible(LayoutRule):
@@ -287,8 +290,11 @@ class MemoryCap(Rule):
         cap = self.cap_bytes(ctx.scenario)
         return [
             make_check(f"{self.name}[stage={s.stage}]", self.formula, s.total_bytes, "<=", cap,
-                       f"stage {s.stage}: {s.weights_bytes} weights + {s.kv_cache_bytes} KV cache + "
-                       f"{s.activation_bytes} activations + {s.reserve_bytes} reserve = {s.total_bytes} bytes, cap {cap}")
+                       f"a stage-{s.stage} GPU holds {human_bytes(s.weights_bytes)} weights + {human_bytes(s.kv_cache_bytes)} "
+                       f"KV cache + {human_bytes(s.activation_bytes)} activations + {human_bytes(s.reserve_bytes)} reserve = "
+                       f"{human_bytes(s.total_bytes)} of {human_bytes(cap)} usable"
+                       + ("" if s.total_bytes <= cap else
+                          f": {human_bytes(s.total_bytes - cap)} over; shard more (TP, PP, EP), shrink the batch or use more memory"))
             for s in ctx.memory
         ]
 

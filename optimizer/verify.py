@@ -14,7 +14,7 @@ from optimizer.memory import StageMemory, layer_kinds, stage_memory
 from optimizer.parallel import Layout, Plan, batch_per_replica, even_split
 from optimizer.result import Tables, build_tables
 from optimizer.rules import Check, PlanContext, build_rules, make_check
-from optimizer.scenario import Scenario
+from optimizer.scenario import EngineName, Scenario
 
 
 @dataclass(frozen=True)
@@ -67,43 +67,77 @@ def certify(scenario: Scenario, plan: Plan, tables: Tables | None = None) -> Cer
 
 # --- hand-written plans --------------------------------------------------------------------------------
 
-_ALIASES = {
-    "tp": ("tp", "tensor_parallel_size", "tensor-parallel-size", "tensor_model_parallel_size"),
-    "pp": ("pp", "pipeline_parallel_size", "pipeline-parallel-size", "pipeline_model_parallel_size"),
-    "dp": ("dp", "data_parallel_size", "data-parallel-size"),
-    "ep": ("ep", "expert_parallel_size", "expert_model_parallel_size"),
-    "etp": ("etp", "expert_tensor_parallel_size"),
+# The names people write sizes with, normalised (lower case, leading dashes dropped, "-" read as "_"):
+# vLLM ``--tensor-parallel-size/-tp``, ``--pipeline-parallel-size/-pp``, ``--data-parallel-size/-dp``
+# (docs.vllm.ai, engine arguments); SGLang ``--tp-size``, ``--dp-size``, ``--ep-size``, ``--pp-size``
+# (docs.sglang.io, server arguments); Megatron-Core ``--tensor-model-parallel-size``,
+# ``--pipeline-model-parallel-size``, ``--expert-model-parallel-size``, ``--expert-tensor-parallel-size``;
+# TensorRT-LLM ``tp_size``, ``pp_size``, ``moe_ep_size``, ``moe_tp_size``.
+ALIASES = {
+    "tp": ("tp", "tp_size", "tensor_parallel_size", "tensor_model_parallel_size", "tensor_parallel"),
+    "pp": ("pp", "pp_size", "pipeline_parallel_size", "pipeline_model_parallel_size", "pipeline_parallel"),
+    "dp": ("dp", "dp_size", "data_parallel_size", "data_parallel"),
+    "ep": ("ep", "ep_size", "expert_parallel_size", "expert_model_parallel_size", "moe_ep_size", "expert_parallel"),
+    "etp": ("etp", "etp_size", "expert_tensor_parallel_size", "moe_tp_size"),
     "edp": ("edp", "expert_data_parallel_size"),
-    "batch_per_replica": ("batch_per_replica", "batch"),
-    "layers_per_stage": ("layers_per_stage", "layer_split"),
+    "batch_per_replica": ("batch_per_replica", "batch", "max_num_seqs"),
+    "layers_per_stage": ("layers_per_stage", "layer_split", "pipeline_layers"),
 }
+_INFORMATIVE = {"instances", "dp_per_instance", "engine", "notes"}  # fields of a plan JSON, not sizes
 
 
-def read_plan(path: Path, scenario: Scenario) -> Plan:
-    """Read a plan JSON written by ``optimize --json`` (its ``plan`` object) or a minimal YAML/JSON with
-    the sizes. Missing sizes are derived: ``dp = N / (tp x pp)``; for MoE ``etp = 1`` and
-    ``edp = tp x dp / (ep x etp)``; for a dense model ``ep = 1, etp = tp, edp = dp``; the batch from the
-    workload; the layers split evenly (extra layers on later stages).
+def normalise_key(name: object) -> str:
+    """``--Tensor-Parallel-Size`` -> ``tensor_parallel_size``: how every alias is matched."""
+    return str(name).strip().lstrip("-").lower().replace("-", "_")
+
+
+def read_plan(path: Path | None, scenario: Scenario, sizes: dict[str, Any] | None = None) -> Plan:
+    """Read a plan JSON written by ``optimize --json`` (its ``plan`` object) or a hand-written YAML/JSON
+    mapping with the sizes under any name in ``ALIASES`` (``tp``, ``tensor_parallel_size``,
+    ``--tensor-parallel-size``, ...). ``sizes`` (from command-line options) join the file's; ``path`` may
+    be None when they say it all. Missing sizes are derived as ``plan_from_mapping`` says.
 
     Raises:
-        PlanError: unreadable file, unknown or non-integer fields, sizes < 1.
+        PlanError: unreadable file, unknown fields, a size given twice (file and option, or two names),
+            non-integer sizes, sizes < 1.
     """
-    data = read_mapping(path, error=PlanError)
-    source = str(path)
-    if isinstance(data.get("plan"), dict):
-        data = data["plan"]
+    data: dict[str, Any] = {}
+    source = "<options>" if path is None else str(path)
+    if path is not None:
+        data = read_mapping(path, error=PlanError)
+        if isinstance(data.get("plan"), dict):
+            data = data["plan"]
+    for key, value in (sizes or {}).items():
+        known = {alias: k for k, aliases in ALIASES.items() for alias in aliases}
+        clash = [name for name in data if known.get(normalise_key(name)) == key]
+        if clash:
+            raise PlanError(f"given both in the file (as {clash[0]}) and as the option --{key.replace('_', '-')}",
+                            source=source, field=clash[0])
+        data = {**data, key: value}
     return plan_from_mapping(data, scenario, source=source)
 
 
 def plan_from_mapping(data: dict[str, Any], scenario: Scenario, *, source: str = "<inline>") -> Plan:
+    """A Plan from sizes as people write them. Missing sizes are derived the way the scenario's engine
+    would: ``dp = N / (tp x pp)``; for a dense model ``ep = 1, etp = tp, edp = dp``; for MoE under vLLM
+    with expert parallel ``ep = tp x dp, etp = 1`` (one engine instance), under vLLM without it
+    ``ep = 1, etp = tp x dp``, under Megatron-Core ``etp = tp`` (its ``--expert-tensor-parallel-size``
+    default) and ``ep = 1``; then ``edp = tp x dp / (ep x etp)``; the batch from the workload; the layers
+    split evenly (extra layers on later stages). Sizes that do not multiply out are kept as written, so
+    the certificate names the rule they break.
+
+    Raises:
+        PlanError: unknown or repeated fields, non-integer sizes, sizes < 1 or absurdly large.
+    """
     values: dict[str, Any] = {}
-    known = {alias: key for key, aliases in _ALIASES.items() for alias in aliases}
+    known = {alias: key for key, aliases in ALIASES.items() for alias in aliases}
     for name, value in data.items():
-        key = known.get(str(name))
+        key = known.get(normalise_key(name))
         if key is None:
-            if name in ("instances", "dp_per_instance", "engine", "notes"):  # informative fields of a plan JSON
+            if name in _INFORMATIVE:
                 continue
-            raise PlanError(f"unknown field; expected some of {', '.join(_ALIASES)}", source=source, field=str(name))
+            raise PlanError(f"unknown field; expected sizes named like {', '.join(ALIASES)} "
+                            "(or vLLM / SGLang / Megatron names such as tensor_parallel_size)", source=source, field=str(name))
         if key in values:
             raise PlanError(f"given twice (also as {key})", source=source, field=str(name))
         values[key] = value
@@ -111,11 +145,18 @@ def plan_from_mapping(data: dict[str, Any], scenario: Scenario, *, source: str =
     n = scenario.cluster.num_gpus
     tp, pp = sizes.get("tp", 1), sizes.get("pp", 1)
     dp = sizes.get("dp", max(1, n // (tp * pp)))
-    if scenario.model.is_moe:
-        ep, etp = sizes.get("ep", 1), sizes.get("etp", 1)
-        edp = sizes.get("edp", max(1, tp * dp // (ep * etp)))
+    if not scenario.model.is_moe:
+        ep, etp = sizes.get("ep", 1), sizes.get("etp", tp)
+        edp = sizes.get("edp", dp)
     else:
-        ep, etp, edp = sizes.get("ep", 1), sizes.get("etp", tp), sizes.get("edp", dp)
+        if scenario.engine.name is EngineName.VLLM and scenario.engine.enable_expert_parallel:
+            ep_default, etp_default = tp * dp, 1
+        elif scenario.engine.name is EngineName.VLLM:
+            ep_default, etp_default = 1, tp * dp
+        else:
+            ep_default, etp_default = 1, tp
+        ep, etp = sizes.get("ep", ep_default), sizes.get("etp", etp_default)
+        edp = sizes.get("edp", max(1, tp * dp // (ep * etp)))
     layout = Layout(tp=tp, pp=pp, dp=dp, ep=ep, etp=etp, edp=edp)
     layers = values.get("layers_per_stage")
     if layers is None:
