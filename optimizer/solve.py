@@ -8,9 +8,13 @@ Variables (all integers):
   ``l_middle`` has the same slowest stage and the same memory peak).
 - ``slowest_stage_ns``, ``tpot_ns``, ``ttft_ns``, ``request_latency_ns``: bounded below by the integer
   cost tables (``tpot >= m x slowest + share``, ``tpot >= all stages + hops + share``).
-Objective: ``primary_ns x C + c`` (C layouts): the scenario objective, then the grid's tie-break order.
+Objective, lexicographic in two solves: first minimise ``primary_ns`` (the scenario objective), then fix
+it at its optimum and minimise the layout's rank ``c`` in the grid's tie-break order. The reported
+objective is ``primary_ns x C + c`` (C layouts), computed in Python integers: a single CP-SAT objective of
+that form would overflow 64 bits on large grids (65,536 GPUs: 12,597 layouts x 1e15 ns).
 
-Proof: status OPTIMAL with no gap limit and ``objective == best_objective_bound``.
+Proof: both solves OPTIMAL with no gap limit, each objective equal to its exact bound
+(``inner_objective_lower_bound``, an integer; the API's ``objective_value`` is a double).
 Infeasible: the rules' literals become assumptions; CP-SAT returns a core, shrunk by deletion to a
 minimal set of rules that conflict, each deletion confirmed by a re-solve.
 
@@ -56,7 +60,8 @@ class _View:
     tpot_ns: Any
     request_latency_ns: Any
     ttft_ns: Any
-    objective: Any
+    primary: Any  # the scenario objective's variable (ns)
+    rank: Any  # sum(c x x[c]): the chosen layout's tie-break rank
 
 
 def _bounds(scenario: Scenario, tables: Tables) -> tuple[int, int, int]:
@@ -66,7 +71,7 @@ def _bounds(scenario: Scenario, tables: Tables) -> tuple[int, int, int]:
     ttft_ub = max((cost.ttft_ns(c) for c in range(n)), default=0)
     tpot_ub = max((cost.microbatches[c] * cost.phase_total_ns(cost.decode, c) + cost.prefill_share_ns[c] for c in range(n)), default=0)
     latency_ub = ttft_ub + max(scenario.workload.output_tokens - 1, 0) * tpot_ub
-    if (latency_ub + 1) * (n + 1) >= _INT_LIMIT:
+    if latency_ub + 1 >= _INT_LIMIT:
         raise OptimizerError(
             f"estimated latencies up to {latency_ub / 1e9:.3g} s over {n} layouts exceed the solver's 62-bit range; "
             "the scenario is far outside what the cost model is meant for"
@@ -91,7 +96,7 @@ def build_model(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...]) -> 
         l_first=m.new_int_var(0, total, "l_first"), l_middle=m.new_int_var(0, total, "l_middle"),
         l_last=m.new_int_var(0, total, "l_last"), tpot_ns=m.new_int_var(0, tpot_ub, "tpot_ns"),
         request_latency_ns=m.new_int_var(0, latency_ub, "request_latency_ns"),
-        ttft_ns=m.new_int_var(0, ttft_ub, "ttft_ns"), objective=None,
+        ttft_ns=m.new_int_var(0, ttft_ub, "ttft_ns"), primary=None, rank=sum(c * xc for c, xc in enumerate(x)),
     )
     _add_costs(view, tpot_ub)
     literals = {}
@@ -99,15 +104,10 @@ def build_model(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...]) -> 
         lit = m.new_bool_var(f"enforce[{rule.name}]")
         rule.add_to_model(view, lit)
         literals[rule.name] = lit
-    primary = {
+    view.primary = {
         Objective.TTFT: view.ttft_ns,
         Objective.TPOT: view.tpot_ns,
     }.get(scenario.search.objective, view.request_latency_ns)
-    view.objective = primary * n + sum(c * xc for c, xc in enumerate(x))
-    m.minimize(view.objective)
-    # No offset and no scaling: CP-SAT's inner objective bound is then our objective's bound, exactly.
-    if m.proto.objective.offset != 0 or m.proto.objective.scaling_factor not in (0, 1):
-        raise OptimizerError("internal error: the CP-SAT objective has an offset or a scaling factor")
     problem = m.validate()  # CP-SAT's own check, overflow included, before any solve
     if problem:
         raise OptimizerError(f"the scenario's numbers do not fit the solver's 64-bit model ({problem.strip()}); "
@@ -189,8 +189,9 @@ def optimize(
     view, literals = build_model(scenario, tables, rules)
     for lit in literals.values():
         view.model.add(lit == 1)
-    solver = _solver(time_limit_s=time_limit_s, seed=seed, workers=workers)
-    status = solver.solve(view.model)
+    n = len(tables.layouts)
+    # Stage 1: the scenario objective.
+    status, solver, p_found, p_bound = _minimise(view, view.primary, time_limit_s=time_limit_s, seed=seed, workers=workers)
     name = solver.status_name(status)
     if status == cp_model.INFEASIBLE:
         conflicts = disjoint_conflicts(scenario, tables, rules)
@@ -200,17 +201,25 @@ def optimize(
         raise SolveIncomplete(f"CP-SAT stopped with status {name} after {solver.wall_time:.2f} s{limit} "
                               "without a plan or a proof that none exists; allow more time")
     c = next(i for i, xc in enumerate(view.x) if solver.value(xc))
+    solve_wall_s, rank_bound = solver.wall_time, 0
+    if status == cp_model.OPTIMAL and p_found == p_bound:
+        # Stage 2: among plans at the optimum, the first layout in tie-break order.
+        view.model.add(view.primary == p_found)
+        status, solver, c, rank_bound = _minimise(view, view.rank, time_limit_s=time_limit_s, seed=seed, workers=workers)
+        solve_wall_s += solver.wall_time
+        name = solver.status_name(status)
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):  # stage 1's plan is still a plan
+            raise SolveIncomplete(f"CP-SAT stopped with status {name} while breaking ties; allow more time")
     plan = _canonical_plan(scenario, tables, c)
-    # Exact integers: the Python API's objective_value is a double, inexact above 2**53.
-    found = int(solver.value(view.objective))
-    bound = int(solver.response_proto.inner_objective_lower_bound)
     objective = plan_objective(scenario, tables, plan, c)
-    if objective > found or (status == cp_model.OPTIMAL and objective != found):
-        raise OptimizerError(f"internal error: the canonical split's objective {objective} differs from CP-SAT's {found}")
+    if objective > p_found * n + c or (status == cp_model.OPTIMAL and objective != p_found * n + c):
+        raise OptimizerError(f"internal error: the canonical split's objective {objective} differs from CP-SAT's "
+                             f"{p_found * n + c}")
+    bound = p_bound * n + rank_bound
     proved = status == cp_model.OPTIMAL and objective == bound
     checked = None
     if double_check and proved:
-        checked = _double_check(view, objective, time_limit_s=time_limit_s, seed=seed, workers=workers)
+        checked = _double_check(view, objective, n, time_limit_s=time_limit_s, seed=seed, workers=workers)
     proto = view.model.proto
     evidence = Evidence(
         status=name,
@@ -219,14 +228,28 @@ def optimize(
         proved_optimal=proved,
         solver=SOLVER_NAME,
         wall_s=time.perf_counter() - start,
-        parameters={"random_seed": seed, "max_time_in_seconds": time_limit_s},
+        parameters={"random_seed": seed, "max_time_in_seconds": time_limit_s, "stages": "primary_ns, then tie_break_rank"},
         model_size={"variables": len(proto.variables), "constraints": len(proto.constraints)},
-        candidates=len(tables.layouts),
+        candidates=n,
         double_check=checked,
         workers=workers,
-        solve_wall_s=solver.wall_time,
+        solve_wall_s=solve_wall_s,
     )
     return Solution(scenario=scenario, plan=plan, tables=tables, evidence=evidence)
+
+
+def _minimise(view: _View, expr: Any, *, time_limit_s: float | None, seed: int, workers: int) -> tuple[int, Any, int, int]:
+    """Minimise ``expr``: (status, solver, value found, exact lower bound). Value and bound are read as
+    integers; the objective has no offset or scaling, so ``inner_objective_lower_bound`` is its bound."""
+    view.model.minimize(expr)
+    objective = view.model.proto.objective
+    if objective.offset != 0 or objective.scaling_factor not in (0, 1):
+        raise OptimizerError("internal error: the CP-SAT objective has an offset or a scaling factor")
+    solver = _solver(time_limit_s=time_limit_s, seed=seed, workers=workers)
+    status = solver.solve(view.model)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return status, solver, 0, 0
+    return status, solver, int(solver.value(expr)), int(solver.response_proto.inner_objective_lower_bound)
 
 
 def confirm_optimum(scenario: Scenario, tables: Tables, objective: int, *, time_limit_s: float | None = None) -> str:
@@ -239,18 +262,24 @@ def confirm_optimum(scenario: Scenario, tables: Tables, objective: int, *, time_
     view, literals = build_model(scenario, tables, build_rules(scenario))
     for lit in literals.values():
         view.model.add(lit == 1)
-    return _double_check(view, objective, time_limit_s=time_limit_s, seed=0, workers=1)
+    return _double_check(view, objective, len(tables.layouts), time_limit_s=time_limit_s, seed=0, workers=1)
 
 
-def _double_check(view: _View, objective: int, *, time_limit_s: float | None, seed: int, workers: int) -> str:
-    """Re-solve with ``objective <= best - 1``; returns the status name, which must be INFEASIBLE."""
-    view.model.add(view.objective <= objective - 1)
+def _double_check(view: _View, objective: int, n: int, *, time_limit_s: float | None, seed: int, workers: int) -> str:
+    """Re-solve for a plan with ``primary x n + rank <= objective - 1``, written without the product
+    (which could overflow 64 bits) as the lexicographic "(primary, rank) < (p, c)"; returns the status
+    name, which must be INFEASIBLE."""
+    p, c = divmod(objective, n)
+    view.model.clear_objective()
+    better_primary = view.model.new_bool_var("double_check_better_primary")
+    view.model.add(view.primary <= p - 1).only_enforce_if(better_primary)
+    view.model.add(view.primary == p).only_enforce_if(better_primary.Not())
+    view.model.add(view.rank <= c - 1).only_enforce_if(better_primary.Not())
     solver = _solver(time_limit_s=time_limit_s, seed=seed, workers=workers)
     status = solver.solve(view.model)
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        raise OptimizerError(
-            f"internal error: the double check found objective {int(solver.value(view.objective))} below the proved optimum {objective}"
-        )
+        found = int(solver.value(view.primary)) * n + int(solver.value(view.rank))
+        raise OptimizerError(f"internal error: the double check found objective {found} below the proved optimum {objective}")
     return solver.status_name(status)
 
 
@@ -305,13 +334,12 @@ def best_primary_ns(scenario: Scenario, *, rules: tuple[Rule, ...] | None = None
     view, literals = build_model(scenario, tables, rules)
     for lit in literals.values():
         view.model.add(lit == 1)
-    solver = _solver(time_limit_s=None, seed=0, workers=1)
-    status = solver.solve(view.model)
+    status, solver, found, bound = _minimise(view, view.primary, time_limit_s=None, seed=0, workers=1)
     if status == cp_model.INFEASIBLE:
         return None
-    if status != cp_model.OPTIMAL:
+    if status != cp_model.OPTIMAL or found != bound:
         raise SolveIncomplete(f"CP-SAT returned {solver.status_name(status)} without a proof")
-    return int(solver.value(view.objective)) // len(tables.layouts)
+    return found
 
 
 def minimal_conflict(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...]) -> tuple[str, ...]:
