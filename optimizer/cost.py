@@ -33,6 +33,7 @@ from optimizer.memory import (
 )
 from optimizer.parallel import Layout, batch_per_replica, ep_offnode_fraction, pp_inter_node_boundaries, tp_intra_node
 from optimizer.scenario import ComputeDtype, Link, Scenario
+from optimizer.errors import OptimizerError
 from optimizer.units import ceil_div
 
 
@@ -254,8 +255,23 @@ def boundary_s(*, scenario: Scenario, g: _Grid, layouts: tuple[Layout, ...], tok
     return np.where(g.pp > 1, np.where(crosses, t_inter, t_intra), 0.0)
 
 
+# Largest per-term time in ns the integer tables accept (~146 years): beyond it the cast to int64 would
+# wrap silently, and no real step takes that long.
+MAX_TERM_NS = 1 << 62
+
+
 def _ceil_ns(seconds: np.ndarray) -> np.ndarray:
-    return np.ceil(np.asarray(seconds, dtype=float) * 1e9).astype(np.int64)
+    """Seconds -> whole ns, rounded up (conservative), as int64.
+
+    Raises:
+        OptimizerError: a time is not finite or exceeds ``MAX_TERM_NS`` (absurd hardware or model numbers).
+    """
+    ns = np.ceil(np.asarray(seconds, dtype=float) * 1e9)
+    if not np.all(np.isfinite(ns)) or np.any(ns >= MAX_TERM_NS):
+        worst = float(np.nanmax(np.where(np.isfinite(ns), ns, np.inf)))
+        raise OptimizerError(f"an estimated step time of {worst / 1e9:.3g} s leaves the cost model's integer range; "
+                             "check the scenario for bandwidths, FLOPS or sizes far outside real hardware and models")
+    return ns.astype(np.int64)
 
 
 @dataclass(frozen=True)

@@ -148,7 +148,10 @@ def fewest_gpus(scenario: Scenario, *, max_checks: int = 40) -> tuple[Change | N
             fewest = "is the fewest that admits" if exact else "is the fewest found that admits"
             return Change("cluster.num_gpus", current, n,
                           f"GPUs: {n} x {scenario.cluster.gpu.name} ({shape}) {fewest} a plan (has {current}; {searched})"), ""
-    return None, f"no GPU count from {lower} to {MAX_GPUS} of {scenario.cluster.gpu.name} admits a plan"
+    if lower > MAX_GPUS:
+        return None, (f"no GPU count up to {MAX_GPUS:,} helps: the weights and KV cache alone need at least "
+                      f"{lower:,} x {scenario.cluster.gpu.name}")
+    return None, f"no GPU count from {lower:,} to {MAX_GPUS:,} of {scenario.cluster.gpu.name} admits a plan"
 
 
 def _largest(check: Any, low: int, high: int) -> int | None:

@@ -46,7 +46,7 @@ def main() -> None:
             t, result = timed(lambda: optimize(scenario))
             cp.append(t)
             if not isinstance(result, Infeasible):
-                solve_only.append(result.evidence.parameters["solve_wall_s"])
+                solve_only.append(result.evidence.solve_wall_s)
             ex.append(timed(lambda: optimize_exhaustive(scenario))[0])
             start = time.perf_counter()
             subprocess.run([sys.executable, "-m", "optimizer.cli", "--scenario", name], capture_output=True, check=False)
