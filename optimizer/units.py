@@ -41,16 +41,6 @@ def bytes_for(count: int, bits: Fraction | int) -> int:
     return ceil_div(count * bits.numerator, bits.denominator * BITS_PER_BYTE)
 
 
-def ceil_ns(seconds: float) -> int:
-    """Round a cost-model time in seconds up to whole nanoseconds: the one place floats become ints.
-
-    Rounding up keeps every estimate that enters the solver conservative (never optimistic).
-    """
-    ns = seconds * NS_PER_S
-    whole = int(ns)
-    return whole if whole >= ns else whole + 1
-
-
 def exact_decimal(value: float | int | str | Fraction) -> Fraction:
     """The exact decimal a user wrote (``0.05`` -> 1/20), not the nearest binary float."""
     if isinstance(value, Fraction):
