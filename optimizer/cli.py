@@ -7,9 +7,12 @@ Exit codes: 0 a plan was found (and proved, unless a time limit stopped the proo
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from dataclasses import replace
+from typing import Any
 import tempfile
 from pathlib import Path
 
@@ -19,9 +22,11 @@ from optimizer.diagnose import diagnose
 from optimizer.errors import Infeasible, OptimizerError, ScenarioError, SolveIncomplete
 from optimizer.exhaustive import optimize_exhaustive
 from optimizer.loader import load_scenario, shipped_scenarios
-from optimizer.report import infeasible_document, model_summary, plan_document, render_markdown, render_table, to_json
+from optimizer.report import infeasible_document, model_summary, plan_document, solution_document, render_markdown, render_table, to_json
 from optimizer.scenario import Scenario
+from optimizer.schema import plan_schema, scenario_schema
 from optimizer.solve import confirm_optimum, optimize
+from optimizer.sweep import EXECUTORS, expand_jobs, run_sweep
 from optimizer.verify import certify, plan_context, read_plan
 
 EXIT_OK, EXIT_INFEASIBLE, EXIT_BAD_INPUT = 0, 1, 2
@@ -114,10 +119,7 @@ def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, m
     except OptimizerError as exc:
         _fail(f"{scenario.name}: {exc}", EXIT_BAD_INPUT)
         return
-    certificate = certify(scenario, solution.plan, solution.tables)
-    index = solution.tables.layouts.index(solution.plan.layout)
-    document = plan_document(scenario=scenario, plan=solution.plan, certificate=certificate, table=solution.tables.cost,
-                             index=index, evidence=solution.evidence)
+    document = solution_document(solution)
     inputs = _scenario_inputs(scenario_name)
     if json_path:
         _write(json_path, to_json(document), inputs=inputs)
@@ -127,7 +129,7 @@ def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, m
     if json_path != "-" and markdown_path != "-":
         click.echo(model_summary(scenario))
         click.echo(render_table(document, timing=f"{ev.wall_s:.3f} s, {ev.workers} worker(s)"))
-    if not certificate.holds:  # the certificate re-checks the solver; this would be a bug
+    if not document["certificate"]["holds"]:  # the certificate re-checks the solver; this would be a bug
         _fail("internal error: the plan's certificate does not hold", EXIT_INFEASIBLE)
     if require_proof and not ev.proved_optimal:
         _fail(f"--require-proof: the plan for {scenario.name} is not proved optimal (status {ev.status}, the optimum may be "
@@ -210,6 +212,90 @@ def verify(plan_path: str | None, scenario_name: str, json_path: str | None, **s
     if not certificate.holds:
         failing = "\n".join(f"  - {c.name}: {c.detail} ({c.lhs} {c.op} {c.rhs} is false)" for c in certificate.failing)
         _fail(f"the plan breaks {len(certificate.failing)} rule(s):\n{failing}", EXIT_INFEASIBLE)
+
+
+def _csv(kind: type) -> Any:
+    """A click callback for comma-separated values (``--gpus 8,16,32``), each converted with ``kind``."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple:
+        items = [part.strip() for text in value for part in text.split(",") if part.strip()]
+        try:
+            converted = tuple(kind(item) for item in items)
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated {kind.__name__} values, got {','.join(items)!r}") from None
+        if kind is int and any(v < 1 for v in converted):
+            raise click.BadParameter("every value must be >= 1")
+        return converted
+
+    return parse
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="SCENARIO...")
+@click.option("--out", "out_dir", required=True, metavar="DIR", help="Output folder (created; kept results are resumed).")
+@click.option("--gpus", multiple=True, callback=_csv(int), metavar="N,N,...", help="Total GPU counts, e.g. 8,16,32,64.")
+@click.option("--gpu", "gpu_names", multiple=True, callback=_csv(str), metavar="NAME,...", help="Catalog GPU kinds, e.g. h100-sxm,h200-sxm.")
+@click.option("--model", "models", multiple=True, callback=_csv(str), metavar="NAME|PATH,...",
+              help="Catalog model names or Hugging Face config.json paths.")
+@click.option("--model-config", "model_configs", multiple=True, type=click.Path(dir_okay=False), metavar="PATH",
+              help="A Hugging Face config.json (repeatable); joins the --model axis.")
+@click.option("--isl", multiple=True, callback=_csv(int), metavar="N,...", help="Input tokens per request.")
+@click.option("--osl", multiple=True, callback=_csv(int), metavar="N,...", help="Output tokens per request.")
+@click.option("--executor", type=click.Choice(EXECUTORS), default="process", show_default=True,
+              help="A local process pool, or a Ray cluster (pip install 'optimizer[ray]').")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Parallel jobs [default: all cores].")
+@click.option("--ray-address", default=None, metavar="ADDR", help="Connect to this Ray cluster instead of starting a local one.")
+@click.option("--resume/--fresh", default=True, show_default=True, help="Keep and skip results already in DIR.")
+@click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
+              help="Per-scenario CP-SAT limit; plans then may be marked not proved.")
+@click.option("--explain/--no-explain", default=False, show_default=True, help="Diagnose infeasible scenarios (slower).")
+def sweep(inputs: tuple[str, ...], out_dir: str, gpus: tuple[int, ...], gpu_names: tuple[str, ...], models: tuple[str, ...],
+          model_configs: tuple[str, ...], isl: tuple[int, ...], osl: tuple[int, ...], executor: str, workers: int | None,
+          ray_address: str | None, resume: bool, time_limit_s: float | None, explain: bool) -> None:
+    """Plan many scenarios: files, folders, globs or shipped names, crossed with a grid.
+
+    Writes DIR/plans/<scenario>.json and .md (as `optimize --json/--markdown` would), DIR/errors/ for
+    scenarios that fail, DIR/summary.csv, DIR/summary.md and DIR/plots/<model>.png. Example:
+
+    optimize sweep scenarios/ --out results/ --gpus 8,16,32 --gpu h100-sxm,h200-sxm
+
+    Exit 0 when every scenario was planned or proved infeasible, 1 if any failed (see DIR/errors/).
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        _fail(f"{out_dir}: exists and is not a folder", EXIT_BAD_INPUT)
+    jobs = expand_jobs(inputs, gpus=gpus, gpu_names=gpu_names, models=(*models, *model_configs), isl=isl, osl=osl)
+    start = time.perf_counter()
+    with click.progressbar(length=len(jobs), label=f"planning {len(jobs)} scenario(s)", file=sys.stderr,
+                           show_pos=True) as bar:
+        try:
+            result = run_sweep(jobs, out, executor=executor, workers=workers, resume=resume, time_limit_s=time_limit_s,
+                               explain=explain, ray_address=ray_address, on_outcome=lambda outcome: bar.update(1))
+        except OptimizerError as exc:
+            _fail(str(exc), EXIT_BAD_INPUT)
+            return
+        except OSError as exc:
+            _fail(f"{out_dir}: cannot write: {exc.strerror}", EXIT_BAD_INPUT)
+            return
+    skipped = sum(o.skipped for o in result.outcomes)
+    click.echo(f"{len(jobs)} scenario(s) in {time.perf_counter() - start:.1f} s ({skipped} kept from an earlier run): "
+               f"{result.count('optimal')} proved optimal, {result.count('feasible')} not proved, "
+               f"{result.count('infeasible')} infeasible, {result.count('error')} failed. Summary: {out / 'summary.md'}")
+    failed = [o for o in result.outcomes if o.status == "error"]
+    if failed:
+        lines = "\n".join(f"  - {o.name}: {o.error}" for o in failed[:20])
+        more = f"\n  ... and {len(failed) - 20} more (see {out / 'errors'})" if len(failed) > 20 else ""
+        _fail(f"{len(failed)} scenario(s) failed:\n{lines}{more}", EXIT_INFEASIBLE)
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(["scenario", "plan"]))
+def schema(kind: str) -> None:
+    """Print the JSON Schema of a scenario file or of a plan document (versioned), for editors and CI.
+
+    Example: optimize schema scenario > scenario.schema.json
+    """
+    click.echo(json.dumps(scenario_schema() if kind == "scenario" else plan_schema(), indent=2, sort_keys=True))
 
 
 @main.command()

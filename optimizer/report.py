@@ -10,13 +10,13 @@ from optimizer.cost import CostTable, LayerTime
 from optimizer.diagnose import Diagnosis
 from optimizer.memory import total_params, active_params
 from optimizer.parallel import Plan, process_groups, rank_info
-from optimizer.result import Evidence
+from optimizer.result import Evidence, Solution
 from optimizer.rules import MemoryCap
 from optimizer.scenario import EngineName, Scenario
+from optimizer.schema import SCHEMA_VERSION
 from optimizer.units import human_bytes
-from optimizer.verify import Certificate
+from optimizer.verify import Certificate, certify
 
-SCHEMA_VERSION = "1.0"
 
 
 def instances(scenario: Scenario, plan: Plan) -> int:
@@ -106,6 +106,14 @@ def plan_document(
             "objective_kind": scenario.search.objective.value,
         },
     }
+
+
+def solution_document(solution: Solution) -> dict[str, Any]:
+    """``plan_document`` for a solver's solution: certified against the very tables it was solved on."""
+    scenario, plan = solution.scenario, solution.plan
+    certificate = certify(scenario, plan, solution.tables)
+    return plan_document(scenario=scenario, plan=plan, certificate=certificate, table=solution.tables.cost,
+                         index=solution.tables.layouts.index(plan.layout), evidence=solution.evidence)
 
 
 def infeasible_document(*, scenario: Scenario, reasons: tuple[str, ...], diagnosis: Diagnosis | None) -> dict[str, Any]:

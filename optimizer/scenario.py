@@ -13,7 +13,16 @@ from fractions import Fraction
 from functools import cached_property
 from typing import Annotated
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    model_validator,
+)
 
 from optimizer.units import exact_decimal
 
@@ -44,6 +53,8 @@ ExactNumber = Annotated[
     Fraction,
     BeforeValidator(_to_fraction),
     PlainSerializer(lambda f: f.numerator if f.denominator == 1 else float(f), return_type=float | int),
+    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string", "pattern": r"^\s*-?\d+(\.\d+)?(/\d+)?\s*$"}],
+                    "description": "an exact decimal as written (0.05 means 1/20), or a fraction string such as 9/10"}),
 ]
 
 

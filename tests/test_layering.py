@@ -15,10 +15,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "optimizer"
 
 LAYERS = [
     {"cli"},
+    {"sweep"},
     {"report"},
     {"diagnose"},
-    {"sweep", "verify", "solve", "exhaustive"},
-    {"result", "split", "rules"},
+    {"verify", "solve", "exhaustive"},
+    {"result", "split", "rules", "schema"},
     {"cost", "memory", "parallel"},
     {"scenario", "loader", "catalog"},
     {"units", "errors"},

@@ -1,0 +1,528 @@
+"""Batch sweeps: reference plans for many scenarios at once.
+
+Inputs are scenario files, folders, globs or shipped names, crossed with a grid (GPU counts, GPU kinds,
+models, ISL, OSL). Each scenario of the grid is a ``Job``; jobs run in parallel processes (or on a Ray
+cluster) and each writes its plan JSON and Markdown, exactly as ``optimize --json/--markdown`` would, into
+``OUT/plans/``. A sweep is resumable: a job whose JSON already holds the very same validated scenario is
+kept and skipped. A job that fails (bad input, solver error) is recorded with its error and the others go
+on. At the end ``summary.csv``, ``summary.md`` and per-model plots are rebuilt from every plan on disk.
+
+Determinism: each job solves with one CP-SAT worker and seed 0, so the files do not depend on the
+executor, the number of processes or the order jobs finish in.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optimizer import catalog
+from optimizer.diagnose import diagnose
+from optimizer.errors import Infeasible, OptimizerError, ScenarioError
+from optimizer.loader import read_mapping, scenario_from_dict, shipped_scenarios
+from optimizer.report import infeasible_document, render_markdown, solution_document, to_json
+from optimizer.scenario import Scenario
+from optimizer.solve import optimize
+
+EXECUTORS = ("process", "ray")
+SUMMARY_COLUMNS = (
+    "name", "status", "model", "gpu", "num_gpus", "gpus_per_node", "engine", "input_tokens", "output_tokens",
+    "concurrent_sequences", "tp", "pp", "dp", "ep", "etp", "edp", "ttft_s", "tpot_s", "request_latency_s",
+    "output_tokens_per_s", "output_tokens_per_s_per_gpu", "peak_memory_bytes", "proved_optimal", "reason",
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One scenario of a sweep: its unique ``name`` (also the file stem of its outputs), the scenario
+    mapping as written (catalog names unresolved), where it came from, and the folder relative paths in it
+    are read from. ``error`` is set when the input could not even be read."""
+
+    name: str
+    data: dict[str, Any] | None
+    source: str
+    base_dir: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one job produced. ``status``: optimal | feasible (a plan, not proved) | infeasible | error."""
+
+    name: str
+    status: str
+    json_text: str | None = None
+    markdown_text: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    skipped: bool = False
+
+
+@dataclass
+class SweepResult:
+    """Every job's outcome, in job order, and the files written."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+
+# --- the grid ------------------------------------------------------------------------------------------
+
+
+def _safe(text: str) -> str:
+    """A file-name-safe form of ``text``: letters, digits, ``.``, ``_`` and ``-`` only."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "scenario"
+
+
+def input_files(inputs: Sequence[str]) -> list[tuple[str, Path | None]]:
+    """Each input as (label, path): a file, every ``*.yaml``/``*.yml``/``*.json`` in a folder (sorted), a
+    glob's matches, or a shipped scenario name. Unknown inputs come back with path None (recorded as an
+    error job, not raised)."""
+    shipped = shipped_scenarios()
+    found: list[tuple[str, Path | None]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += [(str(p), p) for p in sorted(path.iterdir()) if p.suffix in (".yaml", ".yml", ".json") and p.is_file()]
+        elif path.is_file():
+            found.append((item, path))
+        elif any(ch in item for ch in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
+            found += [(str(p), p) for p in matches if p.is_file()] or [(item, None)]
+        elif item in shipped:
+            found.append((item, shipped[item]))
+        else:
+            found.append((item, None))
+    return found
+
+
+def expand_jobs(
+    inputs: Sequence[str],
+    *,
+    gpus: Sequence[int] = (),
+    gpu_names: Sequence[str] = (),
+    models: Sequence[str] = (),
+    isl: Sequence[int] = (),
+    osl: Sequence[int] = (),
+) -> list[Job]:
+    """Every input scenario crossed with every value of every grid axis that is given.
+
+    Args:
+        gpus: total GPU counts: ``num_nodes = N / gpus_per_node`` (one node of N when N is smaller).
+        gpu_names: catalog GPU kinds; the node shape and links then come from the catalog entry.
+        models: catalog model names, or paths to Hugging Face ``config.json`` files.
+        isl, osl: ``workload.input_tokens`` and ``workload.output_tokens``.
+
+    Job names are ``<scenario>`` plus one ``--axis-value`` part per axis given, made unique.
+    """
+    jobs: list[Job] = []
+    for label, path in input_files(inputs):
+        if path is None:
+            names = ", ".join(shipped_scenarios()) or "none"
+            jobs.append(Job(_safe(label), None, label, ".", f"no such file, folder, glob match or shipped scenario (shipped: {names})"))
+            continue
+        try:
+            base = read_mapping(path)
+        except ScenarioError as exc:
+            jobs.append(Job(_safe(path.stem), None, str(path), str(path.parent), str(exc)))
+            continue
+        stem = _safe(str(base.get("name") or path.stem))
+        for variant, suffix in _variants(base, gpus=gpus, gpu_names=gpu_names, models=models, isl=isl, osl=osl):
+            name = stem + suffix
+            jobs.append(Job(name, {**variant, "name": name}, str(path), str(path.parent.resolve())))
+    return _unique(jobs)
+
+
+def _variants(base: dict[str, Any], *, gpus, gpu_names, models, isl, osl) -> Iterable[tuple[dict[str, Any], str]]:
+    for gpu in gpu_names or (None,):
+        for n in gpus or (None,):
+            for model in models or (None,):
+                for i in isl or (None,):
+                    for o in osl or (None,):
+                        data = json.loads(json.dumps(base))  # a deep copy of plain YAML data
+                        suffix = ""
+                        cluster = data.get("cluster") if isinstance(data.get("cluster"), dict) else None
+                        if gpu is not None and cluster is not None:
+                            total = _total_gpus(cluster)
+                            for key in ("gpus_per_node", "intra_node_link", "inter_node_link"):
+                                cluster.pop(key, None)  # the catalog's node shape and links for this GPU
+                            cluster["gpu"] = gpu
+                            entry = catalog.gpu_entry(gpu) or {}  # unknown names: validation says so
+                            cluster["gpus_per_node"] = entry.get("gpus_per_node", 8)
+                            _set_gpu_count(cluster, n if n is not None else total)
+                            suffix += f"--{_safe(gpu)}"
+                        if n is not None and cluster is not None:
+                            _set_gpu_count(cluster, n)
+                            suffix += f"--{n}gpu"
+                        if model is not None:
+                            as_path = Path(model)
+                            if model.endswith(".json") or as_path.is_file():
+                                data["model"] = {"config_json": str(as_path.resolve())}
+                                label = as_path.parent.name if as_path.name == "config.json" else as_path.stem
+                            else:
+                                data["model"], label = model, model
+                            suffix += f"--{_safe(label)}"
+                        workload = data.setdefault("workload", {}) if isinstance(data.get("workload", {}), dict) else None
+                        if i is not None and workload is not None:
+                            workload["input_tokens"] = i
+                            suffix += f"--isl{i}"
+                        if o is not None and workload is not None:
+                            workload["output_tokens"] = o
+                            suffix += f"--osl{o}"
+                        yield data, suffix
+
+
+def _total_gpus(cluster: dict[str, Any]) -> Any:
+    nodes, per_node = cluster.get("num_nodes"), cluster.get("gpus_per_node")
+    if isinstance(nodes, int) and isinstance(per_node, int):
+        return nodes * per_node
+    return None
+
+
+def _set_gpu_count(cluster: dict[str, Any], n: Any) -> None:
+    """``n`` GPUs in whole nodes of ``gpus_per_node`` (one smaller node when ``n`` is less). A count that
+    is not a whole number of nodes is left for validation to reject with the field named."""
+    per_node = cluster.get("gpus_per_node")
+    if not isinstance(n, int) or not isinstance(per_node, int) or per_node <= 0:
+        return
+    if n < per_node:
+        cluster["num_nodes"], cluster["gpus_per_node"] = 1, n
+    elif n % per_node == 0:
+        cluster["num_nodes"] = n // per_node
+    else:
+        cluster["num_nodes"] = f"{n} GPUs is not a whole number of nodes of {per_node}"
+
+
+def _unique(jobs: list[Job]) -> list[Job]:
+    seen: dict[str, int] = {}
+    out = []
+    for job in jobs:
+        count = seen.get(job.name, 0)
+        seen[job.name] = count + 1
+        if count:
+            name = f"{job.name}-{count + 1}"
+            data = None if job.data is None else {**job.data, "name": name}
+            job = Job(name, data, job.source, job.base_dir, job.error)
+        out.append(job)
+    return out
+
+
+# --- one job -----------------------------------------------------------------------------------------------
+
+
+def validate(job: Job) -> Scenario | str:
+    """The job's Scenario, or the error message that says why it has none."""
+    if job.error is not None or job.data is None:
+        return job.error or "no scenario"
+    try:
+        return scenario_from_dict(job.data, source=job.source, base_dir=Path(job.base_dir))
+    except ScenarioError as exc:
+        return str(exc)
+
+
+def run_job(job: Job, *, time_limit_s: float | None = None, explain: bool = False) -> Outcome:
+    """Plan one job: the same documents ``optimize --json/--markdown`` writes. Never raises for a bad
+    scenario or a failed solve: the outcome records it (a sweep goes on)."""
+    start = time.perf_counter()
+    scenario = validate(job)
+    if isinstance(scenario, str):
+        return Outcome(job.name, "error", error=scenario, seconds=time.perf_counter() - start)
+    try:
+        solution = optimize(scenario, time_limit_s=time_limit_s)
+    except Infeasible as exc:
+        diagnosis = diagnose(scenario, exc.conflicts) if explain else None
+        reasons = diagnosis.reasons if diagnosis else tuple(exc.reasons)
+        document = infeasible_document(scenario=scenario, reasons=reasons, diagnosis=diagnosis)
+        return Outcome(job.name, "infeasible", to_json(document), _infeasible_markdown(document),
+                       seconds=time.perf_counter() - start)
+    except OptimizerError as exc:
+        return Outcome(job.name, "error", error=f"{scenario.name}: {exc}", seconds=time.perf_counter() - start)
+    document = solution_document(solution)
+    status = "optimal" if solution.evidence.proved_optimal else "feasible"
+    return Outcome(job.name, status, to_json(document), render_markdown(document), seconds=time.perf_counter() - start)
+
+
+def _infeasible_markdown(document: dict[str, Any]) -> str:
+    inf = document["infeasible"]
+    lines = [f"# No feasible plan: {document['scenario']['name']}", "", "## Conflicting rules", ""]
+    lines += [f"{i}. `{reason}`" for i, reason in enumerate(inf["reasons"], 1)]
+    if inf["changes"]:
+        lines += ["", "## Smallest changes that admit a plan", "", *[f"- {c['text']}" for c in inf["changes"]]]
+    return "\n".join(lines) + "\n"
+
+
+def _status_of(document: dict[str, Any]) -> str:
+    if document.get("plan") is None:
+        return "infeasible"
+    return "optimal" if (document.get("evidence") or {}).get("proved_optimal") else "feasible"
+
+
+# --- the sweep -------------------------------------------------------------------------------------------
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file in the same folder and a rename: a reader sees the
+    old file or the new one, never half of one. Raises OSError (the temp file is removed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _done(out: Path, job: Job, scenario: Scenario | str) -> Outcome | None:
+    """The outcome already on disk for ``job`` if its JSON holds this very scenario, else None."""
+    path = out / "plans" / f"{job.name}.json"
+    if isinstance(scenario, str) or not path.is_file():
+        return None
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict) or document.get("scenario") != scenario.model_dump(mode="json"):
+        return None
+    return Outcome(job.name, _status_of(document), skipped=True)
+
+
+def run_sweep(
+    jobs: Sequence[Job],
+    out: Path,
+    *,
+    executor: str = "process",
+    workers: int | None = None,
+    resume: bool = True,
+    time_limit_s: float | None = None,
+    explain: bool = False,
+    ray_address: str | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> SweepResult:
+    """Run ``jobs`` and write ``out/plans/<name>.json|.md``, ``out/errors/<name>.txt``, the summary and plots.
+
+    Args:
+        executor: ``process`` (a process pool of ``workers``, default all cores; 1 runs in this process) or
+            ``ray`` (the ``ray`` extra; a local Ray instance of ``workers`` CPUs, or ``ray_address``).
+        resume: keep and skip jobs whose JSON already holds the same validated scenario.
+        explain: diagnose infeasible scenarios (smallest changes); off by default, it costs re-solves.
+        on_outcome: called in this process as each job finishes (progress bars).
+
+    Raises:
+        OptimizerError: unknown executor, or Ray asked for but not installed.
+    """
+    if executor not in EXECUTORS:
+        raise OptimizerError(f"unknown executor {executor!r}; expected one of {', '.join(EXECUTORS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    result = SweepResult()
+    by_name: dict[str, Outcome] = {}
+    pending: list[Job] = []
+    for job in jobs:
+        done = _done(out, job, validate(job)) if resume else None
+        if done is not None:
+            by_name[job.name] = done
+            if on_outcome:
+                on_outcome(done)
+        else:
+            pending.append(job)
+    settings = {"time_limit_s": time_limit_s, "explain": explain}
+    run = _run_ray if executor == "ray" else _run_processes
+    for outcome in run(pending, workers=workers, settings=settings, ray_address=ray_address):
+        result.files += _write_outcome(out, outcome)
+        by_name[outcome.name] = outcome
+        if on_outcome:
+            on_outcome(outcome)
+    result.outcomes = [by_name[job.name] for job in jobs]
+    result.files += write_summary(out, jobs, result.outcomes)
+    return result
+
+
+def _run_processes(jobs: Sequence[Job], *, workers: int | None, settings: dict[str, Any], ray_address: str | None) -> Iterable[Outcome]:
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield run_job(job, **settings)
+        return
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        futures = {pool.submit(run_job, job, **settings): job for job in jobs}
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                yield future.result()
+            except Exception as exc:  # a worker that died (out of memory, killed): record it, go on
+                yield Outcome(job.name, "error", error=f"worker failed: {type(exc).__name__}: {exc}")
+
+
+def _run_ray(jobs: Sequence[Job], *, workers: int | None, settings: dict[str, Any], ray_address: str | None) -> Iterable[Outcome]:
+    """The same jobs as Ray tasks (docs.ray.io: ``ray.init``, ``ray.remote``, ``ray.wait``)."""
+    try:
+        import ray
+    except ImportError:
+        raise OptimizerError("--executor ray needs Ray: pip install 'optimizer[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True}
+        if ray_address:
+            kwargs["address"] = ray_address
+        else:
+            kwargs["num_cpus"] = workers or os.cpu_count() or 1
+        ray.init(**kwargs)
+    try:
+        task = ray.remote(num_cpus=1)(run_job)
+        refs = {task.remote(job, **settings): job for job in jobs}
+        waiting = list(refs)
+        while waiting:
+            ready, waiting = ray.wait(waiting, num_returns=1)
+            job = refs[ready[0]]
+            try:
+                yield ray.get(ready[0])
+            except Exception as exc:  # a task that failed on the cluster: record it, go on
+                yield Outcome(job.name, "error", error=f"Ray task failed: {type(exc).__name__}: {exc}")
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _write_outcome(out: Path, outcome: Outcome) -> list[Path]:
+    written = []
+    error_path = out / "errors" / f"{outcome.name}.txt"
+    if outcome.status == "error":
+        atomic_write(error_path, (outcome.error or "error") + "\n")
+        return [error_path]
+    error_path.unlink(missing_ok=True)
+    for suffix, text in ((".json", outcome.json_text), (".md", outcome.markdown_text)):
+        if text is not None:
+            path = out / "plans" / f"{outcome.name}{suffix}"
+            atomic_write(path, text)
+            written.append(path)
+    return written
+
+
+# --- summary ---------------------------------------------------------------------------------------------
+
+
+def summary_row(job: Job, outcome: Outcome, document: dict[str, Any] | None) -> dict[str, Any]:
+    """One line of ``summary.csv``: the scenario's axes, the plan's sizes and estimate, or the reason."""
+    row: dict[str, Any] = {key: "" for key in SUMMARY_COLUMNS}
+    row.update(name=job.name, status=outcome.status)
+    if document is None:
+        row["reason"] = outcome.error or ""
+        return row
+    sc = document["scenario"]
+    cl, wl = sc["cluster"], sc["workload"]
+    row.update(model=sc["model"]["name"], gpu=cl["gpu"]["name"], num_gpus=cl["num_nodes"] * cl["gpus_per_node"],
+               gpus_per_node=cl["gpus_per_node"], engine=sc["engine"]["name"], input_tokens=wl["input_tokens"],
+               output_tokens=wl["output_tokens"], concurrent_sequences=wl["concurrent_sequences"])
+    plan = document.get("plan")
+    if plan is None:
+        row["reason"] = "; ".join(document["infeasible"]["reasons"])
+        return row
+    est = document["estimate"]
+    row.update({k: plan[k] for k in ("tp", "pp", "dp", "ep", "etp", "edp")})
+    row.update({k: est[k] for k in ("ttft_s", "tpot_s", "request_latency_s", "output_tokens_per_s", "output_tokens_per_s_per_gpu")})
+    row["peak_memory_bytes"] = document["memory"]["per_gpu_peak"]["total_bytes"]
+    row["proved_optimal"] = document["evidence"]["proved_optimal"]
+    return row
+
+
+def write_summary(out: Path, jobs: Sequence[Job], outcomes: Sequence[Outcome]) -> list[Path]:
+    """``summary.csv`` and ``summary.md`` from every job's JSON on disk, and ``plots/<model>.png``."""
+    rows = []
+    for job, outcome in zip(jobs, outcomes):
+        document = None
+        path = out / "plans" / f"{job.name}.json"
+        if outcome.status != "error" and path.is_file():
+            document = json.loads(path.read_text(encoding="utf-8"))
+        rows.append(summary_row(job, outcome, document))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(out / "summary.csv", buffer.getvalue())
+    atomic_write(out / "summary.md", summary_markdown(rows))
+    return [out / "summary.csv", out / "summary.md", *write_plots(out / "plots", rows)]
+
+
+def summary_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """A review table: one line per scenario, sorted by model, GPU, GPU count, ISL, OSL."""
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("optimal", "feasible", "infeasible", "error")}
+    lines = [
+        "# Sweep summary", "",
+        f"{len(rows)} scenarios: {counts['optimal']} proved optimal, {counts['feasible']} feasible (not proved), "
+        f"{counts['infeasible']} infeasible, {counts['error']} errors.", "",
+        "| scenario | model | GPU | GPUs | ISL/OSL | status | TP | PP | DP | EP | ETP | TTFT (ms) | TPOT (ms) "
+        "| tok/s/GPU | note |",
+        "|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+
+    def key(r: dict[str, Any]) -> tuple:
+        return (str(r["model"]), str(r["gpu"]), r["num_gpus"] or 0, r["input_tokens"] or 0, r["output_tokens"] or 0, r["name"])
+
+    for r in sorted(rows, key=key):
+        planned = r["status"] in ("optimal", "feasible")
+        num = (lambda k, scale, fmt: format(r[k] * scale, fmt)) if planned else (lambda k, scale, fmt: "")
+        note = str(r["reason"]).replace("|", "\\|")
+        lines.append(
+            f"| {r['name']} | {r['model']} | {r['gpu']} | {r['num_gpus']} | "
+            f"{r['input_tokens']}/{r['output_tokens']} | {r['status']} | {r['tp']} | {r['pp']} | {r['dp']} | {r['ep']} "
+            f"| {r['etp']} | {num('ttft_s', 1e3, '.1f')} | {num('tpot_s', 1e3, '.2f')} "
+            f"| {num('output_tokens_per_s_per_gpu', 1, ',.0f')} | {note} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(folder: Path, rows: Sequence[dict[str, Any]]) -> list[Path]:
+    """Per model, request latency and output tokens/s per GPU against GPU count: one line per GPU kind,
+    engine and ISL/OSL (matplotlib, Agg backend). Models with no planned scenario get no plot."""
+    planned = [r for r in rows if r["status"] in ("optimal", "feasible")]
+    if not planned:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for model in sorted({r["model"] for r in planned}):
+        fig, (ax_lat, ax_tput) = plt.subplots(1, 2, figsize=(11, 4.2))
+        series: dict[str, list[dict[str, Any]]] = {}
+        for r in planned:
+            if r["model"] == model:
+                series.setdefault(f"{r['gpu']} {r['engine']} ISL {r['input_tokens']} OSL {r['output_tokens']}", []).append(r)
+        for label, points in sorted(series.items()):
+            points.sort(key=lambda r: r["num_gpus"])
+            x = [r["num_gpus"] for r in points]
+            ax_lat.plot(x, [r["request_latency_s"] for r in points], marker="o", label=label)
+            ax_tput.plot(x, [r["output_tokens_per_s_per_gpu"] for r in points], marker="o", label=label)
+        for ax, ylabel in ((ax_lat, "request latency (s)"), (ax_tput, "output tokens/s per GPU")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("GPUs")
+            ax.set_ylabel(ylabel)
+            ax.grid(True, alpha=0.3)
+        ax_tput.legend(fontsize=7, loc="best")
+        fig.suptitle(f"{model}: estimated, per scenario's optimal plan")
+        fig.tight_layout()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{_safe(model)}.png"
+        # Through a temp name and a rename, like every other output.
+        tmp = folder / f".{path.name}.tmp.png"
+        fig.savefig(tmp, dpi=110, metadata={"Software": None})
+        os.replace(tmp, path)
+        plt.close(fig)
+        written.append(path)
+    return written
