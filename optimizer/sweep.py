@@ -127,7 +127,8 @@ def expand_jobs(
         models: catalog model names, or paths to Hugging Face ``config.json`` files.
         isl, osl: ``workload.input_tokens`` and ``workload.output_tokens``.
 
-    Job names are ``<scenario>`` plus one ``--axis-value`` part per axis given, made unique.
+    Job names are the file's stem plus one ``--axis-value`` part per axis given, made unique; the
+    scenario's ``name`` becomes the job name.
     """
     jobs: list[Job] = []
     for label, path in input_files(inputs):
@@ -140,7 +141,7 @@ def expand_jobs(
         except ScenarioError as exc:
             jobs.append(Job(_safe(path.stem), None, str(path), str(path.parent), str(exc)))
             continue
-        stem = _safe(str(base.get("name") or path.stem))
+        stem = _safe(path.stem)  # file names are unique in a folder; the scenario's own name may repeat
         for variant, suffix in _variants(base, gpus=gpus, gpu_names=gpu_names, models=models, isl=isl, osl=osl):
             name = stem + suffix
             jobs.append(Job(name, {**variant, "name": name}, str(path), str(path.parent.resolve())))

@@ -1,0 +1,179 @@
+"""Batch sweeps (process pool and Ray), resumability, failure isolation, the summary, and the JSON Schemas
+of scenario files and plan documents."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from conftest import DENSE, scenario_dict
+from optimizer.cli import main
+from optimizer.loader import shipped_scenarios
+from optimizer.schema import SCHEMA_VERSION, PlanDocument, plan_schema, scenario_schema
+from optimizer.sweep import expand_jobs, run_sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "tests" / "golden"
+
+
+def invoke(*args: str):
+    result = CliRunner().invoke(main, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+def plans(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((folder / "plans").iterdir())}
+
+
+@pytest.fixture(scope="module")
+def shipped_sweep(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sweep") / "results"
+    result = invoke("sweep", str(ROOT / "scenarios"), "--out", str(out), "--workers", "2")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_every_shipped_scenario_gets_a_plan_or_an_infeasibility(shipped_sweep):
+    names = set(shipped_scenarios())
+    assert {p.stem for p in (shipped_sweep / "plans").glob("*.json")} == names
+    assert {p.stem for p in (shipped_sweep / "plans").glob("*.md")} == names
+    rows = list(csv.DictReader((shipped_sweep / "summary.csv").open()))
+    assert {r["name"] for r in rows} == names
+    for row in rows:  # the status agrees with the golden files
+        golden = json.loads((GOLDEN / f"{row['name']}.json").read_text())
+        assert row["status"] == ("infeasible" if "infeasible" in golden else "optimal"), row["name"]
+        if "plan" in golden:
+            assert int(row["tp"]) == golden["plan"]["tp"] and int(row["ep"]) == golden["plan"]["ep"]
+    text = (shipped_sweep / "summary.md").read_text()
+    assert text.startswith("# Sweep summary") and "| 16gpu-30b |" in text
+    assert (shipped_sweep / "plots" / "DeepSeek-V3.png").stat().st_size > 10_000
+
+
+def test_a_sweep_plan_is_byte_identical_to_optimize_json(shipped_sweep):
+    single = invoke("--scenario", str(ROOT / "scenarios" / "qwen3-235b-a22b-16xh100.yaml"), "--json", "-").output
+    assert (shipped_sweep / "plans" / "qwen3-235b-a22b-16xh100.json").read_text() == single
+
+
+def test_every_document_matches_the_plan_schema(shipped_sweep):
+    schema = plan_schema()
+    for path in (shipped_sweep / "plans").glob("*.json"):
+        document = json.loads(path.read_text())
+        jsonschema.validate(document, schema, cls=jsonschema.Draft202012Validator)
+        PlanDocument.model_validate(document)  # extra="forbid": a key the schema does not know fails here
+        assert document["schema_version"] == SCHEMA_VERSION
+
+
+def test_every_shipped_scenario_matches_the_scenario_schema():
+    schema = scenario_schema()
+    for path in shipped_scenarios().values():
+        jsonschema.validate(yaml.safe_load(path.read_text()), schema, cls=jsonschema.Draft202012Validator)
+    broken = {"cluster": {"gpu": "no-such-gpu", "num_nodes": 1}, "model": "Llama-3.1-70B",
+              "workload": {"concurrent_sequences": 1, "input_tokens": 1, "output_tokens": 1}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_schema_command_prints_both_schemas():
+    for kind, title in (("scenario", "optimizer scenario file"), ("plan", f"optimizer plan document, schema {SCHEMA_VERSION}")):
+        result = invoke("schema", kind)
+        assert result.exit_code == 0 and json.loads(result.output)["title"] == title
+
+
+def write(folder: Path, name: str, data: dict) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_grid_expansion_names_and_counts(tmp_path):
+    base = write(tmp_path, "base", scenario_dict(model=DENSE))
+    jobs = expand_jobs([str(base)], gpus=[4, 8, 12], isl=[64, 128], osl=[16])
+    assert len(jobs) == 6 and len({j.name for j in jobs}) == 6
+    assert "base--8gpu--isl128--osl16" in {j.name for j in jobs}
+    [eight] = [j for j in jobs if j.name == "base--8gpu--isl64--osl16"]
+    assert eight.data["cluster"]["num_nodes"] == 2 and eight.data["workload"]["input_tokens"] == 64
+    # 6 GPUs are not a whole number of 4-GPU nodes: left for validation to name (the job then fails alone).
+    [bad] = expand_jobs([str(base)], gpus=[6])
+    assert isinstance(bad.data["cluster"]["num_nodes"], str)
+
+
+def test_gpu_and_model_axes_take_catalog_shapes(tmp_path):
+    base = ROOT / "scenarios" / "llama-3.1-70b-8xh100.yaml"
+    jobs = expand_jobs([str(base)], gpu_names=["h200-sxm"], gpus=[16], models=["Qwen3-30B-A3B"])
+    [job] = jobs
+    assert job.name == "llama-3.1-70b-8xh100--h200-sxm--16gpu--Qwen3-30B-A3B"
+    assert job.data["cluster"] == {"gpu": "h200-sxm", "num_nodes": 2, "gpus_per_node": 8}
+
+
+def test_one_failure_is_recorded_and_the_rest_go_on(tmp_path):
+    good = write(tmp_path, "good", scenario_dict(model=DENSE))
+    (tmp_path / "broken.yaml").write_text("cluster: [not, a, mapping\n")
+    out = tmp_path / "out"
+    result = invoke("sweep", str(good), str(tmp_path / "broken.yaml"), "--gpus", "4,6", "--out", str(out), "--workers", "1")
+    assert result.exit_code == 1
+    assert "broken" in result.output and "6 GPUs is not a whole number of nodes of 4" in result.output
+    assert (out / "plans" / "good--4gpu.json").exists()
+    assert (out / "errors" / "good--6gpu.txt").exists() and (out / "errors" / "broken.txt").exists()
+    statuses = {r["name"]: r["status"] for r in csv.DictReader((out / "summary.csv").open())}
+    assert statuses == {"good--4gpu": "optimal", "good--6gpu": "error", "broken": "error"}
+
+
+def test_resume_keeps_done_results_and_redoes_changed_ones(tmp_path):
+    a = write(tmp_path, "a", scenario_dict(model=DENSE))
+    b = write(tmp_path, "b", scenario_dict(model=DENSE, workload={"input_tokens": 256}))
+    out = tmp_path / "out"
+    first = run_sweep(expand_jobs([str(a), str(b)]), out, workers=1)
+    assert [o.skipped for o in first.outcomes] == [False, False]
+    stamp = (out / "plans" / "a.json").stat().st_mtime_ns
+    write(tmp_path, "b", scenario_dict(model=DENSE, workload={"input_tokens": 512}))  # b changes
+    second = run_sweep(expand_jobs([str(a), str(b)]), out, workers=1)
+    assert [o.skipped for o in second.outcomes] == [True, False]
+    assert (out / "plans" / "a.json").stat().st_mtime_ns == stamp
+    assert json.loads((out / "plans" / "b.json").read_text())["scenario"]["workload"]["input_tokens"] == 512
+    fresh = run_sweep(expand_jobs([str(a), str(b)]), out, workers=1, resume=False)
+    assert not any(o.skipped for o in fresh.outcomes)
+
+
+def test_a_grid_of_200_runs_resumably(tmp_path):
+    # 2 scenarios x 5 GPU counts x 5 ISL x 4 OSL = 200 small scenarios; the first pass is cut short (only
+    # the first 80 jobs), the second finishes the rest and keeps those 80.
+    a = write(tmp_path, "dense", scenario_dict(model=DENSE))
+    b = write(tmp_path, "moe", scenario_dict())
+    jobs = expand_jobs([str(a), str(b)], gpus=[1, 2, 4, 8, 16], isl=[64, 128, 256, 512, 1024], osl=[8, 16, 32, 64])
+    assert len(jobs) == 200
+    out = tmp_path / "out"
+    run_sweep(jobs[:80], out, workers=2)
+    result = run_sweep(jobs, out, workers=2)
+    assert sum(o.skipped for o in result.outcomes) == 80
+    assert result.count("error") == 0 and len(list(csv.DictReader((out / "summary.csv").open()))) == 200
+
+
+def test_process_count_does_not_change_the_files(tmp_path):
+    inputs = [str(ROOT / "scenarios" / n) for n in ("16gpu-30b.yaml", "3gpu-32gb.yaml", "mixtral-8x7b-8xh100.yaml")]
+    run_sweep(expand_jobs(inputs), tmp_path / "one", workers=1)
+    run_sweep(expand_jobs(inputs), tmp_path / "two", workers=2)
+    assert plans(tmp_path / "one") == plans(tmp_path / "two")
+
+
+def test_ray_executor_gives_the_same_files_as_the_process_pool(tmp_path):
+    pytest.importorskip("ray", reason="the ray extra is not installed (CI installs it: pip install -e '.[test,ray]')")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway local instance
+    inputs = [str(ROOT / "scenarios" / n) for n in ("16gpu-30b.yaml", "3gpu-32gb.yaml", "4gpu-10b.yaml")]
+    run_sweep(expand_jobs(inputs), tmp_path / "pool", workers=2)
+    result = invoke("sweep", *inputs, "--out", str(tmp_path / "ray"), "--executor", "ray", "--workers", "2")
+    assert result.exit_code == 0, result.output
+    assert plans(tmp_path / "pool") == plans(tmp_path / "ray")
+    assert (tmp_path / "pool" / "summary.csv").read_text() == (tmp_path / "ray" / "summary.csv").read_text()
+
+
+def test_unknown_inputs_are_recorded_not_raised(tmp_path):
+    result = invoke("sweep", "no-such-scenario", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1 and "no such file" in result.output
