@@ -20,9 +20,18 @@ import click
 
 from optimizer.diagnose import diagnose
 from optimizer.errors import Infeasible, OptimizerError, ScenarioError, SolveIncomplete
-from optimizer.exhaustive import optimize_exhaustive
-from optimizer.loader import load_scenario, shipped_scenarios
-from optimizer.report import infeasible_document, model_summary, plan_document, solution_document, render_markdown, render_table, to_json
+from optimizer.exhaustive import optimize_exhaustive, runner_up
+from optimizer.loader import load_scenario, read_mapping, scenario_from_dict, shipped_scenarios
+from optimizer.report import (
+    infeasible_document,
+    model_summary,
+    plan_document,
+    render_dot,
+    render_markdown,
+    render_table,
+    solution_document,
+    to_json,
+)
 from optimizer.scenario import Scenario
 from optimizer.schema import plan_schema, scenario_schema
 from optimizer.solve import confirm_optimum, optimize
@@ -37,9 +46,16 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def _load(name_or_path: str) -> Scenario:
+def _load(name_or_path: str, *, model_config: str | None = None) -> Scenario:
+    """The scenario, with its model replaced by a Hugging Face config.json when one is given."""
     try:
-        return load_scenario(name_or_path)
+        if model_config is None:
+            return load_scenario(name_or_path)
+        path = Path(name_or_path) if Path(name_or_path).exists() else shipped_scenarios().get(name_or_path, Path(name_or_path))
+        data = read_mapping(path)
+        data.setdefault("name", path.stem)
+        data["model"] = {"config_json": str(Path(model_config).resolve())}
+        return scenario_from_dict(data, source=str(path), base_dir=path.parent)
     except ScenarioError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
         raise  # unreachable; keeps type checkers content
@@ -77,6 +93,9 @@ def _scenario_inputs(name_or_path: str) -> list[Path]:
 @click.option("--scenario", "scenario_name", metavar="NAME|PATH", help="A shipped scenario name or a scenario YAML file.")
 @click.option("--json", "json_path", metavar="PATH", help="Write the plan as JSON (- for stdout).")
 @click.option("--markdown", "markdown_path", metavar="PATH", help="Write the plan as Markdown (- for stdout).")
+@click.option("--dag", "dag_path", metavar="PATH", help="Write the deployment graph as Graphviz DOT (- for stdout).")
+@click.option("--model-config", "model_config", type=click.Path(dir_okay=False), metavar="PATH",
+              help="Use this Hugging Face config.json as the scenario's model.")
 @click.option("--solver", type=click.Choice(["cp-sat", "exhaustive"]), default="cp-sat", show_default=True,
               help="CP-SAT with proof, or the enumeration oracle on the same rules and tables.")
 @click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
@@ -90,7 +109,7 @@ def _scenario_inputs(name_or_path: str) -> list[Path]:
               help="CP-SAT worker threads; the proved plan and its JSON are the same for any count.")
 @click.pass_context
 def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, markdown_path: str | None,
-         solver: str, time_limit_s: float | None, require_proof: bool, double_check: bool, explain: bool,
+         dag_path: str | None, model_config: str | None, solver: str, time_limit_s: float | None, require_proof: bool, double_check: bool, explain: bool,
          workers: int) -> None:
     """Plan a deployment: the parallel layout with the lowest estimated latency, with its proof.
 
@@ -101,7 +120,7 @@ def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, m
     if scenario_name is None:
         click.echo(ctx.get_help())
         _fail("give --scenario NAME|PATH (see `optimize scenarios` for the shipped names)", EXIT_BAD_INPUT)
-    scenario = _load(scenario_name)
+    scenario = _load(scenario_name, model_config=model_config)
     try:
         if solver == "exhaustive":
             solution = optimize_exhaustive(scenario)
@@ -124,9 +143,12 @@ def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, m
     if json_path:
         _write(json_path, to_json(document), inputs=inputs)
     if markdown_path:
-        _write(markdown_path, render_markdown(document), inputs=inputs)
+        second = runner_up(solution)
+        _write(markdown_path, render_markdown(document, solution_document(second) if second else None), inputs=inputs)
+    if dag_path:
+        _write(dag_path, render_dot(document), inputs=inputs)
     ev = solution.evidence
-    if json_path != "-" and markdown_path != "-":
+    if "-" not in (json_path, markdown_path, dag_path):
         click.echo(model_summary(scenario))
         click.echo(render_table(document, timing=f"{ev.wall_s:.3f} s, {ev.workers} worker(s)"))
     if not document["certificate"]["holds"]:  # the certificate re-checks the solver; this would be a bug

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from optimizer.errors import Infeasible
-from optimizer.parallel import Plan
+from optimizer.parallel import Layout, Plan
 from optimizer.result import Evidence, Solution, Tables, build_tables, primary_ns
 from optimizer.rules import LayoutRule, build_rules
 from optimizer.scenario import Scenario
@@ -21,8 +21,9 @@ from optimizer.verify import plan_context
 SOLVER_NAME = "exhaustive"
 
 
-def optimize_exhaustive(scenario: Scenario, *, tables: Tables | None = None) -> Solution:
-    """The optimum by enumeration, with the same objective encoding as CP-SAT (``primary x C + rank``).
+def optimize_exhaustive(scenario: Scenario, *, tables: Tables | None = None, exclude: frozenset[Layout] = frozenset()) -> Solution:
+    """The optimum by enumeration, with the same objective encoding as CP-SAT (``primary x C + rank``),
+    over the grid less the ``exclude``d layouts.
 
     Raises:
         Infeasible: no layout passes; ``reasons`` lists each rule with how many layouts it rejects.
@@ -35,6 +36,8 @@ def optimize_exhaustive(scenario: Scenario, *, tables: Tables | None = None) -> 
     best: tuple[int, Plan] | None = None
     rejected: dict[str, int] = {}
     for c, layout in enumerate(tables.layouts):
+        if layout in exclude:
+            continue
         failed = [r.name for r in layout_rules if not r.evaluate(scenario, layout).holds]
         split = None if failed else best_split(scenario=scenario, table=tables.cost, memory=tables.memory, c=c)
         if not failed and split is None:
@@ -61,3 +64,14 @@ def optimize_exhaustive(scenario: Scenario, *, tables: Tables | None = None) -> 
     return Solution(scenario=scenario, plan=best[1], tables=tables, evidence=evidence)
 
 
+
+
+def runner_up(solution: Solution) -> Solution | None:
+    """The best plan on any other layout than ``solution``'s, by enumeration over the same tables (exact,
+    and fast where CP-SAT is slow: with the optimum's layout excluded, its per-layout model can take
+    seconds to close the gap), or None when no other layout is feasible. The review report compares the
+    two."""
+    try:
+        return optimize_exhaustive(solution.scenario, tables=solution.tables, exclude=frozenset({solution.plan.layout}))
+    except Infeasible:
+        return None

@@ -212,8 +212,9 @@ def _proof(ev: dict[str, Any]) -> str:
     return "proved optimal" + checked
 
 
-def render_markdown(document: dict[str, Any]) -> str:
-    """The plan for review, as Markdown tables."""
+def render_markdown(document: dict[str, Any], runner_up: dict[str, Any] | None = None) -> str:
+    """The plan for review, as Markdown tables; with ``runner_up`` (the best plan on another layout) a
+    "Why this plan" section says which term decides between them."""
     sc, plan, est, mem, cert, ev = (document[k] for k in ("scenario", "plan", "estimate", "memory", "certificate", "evidence"))
     out = [
         f"# Plan: {sc['name']}",
@@ -256,6 +257,117 @@ def render_markdown(document: dict[str, Any]) -> str:
                 f"- objective {ev['objective']}, best bound {ev['best_bound']} ({ev['objective_encoding']}, {ev['objective_kind']})",
                 f"- solver: {ev['solver']}; parameters: {ev['parameters']}; model size: {ev['model_size']}; "
                 f"{ev['candidates']} layouts"]
+    if runner_up is not None:
+        out += ["", *why_this_plan(document, runner_up)]
+    return "\n".join(out) + "\n"
+
+
+def _sizes(plan: dict[str, Any]) -> str:
+    return " ".join(f"{k.upper()} {plan[k]}" for k in ("tp", "pp", "dp", "ep", "etp", "edp"))
+
+
+def why_this_plan(document: dict[str, Any], runner_up: dict[str, Any]) -> list[str]:
+    """Markdown lines comparing a plan with the runner-up: the objective gap, which of TTFT and the
+    (OSL - 1) TPOT steps decides it, and the per-layer operators that differ most in that phase.
+
+    Request latency = TTFT + (OSL - 1) x TPOT (``cost.estimate``), so the two contributions add up to the
+    gap exactly (integer ns).
+    """
+    a, b = document["estimate"], runner_up["estimate"]
+    kind = document["evidence"]["objective_kind"] if document.get("evidence") else "request_latency"
+    steps = max(document["scenario"]["workload"]["output_tokens"] - 1, 0)
+    d_ttft, d_tpot = b["ttft_ns"] - a["ttft_ns"], b["tpot_ns"] - a["tpot_ns"]
+    metric = {"ttft": ("TTFT", "ttft_ns"), "tpot": ("TPOT", "tpot_ns")}.get(kind, ("request latency", "request_latency_ns"))
+    gap = b[metric[1]] - a[metric[1]]
+    lines = [
+        "## Why this plan",
+        "",
+        f"It beats the runner-up ({_sizes(runner_up['plan'])}) by {gap / 1e6:,.3f} ms of {metric[0]}"
+        + (f" ({100 * gap / b[metric[1]]:.2f}%)." if b[metric[1]] else "."),
+        "",
+        "| | this plan | runner-up | runner-up minus this |",
+        "|---|---:|---:|---:|",
+        f"| TTFT (ms) | {a['ttft_ns'] / 1e6:.3f} | {b['ttft_ns'] / 1e6:.3f} | {d_ttft / 1e6:+.3f} |",
+        f"| TPOT (ms) | {a['tpot_ns'] / 1e6:.4f} | {b['tpot_ns'] / 1e6:.4f} | {d_tpot / 1e6:+.4f} |",
+        f"| request latency (s) | {a['request_latency_ns'] / 1e9:.4f} | {b['request_latency_ns'] / 1e9:.4f} "
+        f"| {(b['request_latency_ns'] - a['request_latency_ns']) / 1e9:+.4f} |",
+        f"| output tokens/s per GPU | {a['output_tokens_per_s_per_gpu']:,.1f} | {b['output_tokens_per_s_per_gpu']:,.1f} "
+        f"| {b['output_tokens_per_s_per_gpu'] - a['output_tokens_per_s_per_gpu']:+,.1f} |",
+        "",
+    ]
+    if kind == "ttft" or (kind == "request_latency" and d_ttft > steps * d_tpot):
+        phase = "prefill"
+        lines.append(f"Deciding term: TTFT ({d_ttft / 1e6:+.3f} ms), against {steps} decode steps x "
+                     f"{d_tpot / 1e6:+.4f} ms = {steps * d_tpot / 1e6:+.3f} ms of TPOT.")
+    else:
+        phase = "decode"
+        if kind == "tpot":
+            lines.append(f"Deciding term: TPOT ({d_tpot / 1e6:+.4f} ms).")
+        else:
+            lines.append(f"Deciding term: TPOT, {steps} decode steps x {d_tpot / 1e6:+.4f} ms = {steps * d_tpot / 1e6:+.3f} ms, "
+                         f"against TTFT {d_ttft / 1e6:+.3f} ms.")
+    diffs = []
+    for name, ops in a["breakdown_per_layer_s"].items():
+        if name.startswith(phase) and name in b["breakdown_per_layer_s"]:
+            other = b["breakdown_per_layer_s"][name]
+            diffs += [(other[op] - t, name, op) for op, t in ops.items() if op in other]
+    diffs = sorted((d for d in diffs if abs(d[0]) >= 5e-9), key=lambda d: (-abs(d[0]), d[1], d[2]))
+    if diffs:
+        lines += ["", f"Per layer, {phase}: the runner-up's operators minus this plan's, largest first:", ""]
+        lines += [f"- `{name}.{op}`: {delta * 1e6:+.2f} us" for delta, name, op in diffs[:4]]
+    else:
+        lines += ["", f"Every {phase} layer costs the same in both plans: the difference is in how the layers are staged."]
+    pp_a, pp_b = document["plan"]["pp"], runner_up["plan"]["pp"]
+    if pp_a != pp_b or not diffs:
+        stages = f"{phase}_stage_ns"
+        lines += ["", f"Pipeline: PP {pp_a} (layers {document['plan']['layers_per_stage']}, slowest {phase} stage "
+                      f"{max(a[stages]) / 1e6:.3f} ms) vs PP {pp_b} (layers {runner_up['plan']['layers_per_stage']}, slowest "
+                      f"{max(b[stages]) / 1e6:.3f} ms); decode micro-batches {a['decode_microbatches']} vs {b['decode_microbatches']}."]
+    return lines
+
+
+_NODE_COLOURS = ("#dbe9f6", "#fde2c8", "#d9f0d3", "#f3d9f0", "#fff3b0", "#e0e0e0", "#cde7e2", "#f6d5d5")
+
+
+def render_dot(document: dict[str, Any]) -> str:
+    """The deployment graph in Graphviz DOT: one box per rank (its node, local GPU and coordinates),
+    grouped by pipeline stage and filled by physical node; edges for the communication of serving:
+    TP all-reduce rings (blue), EP all-to-all groups (orange, dashed) and PP point-to-point sends (black,
+    directed, stage s to s + 1). DP replicas do not communicate at inference, so they have no edges.
+    Render with ``dot -Tsvg plan.dot > plan.svg``.
+    """
+    plan, ranks, groups = document["plan"], document["rank_map"]["ranks"], document["rank_map"]["groups"]
+    name = document["scenario"]["name"]
+    out = [
+        f'digraph "{name}" {{',
+        f'  label="{name}: {_sizes(plan)}, engine {plan["engine"]}"; labelloc=t; fontsize=16;',
+        '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
+        '  edge [fontname="Helvetica", fontsize=9];',
+    ]
+    by_stage: dict[int, list[dict[str, Any]]] = {}
+    for r in ranks:
+        by_stage.setdefault(r["pp_rank"], []).append(r)
+    for stage, members in sorted(by_stage.items()):
+        layers = plan["layers_per_stage"][stage] if stage < len(plan["layers_per_stage"]) else "?"
+        out.append(f'  subgraph cluster_stage_{stage} {{')
+        out.append(f'    label="PP stage {stage}: {layers} layers"; style=dashed;')
+        for r in members:
+            colour = _NODE_COLOURS[r["node"] % len(_NODE_COLOURS)]
+            out.append(f'    r{r["rank"]} [label="rank {r["rank"]}\\nnode {r["node"]} gpu {r["local_gpu"]}\\n'
+                       f'tp {r["tp_rank"]} dp {r["dp_rank"]} ep {r["ep_rank"]}", fillcolor="{colour}"];')
+        out.append("  }")
+    for kind, style in (("tp", 'color="#1f77b4", dir=none, label="TP"'), ("ep", 'color="#ff7f0e", style=dashed, dir=none, label="EP"')):
+        size = plan[kind]
+        if size <= 1:
+            continue
+        for group in groups[kind]:
+            ring = group + group[:1] if len(group) > 2 else group
+            for a, b in zip(ring, ring[1:]):
+                out.append(f"  r{a} -> r{b} [{style}];")
+    for group in groups["pp"]:
+        for a, b in zip(group, group[1:]):
+            out.append(f'  r{a} -> r{b} [color=black, penwidth=1.5, label="PP"];')
+    out.append("}")
     return "\n".join(out) + "\n"
 
 

@@ -164,6 +164,7 @@ def optimize(
     tables: Tables | None = None,
     rules: tuple[Rule, ...] | None = None,
     double_check: bool = False,
+    exclude: frozenset[Layout] = frozenset(),
 ) -> Solution:
     """Find the plan that minimises the scenario's objective, with CP-SAT's evidence.
 
@@ -177,6 +178,7 @@ def optimize(
         rules: the rules to enforce (default: every rule of the scenario); ``diagnose`` drops some.
         double_check: after a proof, re-solve with ``objective <= best - 1`` and record the status, which
             must be INFEASIBLE (else ``OptimizerError``: the proof would be wrong).
+        exclude: layouts the plan may not use (``runner_up`` excludes the best one).
 
     Raises:
         Infeasible: no plan satisfies the rules; ``reasons`` names a minimal conflicting set of rules.
@@ -189,6 +191,9 @@ def optimize(
     view, literals = build_model(scenario, tables, rules)
     for lit in literals.values():
         view.model.add(lit == 1)
+    for c, layout in enumerate(view.layouts):
+        if layout in exclude:
+            view.model.add(view.x[c] == 0)
     n = len(tables.layouts)
     # Stage 1: the scenario objective.
     status, solver, p_found, p_bound = _minimise(view, view.primary, time_limit_s=time_limit_s, seed=seed, workers=workers)

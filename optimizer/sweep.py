@@ -30,6 +30,7 @@ from typing import Any
 from optimizer import catalog
 from optimizer.diagnose import diagnose
 from optimizer.errors import Infeasible, OptimizerError, ScenarioError
+from optimizer.exhaustive import runner_up
 from optimizer.loader import read_mapping, scenario_from_dict, shipped_scenarios
 from optimizer.report import infeasible_document, render_markdown, solution_document, to_json
 from optimizer.scenario import Scenario
@@ -253,8 +254,10 @@ def run_job(job: Job, *, time_limit_s: float | None = None, explain: bool = Fals
     except OptimizerError as exc:
         return Outcome(job.name, "error", error=f"{scenario.name}: {exc}", seconds=time.perf_counter() - start)
     document = solution_document(solution)
+    second = runner_up(solution)
+    markdown = render_markdown(document, solution_document(second) if second else None)
     status = "optimal" if solution.evidence.proved_optimal else "feasible"
-    return Outcome(job.name, status, to_json(document), render_markdown(document), seconds=time.perf_counter() - start)
+    return Outcome(job.name, status, to_json(document), markdown, seconds=time.perf_counter() - start)
 
 
 def _infeasible_markdown(document: dict[str, Any]) -> str:
