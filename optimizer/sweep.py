@@ -491,8 +491,10 @@ def summary_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def write_plots(folder: Path, rows: Sequence[dict[str, Any]]) -> list[Path]:
-    """Per model, request latency and output tokens/s per GPU against GPU count: one line per GPU kind,
-    engine and ISL/OSL (matplotlib, Agg backend). Models with no planned scenario get no plot."""
+    """Request latency and output tokens/s per GPU against GPU count (log 2), one PNG per model
+    (``plots/<model>.png``), or per model and ISL/OSL when a model was swept over several
+    (``plots/<model>--isl<I>-osl<O>.png``); one line per GPU kind and engine. matplotlib, Agg backend.
+    Models with no planned scenario get no plot."""
     planned = [r for r in rows if r["status"] in ("optimal", "feasible")]
     if not planned:
         return []
@@ -501,15 +503,20 @@ def write_plots(folder: Path, rows: Sequence[dict[str, Any]]) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    panels: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+    for r in planned:
+        panels.setdefault((r["model"], r["input_tokens"], r["output_tokens"]), []).append(r)
+    combos_per_model: dict[str, int] = {}
+    for model, _, _ in panels:
+        combos_per_model[model] = combos_per_model.get(model, 0) + 1
     written = []
-    for model in sorted({r["model"] for r in planned}):
+    for (model, isl, osl), members in sorted(panels.items()):
         fig, (ax_lat, ax_tput) = plt.subplots(1, 2, figsize=(11, 4.2))
         series: dict[str, list[dict[str, Any]]] = {}
-        for r in planned:
-            if r["model"] == model:
-                series.setdefault(f"{r['gpu']} {r['engine']} ISL {r['input_tokens']} OSL {r['output_tokens']}", []).append(r)
+        for r in members:
+            series.setdefault(f"{r['gpu']} ({r['engine']})", []).append(r)
         for label, points in sorted(series.items()):
-            points.sort(key=lambda r: r["num_gpus"])
+            points.sort(key=lambda r: (r["num_gpus"], r["name"]))
             x = [r["num_gpus"] for r in points]
             ax_lat.plot(x, [r["request_latency_s"] for r in points], marker="o", label=label)
             ax_tput.plot(x, [r["output_tokens_per_s_per_gpu"] for r in points], marker="o", label=label)
@@ -518,14 +525,14 @@ def write_plots(folder: Path, rows: Sequence[dict[str, Any]]) -> list[Path]:
             ax.set_xlabel("GPUs")
             ax.set_ylabel(ylabel)
             ax.grid(True, alpha=0.3)
-        ax_tput.legend(fontsize=7, loc="best")
-        fig.suptitle(f"{model}: estimated, per scenario's optimal plan")
+        ax_tput.legend(fontsize=8, loc="best")
+        fig.suptitle(f"{model}, ISL {isl} / OSL {osl}: estimate of each scenario's optimal plan")
         fig.tight_layout()
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{_safe(model)}.png"
-        # Through a temp name and a rename, like every other output.
-        tmp = folder / f".{path.name}.tmp.png"
-        fig.savefig(tmp, dpi=110, metadata={"Software": None})
+        stem = _safe(model) if combos_per_model[model] == 1 else f"{_safe(model)}--isl{isl}-osl{osl}"
+        path = folder / f"{stem}.png"
+        tmp = folder / f".{path.name}.tmp.png"  # through a temp name and a rename, like every other output
+        fig.savefig(tmp, dpi=100, metadata={"Software": None})
         os.replace(tmp, path)
         plt.close(fig)
         written.append(path)
