@@ -398,7 +398,7 @@ def stage_ns(phase: PhaseCosts, i: int, kinds: list[tuple[int, int]]) -> tuple[i
     """Time of each stage (one GPU) for layout ``i`` with ``(dense, moe)`` layers per stage."""
     last = len(kinds) - 1
     return tuple(
-        int(d * phase.dense_layer_ns[i] + m * phase.moe_layer_ns[i])
+        d * int(phase.dense_layer_ns[i]) + m * int(phase.moe_layer_ns[i])  # Python ints: no int64 wrap
         + (int(phase.first_extra_ns[i]) if s == 0 else 0)
         + (int(phase.last_extra_ns[i]) if s == last else 0)
         for s, (d, m) in enumerate(kinds)

@@ -329,6 +329,14 @@ def _add_stage_cap(m: Any, *, layers: Any, per_layer: int, const: int, cap: int,
     m.add(layers * min(per_layer, cap + 1 - const) + const <= cap).only_enforce_if(on)
 
 
+def _ns_text(ns: int, unit: str) -> str:
+    """Whole ns for people, in ``ms`` with three decimals; beyond 1e9 s a phrase, so a target of 1e300 s
+    prints instead of overflowing a float."""
+    if ns >= 10**18:
+        return "over 1e9 s"
+    return f"{ns / 1e6:.3f} {unit}"
+
+
 def _target_ns(seconds) -> int:
     """Largest whole nanosecond count within an exact target in seconds."""
     value = seconds * NS_PER_S
@@ -351,7 +359,7 @@ class TtftTarget(Rule):
     def check(self, ctx: PlanContext) -> list[Check]:
         bound = _target_ns(ctx.scenario.targets.ttft_s)
         return [make_check(self.name, self.formula, ctx.estimate.ttft_ns, "<=", bound,
-                           f"TTFT {ctx.estimate.ttft_ns / 1e9:.4f} s against a target of {bound / 1e9:.4f} s")]
+                           f"TTFT {_ns_text(ctx.estimate.ttft_ns, 'ms')} against a target of {_ns_text(bound, 'ms')}")]
 
     def add_to_model(self, view: SolverView, lit: Any) -> None:
         bound = _target_ns(view.scenario.targets.ttft_s)
@@ -367,7 +375,7 @@ class TpotTarget(Rule):
     def check(self, ctx: PlanContext) -> list[Check]:
         bound = _target_ns(ctx.scenario.targets.tpot_s)
         return [make_check(self.name, self.formula, ctx.estimate.tpot_ns, "<=", bound,
-                           f"TPOT {ctx.estimate.tpot_ns / 1e6:.3f} ms against a target of {bound / 1e6:.3f} ms")]
+                           f"TPOT {_ns_text(ctx.estimate.tpot_ns, 'ms')} against a target of {_ns_text(bound, 'ms')}")]
 
     def add_to_model(self, view: SolverView, lit: Any) -> None:
         view.model.add(view.tpot_ns <= _solver_bound(_target_ns(view.scenario.targets.tpot_s))).only_enforce_if(lit)
@@ -386,9 +394,10 @@ class ThroughputTarget(Rule):
         return value.numerator // value.denominator
 
     def check(self, ctx: PlanContext) -> list[Check]:
-        est, target = ctx.estimate, float(ctx.scenario.targets.output_tokens_per_s)
+        est, target = ctx.estimate, ctx.scenario.targets.output_tokens_per_s
+        shown = f"{float(target):,.0f}" if target < 10**18 else "more than 1e18"
         return [make_check(self.name, self.formula, est.request_latency_ns, "<=", self.bound_ns(ctx.scenario),
-                           f"{est.output_tokens_per_s:,.0f} output tokens/s against a target of {target:,.0f}")]
+                           f"{est.output_tokens_per_s:,.0f} output tokens/s against a target of {shown}")]
 
     def add_to_model(self, view: SolverView, lit: Any) -> None:
         view.model.add(view.request_latency_ns <= _solver_bound(self.bound_ns(view.scenario))).only_enforce_if(lit)

@@ -161,10 +161,12 @@ def plan_from_mapping(data: dict[str, Any], scenario: Scenario, *, source: str =
     layers = values.get("layers_per_stage")
     if layers is None:
         split = even_split(num_layers=scenario.model.num_hidden_layers, pp=pp)
-    elif isinstance(layers, list) and layers and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers):
+    elif isinstance(layers, list) and layers and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1 << 24
+                                                      for v in layers):
         split = tuple(layers)
     else:
-        raise PlanError(f"expected a list of non-negative layer counts, one per stage, got {layers!r}", source=source, field="layers_per_stage")
+        raise PlanError(f"expected a list of layer counts (0 to {1 << 24}), one per stage, got {str(layers)[:200]}",
+                        source=source, field="layers_per_stage")
     batch = sizes.get("batch_per_replica", batch_per_replica(concurrent_sequences=scenario.workload.concurrent_sequences, dp=dp))
     return Plan(layout=layout, layers_per_stage=split, batch_per_replica=batch)
 
