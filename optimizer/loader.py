@@ -60,15 +60,27 @@ def read_mapping(path: Path, *, error: type[ScenarioError] = ScenarioError) -> d
     except UnicodeDecodeError:
         raise error("not UTF-8 text (is it a binary file?)", source=source) from None
     try:
-        data = yaml.safe_load(text)  # JSON is YAML 1.2; safe_load reads both
+        data = _parse(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise error(f"invalid YAML{where}: {problem}", source=source) from None
+    except RecursionError:  # PyYAML's parser recurses once per level of nesting
+        raise error("nested too deeply to read (hundreds of levels); a scenario or plan is a few levels deep",
+                    source=source) from None
     if not isinstance(data, dict):
         raise error(f"expected a mapping of fields at the top level, got {_kind(data)}", source=source)
     return data
+
+
+def _parse(text: str) -> Any:
+    """JSON first, then YAML (``yaml.safe_load``). JSON is YAML 1.2, but PyYAML reads the escaped pair of
+    one character beyond U+FFFF (``"\\ud83d\\ude80"``, as ``json.dumps`` writes it) as two lone surrogates."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return yaml.safe_load(text)
 
 
 def load_scenario(name_or_path: str | Path) -> Scenario:
@@ -153,7 +165,11 @@ def resolve_model(model: Any, *, source: str, base_dir: Path) -> Any:
     if "config_json" in model:
         path = Path(str(model.pop("config_json")))
         path = path if path.is_absolute() else base_dir / path
-        return {**model_fields_from_config_json(path), **model}
+        try:
+            fields = model_fields_from_config_json(path)
+        except ScenarioError as exc:  # name the scenario too: it is the file that points at the config
+            raise ScenarioError(str(exc), source=source, field="model.config_json") from None
+        return {**fields, **model}
     name = model.get("name")
     entry = catalog.model_entry(name) if isinstance(name, str) else None
     return {**entry, **model} if entry else model

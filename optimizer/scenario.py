@@ -11,7 +11,9 @@ from __future__ import annotations
 from enum import StrEnum
 from fractions import Fraction
 from functools import cached_property
-from typing import Annotated
+from math import isfinite
+from types import UnionType
+from typing import Annotated, Union, get_args, get_origin
 
 from pydantic import (
     AliasChoices,
@@ -20,13 +22,36 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
 from optimizer.units import exact_decimal
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+def _is_number(annotation: object) -> bool:
+    """``int``, ``float`` or an optional one (``int | None``)."""
+    if get_origin(annotation) in (Union, UnionType):
+        return any(_is_number(arg) for arg in get_args(annotation))
+    return annotation in (int, float)
+
+
+class _Frozen(BaseModel):
+    """Base of the input sections: frozen, unknown fields refused, and YAML ``true``/``false`` refused
+    where a number belongs (pydantic would read them as 1 and 0: ``num_nodes: true`` is one node)."""
+
+    model_config = _FROZEN
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, bool) and info.field_name and _is_number(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, not true/false")
+        return value
 
 
 def _to_fraction(value: object) -> Fraction:
@@ -96,30 +121,35 @@ class ComputeDtype(StrEnum):
     FP4 = "fp4"
 
 
-class Link(BaseModel):
+class Link(_Frozen):
     """One kind of link, seen from one GPU: bandwidth per direction and per-message latency (alpha)."""
 
-    model_config = _FROZEN
     bandwidth_bytes_per_s: int = Field(gt=0, description="per GPU, per direction")
-    latency_us: float = Field(ge=0, description="alpha of the alpha-beta model, microseconds")
+    latency_us: float = Field(ge=0, allow_inf_nan=False, description="alpha of the alpha-beta model, microseconds")
 
 
-class GpuSpec(BaseModel):
+class GpuSpec(_Frozen):
     """One GPU: memory, dense tensor throughput per compute format, HBM bandwidth."""
 
-    model_config = _FROZEN
     name: str = Field(min_length=1)
     memory_bytes: int = Field(gt=0)
     hbm_bytes_per_s: int = Field(gt=0)
     dense_tflops: dict[ComputeDtype, float] = Field(description="dense (no sparsity) peak, TFLOPS")
     source: str = ""
 
+    @field_validator("dense_tflops", mode="before")
+    @classmethod
+    def _no_bool_tflops(cls, value: object) -> object:
+        if isinstance(value, dict) and any(isinstance(v, bool) for v in value.values()):
+            raise ValueError("dense_tflops values must be numbers, not true/false")
+        return value
+
     @model_validator(mode="after")
     def _has_bf16(self) -> GpuSpec:
         if ComputeDtype.BF16 not in self.dense_tflops:
             raise ValueError("dense_tflops needs a bf16 entry")
-        if any(v <= 0 for v in self.dense_tflops.values()):
-            raise ValueError("dense_tflops values must be > 0")
+        if any(not (v > 0 and isfinite(v)) for v in self.dense_tflops.values()):
+            raise ValueError("dense_tflops values must be finite numbers > 0")
         return self
 
     def peak_flops_per_s(self, dtype: ComputeDtype) -> float:
@@ -127,10 +157,9 @@ class GpuSpec(BaseModel):
         return self.dense_tflops.get(dtype, self.dense_tflops[ComputeDtype.BF16]) * 1e12
 
 
-class Cluster(BaseModel):
+class Cluster(_Frozen):
     """``num_nodes`` nodes of ``gpus_per_node`` identical GPUs."""
 
-    model_config = _FROZEN
     gpu: GpuSpec
     num_nodes: int = Field(gt=0, le=1 << 16)
     gpus_per_node: int = Field(gt=0, le=1 << 10)
@@ -143,7 +172,7 @@ class Cluster(BaseModel):
         return self.num_nodes * self.gpus_per_node
 
 
-class ModelSpec(BaseModel):
+class ModelSpec(_Frozen):
     """Architecture in Hugging Face ``config.json`` terms (Llama, Mixtral, Qwen3-MoE, DeepSeek-V2/V3,
     gpt-oss). Experts are ``num_experts`` (aliases ``num_local_experts``, ``n_routed_experts``).
 
@@ -151,7 +180,6 @@ class ModelSpec(BaseModel):
     defaults to it and the model has no dense FFN.
     """
 
-    model_config = _FROZEN
     name: str = Field(min_length=1)
     architecture: str | None = None
     num_hidden_layers: int = Field(gt=0)
@@ -242,11 +270,10 @@ class ModelSpec(BaseModel):
         return self.num_hidden_layers - self.num_dense_layers
 
 
-class Workload(BaseModel):
+class Workload(_Frozen):
     """What the deployment serves: ``concurrent_sequences`` requests in flight at once, each with
     ``input_tokens`` (ISL) of prompt and ``output_tokens`` (OSL) generated."""
 
-    model_config = _FROZEN
     concurrent_sequences: int = Field(gt=0, le=1 << 24)
     input_tokens: int = Field(gt=0, le=1 << 24)
     output_tokens: int = Field(ge=0, le=1 << 24)
@@ -263,10 +290,9 @@ class Workload(BaseModel):
         return self.input_tokens + self.output_tokens
 
 
-class Targets(BaseModel):
+class Targets(_Frozen):
     """Service-level targets; each may be absent. Exact decimals as written (0.05 means 1/20)."""
 
-    model_config = _FROZEN
     ttft_s: ExactNumber | None = None
     tpot_s: ExactNumber | None = None
     output_tokens_per_s: ExactNumber | None = None
@@ -285,13 +311,12 @@ class EngineName(StrEnum):
     VLLM = "vllm"
 
 
-class Engine(BaseModel):
+class Engine(_Frozen):
     """Engine profile. ``enable_expert_parallel`` mirrors vLLM's ``--enable-expert-parallel`` (off by
     default there); ``max_num_batched_tokens`` the prefill chunk vLLM profiles activations with;
     ``reserve_bytes`` what the runtime keeps outside weights, KV cache and activations (CUDA context,
     NCCL buffers, CUDA graphs)."""
 
-    model_config = _FROZEN
     name: EngineName = EngineName.MEGATRON
     enable_expert_parallel: bool = False
     max_num_batched_tokens: int = Field(default=8192, gt=0)
@@ -305,11 +330,10 @@ class Objective(StrEnum):
     THROUGHPUT = "output_tokens_per_s"  # maximised
 
 
-class Search(BaseModel):
+class Search(_Frozen):
     """What to minimise and the knobs of the search. ``gpu_memory_utilization`` is vLLM's (SGLang's
     ``mem_fraction_static``): the share of each GPU's memory the plan may use."""
 
-    model_config = _FROZEN
     objective: Objective = Objective.REQUEST_LATENCY
     gpu_memory_utilization: ExactNumber = Fraction(9, 10)
     allow_uneven_layers: bool = True
