@@ -136,7 +136,7 @@ def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, m
         _fail(f"no plan for {scenario.name}: {exc}", EXIT_INFEASIBLE)
         return
     except OptimizerError as exc:
-        _fail(f"{scenario.name}: {exc}", EXIT_BAD_INPUT)
+        _fail(f"{_scenario_inputs(scenario_name)[0]}: {exc}", EXIT_BAD_INPUT)
         return
     document = solution_document(solution)
     inputs = _scenario_inputs(scenario_name)

@@ -27,9 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from optimizer.errors import OptimizerError
+from optimizer.errors import Infeasible, OptimizerError
+from optimizer.exhaustive import optimize_exhaustive
 from optimizer.memory import stage_memory
-from optimizer.parallel import Layout
+from optimizer.parallel import Layout, layout_grid
 from optimizer.result import build_tables
 from optimizer.rules import MemoryCap, Rule, build_rules
 from optimizer.scenario import EngineName, Objective, Scenario
@@ -112,12 +113,14 @@ def min_gpus_lower_bound(scenario: Scenario) -> int | None:
     return max(1, -(-(stage.weights_bytes + stage.kv_cache_bytes) // room))
 
 
-def fewest_gpus(scenario: Scenario, *, max_checks: int = 40) -> tuple[Change | None, str]:
+def fewest_gpus(scenario: Scenario, *, max_checks: int = 40, max_layouts: int = 50_000) -> tuple[Change | None, str]:
     """The fewest GPUs of the scenario's kind that admit a plan, and a note on what was searched.
 
     Candidates in increasing order: ``1..gpus_per_node - 1`` on one node, then whole nodes; every count is
-    tried up to ``max_checks`` candidates, then node counts double (up to 65,536 GPUs); the note says
-    whether the answer is exactly the fewest or only the fewest found.
+    tried up to ``max_checks`` candidates, then node counts double (up to 65,536 GPUs). The search stops
+    when the grids it has solved reach ``max_layouts`` layouts in all (a deterministic stand-in for a time
+    budget: solve time grows with the grid). The note says whether the answer is exactly the fewest, only
+    the fewest found, or where the search stopped.
     """
     lower = min_gpus_lower_bound(scenario)
     if lower is None:
@@ -133,9 +136,14 @@ def fewest_gpus(scenario: Scenario, *, max_checks: int = 40) -> tuple[Change | N
         else:
             exact_until = exact_until or nodes * per_node
             nodes *= 2
+    spent = 0
     for n in counts:
         if n == current:
             continue
+        spent += len(layout_grid(num_gpus=n, is_moe=scenario.model.is_moe))
+        if spent > max_layouts:
+            return None, (f"no GPU count from {counts[0]:,} to {n:,} admits a plan; the search stopped there "
+                          f"(its budget of {max_layouts:,} layouts solved)")
         if _feasible(_with_gpus(scenario, n)):
             shape = f"{n // per_node} node(s) x {per_node}" if n >= per_node else f"one node of {n}"
             exact = exact_until is None or n <= exact_until
@@ -219,6 +227,31 @@ def largest_workload(scenario: Scenario, field: str, lift: tuple[str, ...] = ())
                   f"{what}: {best} is the most that admits a plan (has {current}; {best + 1} does not)"), ""
 
 
+_TARGET_FIELDS = {"ttft_target": "ttft_s", "tpot_target": "tpot_s", "throughput_target": "output_tokens_per_s"}
+HUGE_MEMORY_BYTES = 1 << 50  # 1 PiB per GPU: every memory constraint is then slack (rules._add_stage_cap)
+
+
+def _best_primary_ns(scenario: Scenario, lift: tuple[str, ...]) -> int | None:
+    """The best primary objective (ns) with the rules in ``lift`` set aside, or None if none admit a plan.
+
+    Targets and the memory cap are set aside by changing the scenario (no target; 1 PiB per GPU), and the
+    optimum is found by enumeration: exact, and fast where CP-SAT can take minutes to prove an optimum
+    once targets no longer prune the grid. Other rules are set aside in the CP-SAT model.
+    """
+    changed = _with(scenario, "targets", **{_TARGET_FIELDS[t]: None for t in lift if t in _TARGET_FIELDS})
+    if "memory_cap" in lift:
+        gpu = changed.cluster.gpu.model_copy(update={"memory_bytes": HUGE_MEMORY_BYTES})
+        changed = changed.model_copy(update={"cluster": changed.cluster.model_copy(update={"gpu": gpu})})
+    rest = tuple(name for name in lift if name not in _TARGET_FIELDS and name != "memory_cap")
+    try:
+        if not rest:
+            solution = optimize_exhaustive(changed)
+            return solution.evidence.objective // solution.evidence.candidates
+        return best_primary_ns(changed, rules=_rules(changed, rest))
+    except (Infeasible, OptimizerError):
+        return None
+
+
 def best_target(scenario: Scenario, target: str, conflict: tuple[str, ...], lift: tuple[str, ...] = ()) -> tuple[Change | None, str]:
     """How far ``target`` must move: the best value of its metric over all plans with it lifted (and,
     if that alone is not enough, with the other targets of its conflict lifted too; rules in ``lift``
@@ -230,10 +263,7 @@ def best_target(scenario: Scenario, target: str, conflict: tuple[str, ...], lift
     }[target]
     searched = _with(scenario, "search", objective=objective)
     for lifted in ((target,), tuple(t for t in conflict if t in TARGETS)):
-        try:
-            primary = best_primary_ns(searched, rules=_rules(searched, lifted + lift))
-        except OptimizerError:
-            primary = None
+        primary = _best_primary_ns(searched, lifted + lift)
         if primary is None:
             continue
         w = scenario.workload

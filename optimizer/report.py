@@ -145,9 +145,13 @@ def _breakdown(scenario: Scenario, table: CostTable, i: int) -> dict[str, dict[s
     return {name: {op: float(f"{t:.6g}") for op, t in layer.row(i).items()} for name, layer in phases.items()}
 
 
-def rank_map(scenario: Scenario, plan: Plan) -> dict[str, Any]:
-    """Global rank -> node, GPU and coordinates; the process groups. Order tp-dp-pp, experts etp-ep-edp."""
+def rank_map(scenario: Scenario, plan: Plan) -> dict[str, Any] | None:
+    """Global rank -> node, GPU and coordinates; the process groups. Order tp-dp-pp, experts etp-ep-edp.
+    None when the plan's TP x PP x DP is not the cluster's GPU count: no such map exists (and a
+    hand-written ``dp: 16777216`` must not lay out 16 million ranks to say so)."""
     layout, g = plan.layout, scenario.cluster.gpus_per_node
+    if layout.gpus != scenario.cluster.num_gpus:
+        return None
     ranks = [rank_info(rank=r, layout=layout, gpus_per_node=g).__dict__ for r in range(layout.gpus)]
     return {"order": "tp-dp-pp (experts inside a stage: etp-ep-edp)", "ranks": ranks, "groups": process_groups(layout=layout)}
 

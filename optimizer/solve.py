@@ -199,7 +199,7 @@ def optimize(
     status, solver, p_found, p_bound = _minimise(view, view.primary, time_limit_s=time_limit_s, seed=seed, workers=workers)
     name = solver.status_name(status)
     if status == cp_model.INFEASIBLE:
-        conflicts = disjoint_conflicts(scenario, tables, rules)
+        conflicts = disjoint_conflicts(scenario, tables, rules, time_limit_s=time_limit_s)
         raise Infeasible([" + ".join(describe_conflict(c, rules)) for c in conflicts], conflicts=conflicts)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         limit = f" (time limit {time_limit_s:g} s)" if time_limit_s is not None else ""
@@ -347,11 +347,14 @@ def best_primary_ns(scenario: Scenario, *, rules: tuple[Rule, ...] | None = None
     return found
 
 
-def minimal_conflict(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...]) -> tuple[str, ...]:
+def minimal_conflict(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...], *,
+                     time_limit_s: float | None = None) -> tuple[str, ...]:
     """A minimal set of rule names that together admit no plan: CP-SAT's assumption core, then deletion
     (drop one rule, re-solve; keep it out if still infeasible). One worker, so the core is reproducible.
     Rules that are not ``relaxable`` (they define what a plan is) are always enforced and never named.
-    Empty when those alone admit no plan, in rule order otherwise.
+    Empty when those alone admit no plan, in rule order otherwise. With ``time_limit_s`` each solve is
+    bounded: a step that runs out keeps its rule (the set still conflicts, it may just not be minimal),
+    and a first solve that runs out names every relaxable rule.
 
     Raises:
         OptimizerError: the rules admit a plan (there is no conflict to explain).
@@ -363,10 +366,14 @@ def minimal_conflict(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...]
         view.model.add(literals[name] == 1)
     literals = {name: lit for name, lit in literals.items() if name not in fixed}
     by_index = {lit.index: name for name, lit in literals.items()}
-    solver = _solver(time_limit_s=None, seed=0, workers=1)
+    solver = _solver(time_limit_s=time_limit_s, seed=0, workers=1)
     view.model.add_assumptions(list(literals.values()))
-    if solver.solve(view.model) != cp_model.INFEASIBLE:
+    first = solver.solve(view.model)
+    if first in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise OptimizerError("the rules admit a plan: there is no conflict to explain")
+    order = [r.name for r in rules]
+    if first != cp_model.INFEASIBLE:  # out of time: every relaxable rule together is still a conflict
+        return tuple(sorted(literals, key=order.index))
     core = [by_index[i] for i in solver.sufficient_assumptions_for_infeasibility()]
     needed = list(core)
     for name in core:
@@ -375,11 +382,11 @@ def minimal_conflict(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...]
         view.model.add_assumptions([literals[r] for r in trial])
         if solver.solve(view.model) == cp_model.INFEASIBLE:
             needed = trial
-    order = [r.name for r in rules]
     return tuple(sorted(needed, key=order.index))
 
 
-def disjoint_conflicts(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...]) -> tuple[tuple[str, ...], ...]:
+def disjoint_conflicts(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...], *,
+                       time_limit_s: float | None = None) -> tuple[tuple[str, ...], ...]:
     """Minimal conflicts with no rule in common: find one, set its rules aside, look again among the
     rest, until the rest admit a plan. A plan needs at least one rule of every conflict relaxed, so this
     names every independent reason (e.g. the weights do not fit *and*, separately, TPOT is out of reach)."""
@@ -387,7 +394,7 @@ def disjoint_conflicts(scenario: Scenario, tables: Tables, rules: tuple[Rule, ..
     remaining = rules
     while True:
         try:
-            conflict = minimal_conflict(scenario, tables, remaining)
+            conflict = minimal_conflict(scenario, tables, remaining, time_limit_s=time_limit_s)
         except OptimizerError:
             break
         conflicts.append(conflict)

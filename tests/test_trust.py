@@ -369,3 +369,16 @@ def test_an_input_file_is_never_overwritten(tmp_path):
     result = CliRunner().invoke(main, ["--scenario", str(path), "--json", str(path)])
     assert result.exit_code == 2 and "refusing to overwrite" in result.output
     assert path.read_bytes() == before
+
+
+def test_the_gpu_search_is_bounded_and_says_where_it_stopped():
+    change, note = fewest_gpus(load_scenario("4gpu-10b"), max_layouts=500)
+    assert change is None and "the search stopped there" in note and "500 layouts" in note
+
+
+def test_a_plan_for_another_cluster_size_gets_no_rank_map():
+    # 16 million DP replicas on 3 GPUs: the verdict is immediate, no rank map of 16 million entries is drawn.
+    result = CliRunner().invoke(main, ["verify", "--scenario", "3gpu-32gb", "--dp", "16777216", "--json", "-"])
+    assert result.exit_code == 1
+    document = json.loads(result.output.split("\n}\n")[0] + "\n}")
+    assert document["rank_map"] is None and not document["certificate"]["holds"]
