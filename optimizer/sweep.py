@@ -352,7 +352,7 @@ def run_sweep(
         if on_outcome:
             on_outcome(outcome)
     result.outcomes = [by_name[job.name] for job in jobs]
-    result.files += write_summary(out, jobs, result.outcomes)
+    result.files += write_summary(out, jobs, result.outcomes, workers=workers or os.cpu_count() or 1)
     return result
 
 
@@ -444,7 +444,7 @@ def summary_row(job: Job, outcome: Outcome, document: dict[str, Any] | None) -> 
     return row
 
 
-def write_summary(out: Path, jobs: Sequence[Job], outcomes: Sequence[Outcome]) -> list[Path]:
+def write_summary(out: Path, jobs: Sequence[Job], outcomes: Sequence[Outcome], *, workers: int = 1) -> list[Path]:
     """``summary.csv`` and ``summary.md`` from every job's JSON on disk, and ``plots/<model>.png``."""
     rows = []
     for job, outcome in zip(jobs, outcomes):
@@ -459,7 +459,7 @@ def write_summary(out: Path, jobs: Sequence[Job], outcomes: Sequence[Outcome]) -
     writer.writerows(rows)
     atomic_write(out / "summary.csv", buffer.getvalue())
     atomic_write(out / "summary.md", summary_markdown(rows))
-    return [out / "summary.csv", out / "summary.md", *write_plots(out / "plots", rows)]
+    return [out / "summary.csv", out / "summary.md", *write_plots(out / "plots", rows, workers=workers)]
 
 
 def summary_markdown(rows: Sequence[dict[str, Any]]) -> str:
@@ -490,50 +490,58 @@ def summary_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_plots(folder: Path, rows: Sequence[dict[str, Any]]) -> list[Path]:
+def write_plots(folder: Path, rows: Sequence[dict[str, Any]], *, workers: int = 1) -> list[Path]:
     """Request latency and output tokens/s per GPU against GPU count (log 2), one PNG per model
     (``plots/<model>.png``), or per model and ISL/OSL when a model was swept over several
-    (``plots/<model>--isl<I>-osl<O>.png``); one line per GPU kind and engine. matplotlib, Agg backend.
-    Models with no planned scenario get no plot."""
+    (``plots/<model>--isl<I>-osl<O>.png``); one line per GPU kind and engine. matplotlib, Agg backend;
+    drawn in ``workers`` processes (a figure costs ~0.1 s, and a grid can ask for a hundred). Models with
+    no planned scenario get no plot."""
     planned = [r for r in rows if r["status"] in ("optimal", "feasible")]
-    if not planned:
-        return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
     for r in planned:
         panels.setdefault((r["model"], r["input_tokens"], r["output_tokens"]), []).append(r)
     combos_per_model: dict[str, int] = {}
     for model, _, _ in panels:
         combos_per_model[model] = combos_per_model.get(model, 0) + 1
-    written = []
+    tasks = []
     for (model, isl, osl), members in sorted(panels.items()):
-        fig, (ax_lat, ax_tput) = plt.subplots(1, 2, figsize=(11, 4.2))
-        series: dict[str, list[dict[str, Any]]] = {}
-        for r in members:
-            series.setdefault(f"{r['gpu']} ({r['engine']})", []).append(r)
-        for label, points in sorted(series.items()):
-            points.sort(key=lambda r: (r["num_gpus"], r["name"]))
-            x = [r["num_gpus"] for r in points]
-            ax_lat.plot(x, [r["request_latency_s"] for r in points], marker="o", label=label)
-            ax_tput.plot(x, [r["output_tokens_per_s_per_gpu"] for r in points], marker="o", label=label)
-        for ax, ylabel in ((ax_lat, "request latency (s)"), (ax_tput, "output tokens/s per GPU")):
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("GPUs")
-            ax.set_ylabel(ylabel)
-            ax.grid(True, alpha=0.3)
-        ax_tput.legend(fontsize=8, loc="best")
-        fig.suptitle(f"{model}, ISL {isl} / OSL {osl}: estimate of each scenario's optimal plan")
-        fig.tight_layout()
-        folder.mkdir(parents=True, exist_ok=True)
         stem = _safe(model) if combos_per_model[model] == 1 else f"{_safe(model)}--isl{isl}-osl{osl}"
-        path = folder / f"{stem}.png"
-        tmp = folder / f".{path.name}.tmp.png"  # through a temp name and a rename, like every other output
-        fig.savefig(tmp, dpi=100, metadata={"Software": None})
-        os.replace(tmp, path)
-        plt.close(fig)
-        written.append(path)
-    return written
+        tasks.append((folder / f"{stem}.png", f"{model}, ISL {isl} / OSL {osl}", members))
+    if not tasks:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    if workers > 1 and len(tasks) > 2:
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
+            return list(pool.map(_plot_panel, *zip(*tasks)))
+    return [_plot_panel(*task) for task in tasks]
+
+
+def _plot_panel(path: Path, title: str, members: list[dict[str, Any]]) -> Path:
+    """One PNG: latency and tokens/s per GPU against GPUs, a line per GPU kind and engine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_lat, ax_tput) = plt.subplots(1, 2, figsize=(11, 4.2))
+    series: dict[str, list[dict[str, Any]]] = {}
+    for r in members:
+        series.setdefault(f"{r['gpu']} ({r['engine']})", []).append(r)
+    for label, points in sorted(series.items()):
+        points.sort(key=lambda r: (r["num_gpus"], r["name"]))
+        x = [r["num_gpus"] for r in points]
+        ax_lat.plot(x, [r["request_latency_s"] for r in points], marker="o", label=label)
+        ax_tput.plot(x, [r["output_tokens_per_s_per_gpu"] for r in points], marker="o", label=label)
+    for ax, ylabel in ((ax_lat, "request latency (s)"), (ax_tput, "output tokens/s per GPU")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("GPUs")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    ax_tput.legend(fontsize=8, loc="best")
+    fig.suptitle(f"{title}: estimate of each scenario's optimal plan")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")  # through a temp name and a rename, like every other output
+    fig.savefig(tmp, dpi=100, metadata={"Software": None})
+    os.replace(tmp, path)
+    plt.close(fig)
+    return path
