@@ -352,14 +352,17 @@ def _solver_bound(value: int) -> int:
     return min(value, SOLVER_INT_LIMIT)
 
 
+def _latency_check(rule: Rule, label: str, value_ns: int, bound_ns: int) -> list[Check]:
+    return [make_check(rule.name, rule.formula, value_ns, "<=", bound_ns,
+                       f"{label} {_ns_text(value_ns, 'ms')} against a target of {_ns_text(bound_ns, 'ms')}")]
+
+
 class TtftTarget(Rule):
     name = "ttft_target"
     formula = "ttft_ns <= floor(targets.ttft_s x 1e9)"
 
     def check(self, ctx: PlanContext) -> list[Check]:
-        bound = _target_ns(ctx.scenario.targets.ttft_s)
-        return [make_check(self.name, self.formula, ctx.estimate.ttft_ns, "<=", bound,
-                           f"TTFT {_ns_text(ctx.estimate.ttft_ns, 'ms')} against a target of {_ns_text(bound, 'ms')}")]
+        return _latency_check(self, "TTFT", ctx.estimate.ttft_ns, _target_ns(ctx.scenario.targets.ttft_s))
 
     def add_to_model(self, view: SolverView, lit: Any) -> None:
         bound = _target_ns(view.scenario.targets.ttft_s)
@@ -373,9 +376,7 @@ class TpotTarget(Rule):
     formula = "tpot_ns <= floor(targets.tpot_s x 1e9)"
 
     def check(self, ctx: PlanContext) -> list[Check]:
-        bound = _target_ns(ctx.scenario.targets.tpot_s)
-        return [make_check(self.name, self.formula, ctx.estimate.tpot_ns, "<=", bound,
-                           f"TPOT {_ns_text(ctx.estimate.tpot_ns, 'ms')} against a target of {_ns_text(bound, 'ms')}")]
+        return _latency_check(self, "TPOT", ctx.estimate.tpot_ns, _target_ns(ctx.scenario.targets.tpot_s))
 
     def add_to_model(self, view: SolverView, lit: Any) -> None:
         view.model.add(view.tpot_ns <= _solver_bound(_target_ns(view.scenario.targets.tpot_s))).only_enforce_if(lit)
