@@ -8,13 +8,11 @@ Exit codes: 0 a plan was found (and proved, unless a time limit stopped the proo
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import replace
-from typing import Any
-import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -35,7 +33,7 @@ from optimizer.report import (
 from optimizer.scenario import Scenario
 from optimizer.schema import plan_schema, scenario_schema
 from optimizer.solve import confirm_optimum, optimize
-from optimizer.sweep import EXECUTORS, expand_jobs, run_sweep
+from optimizer.sweep import EXECUTORS, atomic_write, expand_jobs, run_sweep
 from optimizer.verify import certify, plan_context, read_plan
 
 EXIT_OK, EXIT_INFEASIBLE, EXIT_BAD_INPUT = 0, 1, 2
@@ -74,13 +72,9 @@ def _write(path: str, text: str, *, inputs: list[Path]) -> None:
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         _fail(f"{path}: folder {folder} does not exist", EXIT_BAD_INPUT)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, target)
+        atomic_write(target, text)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         _fail(f"{path}: cannot write: {exc.strerror}", EXIT_BAD_INPUT)
 
 

@@ -92,6 +92,12 @@ def _rules(scenario: Scenario, lift: tuple[str, ...]) -> tuple[Rule, ...]:
     return tuple(r for r in build_rules(scenario) if r.name not in lift)
 
 
+def _with_memory(scenario: Scenario, memory_bytes: int) -> Scenario:
+    """``scenario`` with ``memory_bytes`` per GPU (an int > 0, so no re-validation is needed)."""
+    gpu = scenario.cluster.gpu.model_copy(update={"memory_bytes": memory_bytes})
+    return scenario.model_copy(update={"cluster": scenario.cluster.model_copy(update={"gpu": gpu})})
+
+
 def _feasible(scenario: Scenario, lift: tuple[str, ...] = (), **kwargs: Any) -> bool:
     """Does ``scenario`` admit a plan with the rules named in ``lift`` set aside?"""
     try:
@@ -196,9 +202,7 @@ def memory_needed(scenario: Scenario, lift: tuple[str, ...] = ()) -> tuple[Chang
     have = scenario.cluster.gpu.memory_bytes
 
     def fits(gib: int) -> bool:
-        gpu = scenario.cluster.gpu.model_copy(update={"memory_bytes": gib * GIB})
-        changed = scenario.model_copy(update={"cluster": scenario.cluster.model_copy(update={"gpu": gpu})})
-        return _feasible(changed, lift, tables=tables)
+        return _feasible(_with_memory(scenario, gib * GIB), lift, tables=tables)
 
     low = have // GIB + 1
     high = low
@@ -240,8 +244,7 @@ def _best_primary_ns(scenario: Scenario, lift: tuple[str, ...]) -> int | None:
     """
     changed = _with(scenario, "targets", **{_TARGET_FIELDS[t]: None for t in lift if t in _TARGET_FIELDS})
     if "memory_cap" in lift:
-        gpu = changed.cluster.gpu.model_copy(update={"memory_bytes": HUGE_MEMORY_BYTES})
-        changed = changed.model_copy(update={"cluster": changed.cluster.model_copy(update={"gpu": gpu})})
+        changed = _with_memory(changed, HUGE_MEMORY_BYTES)
     rest = tuple(name for name in lift if name not in _TARGET_FIELDS and name != "memory_cap")
     try:
         if not rest:
@@ -337,6 +340,6 @@ def diagnose(scenario: Scenario, conflicts: tuple[tuple[str, ...], ...] = ()) ->
         for target in TARGETS:
             if target in conflict:
                 add(best_target(scenario, target, conflict, lift), lift)
-        changes.extend(Change(c.field, c.current, c.proposed, c.text + (f" (with {', '.join(lift)} set aside)" if lift else ""))
-                       for c in switches(scenario, conflict, lift))
+        for change in switches(scenario, conflict, lift):
+            add((change, ""), lift)
     return Diagnosis(conflicts=tuple(conflicts), reasons=reasons, changes=tuple(changes), notes=tuple(notes))

@@ -79,6 +79,15 @@ def _bounds(scenario: Scenario, tables: Tables) -> tuple[int, int, int]:
     return ttft_ub, tpot_ub, latency_ub
 
 
+def enforced_model(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...]) -> _View:
+    """``build_model`` with every rule's literal fixed to true: the model every solve but the conflict
+    search works on."""
+    view, literals = build_model(scenario, tables, rules)
+    for lit in literals.values():
+        view.model.add(lit == 1)
+    return view
+
+
 def build_model(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...]) -> tuple[_View, dict[str, Any]]:
     """The CP-SAT model with each rule behind its own literal; returns the view and ``{rule name: literal}``."""
     m = cp_model.CpModel()
@@ -188,9 +197,7 @@ def optimize(
     start = time.perf_counter()
     tables = tables or build_tables(scenario)
     rules = build_rules(scenario) if rules is None else rules
-    view, literals = build_model(scenario, tables, rules)
-    for lit in literals.values():
-        view.model.add(lit == 1)
+    view = enforced_model(scenario, tables, rules)
     for c, layout in enumerate(view.layouts):
         if layout in exclude:
             view.model.add(view.x[c] == 0)
@@ -264,9 +271,7 @@ def confirm_optimum(scenario: Scenario, tables: Tables, objective: int, *, time_
     Raises:
         OptimizerError: a plan with a smaller objective exists (the claim is wrong).
     """
-    view, literals = build_model(scenario, tables, build_rules(scenario))
-    for lit in literals.values():
-        view.model.add(lit == 1)
+    view = enforced_model(scenario, tables, build_rules(scenario))
     return _double_check(view, objective, len(tables.layouts), time_limit_s=time_limit_s, seed=0, workers=1)
 
 
@@ -315,10 +320,7 @@ def is_feasible(scenario: Scenario, *, tables: Tables | None = None, rules: tupl
     """
     tables = tables or build_tables(scenario)
     rules = build_rules(scenario) if rules is None else rules
-    view, literals = build_model(scenario, tables, rules)
-    view.model.clear_objective()
-    for lit in literals.values():
-        view.model.add(lit == 1)
+    view = enforced_model(scenario, tables, rules)
     status = _solver(time_limit_s=None, seed=0, workers=1).solve(view.model)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE, cp_model.INFEASIBLE):
         raise SolveIncomplete(f"CP-SAT returned {cp_model.CpSolver().status_name(status)} on a feasibility check")
@@ -336,9 +338,7 @@ def best_primary_ns(scenario: Scenario, *, rules: tuple[Rule, ...] | None = None
     """
     tables = build_tables(scenario)
     rules = build_rules(scenario) if rules is None else rules
-    view, literals = build_model(scenario, tables, rules)
-    for lit in literals.values():
-        view.model.add(lit == 1)
+    view = enforced_model(scenario, tables, rules)
     status, solver, found, bound = _minimise(view, view.primary, time_limit_s=None, seed=0, workers=1)
     if status == cp_model.INFEASIBLE:
         return None

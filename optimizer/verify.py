@@ -83,6 +83,7 @@ ALIASES = {
     "batch_per_replica": ("batch_per_replica", "batch", "max_num_seqs"),
     "layers_per_stage": ("layers_per_stage", "layer_split", "pipeline_layers"),
 }
+_KEY_OF = {alias: key for key, aliases in ALIASES.items() for alias in aliases}
 _INFORMATIVE = {"instances", "dp_per_instance", "engine", "notes"}  # fields of a plan JSON, not sizes
 
 
@@ -108,8 +109,7 @@ def read_plan(path: Path | None, scenario: Scenario, sizes: dict[str, Any] | Non
         if isinstance(data.get("plan"), dict):
             data = data["plan"]
     for key, value in (sizes or {}).items():
-        known = {alias: k for k, aliases in ALIASES.items() for alias in aliases}
-        clash = [name for name in data if known.get(normalise_key(name)) == key]
+        clash = [name for name in data if _KEY_OF.get(normalise_key(name)) == key]
         if clash:
             raise PlanError(f"given both in the file (as {clash[0]}) and as the option --{key.replace('_', '-')}",
                             source=source, field=clash[0])
@@ -130,9 +130,8 @@ def plan_from_mapping(data: dict[str, Any], scenario: Scenario, *, source: str =
         PlanError: unknown or repeated fields, non-integer sizes, sizes < 1 or absurdly large.
     """
     values: dict[str, Any] = {}
-    known = {alias: key for key, aliases in ALIASES.items() for alias in aliases}
     for name, value in data.items():
-        key = known.get(normalise_key(name))
+        key = _KEY_OF.get(normalise_key(name))
         if key is None:
             if name in _INFORMATIVE:
                 continue
