@@ -21,6 +21,8 @@ from optimizer.errors import Infeasible, OptimizerError, ScenarioError, SolveInc
 from optimizer.exhaustive import optimize_exhaustive, runner_up
 from optimizer.loader import load_scenario, read_mapping, scenario_from_dict, shipped_scenarios
 from optimizer.report import (
+    estimate_document,
+    render_estimate,
     infeasible_document,
     model_summary,
     plan_document,
@@ -228,6 +230,50 @@ def verify(plan_path: str | None, scenario_name: str, json_path: str | None, **s
     if not certificate.holds:
         failing = "\n".join(f"  - {c.name}: {c.detail} ({c.lhs} {c.op} {c.rhs} is false)" for c in certificate.failing)
         _fail(f"the plan breaks {len(certificate.failing)} rule(s):\n{failing}", EXIT_INFEASIBLE)
+
+
+@main.command()
+@click.argument("plan_path", metavar="[PLAN]", required=False)
+@click.option("--scenario", "scenario_name", required=True, metavar="NAME|PATH", help="The scenario the plan serves.")
+@click.option("--json", "json_path", metavar="PATH", help="Write the estimate as JSON (- for stdout).")
+@click.option("--tp", "--tensor-parallel-size", "tp", type=int, help="Tensor-parallel size.")
+@click.option("--pp", "--pipeline-parallel-size", "pp", type=int, help="Pipeline-parallel size.")
+@click.option("--dp", "--data-parallel-size", "dp", type=int, help="Data-parallel size.")
+@click.option("--ep", "--expert-parallel-size", "ep", type=int, help="Expert-parallel size.")
+@click.option("--etp", "--expert-tensor-parallel-size", "etp", type=int, help="Expert tensor-parallel size.")
+@click.option("--edp", "edp", type=int, help="Expert data-parallel size.")
+@click.option("--batch", "batch_per_replica", type=int, help="Sequences per replica.")
+@click.option("--layers", "layers_per_stage", callback=_layers, metavar="N,N,...", help="Layers per pipeline stage.")
+def estimate(plan_path: str | None, scenario_name: str, json_path: str | None, **sizes: object) -> None:
+    """Estimate one plan: prefill and decode step, TTFT, TPOT, throughput, and every operator and
+    collective with its speed of light (datasheet peak) beside it.
+
+    PLAN is a plan JSON from `optimize --json` or a hand-written plan (as for `verify`); or give the sizes
+    as options. With neither, the plan `optimize` picks for the scenario is estimated. Exit 0 with an
+    estimate (a plan that breaks rules is still estimated, with a warning), 1 if the scenario has no
+    feasible plan to pick, 2 for unreadable input.
+    """
+    scenario = _load(scenario_name)
+    given = {key: value for key, value in sizes.items() if value is not None}
+    if plan_path is None and not given:
+        try:
+            plan = optimize(scenario).plan
+        except Infeasible as exc:
+            _fail(f"{exc}\ngive a PLAN or sizes (--tp, --pp, ...) to estimate a plan anyway", EXIT_INFEASIBLE)
+            return
+    else:
+        try:
+            plan = read_plan(None if plan_path is None else Path(plan_path), scenario, given)
+        except ScenarioError as exc:
+            _fail(str(exc), EXIT_BAD_INPUT)
+            return
+    context = plan_context(scenario, plan)
+    document = estimate_document(scenario=scenario, plan=plan, certificate=certify(scenario, plan),
+                                 table=context.table, index=context.index)
+    if json_path:
+        _write(json_path, to_json(document), inputs=[*([Path(plan_path)] if plan_path else []), *_scenario_inputs(scenario_name)])
+    if json_path != "-":
+        click.echo(render_estimate(document))
 
 
 def _csv(kind: type) -> Any:

@@ -1,4 +1,10 @@
-"""Latency model v1: per-operator roofline plus alpha-beta collectives, vectorised with numpy over layouts.
+"""Latency model v2: a per-operator model with calibrated, size-dependent efficiencies, vectorised with
+numpy over layouts.
+
+Each layer of each step is a list of operators (``Work``: FLOPs, bytes moved, kernels launched, or bytes
+on a link). ``work_time_s`` turns an operator into seconds with the GPU's fitted parameters
+(``calibration.py``); ``work_sol_s`` gives its speed of light (datasheet peak, no launch, no latency), so
+a user sees the headroom of every term.
 
 Floats (seconds) live only here. ``integer_costs`` rounds each per-layer and per-stage term up to whole
 nanoseconds once; the solver, the exhaustive oracle and the certificate all add up those integers, so
@@ -6,13 +12,20 @@ they agree exactly.
 
 Sources:
 - Roofline ``t = max(flops / (peak x eta_c), bytes / (hbm x eta_m))``: Williams, Waterman, Patterson,
-  "Roofline" (CACM 2009); applied per operator as in llm-analysis and NVIDIA aiconfigurator.
-- Transformer FLOPs ``2 x params x tokens`` plus attention ``4 x b x s^2 x heads x d`` halved for causal
-  masking: Kaplan et al. 2020 (arXiv 2001.08361) section 2.1; Narayanan et al. 2021 (arXiv 2104.04473).
-- Expected experts touched by ``n`` tokens, top-k of E uniform: ``E x (1 - (1 - k/E)^n)``.
-- Ring all-reduce ``2(n-1) alpha + 2(n-1)/n x S/B``; all-to-all ``(n-1) alpha + (n-1)/n x S/B``;
-  point-to-point ``alpha + S/B``: Thakur, Rabenseifner, Gropp, "Optimization of Collective Communication
-  Operations in MPICH" (IJHPCA 2005).
+  "Roofline" (CACM 2009); applied per operator as in llm-analysis and NVIDIA aiconfigurator. Our
+  ``launch + roofline`` form, with parameters fitted to aiconfigurator-core's measured GEMM tables, makes
+  the efficiency a function of problem size (``calibration.py``).
+- Linear-layer FLOPs ``2 x tokens x params``: Kaplan et al. 2020 (arXiv 2001.08361) section 2.1.
+- Attention score and value products: ``4 x heads x head_dim`` FLOPs per (query, key) pair; causal
+  prefill has ``L(L+1)/2`` pairs per sequence, a window of ``W`` tokens ``W x L - W(W-1)/2`` (Mistral 7B,
+  arXiv 2310.06825, section 2; gpt-oss model card for the alternating 128-token window).
+- MLA: prefill runs the decompressed (MHA) form, decode the absorbed form over the latent cache
+  (DeepSeek-V2, arXiv 2405.04434, section 2.1; vLLM's MLA backend does the same).
+- Expected experts touched by ``n`` tokens, top-k of E uniform: ``E x (1 - (1 - k/E)^n)``; the busiest GPU
+  gets ``routing_imbalance`` times the mean routed tokens (scenario input; DeepSeek-V3 report section
+  3.4 on EPLB for why it is above 1 in practice).
+- Collectives: bus bytes of ring all-reduce ``2(n-1)/n x S``, all-gather and all-to-all ``(n-1)/n x S``
+  (Thakur, Rabenseifner, Gropp, IJHPCA 2005), with NCCL's per-protocol latency/bandwidth form.
 - Pipeline decode with ``m = min(PP, batch)`` micro-batches in flight (vLLM's virtual engines): time per
   output token ``max(m x slowest stage, sum of stages + (PP - 1) hops)``.
 """
@@ -20,83 +33,178 @@ Sources:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
-from optimizer.memory import (
-    ACTIVATION_BYTES,
-    HIGH_PRECISION,
-    attention_weight_bytes,
-    ffn_weight_bytes,
-    kv_cache_bytes_per_token_layer,
-)
+from optimizer.calibration import Calibration, GpuCalibration, LinkFit, shipped_calibration
+from optimizer.memory import ACTIVATION_BYTES, HIGH_PRECISION, LOGITS_BYTES, kv_cache_bytes_per_token_layer, kv_heads_per_rank
 from optimizer.parallel import Layout, batch_per_replica, ep_offnode_fraction, pp_inter_node_boundaries, tp_intra_node
-from optimizer.scenario import ComputeDtype, Link, Scenario
+from optimizer.scenario import Cluster, ComputeDtype, GpuSpec, Link, ModelSpec, Scenario, Workload
 from optimizer.errors import OptimizerError
 from optimizer.units import ceil_div
 
+COMPUTE_KINDS = ("gemm", "attention_prefill", "attention_decode", "elementwise")
+COLLECTIVE_KINDS = ("allreduce", "allgather", "alltoall", "p2p")
+
 
 @dataclass(frozen=True)
-class Efficiency:
-    """Shares of peak a real kernel reaches. Defaults are v1 guesses in the range aiconfigurator's
-    measured H100 tables show for large GEMMs (~0.7 of dense peak) and bandwidth-bound decode (~0.8 of
-    HBM); NCCL bus bandwidth reaches ~0.8 of link bandwidth for large messages (nccl-tests). Issue #3
-    replaces them with fitted, size-dependent curves."""
+class Work:
+    """One operator on one GPU for one step; array fields have one entry per layout.
 
-    compute: float = 0.7
-    memory: float = 0.8
-    link: float = 0.8
+    - compute kinds: ``flops`` and ``bytes`` (HBM traffic) on one GPU, ``kernels`` launched, ``dtype``
+      the GEMM format ("bf16", "fp8", "fp4"), ``quant_elements`` activations quantised (FP8: ``m x k``);
+    - collective kinds: ``bytes`` is the message S (all-reduce: the buffer each rank holds; all-gather:
+      the gathered output; all-to-all: what each rank holds before the exchange; p2p: what is sent),
+      ``peers`` the group size n, ``offnode`` the share of the traffic that crosses nodes (0..1);
+    - ``overhead``: the calibration's fixed term named by ``dtype`` ("layer" or "step");
+    - ``repeat``: how many times it runs (a fraction for sliding-window layers mixed with full ones).
+    """
+
+    kind: str
+    flops: np.ndarray | float = 0.0
+    bytes: np.ndarray | float = 0.0
+    kernels: float = 1.0
+    dtype: str = "bf16"
+    quant_elements: np.ndarray | float = 0.0
+    peers: np.ndarray | float = 1.0
+    offnode: np.ndarray | float = 0.0
+    repeat: np.ndarray | float = 1.0
 
 
-DEFAULT_EFFICIENCY = Efficiency()
+def _gemm_dtype(gpu: GpuSpec, compute: ComputeDtype) -> str:
+    """The GEMM fit and peak a weight format runs at: FP8/FP4 where the GPU has that peak, else BF16."""
+    return compute.value if compute in gpu.dense_tflops else "bf16"
+
+
+def _collective_s(*, kind: str, message, peers, link: Link, fit: LinkFit):
+    """One collective over one link kind (seconds, elementwise); 0 where ``peers <= 1`` or nothing moves."""
+    n = np.maximum(np.asarray(peers, dtype=float), 1.0)
+    message = np.asarray(message, dtype=float)
+    if kind == "allreduce":
+        bus, steps = 2 * (n - 1) / n * message, 2 * (n - 1)
+    elif kind == "allgather":
+        bus, steps = (n - 1) / n * message, n - 1
+    elif kind == "alltoall":
+        bus, steps = (n - 1) / n * message, np.ones_like(n)
+    else:  # p2p
+        bus, steps = message, np.ones_like(n)
+    bandwidth = float(link.bandwidth_bytes_per_s)
+    if kind == "p2p" and fit.p2p_base_us is not None:
+        t = fit.p2p_base_us * 1e-6 + bus / (bandwidth * fit.p2p_bandwidth_efficiency)
+    elif fit.protocols:
+        t = np.min([p.base_us * 1e-6 + steps * p.hop_us * 1e-6 + bus / (bandwidth * p.bandwidth_efficiency)
+                    for p in fit.protocols], axis=0)
+    else:  # uncalibrated link: the scenario's latency per hop
+        t = steps * link.latency_us * 1e-6 + bus / (bandwidth * fit.bandwidth_efficiency)
+    active = (n > 1) if kind != "p2p" else np.ones_like(n, dtype=bool)
+    return np.where(active & (message > 0), t, 0.0)
+
+
+def work_time_s(work: Work, *, gpu: GpuSpec, cluster: Cluster, cal: GpuCalibration):
+    """Seconds ``work`` takes on one GPU with calibration ``cal`` (array over layouts, or a float)."""
+    repeat = work.repeat
+    if work.kind == "overhead":  # ``dtype`` names which fixed term: "layer" or "step"
+        us = cal.step.layer_overhead_us if work.dtype == "layer" else cal.step.step_overhead_us
+        return repeat * 1e-6 * us
+    if work.kind in COLLECTIVE_KINDS:
+        off = np.asarray(work.offnode, dtype=float)
+        message = np.asarray(work.bytes, dtype=float)
+        peers = np.asarray(work.peers, dtype=float)
+        skew = 0.0
+        if work.kind != "p2p":  # the slowest of n ranks starts it (calibration.StepFit)
+            skew = np.where((peers > 1) & (message > 0), cal.step.collective_skew_us * 1e-6 * (peers - 1), 0.0)
+        if work.kind in ("allreduce", "allgather"):  # a ring is as slow as its slowest hop
+            intra = _collective_s(kind=work.kind, message=message, peers=peers, link=cluster.intra_node_link, fit=cal.intra_node)
+            inter = _collective_s(kind=work.kind, message=message, peers=peers, link=cluster.inter_node_link, fit=cal.inter_node)
+            return repeat * (np.where(off > 0, inter, intra) + skew)
+        on_node = _collective_s(kind=work.kind, message=message * (1 - off), peers=peers,
+                                link=cluster.intra_node_link, fit=cal.intra_node)
+        off_node = _collective_s(kind=work.kind, message=message * off, peers=peers,
+                                 link=cluster.inter_node_link, fit=cal.inter_node)
+        return repeat * (np.maximum(on_node, off_node) + skew)
+    hbm = float(gpu.hbm_bytes_per_s)
+    sustained = cal.step.sustained_compute
+    if work.kind == "gemm":
+        fit = cal.gemm_fit(work.dtype)
+        peak = gpu.peak_flops_per_s(ComputeDtype(work.dtype))
+        t = (work.kernels * fit.launch_us * 1e-6
+             + np.maximum(work.flops / (peak * fit.compute_efficiency * sustained), work.bytes / (hbm * fit.memory_efficiency))
+             + fit.quant_ns_per_element * 1e-9 * work.quant_elements)
+    elif work.kind == "attention_prefill":
+        a = cal.attention
+        peak = gpu.peak_flops_per_s(ComputeDtype.BF16)
+        t = work.kernels * a.prefill_launch_us * 1e-6 + np.maximum(
+            work.flops / (peak * a.prefill_compute_efficiency * sustained), work.bytes / (hbm * a.decode_memory_efficiency))
+    elif work.kind == "attention_decode":
+        a = cal.attention
+        peak = gpu.peak_flops_per_s(ComputeDtype.BF16)
+        t = work.kernels * a.decode_launch_us * 1e-6 + np.maximum(
+            work.flops / (peak * a.prefill_compute_efficiency * sustained), work.bytes / (hbm * a.decode_memory_efficiency))
+    elif work.kind == "elementwise":
+        t = work.kernels * cal.gemm_fit("bf16").launch_us * 1e-6 + work.bytes / (hbm * cal.elementwise_memory_efficiency)
+    else:
+        raise OptimizerError(f"internal: unknown operator kind {work.kind!r}")
+    return repeat * t
+
+
+def work_sol_s(work: Work, *, gpu: GpuSpec, cluster: Cluster):
+    """Speed of light: datasheet peak FLOP/s, HBM and link bandwidth, no launch or latency terms."""
+    if work.kind == "overhead":
+        return 0.0 * work.repeat
+    if work.kind in COLLECTIVE_KINDS:
+        n = np.maximum(np.asarray(work.peers, dtype=float), 1.0)
+        message = np.asarray(work.bytes, dtype=float)
+        factor = {"allreduce": 2 * (n - 1) / n, "allgather": (n - 1) / n, "alltoall": (n - 1) / n, "p2p": np.ones_like(n)}[work.kind]
+        off = np.asarray(work.offnode, dtype=float)
+        intra, inter = cluster.intra_node_link.bandwidth_bytes_per_s, cluster.inter_node_link.bandwidth_bytes_per_s
+        if work.kind in ("allreduce", "allgather"):
+            t = factor * message / np.where(off > 0, inter, intra)
+        else:
+            t = np.maximum(factor * message * (1 - off) / intra, factor * message * off / inter)
+        active = (n > 1) if work.kind != "p2p" else True
+        return work.repeat * np.where(active, t, 0.0)
+    dtype = ComputeDtype(work.dtype) if work.kind == "gemm" else ComputeDtype.BF16
+    return work.repeat * np.maximum(work.flops / gpu.peak_flops_per_s(dtype), work.bytes / float(gpu.hbm_bytes_per_s))
 
 
 @dataclass(frozen=True)
 class LayerTime:
-    """Seconds one layer takes on one GPU, by term; arrays with one entry per layout."""
+    """Seconds of each operator (one layer, or a stage's extras, on one GPU), one entry per layout, with
+    each operator's speed of light beside it."""
 
-    attention_proj_s: np.ndarray
-    attention_core_s: np.ndarray
-    ffn_s: np.ndarray
-    tp_allreduce_s: np.ndarray
-    ep_alltoall_s: np.ndarray
-    etp_allreduce_s: np.ndarray
+    ops: dict[str, np.ndarray]
+    sol: dict[str, np.ndarray]
+    kinds: dict[str, str] = dataclasses.field(default_factory=dict)  # operator -> Work.kind
 
     @property
     def total_s(self) -> np.ndarray:
-        return sum(getattr(self, f.name) for f in fields(self))
+        return sum(self.ops.values()) if self.ops else np.zeros(0)
 
     def row(self, i: int) -> dict[str, float]:
-        return {f.name: float(getattr(self, f.name)[i]) for f in fields(self)}
+        return {name: float(t[i]) for name, t in self.ops.items()}
+
+    def sol_row(self, i: int) -> dict[str, float]:
+        return {name: float(t[i]) for name, t in self.sol.items()}
 
 
-def roofline_s(*, flops, bytes_moved, peak_flops_per_s: float, hbm_bytes_per_s: float, eff: Efficiency):
-    """``max(flops / (peak x eta_c), bytes / (hbm x eta_m))`` in seconds (elementwise)."""
-    return np.maximum(flops / (peak_flops_per_s * eff.compute), bytes_moved / (hbm_bytes_per_s * eff.memory))
+def timed(works: dict[str, Work], *, scenario: Scenario, cal: GpuCalibration, size: int) -> LayerTime:
+    """Time and speed of light of every operator, broadcast to ``size`` layouts."""
+    gpu, cluster = scenario.cluster.gpu, scenario.cluster
+    zero = np.zeros(size)
+    return LayerTime(
+        ops={k: zero + work_time_s(w, gpu=gpu, cluster=cluster, cal=cal) for k, w in works.items()},
+        sol={k: zero + work_sol_s(w, gpu=gpu, cluster=cluster) for k, w in works.items()},
+        kinds={k: w.kind for k, w in works.items()},
+    )
 
 
-def ring_allreduce_s(*, n, message_bytes, link: Link, eff: Efficiency):
-    """Ring all-reduce of ``message_bytes`` over ``n`` ranks; 0 where n == 1."""
-    n = np.asarray(n, dtype=float)
-    t = 2 * (n - 1) * link.latency_us * 1e-6 + 2 * (n - 1) / n * message_bytes / (link.bandwidth_bytes_per_s * eff.link)
-    return np.where(n > 1, t, 0.0)
-
-
-def alltoall_s(*, n, bytes_per_rank, offnode_fraction, intra: Link, inter: Link, eff: Efficiency):
-    """All-to-all where each rank holds ``bytes_per_rank`` and sends ``(n-1)/n`` of it; the on-node and
-    off-node shares move in parallel, so the slower one decides. 0 where n == 1."""
-    n = np.asarray(n, dtype=float)
-    sent = (n - 1) / n * bytes_per_rank
-    alpha = (n - 1) * np.where(offnode_fraction > 0, inter.latency_us, intra.latency_us) * 1e-6
-    on_node = sent * (1 - offnode_fraction) / (intra.bandwidth_bytes_per_s * eff.link)
-    off_node = sent * offnode_fraction / (inter.bandwidth_bytes_per_s * eff.link)
-    return np.where(n > 1, alpha + np.maximum(on_node, off_node), 0.0)
+# --- the operators of a layer -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _Grid:
-    """Layout sizes as float arrays (one entry per layout) and the per-layout integer facts."""
+    """Layout sizes as float arrays (one entry per layout) and the per-layout facts the operators use."""
 
     tp: np.ndarray
     pp: np.ndarray
@@ -106,14 +214,17 @@ class _Grid:
     edp: np.ndarray
     batch: np.ndarray  # sequences per replica
     microbatches: np.ndarray  # decode micro-batches in flight per replica
-    attn_weight_bytes: np.ndarray
-    dense_ffn_bytes: np.ndarray
-    moe_ffn_bytes: np.ndarray  # local experts + shared + router, all resident
-    kv_bytes_per_token: np.ndarray
+    kv_bytes_per_token: np.ndarray  # one layer, one GPU
+    kv_heads_local: np.ndarray
+    tp_offnode: np.ndarray  # 1.0 where a TP group spans nodes
+    etp_offnode: np.ndarray
+    ep_offnode: np.ndarray  # share of EP peers on other nodes
+    pp_offnode: np.ndarray  # 1.0 where some PP hop crosses nodes
 
 
-def _grid(scenario: Scenario, layouts: tuple[Layout, ...]) -> _Grid:
-    model, workload = scenario.model, scenario.workload
+def grid(scenario: Scenario, layouts: tuple[Layout, ...]) -> _Grid:
+    model, workload, cluster = scenario.model, scenario.workload, scenario.cluster
+    gpn = cluster.gpus_per_node
 
     def col(values) -> np.ndarray:
         return np.asarray(list(values), dtype=float)
@@ -128,131 +239,181 @@ def _grid(scenario: Scenario, layouts: tuple[Layout, ...]) -> _Grid:
         edp=col(lay.edp for lay in layouts),
         batch=col(batches),
         microbatches=col(min(lay.pp, b) for lay, b in zip(layouts, batches)),
-        attn_weight_bytes=col(attention_weight_bytes(model=model, workload=workload, tp=lay.tp) for lay in layouts),
-        dense_ffn_bytes=col(
-            ffn_weight_bytes(model=model, workload=workload, layout=lay, dense=True) if model.num_dense_layers else 0
-            for lay in layouts
-        ),
-        moe_ffn_bytes=col(
-            ffn_weight_bytes(model=model, workload=workload, layout=lay, dense=False) if model.is_moe else 0
-            for lay in layouts
-        ),
         kv_bytes_per_token=col(kv_cache_bytes_per_token_layer(model=model, workload=workload, tp=lay.tp) for lay in layouts),
+        kv_heads_local=col(kv_heads_per_rank(model=model, tp=lay.tp) for lay in layouts),
+        tp_offnode=col(0.0 if tp_intra_node(tp=lay.tp, gpus_per_node=gpn) else 1.0 for lay in layouts),
+        etp_offnode=col(0.0 if tp_intra_node(tp=lay.etp, gpus_per_node=gpn) else 1.0 for lay in layouts),
+        ep_offnode=col(ep_offnode_fraction(ep=lay.ep, etp=lay.etp, gpus_per_node=gpn) for lay in layouts),
+        pp_offnode=col(1.0 if pp_inter_node_boundaries(tp=lay.tp, dp=lay.dp, pp=lay.pp, gpus_per_node=gpn) else 0.0 for lay in layouts),
     )
 
 
-def layer_time(
-    *, scenario: Scenario, g: _Grid, layouts: tuple[Layout, ...], tokens, seqs, context, prefill: bool, dense: bool, eff: Efficiency
-) -> LayerTime:
+def causal_pairs(length, window: int | None):
+    """(query, key) pairs one causal sequence of ``length`` tokens scores: ``L(L+1)/2``, or with a
+    window of ``W`` keys ``W x L - W(W-1)/2`` once ``L > W``."""
+    length = np.asarray(length, dtype=float)
+    full = length * (length + 1) / 2
+    if window is None:
+        return full
+    return np.where(length > window, window * length - window * (window - 1) / 2, full)
+
+
+def _bytes(values, dtype_bits) -> np.ndarray:
+    return np.asarray(values, dtype=float) * float(dtype_bits) / 8
+
+
+def attention_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _Grid, tokens, seqs, context,
+                    prefill: bool) -> dict[str, Work]:
+    """QKV projection, attention core (full and sliding-window layers in their shares), output
+    projection, norms and elementwise work, and the two TP all-reduces, for ``tokens`` tokens from
+    ``seqs`` sequences attending over ``context`` tokens each (prefill: the prompt; decode: the cache)."""
+    h, nh = model.hidden_size, model.num_attention_heads
+    act = ACTIVATION_BYTES
+    wbits = workload.weight_dtype.bits
+    dtype = _gemm_dtype(gpu, workload.weight_dtype.compute)
+    heads = np.ceil(nh / g.tp)
+    quant = tokens * h if dtype == "fp8" else 0.0
+    if model.is_mla:
+        qk, v = model.qk_nope_head_dim + model.qk_rope_head_dim, model.v_head_dim  # type: ignore[operator]
+        replicated = h * (model.kv_lora_rank + model.qk_rope_head_dim)  # type: ignore[operator]
+        sharded = model.kv_lora_rank * nh * (model.qk_nope_head_dim + v)  # type: ignore[operator]
+        if model.q_lora_rank is None:
+            sharded += h * nh * qk
+        else:
+            replicated += h * model.q_lora_rank
+            sharded += model.q_lora_rank * nh * qk
+        qkv_params = replicated + sharded / g.tp
+        qkv_kernels = 4.0
+        o_in = heads * v
+    else:
+        d = model.attn_head_dim
+        qkv_params = h * (heads + 2 * g.kv_heads_local) * d
+        qkv_kernels = 1.0
+        o_in = heads * d
+    works = {
+        "qkv_proj": Work("gemm", flops=2.0 * tokens * qkv_params, kernels=qkv_kernels, dtype=dtype, quant_elements=quant,
+                         bytes=_bytes(qkv_params, wbits) + act * tokens * (h + qkv_params / h)),
+        "o_proj": Work("gemm", flops=2.0 * tokens * o_in * h, dtype=dtype, quant_elements=tokens * o_in if dtype == "fp8" else 0.0,
+                       bytes=_bytes(o_in * h, wbits) + act * tokens * (o_in + h)),
+    }
+    # Attention core over this rank's heads; sliding-window layers take their share.
+    sliding = model.num_sliding_layers / model.num_hidden_layers
+    windows = [("attention", None, 1.0 - sliding)]
+    if sliding:
+        windows.append(("attention_sliding", model.sliding_window, sliding))
+    for name, window, share in windows:
+        if share <= 0:
+            continue
+        if prefill:
+            if model.is_mla:
+                qk_dim, v_dim = model.qk_nope_head_dim + model.qk_rope_head_dim, model.v_head_dim  # type: ignore[operator]
+                kv_width = heads * (qk_dim + v_dim)
+            else:
+                qk_dim = v_dim = model.attn_head_dim
+                kv_width = 2 * g.kv_heads_local * qk_dim
+            pairs = seqs * causal_pairs(context, window)
+            flops = 2.0 * heads * (qk_dim + v_dim) * pairs
+            moved = act * tokens * (heads * (qk_dim + v_dim) + kv_width)
+            works[name] = Work("attention_prefill", flops=flops, bytes=moved, repeat=share)
+        else:
+            span = np.minimum(context, window) if window is not None else context
+            if model.is_mla:  # absorbed: scores over the latent + rope width, values over the latent
+                per_pair = 2.0 * (2 * model.kv_lora_rank + model.qk_rope_head_dim)  # type: ignore[operator]
+            else:
+                per_pair = 4.0 * model.attn_head_dim
+            flops = per_pair * heads * seqs * span
+            moved = seqs * span * g.kv_bytes_per_token + act * seqs * 2 * o_in
+            works[name] = Work("attention_decode", flops=flops, bytes=moved, repeat=share)
+    # RMSNorm x2 (residual add fused), rotary on q and k, plus the KV-cache write.
+    works["norms_elementwise"] = Work("elementwise", kernels=3.0,
+                                      bytes=act * tokens * (8 * h + 2 * qkv_params / h) + tokens * g.kv_bytes_per_token)
+    works["tp_allreduce"] = Work("allreduce", bytes=tokens * h * act, peers=g.tp, offnode=g.tp_offnode, repeat=2.0)
+    return works
+
+
+def ffn_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _Grid, tokens, dense: bool,
+              routing_imbalance: float) -> dict[str, Work]:
+    """A dense SwiGLU FFN over TP, or a MoE block: router, routed experts (grouped GEMMs over the experts
+    this GPU holds, the busiest GPU's tokens), shared experts over TP, the EP all-to-all (dispatch and
+    combine) and the ETP all-reduce."""
+    h, act = model.hidden_size, ACTIVATION_BYTES
+    wbits = workload.weight_dtype.bits
+    dtype = _gemm_dtype(gpu, workload.weight_dtype.compute)
+    if dense:
+        w = model.dense_ffn_width / g.tp
+        return {
+            "gate_up_proj": Work("gemm", flops=2.0 * tokens * h * 2 * w, dtype=dtype, quant_elements=tokens * h if dtype == "fp8" else 0.0,
+                                 bytes=_bytes(2 * h * w, wbits) + act * tokens * (h + 2 * w)),
+            "act_elementwise": Work("elementwise", bytes=act * tokens * 3 * w),
+            "down_proj": Work("gemm", flops=2.0 * tokens * w * h, dtype=dtype, quant_elements=tokens * w if dtype == "fp8" else 0.0,
+                              bytes=_bytes(w * h, wbits) + act * tokens * (w + h)),
+        }
+    k, num_experts = model.num_experts_per_tok, model.num_experts
+    edtype = _gemm_dtype(gpu, workload.experts_dtype.compute)
+    width = model.expert_width / g.etp
+    # Tokens whose experts sit on this GPU: the pool's tokens x k spread over its EP ranks (the TP ranks
+    # of one replica hold the same tokens; with EP x ETP > TP they are split, not repeated).
+    routed = tokens * k * np.maximum(g.tp, g.ep * g.etp) / (g.tp * g.ep) * routing_imbalance
+    pool_tokens = tokens * g.dp / g.edp
+    touched = np.ceil(num_experts / g.ep) * (1 - (1 - k / num_experts) ** pool_tokens)
+    works = {
+        "router": Work("gemm", flops=2.0 * tokens * h * num_experts, dtype="bf16",
+                       bytes=_bytes(h * num_experts, HIGH_PRECISION.bits) + act * tokens * h),
+        "experts": Work("gemm", kernels=2.0, dtype=edtype, flops=2.0 * routed * 3 * h * width,
+                        quant_elements=routed * (h + width) if edtype == "fp8" else 0.0,
+                        bytes=touched * _bytes(3 * h * width, workload.experts_dtype.bits) + act * routed * (2 * h + 3 * width)),
+        "experts_elementwise": Work("elementwise", bytes=act * routed * 3 * width),
+    }
+    if model.shared_ffn_width:
+        ws = model.shared_ffn_width / g.tp
+        works["shared_experts"] = Work("gemm", kernels=2.0, dtype=dtype, flops=2.0 * tokens * 3 * h * ws,
+                                       quant_elements=tokens * (h + ws) if dtype == "fp8" else 0.0,
+                                       bytes=_bytes(3 * h * ws, wbits) + act * tokens * (2 * h + 3 * ws))
+    # Each TP rank sends its 1/TP share of the tokens, k copies each, to the EP ranks that hold them.
+    works["ep_alltoall"] = Work("alltoall", bytes=tokens / g.tp * k * h * act, peers=g.ep, offnode=g.ep_offnode, repeat=2.0)
+    works["etp_allreduce"] = Work("allreduce", bytes=routed * h * act, peers=g.etp, offnode=g.etp_offnode)
+    return works
+
+
+def layer_time(*, scenario: Scenario, g: _Grid, tokens, seqs, context, prefill: bool, dense: bool, cal: GpuCalibration) -> LayerTime:
     """One layer on one GPU for a step of ``tokens`` tokens from ``seqs`` sequences whose attention spans
     ``context`` tokens (prefill: the prompt, causal; decode: one new token over the KV cache)."""
-    model, workload, cluster = scenario.model, scenario.workload, scenario.cluster
-    gpu = cluster.gpu
-    h, nh = model.hidden_size, model.num_attention_heads
-    peak = gpu.peak_flops_per_s(workload.weight_dtype.compute)
-    hbm = gpu.hbm_bytes_per_s
-    act = ACTIVATION_BYTES
-
-    # Attention projections: weights read once per step, activations in and out.
-    attn_flops = 2.0 * tokens * g.attn_weight_bytes * 8 / float(workload.weight_dtype.bits)
-    attention_proj = roofline_s(
-        flops=attn_flops, bytes_moved=g.attn_weight_bytes + 2 * tokens * h * act, peak_flops_per_s=peak, hbm_bytes_per_s=hbm, eff=eff
-    )
-
-    # Attention core (QK^T and PV) over this rank's heads.
-    if model.is_mla and not prefill:  # absorbed MLA decode attends in the latent space
-        width = 2 * model.kv_lora_rank + model.qk_rope_head_dim  # type: ignore[operator]
-    elif model.is_mla:
-        width = model.qk_nope_head_dim + model.qk_rope_head_dim + model.v_head_dim  # type: ignore[operator]
-    else:
-        width = 2 * model.attn_head_dim
-    heads_per_rank = np.ceil(nh / g.tp)
-    if prefill:
-        core_flops = 2.0 * seqs * context * context * heads_per_rank * width / 2  # causal: half the matrix
-        core_bytes = 3 * tokens * heads_per_rank * width / 2 * act
-    else:
-        core_flops = 2.0 * seqs * context * heads_per_rank * width
-        core_bytes = seqs * context * g.kv_bytes_per_token
-    attention_core = roofline_s(
-        flops=core_flops, bytes_moved=core_bytes, peak_flops_per_s=gpu.peak_flops_per_s(ComputeDtype.BF16), hbm_bytes_per_s=hbm, eff=eff
-    )
-
-    intra, inter = cluster.intra_node_link, cluster.inter_node_link
-    tp_link_intra = np.array([tp_intra_node(tp=lay.tp, gpus_per_node=cluster.gpus_per_node) for lay in layouts])
-    tp_message = tokens * h * act
-    tp_allreduce = 2 * np.where(
-        tp_link_intra,
-        ring_allreduce_s(n=g.tp, message_bytes=tp_message, link=intra, eff=eff),
-        ring_allreduce_s(n=g.tp, message_bytes=tp_message, link=inter, eff=eff),
-    )
-    zero = np.zeros_like(g.tp)
-    if dense:
-        ffn_flops = 2.0 * tokens * 3 * h * model.dense_ffn_width / g.tp
-        ffn = roofline_s(flops=ffn_flops, bytes_moved=g.dense_ffn_bytes, peak_flops_per_s=peak, hbm_bytes_per_s=hbm, eff=eff)
-        return LayerTime(attention_proj, attention_core, ffn, tp_allreduce, zero, zero)
-
-    # MoE: the pool's tokens (tokens x DP per stage) are spread over TP x DP GPUs.
-    k, num_experts = model.num_experts_per_tok, model.num_experts
-    expert_params = 3 * h * model.expert_width
-    expert_bytes = expert_params * float(workload.experts_dtype.bits) / 8 / g.etp
-    tokens_per_replica_group = tokens * g.dp / g.edp
-    touched = 1 - (1 - k / num_experts) ** tokens_per_replica_group
-    local_experts = np.ceil(num_experts / g.ep)
-    routed_flops = 2.0 * tokens * k * expert_params / g.tp
-    shared_params = 3 * h * model.shared_ffn_width
-    shared_bytes = shared_params * float(workload.weight_dtype.bits) / 8 / g.tp
-    router_bytes = h * num_experts * float(HIGH_PRECISION.bits) / 8
-    ffn = roofline_s(
-        flops=routed_flops,
-        bytes_moved=local_experts * touched * expert_bytes,
-        peak_flops_per_s=gpu.peak_flops_per_s(workload.experts_dtype.compute),
-        hbm_bytes_per_s=hbm,
-        eff=eff,
-    ) + roofline_s(
-        flops=2.0 * tokens * (shared_params / g.tp + h * num_experts),
-        bytes_moved=shared_bytes + router_bytes,
-        peak_flops_per_s=peak,
-        hbm_bytes_per_s=hbm,
-        eff=eff,
-    )
-    offnode = np.array([ep_offnode_fraction(ep=lay.ep, etp=lay.etp, gpus_per_node=cluster.gpus_per_node) for lay in layouts])
-    dispatch_bytes = tokens / g.tp * k * h * act  # each TP rank sends its 1/TP share of the tokens
-    ep_alltoall = 2 * alltoall_s(n=g.ep, bytes_per_rank=dispatch_bytes, offnode_fraction=offnode, intra=intra, inter=inter, eff=eff)
-    routed_tokens = tokens * k * np.maximum(g.tp, g.ep * g.etp) / (g.tp * g.ep)
-    etp_intra = np.array([tp_intra_node(tp=lay.etp, gpus_per_node=cluster.gpus_per_node) for lay in layouts])
-    etp_message = routed_tokens * h * act
-    etp_allreduce = np.where(
-        etp_intra,
-        ring_allreduce_s(n=g.etp, message_bytes=etp_message, link=intra, eff=eff),
-        ring_allreduce_s(n=g.etp, message_bytes=etp_message, link=inter, eff=eff),
-    )
-    return LayerTime(attention_proj, attention_core, ffn, tp_allreduce, ep_alltoall, etp_allreduce)
+    works = layer_works(scenario=scenario, g=g, tokens=tokens, seqs=seqs, context=context, prefill=prefill, dense=dense)
+    return timed(works, scenario=scenario, cal=cal, size=len(g.tp))
 
 
-def lm_head_s(*, scenario: Scenario, g: _Grid, seqs, eff: Efficiency):
-    """Vocab-parallel LM head for ``seqs`` sampled positions on one TP rank."""
-    model, gpu = scenario.model, scenario.cluster.gpu
-    shard = np.ceil(model.vocab_size / g.tp)
-    return roofline_s(
-        flops=2.0 * seqs * model.hidden_size * shard,
-        bytes_moved=shard * model.hidden_size * float(HIGH_PRECISION.bits) / 8,
-        peak_flops_per_s=gpu.peak_flops_per_s(ComputeDtype.BF16),
-        hbm_bytes_per_s=gpu.hbm_bytes_per_s,
-        eff=eff,
-    )
+def layer_works(*, scenario: Scenario, g: _Grid, tokens, seqs, context, prefill: bool, dense: bool) -> dict[str, Work]:
+    """Every operator of one layer (attention block, FFN or MoE block, the per-layer overhead)."""
+    model, workload, gpu = scenario.model, scenario.workload, scenario.cluster.gpu
+    works = attention_works(model=model, workload=workload, gpu=gpu, g=g, tokens=tokens, seqs=seqs, context=context, prefill=prefill)
+    works.update(ffn_works(model=model, workload=workload, gpu=gpu, g=g, tokens=tokens, dense=dense,
+                           routing_imbalance=workload.routing_imbalance))
+    works["layer_overhead"] = Work("overhead", dtype="layer")
+    return works
 
 
-def boundary_s(*, scenario: Scenario, g: _Grid, layouts: tuple[Layout, ...], tokens, eff: Efficiency):
-    """One pipeline hop of ``tokens`` hidden states; off-node if any of the layout's hops is."""
-    cluster = scenario.cluster
-    crosses = np.array(
-        [pp_inter_node_boundaries(tp=l.tp, dp=l.dp, pp=l.pp, gpus_per_node=cluster.gpus_per_node) > 0 for l in layouts]
-    )
-    message = tokens * scenario.model.hidden_size * ACTIVATION_BYTES
-    intra, inter = cluster.intra_node_link, cluster.inter_node_link
-    t_intra = intra.latency_us * 1e-6 + message / (intra.bandwidth_bytes_per_s * eff.link)
-    t_inter = inter.latency_us * 1e-6 + message / (inter.bandwidth_bytes_per_s * eff.link)
-    return np.where(g.pp > 1, np.where(crosses, t_inter, t_intra), 0.0)
+def first_stage_works(*, model: ModelSpec, tokens) -> dict[str, Work]:
+    """The embedding lookup: one row of ``hidden`` values read and written per token."""
+    return {"embedding": Work("elementwise", bytes=2.0 * tokens * model.hidden_size * ACTIVATION_BYTES)}
+
+
+def last_stage_works(*, model: ModelSpec, g: _Grid, seqs) -> dict[str, Work]:
+    """Final norm, the vocab-parallel LM head for ``seqs`` sampled positions, the gather of FP32 logits
+    over TP (vLLM gathers them for the sampler), and the step's fixed overhead."""
+    h, shard = model.hidden_size, np.ceil(model.vocab_size / g.tp)
+    return {
+        "final_norm": Work("elementwise", bytes=2.0 * seqs * h * ACTIVATION_BYTES),
+        "lm_head": Work("gemm", dtype="bf16", flops=2.0 * seqs * h * shard,
+                        bytes=_bytes(shard * h, HIGH_PRECISION.bits) + seqs * shard * LOGITS_BYTES),
+        "logits_gather": Work("allgather", bytes=seqs * shard * g.tp * LOGITS_BYTES, peers=g.tp, offnode=g.tp_offnode),
+        "step_overhead": Work("overhead", dtype="step"),
+    }
+
+
+def boundary_works(*, model: ModelSpec, g: _Grid, tokens) -> dict[str, Work]:
+    """One pipeline hop of ``tokens`` hidden states (off-node if any of the layout's hops is)."""
+    return {"pp_send": Work("p2p", bytes=tokens * model.hidden_size * ACTIVATION_BYTES * np.where(g.pp > 1, 1.0, 0.0),
+                            offnode=g.pp_offnode, repeat=np.where(g.pp > 1, 1.0, 0.0))}
 
 
 # Largest per-term time in ns the integer tables accept (~146 years): beyond it the cast to int64 would
@@ -286,6 +447,9 @@ class PhaseCosts:
     boundary_ns: np.ndarray
     dense_breakdown: LayerTime
     moe_breakdown: LayerTime
+    first_breakdown: LayerTime
+    last_breakdown: LayerTime
+    boundary_breakdown: LayerTime
 
 
 @dataclass(frozen=True)
@@ -297,7 +461,9 @@ class CostTable:
     microbatches: tuple[int, ...]
     prefill: PhaseCosts
     decode: PhaseCosts
-    efficiency: Efficiency
+    calibration: GpuCalibration
+    calibration_id: str  # the calibration file's id
+    calibration_text: str  # which calibration file and entry produced these numbers
 
     num_dense_layers: int
     num_moe_layers: int
@@ -322,25 +488,32 @@ class CostTable:
         return self.phase_total_ns(self.prefill, c)
 
 
-def _phase(*, scenario: Scenario, g: _Grid, layouts, tokens, seqs, context, prefill: bool, eff: Efficiency) -> PhaseCosts:
+def _phase(*, scenario: Scenario, g: _Grid, tokens, seqs, context, prefill: bool, cal: GpuCalibration) -> PhaseCosts:
     model = scenario.model
-    kw = dict(scenario=scenario, g=g, layouts=layouts, tokens=tokens, seqs=seqs, context=context, prefill=prefill, eff=eff)
+    kw = dict(scenario=scenario, g=g, tokens=tokens, seqs=seqs, context=context, prefill=prefill, cal=cal)
     dense = layer_time(**kw, dense=True)
     moe = layer_time(**kw, dense=False) if model.is_moe else dense
-    embedding = tokens * model.hidden_size * ACTIVATION_BYTES / (scenario.cluster.gpu.hbm_bytes_per_s * eff.memory)
+    size = len(g.tp)
+    first = timed(first_stage_works(model=model, tokens=tokens), scenario=scenario, cal=cal, size=size)
+    last = timed(last_stage_works(model=model, g=g, seqs=seqs), scenario=scenario, cal=cal, size=size)
+    boundary = timed(boundary_works(model=model, g=g, tokens=tokens), scenario=scenario, cal=cal, size=size)
     return PhaseCosts(
         dense_layer_ns=_ceil_ns(dense.total_s),
         moe_layer_ns=_ceil_ns(moe.total_s),
-        first_extra_ns=_ceil_ns(embedding + 0 * g.tp),
-        last_extra_ns=_ceil_ns(lm_head_s(scenario=scenario, g=g, seqs=seqs, eff=eff)),
-        boundary_ns=_ceil_ns(boundary_s(scenario=scenario, g=g, layouts=layouts, tokens=tokens, eff=eff)),
+        first_extra_ns=_ceil_ns(first.total_s),
+        last_extra_ns=_ceil_ns(last.total_s),
+        boundary_ns=_ceil_ns(boundary.total_s),
         dense_breakdown=dense,
         moe_breakdown=moe,
+        first_breakdown=first,
+        last_breakdown=last,
+        boundary_breakdown=boundary,
     )
 
 
-def integer_costs(*, scenario: Scenario, layouts: tuple[Layout, ...], eff: Efficiency = DEFAULT_EFFICIENCY) -> CostTable:
-    """Cost tables for every layout, rounded up to nanoseconds term by term.
+def integer_costs(*, scenario: Scenario, layouts: tuple[Layout, ...], calibration: Calibration | None = None) -> CostTable:
+    """Cost tables for every layout, rounded up to nanoseconds term by term, with ``calibration``
+    (default: the shipped one) for the scenario's GPU.
 
     Serving with continuous batching (vLLM, SGLang): a replica keeps ``batch`` sequences in flight; a new
     request's prompt is prefilled on its own (``ISL`` tokens, one sequence: its TTFT), and every decode
@@ -349,20 +522,25 @@ def integer_costs(*, scenario: Scenario, layouts: tuple[Layout, ...], eff: Effic
     spread over the PP stages (``prefill_share_ns``).
     """
     workload = scenario.workload
-    g = _grid(scenario, layouts)
+    calibration = calibration or shipped_calibration()
+    stack = calibration.stack_for(scenario.engine.name.value, scenario.engine.calibration_stack)
+    cal = calibration.for_gpu(scenario.cluster.gpu.name, stack)
+    g = grid(scenario, layouts)
     context_decode = workload.input_tokens + ceil_div(workload.output_tokens, 2)
     micro_seqs = np.ceil(g.batch / g.microbatches)
     one = np.ones_like(g.tp)
-    prefill = _phase(scenario=scenario, g=g, layouts=layouts, tokens=one * workload.input_tokens, seqs=one,
-                     context=workload.input_tokens, prefill=True, eff=eff)
+    prefill = _phase(scenario=scenario, g=g, tokens=one * workload.input_tokens, seqs=one,
+                     context=workload.input_tokens, prefill=True, cal=cal)
     table = CostTable(
         layouts=layouts,
         batch=tuple(int(b) for b in g.batch),
         microbatches=tuple(int(m) for m in g.microbatches),
         prefill=prefill,
-        decode=_phase(scenario=scenario, g=g, layouts=layouts, tokens=micro_seqs, seqs=micro_seqs,
-                      context=context_decode, prefill=False, eff=eff),
-        efficiency=eff,
+        decode=_phase(scenario=scenario, g=g, tokens=micro_seqs, seqs=micro_seqs,
+                      context=context_decode, prefill=False, cal=cal),
+        calibration=cal,
+        calibration_id=calibration.id,
+        calibration_text=calibration.describe(scenario.cluster.gpu.name, stack),
         num_dense_layers=scenario.model.num_dense_layers,
         num_moe_layers=scenario.model.num_moe_layers,
         prefill_share_ns=(),

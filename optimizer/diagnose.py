@@ -109,8 +109,8 @@ def _feasible(scenario: Scenario, lift: tuple[str, ...] = (), **kwargs: Any) -> 
 def min_gpus_lower_bound(scenario: Scenario) -> int | None:
     """A count below which no plan fits in memory: ``ceil((weights + KV cache) / (cap - reserve))``, with
     weights and KV cache of the whole model and batch as one GPU would hold them; None if the cap does not
-    even hold the runtime reserve (no count works)."""
-    room = MemoryCap.cap_bytes(scenario) - scenario.engine.reserve_bytes
+    even hold the runtime's own memory (no count works)."""
+    room = MemoryCap.cap_bytes(scenario) - scenario.engine.runtime_bytes
     if room <= 0:
         return None
     one = Layout(tp=1, pp=1, dp=1, ep=1, etp=1, edp=1)
@@ -130,7 +130,7 @@ def fewest_gpus(scenario: Scenario, *, max_checks: int = 40, max_layouts: int = 
     """
     lower = min_gpus_lower_bound(scenario)
     if lower is None:
-        return None, "no GPU count helps: the memory cap does not even hold the runtime reserve"
+        return None, "no GPU count helps: the memory cap does not even hold the runtime's own memory (reserve, CUDA graphs, buffers)"
     per_node, current = scenario.cluster.gpus_per_node, scenario.cluster.num_gpus
     counts = [n for n in range(lower, per_node)]
     nodes = max(1, -(-lower // per_node))

@@ -169,10 +169,21 @@ def resolve_model(model: Any, *, source: str, base_dir: Path) -> Any:
             fields = model_fields_from_config_json(path)
         except ScenarioError as exc:  # name the scenario too: it is the file that points at the config
             raise ScenarioError(str(exc), source=source, field="model.config_json") from None
-        return {**fields, **model}
+        return _follow_layer_count({**fields, **model}, model)
     name = model.get("name")
     entry = catalog.model_entry(name) if isinstance(name, str) else None
-    return {**entry, **model} if entry else model
+    return _follow_layer_count({**entry, **model}, model) if entry else model
+
+
+def _follow_layer_count(merged: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A base model's per-layer ``layer_types`` repeated (its pattern cycled) to an overridden
+    ``num_hidden_layers``, unless the overrides give ``layer_types`` too: a 36-layer gpt-oss list must not
+    make a shortened 8-layer gpt-oss invalid."""
+    types, layers = merged.get("layer_types"), merged.get("num_hidden_layers")
+    if ("num_hidden_layers" in overrides and "layer_types" not in overrides and isinstance(types, (list, tuple)) and types
+            and isinstance(layers, int) and not isinstance(layers, bool) and 0 < layers <= 1 << 16 and len(types) != layers):
+        merged["layer_types"] = [types[i % len(types)] for i in range(layers)]
+    return merged
 
 
 def model_fields_from_config_json(path: Path) -> dict[str, Any]:

@@ -185,15 +185,17 @@ def layer_bytes(*, scenario: Scenario, layout: Layout, batch: int, dense: bool) 
 @dataclass(frozen=True)
 class StageFixedBytes:
     """Bytes one GPU of a stage holds whatever its layer count: embedding / LM head where the stage has
-    them, the activation peak, and the runtime reserve."""
+    them, the activation peak, and the runtime's own memory (CUDA context, graphs, NCCL buffers)."""
 
     weights: int
     activations: int
     reserve: int
+    cuda_graphs: int
+    comm_buffers: int
 
     @property
     def total(self) -> int:
-        return self.weights + self.activations + self.reserve
+        return self.weights + self.activations + self.reserve + self.cuda_graphs + self.comm_buffers
 
 
 def activation_peak_bytes(*, scenario: Scenario, layout: Layout, batch: int, last: bool) -> int:
@@ -230,6 +232,8 @@ def stage_fixed_bytes(*, scenario: Scenario, layout: Layout, batch: int, first: 
         weights=bytes_for(params, HIGH_PRECISION.bits),
         activations=activation_peak_bytes(scenario=scenario, layout=layout, batch=batch, last=last),
         reserve=scenario.engine.reserve_bytes,
+        cuda_graphs=scenario.engine.cuda_graph_bytes,
+        comm_buffers=scenario.engine.comm_buffer_bytes,
     )
 
 
@@ -244,10 +248,21 @@ class StageMemory:
     kv_cache_bytes: int
     activation_bytes: int
     reserve_bytes: int
+    cuda_graph_bytes: int
+    comm_buffer_bytes: int
+    kv_bytes_per_token: int  # KV cache one token takes on this GPU (all of the stage's layers)
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_cache_bytes + self.activation_bytes + self.reserve_bytes
+        return (self.weights_bytes + self.kv_cache_bytes + self.activation_bytes + self.reserve_bytes
+                + self.cuda_graph_bytes + self.comm_buffer_bytes)
+
+    def kv_capacity_tokens(self, cap_bytes: int) -> int | None:
+        """Tokens of KV cache this GPU can hold in ``cap_bytes`` once everything but the KV cache is
+        placed (``floor(free / bytes per token)``); None for a stage without layers (no KV cache)."""
+        if self.kv_bytes_per_token == 0:
+            return None
+        return max(cap_bytes - (self.total_bytes - self.kv_cache_bytes), 0) // self.kv_bytes_per_token
 
 
 def layer_kinds(*, model: ModelSpec, layers_per_stage: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -261,9 +276,14 @@ def layer_kinds(*, model: ModelSpec, layers_per_stage: tuple[int, ...]) -> list[
 
 
 def stage_memory(*, scenario: Scenario, layout: Layout, layers_per_stage: tuple[int, ...], batch: int) -> list[StageMemory]:
-    """Memory per GPU for every stage of a concrete plan, by component (exact integers)."""
+    """Memory per GPU for every stage of a concrete plan, by component (exact integers).
+
+    The KV cache counts ``batch`` sequences at full length (ISL + OSL) in every layer, sliding-window
+    layers included: vLLM's hybrid allocator keeps only the window for those, so for gpt-oss-like models
+    this over-counts (conservative; the latency model does use the window)."""
     dense_b = layer_bytes(scenario=scenario, layout=layout, batch=batch, dense=True)
     moe_b = layer_bytes(scenario=scenario, layout=layout, batch=batch, dense=False)
+    per_token = kv_cache_bytes_per_token_layer(model=scenario.model, workload=scenario.workload, tp=layout.tp)
     result = []
     last_stage = len(layers_per_stage) - 1
     for s, (dense, moe) in enumerate(layer_kinds(model=scenario.model, layers_per_stage=layers_per_stage)):
@@ -277,6 +297,9 @@ def stage_memory(*, scenario: Scenario, layout: Layout, layers_per_stage: tuple[
                 kv_cache_bytes=dense * dense_b.kv_cache + moe * moe_b.kv_cache,
                 activation_bytes=fixed.activations,
                 reserve_bytes=fixed.reserve,
+                cuda_graph_bytes=fixed.cuda_graphs,
+                comm_buffer_bytes=fixed.comm_buffers,
+                kv_bytes_per_token=(dense + moe) * per_token,
             )
         )
     return result

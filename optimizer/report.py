@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from optimizer.cost import CostTable, LayerTime
+from optimizer.cost import COLLECTIVE_KINDS, CostTable, LayerTime, stage_ns
 from optimizer.diagnose import Diagnosis
-from optimizer.memory import total_params, active_params
+from optimizer.memory import active_params, layer_kinds, total_params
 from optimizer.parallel import Plan, process_groups, rank_info
 from optimizer.result import Evidence, Solution
 from optimizer.rules import MemoryCap
@@ -33,7 +33,6 @@ def plan_document(
     """The plan as a JSON-ready mapping (schema ``SCHEMA_VERSION``)."""
     layout, est = plan.layout, certificate.estimate
     n_inst = instances(scenario, plan)
-    heaviest = max(certificate.memory, key=lambda s: s.total_bytes)
     return {
         "schema_version": SCHEMA_VERSION,
         "scenario": scenario.model_dump(mode="json"),
@@ -47,25 +46,7 @@ def plan_document(
             "notes": list(plan.notes),
         },
         "rank_map": rank_map(scenario, plan),
-        "memory": {
-            "cap_bytes": MemoryCap.cap_bytes(scenario),
-            "per_gpu_peak": {
-                "stage": heaviest.stage,
-                "weights_bytes": heaviest.weights_bytes,
-                "kv_cache_bytes": heaviest.kv_cache_bytes,
-                "activation_bytes": heaviest.activation_bytes,
-                "reserve_bytes": heaviest.reserve_bytes,
-                "total_bytes": heaviest.total_bytes,
-            },
-            "stages": [
-                {
-                    "stage": s.stage, "dense_layers": s.dense_layers, "moe_layers": s.moe_layers,
-                    "weights_bytes": s.weights_bytes, "kv_cache_bytes": s.kv_cache_bytes,
-                    "activation_bytes": s.activation_bytes, "reserve_bytes": s.reserve_bytes, "total_bytes": s.total_bytes,
-                }
-                for s in certificate.memory
-            ],
-        },
+        "memory": memory_section(scenario, certificate),
         "estimate": {
             "ttft_s": est.ttft_ns / 1e9,
             "tpot_s": est.tpot_ns / 1e9,
@@ -79,9 +60,12 @@ def plan_document(
             "decode_stage_ns": list(est.decode_stage_ns),
             "prefill_share_per_decode_step_ns": table.prefill_share_ns[index],
             "decode_microbatches": table.microbatches[index],
+            **step_section(scenario, table, index, plan),
             "breakdown_per_layer_s": _breakdown(scenario, table, index),
-            "efficiency": {"compute": table.efficiency.compute, "memory": table.efficiency.memory, "link": table.efficiency.link},
-            "calibration": "v1 defaults (uncalibrated)",
+            "speed_of_light_per_layer_s": _breakdown(scenario, table, index, sol=True),
+            "stage_extras_s": _extras(table, index),
+            "calibration": {"id": table.calibration_id, "gpu_entry": table.calibration.entry,
+                            "measured": table.calibration.measured, "text": table.calibration_text},
         },
         "certificate": {
             "holds": certificate.holds,
@@ -134,15 +118,157 @@ def infeasible_document(*, scenario: Scenario, reasons: tuple[str, ...], diagnos
     }
 
 
-def _breakdown(scenario: Scenario, table: CostTable, i: int) -> dict[str, dict[str, float]]:
+def _round(t: float) -> float:
+    # Six significant digits: these floats are informative (the solver used the integer ns tables), and
+    # rounding keeps the JSON byte-identical even if a libm differs in the last bit on another machine.
+    return float(f"{t:.6g}")
+
+
+def _phases(scenario: Scenario, table: CostTable) -> dict[str, LayerTime]:
     phases: dict[str, LayerTime] = {"prefill_dense": table.prefill.dense_breakdown, "decode_dense": table.decode.dense_breakdown}
     if scenario.model.is_moe:
         phases = {"prefill_moe": table.prefill.moe_breakdown, "decode_moe": table.decode.moe_breakdown,
                   **({"prefill_dense": table.prefill.dense_breakdown, "decode_dense": table.decode.dense_breakdown}
                      if scenario.model.num_dense_layers else {})}
-    # Six significant digits: these floats are informative (the solver used the integer ns tables), and
-    # rounding keeps the JSON byte-identical even if a libm differs in the last bit on another machine.
-    return {name: {op: float(f"{t:.6g}") for op, t in layer.row(i).items()} for name, layer in phases.items()}
+    return phases
+
+
+def _breakdown(scenario: Scenario, table: CostTable, i: int, *, sol: bool = False) -> dict[str, dict[str, float]]:
+    """Seconds per operator of one layer on one GPU, per phase and layer kind (or their speed of light)."""
+    return {name: {op: _round(t) for op, t in (layer.sol_row(i) if sol else layer.row(i)).items()}
+            for name, layer in _phases(scenario, table).items()}
+
+
+def _extras(table: CostTable, i: int) -> dict[str, dict[str, float]]:
+    """The first stage's, the last stage's and one pipeline hop's operators, per phase (seconds)."""
+    out = {}
+    for phase, costs in (("prefill", table.prefill), ("decode", table.decode)):
+        for where, layer in (("first_stage", costs.first_breakdown), ("last_stage", costs.last_breakdown),
+                             ("pp_hop", costs.boundary_breakdown)):
+            out[f"{phase}_{where}"] = {op: _round(t) for op, t in layer.row(i).items()}
+    return out
+
+
+def _stage_bytes(s) -> dict[str, int]:
+    return {"stage": s.stage, "weights_bytes": s.weights_bytes, "kv_cache_bytes": s.kv_cache_bytes,
+            "activation_bytes": s.activation_bytes, "reserve_bytes": s.reserve_bytes, "cuda_graph_bytes": s.cuda_graph_bytes,
+            "comm_buffer_bytes": s.comm_buffer_bytes, "total_bytes": s.total_bytes}
+
+
+def memory_section(scenario: Scenario, certificate: Certificate) -> dict[str, Any]:
+    """Bytes per GPU by component and stage, and the KV-cache capacity the plan leaves (exact integers):
+    per stage ``floor((cap - everything but the KV cache) / KV bytes per token)``, per replica the
+    smallest over its stages, and how many full-length (ISL + OSL) sequences that holds."""
+    cap = MemoryCap.cap_bytes(scenario)
+    heaviest = max(certificate.memory, key=lambda s: s.total_bytes)
+    capacities = [s.kv_capacity_tokens(cap) for s in certificate.memory]
+    known = [c for c in capacities if c is not None]
+    tokens = min(known) if known else None
+    return {
+        "cap_bytes": cap,
+        "kv_cache_capacity_tokens": tokens,
+        "max_sequences_per_replica": None if tokens is None else tokens // scenario.workload.max_sequence_tokens,
+        "per_gpu_peak": _stage_bytes(heaviest),
+        "stages": [{**_stage_bytes(s), "dense_layers": s.dense_layers, "moe_layers": s.moe_layers, "kv_cache_capacity_tokens": c}
+                   for s, c in zip(certificate.memory, capacities)],
+    }
+
+
+def step_section(scenario: Scenario, table: CostTable, i: int, plan: Plan) -> dict[str, float]:
+    """``prefill_step_s``: one prompt through every stage and hop (= TTFT); ``decode_step_s``: one decode
+    step of one micro-batch through every stage and hop, without the prefill share (TPOT adds it, and
+    waits for the slowest stage when micro-batches overlap)."""
+    kinds = layer_kinds(model=scenario.model, layers_per_stage=plan.layers_per_stage)
+    pp = len(kinds)
+    prefill = sum(stage_ns(table.prefill, i, kinds)) + (pp - 1) * int(table.prefill.boundary_ns[i])
+    decode = sum(stage_ns(table.decode, i, kinds)) + (pp - 1) * int(table.decode.boundary_ns[i])
+    return {"prefill_step_s": prefill / 1e9, "decode_step_s": decode / 1e9}
+
+
+def estimate_document(*, scenario: Scenario, plan: Plan, certificate: Certificate, table: CostTable, index: int) -> dict[str, Any]:
+    """``optimize estimate``: one plan's step times, TTFT, TPOT and throughput, and every operator and
+    collective of each step with its speed of light beside it (datasheet peak, no launch or latency).
+
+    Per phase, each operator's time is its per-layer time x the layers of that kind in the replica (all
+    stages), plus the first and last stages' extras and ``PP - 1`` hops, so the operators of a phase add up
+    to its step time (up to the nanosecond rounding of the integer tables). ``decode`` is one step of one
+    micro-batch; TPOT adds the share of prefills that keeps the batch full.
+    """
+    base = plan_document(scenario=scenario, plan=plan, certificate=certificate, table=table, index=index, evidence=None)
+    est, mem = base["estimate"], base["memory"]
+    kinds = layer_kinds(model=scenario.model, layers_per_stage=plan.layers_per_stage)
+    dense_layers, moe_layers = sum(d for d, _ in kinds), sum(m for _, m in kinds)
+    phases = {}
+    for phase, costs in (("prefill", table.prefill), ("decode", table.decode)):
+        parts = [(costs.dense_breakdown, dense_layers, "dense layer"), (costs.first_breakdown, 1, "first stage"),
+                 (costs.last_breakdown, 1, "last stage"), (costs.boundary_breakdown, len(kinds) - 1, "pp hop")]
+        if scenario.model.is_moe:
+            parts.insert(1, (costs.moe_breakdown, moe_layers, "moe layer"))
+        ops = []
+        for layer, count, where in parts:
+            if count == 0:
+                continue
+            times, sols = layer.row(index), layer.sol_row(index)
+            for name, t in times.items():
+                ops.append({"operator": name, "where": where, "kind": layer.kinds.get(name, ""), "count": count,
+                            "each_s": _round(t), "total_s": _round(t * count), "speed_of_light_s": _round(sols[name] * count)})
+        by_class: dict[str, float] = {}
+        for op in ops:
+            cls = "overhead" if op["kind"] == "overhead" else "collective" if op["kind"] in COLLECTIVE_KINDS else "compute"
+            by_class[cls] = by_class.get(cls, 0.0) + op["total_s"]
+        phases[phase] = {"operators": ops, "totals_s": {k: _round(v) for k, v in sorted(by_class.items())},
+                         "speed_of_light_s": _round(sum(op["speed_of_light_s"] for op in ops))}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "estimate",
+        "scenario": scenario.name,
+        "plan": {k: base["plan"][k] for k in ("tp", "pp", "dp", "ep", "etp", "edp", "batch_per_replica", "layers_per_stage", "engine")},
+        "plan_holds": certificate.holds,
+        "failing_checks": [{"name": c.name, "detail": c.detail} for c in certificate.failing],
+        **{k: est[k] for k in ("prefill_step_s", "decode_step_s", "ttft_s", "tpot_s", "request_latency_s",
+                               "output_tokens_per_s", "output_tokens_per_s_per_gpu", "decode_microbatches")},
+        "prefill_share_per_decode_step_s": est["prefill_share_per_decode_step_ns"] / 1e9,
+        "kv_cache_capacity_tokens": mem["kv_cache_capacity_tokens"],
+        "max_sequences_per_replica": mem["max_sequences_per_replica"],
+        "breakdown": phases,
+        "calibration": est["calibration"],
+    }
+
+
+def render_estimate(document: dict[str, Any]) -> str:
+    """``estimate_document`` for a terminal: one table per phase, speed of light and headroom per row."""
+    p = document["plan"]
+    lines = [
+        f"Estimate for {document['scenario']}: TP {p['tp']} PP {p['pp']} DP {p['dp']} | EP {p['ep']} ETP {p['etp']} EDP {p['edp']}"
+        f"  batch/replica {p['batch_per_replica']}  layers per stage {p['layers_per_stage']}",
+        f"  calibration {document['calibration']['text']}",
+        "",
+        f"  prefill step {document['prefill_step_s'] * 1e3:.2f} ms (= TTFT)   decode step {document['decode_step_s'] * 1e3:.3f} ms   "
+        f"TPOT {document['tpot_s'] * 1e3:.3f} ms (with {document['prefill_share_per_decode_step_s'] * 1e3:.3f} ms of prefills per step, "
+        f"{document['decode_microbatches']} micro-batch(es))",
+        f"  request latency {document['request_latency_s']:.3f} s   {document['output_tokens_per_s']:,.0f} output tokens/s "
+        f"({document['output_tokens_per_s_per_gpu']:,.1f} per GPU)",
+    ]
+    if document["kv_cache_capacity_tokens"] is not None:
+        lines.append(f"  KV cache capacity {document['kv_cache_capacity_tokens']:,} tokens per replica "
+                     f"({document['max_sequences_per_replica']:,} sequences at ISL + OSL)")
+    if not document["plan_holds"]:
+        lines.append("  WARNING: the plan breaks " + ", ".join(c["name"] for c in document["failing_checks"])
+                     + " (optimize verify says why); the estimate is for the plan as written")
+    for phase in ("prefill", "decode"):
+        b = document["breakdown"][phase]
+        total = sum(b["totals_s"].values())
+        lines += ["", f"{phase} step: {total * 1e3:.3f} ms = " + " + ".join(f"{k} {v * 1e3:.3f}" for k, v in b["totals_s"].items())
+                  + f" ms; speed of light {b['speed_of_light_s'] * 1e3:.3f} ms",
+                  f"  {'operator':22s} {'where':12s} {'kind':18s} {'count':>5s} {'each ms':>10s} {'total ms':>10s} "
+                  f"{'share':>6s} {'SOL ms':>10s} {'x SOL':>7s}"]
+        for op in sorted(b["operators"], key=lambda o: -o["total_s"]):
+            if op["total_s"] == 0:
+                continue
+            ratio = f"{op['total_s'] / op['speed_of_light_s']:.1f}" if op["speed_of_light_s"] > 0 else "-"
+            lines.append(f"  {op['operator']:22s} {op['where']:12s} {op['kind']:18s} {op['count']:5d} {op['each_s'] * 1e3:10.4f} "
+                         f"{op['total_s'] * 1e3:10.3f} {100 * op['total_s'] / total:5.1f}% {op['speed_of_light_s'] * 1e3:10.3f} {ratio:>7s}")
+    return "\n".join(lines) + "\n"
 
 
 def rank_map(scenario: Scenario, plan: Plan) -> dict[str, Any] | None:
@@ -186,8 +312,11 @@ def render_table(document: dict[str, Any], *, title: str = "Plan", timing: str |
         f"  TTFT {est['ttft_s'] * 1e3:.1f} ms   TPOT {est['tpot_s'] * 1e3:.2f} ms   request latency {est['request_latency_s']:.3f} s   "
         f"{est['output_tokens_per_s']:,.0f} output tokens/s ({est['output_tokens_per_s_per_gpu']:,.0f} per GPU)",
         f"  memory per GPU (stage {peak['stage']}): weights {human_bytes(peak['weights_bytes'])} + KV cache "
-        f"{human_bytes(peak['kv_cache_bytes'])} + activations {human_bytes(peak['activation_bytes'])} + reserve "
-        f"{human_bytes(peak['reserve_bytes'])} = {human_bytes(peak['total_bytes'])} of {human_bytes(mem['cap_bytes'])} usable",
+        f"{human_bytes(peak['kv_cache_bytes'])} + activations {human_bytes(peak['activation_bytes'])} + runtime "
+        f"{human_bytes(peak['reserve_bytes'] + peak['cuda_graph_bytes'] + peak['comm_buffer_bytes'])} = "
+        f"{human_bytes(peak['total_bytes'])} of {human_bytes(mem['cap_bytes'])} usable",
+        *([f"  KV cache capacity {mem['kv_cache_capacity_tokens']:,} tokens per replica "
+           f"({mem['max_sequences_per_replica']:,} sequences at ISL + OSL)"] if mem["kv_cache_capacity_tokens"] is not None else []),
         "",
         f"Certificate: {len(cert['checks'])} checks, " + ("all hold" if cert["holds"] else
                                                         f"{sum(not c['holds'] for c in cert['checks'])} FAIL"),
@@ -237,15 +366,16 @@ def render_markdown(document: dict[str, Any], runner_up: dict[str, Any] | None =
         f"| {est['ttft_s']:.4f} | {est['tpot_s']:.5f} | {est['request_latency_s']:.3f} | {est['output_tokens_per_s']:,.0f} "
         f"| {est['output_tokens_per_s_per_gpu']:,.0f} |",
         "",
-        f"Efficiencies: {est['efficiency']} ({est['calibration']}).",
+        f"Calibration: {est['calibration']['text']}.",
         "",
         "## Memory per GPU (bytes)",
         "",
-        "| stage | dense layers | MoE layers | weights | KV cache | activations | reserve | total | cap |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| stage | dense layers | MoE layers | weights | KV cache | activations | reserve | CUDA graphs | comm buffers | total | cap | KV capacity (tokens) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *[
             f"| {s['stage']} | {s['dense_layers']} | {s['moe_layers']} | {s['weights_bytes']} | {s['kv_cache_bytes']} "
-            f"| {s['activation_bytes']} | {s['reserve_bytes']} | {s['total_bytes']} | {mem['cap_bytes']} |"
+            f"| {s['activation_bytes']} | {s['reserve_bytes']} | {s['cuda_graph_bytes']} | {s['comm_buffer_bytes']} "
+            f"| {s['total_bytes']} | {mem['cap_bytes']} | {s['kv_cache_capacity_tokens']} |"
             for s in mem["stages"]
         ],
         "",

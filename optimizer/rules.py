@@ -275,11 +275,12 @@ class EvenLayers(Rule):
 
 
 class MemoryCap(Rule):
-    """Every GPU: weights + KV cache + activations + reserve <= memory_bytes x gpu_memory_utilization.
+    """Every GPU: weights + KV cache + activations + runtime (reserve, CUDA graphs, communication buffers)
+    <= memory_bytes x gpu_memory_utilization.
     Both sides are integers: an integer total fits under ``memory x p/q`` iff it is ``<= floor(memory x p/q)``."""
 
     name = "memory_cap"
-    formula = "weights + kv_cache + activations + reserve <= floor(memory_bytes x gpu_memory_utilization)"
+    formula = "weights + kv_cache + activations + runtime <= floor(memory_bytes x gpu_memory_utilization)"
 
     @staticmethod
     def cap_bytes(scenario: Scenario) -> int:
@@ -291,7 +292,8 @@ class MemoryCap(Rule):
         return [
             make_check(f"{self.name}[stage={s.stage}]", self.formula, s.total_bytes, "<=", cap,
                        f"a stage-{s.stage} GPU holds {human_bytes(s.weights_bytes)} weights + {human_bytes(s.kv_cache_bytes)} "
-                       f"KV cache + {human_bytes(s.activation_bytes)} activations + {human_bytes(s.reserve_bytes)} reserve = "
+                       f"KV cache + {human_bytes(s.activation_bytes)} activations + "
+                       f"{human_bytes(s.reserve_bytes + s.cuda_graph_bytes + s.comm_buffer_bytes)} runtime = "
                        f"{human_bytes(s.total_bytes)} of {human_bytes(cap)} usable"
                        + ("" if s.total_bytes <= cap else
                           f": {human_bytes(s.total_bytes - cap)} over; shard more (TP, PP, EP), shrink the batch or use more memory"))

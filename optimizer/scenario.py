@@ -13,7 +13,7 @@ from fractions import Fraction
 from functools import cached_property
 from math import isfinite
 from types import UnionType
-from typing import Annotated, Union, get_args, get_origin
+from typing import Annotated, Literal, Union, get_args, get_origin
 
 from pydantic import (
     AliasChoices,
@@ -204,6 +204,10 @@ class ModelSpec(_Frozen):
     v_head_dim: int | None = Field(default=None, gt=0)
     tie_word_embeddings: bool = False
     attention_bias: bool = False
+    sliding_window: int | None = Field(default=None, gt=0, description="keys a sliding-window layer attends to")
+    layer_types: tuple[Literal["sliding_attention", "full_attention"], ...] | None = Field(
+        default=None, description="per layer (gpt-oss, Gemma, Qwen3): which layers use the window")
+    use_sliding_window: bool | None = Field(default=None, description="Qwen2/3: false turns sliding_window off")
     source: str = ""
     published_params: str | None = Field(default=None, description='total parameters as published, e.g. "46.7B"')
 
@@ -223,6 +227,10 @@ class ModelSpec(_Frozen):
             raise ValueError("head_dim is missing and hidden_size is not divisible by num_attention_heads")
         if self.kv_heads > self.num_attention_heads or self.num_attention_heads % self.kv_heads:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
+        if self.layer_types is not None and len(self.layer_types) != self.num_hidden_layers:
+            raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.num_hidden_layers} layers")
+        if self.layer_types and "sliding_attention" in self.layer_types and self.sliding_window is None:
+            raise ValueError("layer_types names sliding_attention layers but sliding_window is not set")
         if self.dense_ffn_width == 0 and (not self.is_moe or self.first_k_dense_replace):
             raise ValueError("intermediate_size must be > 0 for dense layers")
         return self
@@ -266,6 +274,17 @@ class ModelSpec(_Frozen):
         return self.num_hidden_layers if not self.is_moe else self.first_k_dense_replace
 
     @property
+    def num_sliding_layers(self) -> int:
+        """Layers that attend over ``sliding_window`` keys: those ``layer_types`` marks, or every layer
+        when only ``sliding_window`` is given (Mistral 7B), none when ``use_sliding_window`` is false
+        (Qwen2/3 configs carry a window they do not use)."""
+        if self.sliding_window is None or self.use_sliding_window is False:
+            return 0
+        if self.layer_types is not None:
+            return sum(1 for t in self.layer_types if t == "sliding_attention")
+        return self.num_hidden_layers
+
+    @property
     def num_moe_layers(self) -> int:
         return self.num_hidden_layers - self.num_dense_layers
 
@@ -280,6 +299,9 @@ class Workload(_Frozen):
     weight_dtype: Dtype = Dtype.BF16
     expert_weight_dtype: Dtype | None = Field(default=None, description="routed experts; default weight_dtype")
     kv_cache_dtype: Dtype = Dtype.BF16
+    routing_imbalance: float = Field(
+        default=1.0, ge=1.0, le=1024.0, allow_inf_nan=False,
+        description="MoE: tokens on the busiest expert GPU over the mean (1 = perfectly balanced)")
 
     @property
     def experts_dtype(self) -> Dtype:
@@ -313,14 +335,34 @@ class EngineName(StrEnum):
 
 class Engine(_Frozen):
     """Engine profile. ``enable_expert_parallel`` mirrors vLLM's ``--enable-expert-parallel`` (off by
-    default there); ``max_num_batched_tokens`` the prefill chunk vLLM profiles activations with;
-    ``reserve_bytes`` what the runtime keeps outside weights, KV cache and activations (CUDA context,
-    NCCL buffers, CUDA graphs)."""
+    default there); ``max_num_batched_tokens`` the prefill chunk vLLM profiles activations with.
+
+    Memory the runtime holds besides weights, KV cache and activations, per GPU, each counted inside
+    ``gpu_memory_utilization`` (vLLM profiles weights, the activation peak and non-torch memory, then
+    gives the rest of ``total x gpu_memory_utilization`` to the KV cache; counting CUDA graphs inside
+    too is conservative for versions that capture them after sizing the cache):
+    - ``reserve_bytes``: CUDA context and allocator slack;
+    - ``cuda_graph_bytes``: captured decode graphs (0 with ``--enforce-eager``);
+    - ``comm_buffer_bytes``: NCCL channel buffers and the custom all-reduce workspace.
+    The defaults (1 GiB, 512 MiB, 512 MiB) are round figures, not measurements: set what your engine's
+    start-up log reports.
+    """
 
     name: EngineName = EngineName.MEGATRON
     enable_expert_parallel: bool = False
     max_num_batched_tokens: int = Field(default=8192, gt=0)
-    reserve_bytes: int = Field(default=2 << 30, ge=0)
+    reserve_bytes: int = Field(default=1 << 30, ge=0)
+    cuda_graph_bytes: int = Field(default=1 << 29, ge=0)
+    comm_buffer_bytes: int = Field(default=1 << 29, ge=0)
+    calibration_stack: str | None = Field(
+        default=None, min_length=1,
+        description="software stack whose measured step overheads the estimate uses (optimizer/catalog/calibration.yaml "
+                    "`stacks`); default: the engine's entry in `engine_stacks`")
+
+    @property
+    def runtime_bytes(self) -> int:
+        """Everything the runtime holds per GPU outside weights, KV cache and activations."""
+        return self.reserve_bytes + self.cuda_graph_bytes + self.comm_buffer_bytes
 
 
 class Objective(StrEnum):

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from optimizer import catalog
 from optimizer.scenario import Scenario
 
-SCHEMA_VERSION = "2.0"
+SCHEMA_VERSION = "3.0"
 _STRICT = ConfigDict(extra="forbid")
 
 
@@ -65,20 +65,37 @@ class StageBytes(BaseModel):
     weights_bytes: int
     kv_cache_bytes: int
     activation_bytes: int
-    reserve_bytes: int
+    reserve_bytes: int = Field(description="CUDA context and allocator slack")
+    cuda_graph_bytes: int
+    comm_buffer_bytes: int = Field(description="NCCL buffers and the custom all-reduce workspace")
     total_bytes: int
 
 
 class StageMemoryEntry(StageBytes):
     dense_layers: int
     moe_layers: int
+    kv_cache_capacity_tokens: int | None = Field(
+        description="tokens of KV cache this stage's GPUs could hold under the cap once all else is placed")
 
 
 class MemorySection(BaseModel):
     model_config = _STRICT
     cap_bytes: int = Field(description="floor(memory_bytes x gpu_memory_utilization)")
+    kv_cache_capacity_tokens: int | None = Field(
+        description="tokens one replica can keep in KV cache: the smallest over its stages (every stage holds "
+                    "each token's KV for its own layers)")
+    max_sequences_per_replica: int | None = Field(
+        description="kv_cache_capacity_tokens // (ISL + OSL): sequences at full length one replica can hold")
     per_gpu_peak: StageBytes
     stages: list[StageMemoryEntry]
+
+
+class CalibrationRef(BaseModel):
+    model_config = _STRICT
+    id: str = Field(description="optimizer/catalog/calibration.yaml id (a digest of its data and parameters)")
+    gpu_entry: str = Field(description="the calibration entry the GPU used: its own, a same-die alias, or default")
+    measured: bool = Field(description="false: no measurements for this GPU (the default entry)")
+    text: str
 
 
 class EstimateSection(BaseModel):
@@ -95,9 +112,15 @@ class EstimateSection(BaseModel):
     decode_stage_ns: list[int]
     prefill_share_per_decode_step_ns: int
     decode_microbatches: int
+    prefill_step_s: float = Field(description="one prompt through every stage and hop (= TTFT)")
+    decode_step_s: float = Field(description="one decode step of one micro-batch through every stage and hop")
     breakdown_per_layer_s: dict[str, dict[str, float]] = Field(description="phase -> operator -> seconds per layer")
-    efficiency: dict[str, float]
-    calibration: str
+    speed_of_light_per_layer_s: dict[str, dict[str, float]] = Field(
+        description="phase -> operator -> seconds per layer at datasheet peak, no launch or latency terms")
+    stage_extras_s: dict[str, dict[str, float]] = Field(description="first/last stage and PP hop operators, seconds")
+    calibration: CalibrationRef
+
+
 
 
 class CheckEntry(BaseModel):
@@ -154,7 +177,7 @@ class PlanDocument(BaseModel):
     """A plan (``plan`` set, ``infeasible`` absent) or a proved infeasibility (``plan`` null)."""
 
     model_config = ConfigDict(extra="forbid", title=f"optimizer plan document, schema {SCHEMA_VERSION}")
-    schema_version: Literal["2.0"]
+    schema_version: Literal["3.0"]
     scenario: dict[str, Any] = Field(description="the validated scenario, every field explicit")
     plan: PlanSizes | None
     rank_map: RankMap | None = None

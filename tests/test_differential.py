@@ -80,7 +80,7 @@ def scenarios(draw, max_layers=12):
     }
     engine = draw(st.sampled_from([{"name": "megatron"}, {"name": "vllm", "enable_expert_parallel": True},
                                    {"name": "vllm", "enable_expert_parallel": False}]))
-    engine.update(reserve_bytes=draw(st.sampled_from([0, 1 << 20])),
+    engine.update(reserve_bytes=draw(st.sampled_from([0, 1 << 20])), cuda_graph_bytes=0, comm_buffer_bytes=0,
                   max_num_batched_tokens=draw(st.sampled_from([256, 8192])))
     data = deep_merge(BASE, {
         "cluster": {

@@ -310,6 +310,8 @@ INT_FIELDS: dict[tuple[str, str], tuple[int | None, bool]] = {
     ("workload", "output_tokens"): (1 << 24, True),
     ("engine", "max_num_batched_tokens"): (None, False),
     ("engine", "reserve_bytes"): (None, True),
+    ("engine", "cuda_graph_bytes"): (None, True),
+    ("engine", "comm_buffer_bytes"): (None, True),
     ("gpu", "memory_bytes"): (None, False),
     ("gpu", "hbm_bytes_per_s"): (None, False),
     ("model", "num_hidden_layers"): (None, False),
@@ -336,11 +338,13 @@ SECTION_KEYS = {
               "num_key_value_heads", "head_dim", "vocab_size", "num_experts", "num_local_experts", "n_routed_experts",
               "num_experts_per_tok", "moe_intermediate_size", "n_shared_experts", "shared_expert_intermediate_size",
               "first_k_dense_replace", "kv_lora_rank", "q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim",
-              "v_head_dim", "tie_word_embeddings", "attention_bias", "source", "published_params", "config_json"},
+              "v_head_dim", "tie_word_embeddings", "attention_bias", "sliding_window", "layer_types", "use_sliding_window",
+              "source", "published_params", "config_json"},
     "workload": {"concurrent_sequences", "input_tokens", "output_tokens", "weight_dtype", "expert_weight_dtype",
-                 "kv_cache_dtype"},
+                 "kv_cache_dtype", "routing_imbalance"},
     "targets": {"ttft_s", "tpot_s", "output_tokens_per_s"},
-    "engine": {"name", "enable_expert_parallel", "max_num_batched_tokens", "reserve_bytes"},
+    "engine": {"name", "enable_expert_parallel", "max_num_batched_tokens", "reserve_bytes", "cuda_graph_bytes",
+               "comm_buffer_bytes", "calibration_stack"},
     "search": {"objective", "gpu_memory_utilization", "allow_uneven_layers"},
     "gpu": {"name", "memory_bytes", "hbm_bytes_per_s", "dense_tflops", "source", "gpus_per_node", "intra_node_link",
             "inter_node_link"},
@@ -675,7 +679,7 @@ def plan_documents(draw, plan: dict[str, Any]) -> dict[str, Any]:
     if draw(st.booleans()):
         spelled["notes"] = draw(st.text(max_size=20))
     if draw(st.booleans()):
-        return {"schema_version": "2.0", "plan": spelled}
+        return {"schema_version": "3.0", "plan": spelled}
     return spelled
 
 

@@ -19,9 +19,9 @@ LAYERS = [
     {"report"},
     {"diagnose"},
     {"verify", "solve", "exhaustive"},
-    {"result", "split", "rules", "schema"},
+    {"result", "split", "rules", "schema", "measured"},
     {"cost", "memory", "parallel"},
-    {"scenario", "loader", "catalog"},
+    {"scenario", "loader", "catalog", "calibration"},
     {"units", "errors"},
 ]
 RANK = {module: rank for rank, layer in enumerate(LAYERS) for module in layer}
@@ -34,6 +34,7 @@ SAME_LAYER = {
     ("cost", "parallel"),
     ("memory", "parallel"),
     ("loader", "catalog"),
+    ("calibration", "catalog"),
     ("loader", "scenario"),
 }
 

@@ -45,14 +45,14 @@ def test_the_runner_up_is_the_next_best_other_layout(name):
 def test_markdown_says_which_term_decides():
     text = invoke("--scenario", "16gpu-30b", "--markdown", "-").output
     why = text.split("## Why this plan")[1]
-    assert "It beats the runner-up (TP 1 PP 1 DP 16 EP 2 ETP 8 EDP 1)" in why
-    assert "Deciding term: TPOT, 511 decode steps" in why and "`decode_moe.etp_allreduce_s`" in why
+    assert "It beats the runner-up (TP 1 PP 1 DP 16 EP 8 ETP 2 EDP 1)" in why
+    assert "Deciding term: TPOT, 511 decode steps" in why and "`decode_moe.ep_alltoall`" in why
     deepseek = invoke("--scenario", "deepseek-v3-32xh800", "--markdown", "-").output
-    assert "Pipeline: PP 2" in deepseek.split("## Why this plan")[1]
+    assert "Pipeline: PP 1 (layers [61]" in deepseek.split("## Why this plan")[1] and "vs PP 2" in deepseek
 
 
 def test_dag_is_valid_dot_with_every_rank_and_edge():
-    s = load_scenario("deepseek-v3-32xh800")  # TP 1, PP 2, DP 16, EP 8
+    s = load_scenario("deepseek-v3-32xh800")  # TP 1, PP 1, DP 32, EP 16
     solution = optimize(s)
     document = solution_document(solution)
     [graph] = pydot.graph_from_dot_data(render_dot(document))

@@ -63,7 +63,8 @@ def test_headline_16gpu_30b_fails_gpu_product():
     check = named(cert, "gpu_product")
     assert (check.lhs, check.op, check.rhs, check.holds) == (32, "==", 16, False)
     # Not alone: with PP = 4 and EP = 16, ETP x EP x EDP x PP >= 64 > 16 whatever ETP and EDP are.
-    assert failing(cert) == ["gpu_product", "moe_product"]
+    structural = [name for name in failing(cert) if not name.endswith("_target")]  # targets depend on the estimate
+    assert structural == ["gpu_product", "moe_product"]
     assert named(cert, "moe_product").lhs == 64
 
 
@@ -236,7 +237,7 @@ def tp_forced(model=None, cluster=None, engine=None, memory_bytes=45_000_000, **
     return make_scenario(
         model={"vocab_size": 100_000, "tie_word_embeddings": True, **(model or {})},
         cluster={"gpu": {"memory_bytes": memory_bytes}, "num_nodes": 1, "gpus_per_node": 4, **(cluster or {})},
-        engine={"reserve_bytes": 0, **(engine or {})},
+        engine={"reserve_bytes": 0, "cuda_graph_bytes": 0, "comm_buffer_bytes": 0, **(engine or {})},
         search={"gpu_memory_utilization": 1},
         **rest,
     )
@@ -324,7 +325,7 @@ def kv_bound(layers, allow_uneven, memory_bytes=130_000_000):
         model={**DENSE, "num_hidden_layers": layers, "num_key_value_heads": 1, "head_dim": 128},
         workload={"concurrent_sequences": 1, "input_tokens": 100_000, "output_tokens": 16},
         cluster={"gpu": {"memory_bytes": memory_bytes}, "num_nodes": 1, "gpus_per_node": 2},
-        engine={"reserve_bytes": 0, "max_num_batched_tokens": 256},
+        engine={"reserve_bytes": 0, "cuda_graph_bytes": 0, "comm_buffer_bytes": 0, "max_num_batched_tokens": 256},
         search={"gpu_memory_utilization": 1, "allow_uneven_layers": allow_uneven},
     )
 

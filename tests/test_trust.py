@@ -47,16 +47,16 @@ def test_llama_405b_on_4_h100_prints_its_conflicts_and_the_fewest_gpus():
     assert result.exit_code == 1
     out = result.output
     assert "memory_cap" in out and "tpot_target" in out
-    assert "12 x h100-sxm (3 node(s) x 4) is the fewest that admits a plan" in out
+    assert "16 x h100-sxm (4 node(s) x 4) is the fewest that admits a plan" in out
     assert "memory per GPU:" in out and "GiB" in out
 
 
 def test_fewest_gpus_is_exact_and_confirmed():
     s = load_scenario("llama-3.1-405b-4xh100")
     change, _ = fewest_gpus(s)
-    assert change is not None and change.proposed == 12
-    assert is_feasible(_with_gpus(s, 12))
-    for n in (4, 8):  # the smaller whole-node counts fail too (not only those under the memory bound)
+    assert change is not None and change.proposed == 16
+    assert is_feasible(_with_gpus(s, 16))
+    for n in (4, 8, 12):  # the smaller whole-node counts fail too (not only those under the memory bound)
         assert not is_feasible(_with_gpus(s, n))
 
 
@@ -66,7 +66,7 @@ def test_memory_lower_bound_is_sound(n):
     s = make_scenario(model={**DENSE, "num_hidden_layers": 8, "hidden_size": 4096, "intermediate_size": 16384,
                              "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128},
                       cluster={"gpu": {"memory_bytes": 2_000_000_000}, "num_nodes": 1, "gpus_per_node": 8},
-                      engine={"reserve_bytes": 0})
+                      engine={"reserve_bytes": 0, "cuda_graph_bytes": 0, "comm_buffer_bytes": 0})
     lower = min_gpus_lower_bound(s)
     assert lower is not None and lower > 1
     if n < lower:
@@ -112,7 +112,7 @@ def test_a_switch_is_suggested_when_it_is_in_the_conflict():
         model={**DENSE, "num_hidden_layers": 3, "num_key_value_heads": 1, "head_dim": 128},
         workload={"concurrent_sequences": 1, "input_tokens": 100_000, "output_tokens": 16},
         cluster={"gpu": {"memory_bytes": 130_000_000}, "num_nodes": 1, "gpus_per_node": 2},
-        engine={"reserve_bytes": 0, "max_num_batched_tokens": 256},
+        engine={"reserve_bytes": 0, "cuda_graph_bytes": 0, "comm_buffer_bytes": 0, "max_num_batched_tokens": 256},
         search={"gpu_memory_utilization": 1, "allow_uneven_layers": False},
     )
     d = diagnose(s)
@@ -126,9 +126,9 @@ def test_infeasible_json_names_conflicts_and_changes(tmp_path):
     out = tmp_path / "plan.json"
     assert run("--scenario", "llama-3.1-405b-4xh100", "--json", str(out)).exit_code == 1
     doc = json.loads(out.read_text())
-    assert doc["plan"] is None and doc["schema_version"] == "2.0"
+    assert doc["plan"] is None and doc["schema_version"] == "3.0"
     assert doc["infeasible"]["conflicts"] == [["tpot_target"], ["memory_cap"]]
-    assert {"field": "cluster.num_gpus", "current": 4, "proposed": 12}.items() <= doc["infeasible"]["changes"][0].items()
+    assert {"field": "cluster.num_gpus", "current": 4, "proposed": 16}.items() <= doc["infeasible"]["changes"][0].items()
 
 
 def test_no_explain_skips_the_search():

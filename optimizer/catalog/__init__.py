@@ -37,3 +37,8 @@ def model_entry(name: str) -> dict[str, Any] | None:
     """The Hugging Face config fields of model ``name`` (a fresh dict), or None if unknown."""
     entry = _load("models.yaml").get(name)
     return None if entry is None else {"name": name, **entry}
+
+
+def calibration_data() -> dict[str, Any]:
+    """The fitted cost-model parameters (``calibration.yaml``, written by ``scripts/calibrate.py``)."""
+    return _load("calibration.yaml")

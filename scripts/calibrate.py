@@ -1,0 +1,358 @@
+"""Fit the cost model's parameters to measured data and write them to ``optimizer/catalog/calibration.yaml``.
+
+    python scripts/calibrate.py            # fit, print a summary, write the catalog file
+    python scripts/calibrate.py --check    # fit and compare with the shipped file (exit 1 if it differs)
+
+Needs scipy (``pip install -e .[calibrate]``); the optimizer itself does not.
+
+What is fitted to what (``calibration/data/``; ``optimizer/measured.py`` reads it):
+1. Per GPU, GEMM ``launch_us``, ``compute_efficiency``, ``memory_efficiency`` (and FP8's quantisation
+   cost per element) to aiconfigurator-core's measured GEMM tables (bf16, per-tensor FP8).
+2. Per GPU, attention: prefill launch and compute efficiency to the context-attention tables, decode
+   launch and memory efficiency to the generation-attention tables (FlashAttention in vLLM; full and
+   1024-token-window rows).
+3. Per GPU, the intra-node link: two NCCL protocols (``base_us``, ``hop_us``, ``bandwidth_efficiency``
+   each) to aiconfigurator's NCCL tables (all-reduce, all-gather, reduce-scatter, all-to-all on 2/4/8
+   GPUs) plus, for H100, the vidur all-reduce rows of ``measurements.csv`` (weighted x20: they are the
+   rows the targets name). Point-to-point: H100's intra- and inter-node send/recv rows.
+4. Step parameters per software stack (``measured.STACKS``): ``sustained_compute``,
+   ``layer_overhead_us``, ``step_overhead_us`` and ``collective_skew_us`` to the whole-step rows (prefill,
+   decode, TTFT) of that stack, with 1-3 fixed; per GPU where the stack has its rows, else the stack's.
+Every fit minimises squared log errors (relative error, symmetric in over/under) with
+``scipy.optimize.least_squares``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import yaml
+from scipy.optimize import least_squares
+
+from optimizer.calibration import (
+    AttentionFit,
+    Calibration,
+    GemmFit,
+    GpuCalibration,
+    LinkFit,
+    Protocol,
+    StepFit,
+    calibration_from_dict,
+)
+from optimizer.measured import (
+    DATA_DIR,
+    STACKS,
+    STEP_KINDS,
+    KernelSet,
+    MeasuredRow,
+    cluster_for,
+    kernel_sets,
+    kernel_time_s,
+    predict_row,
+    reference_rows,
+    step_parts,
+    step_time_s,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+CATALOG_FILE = ROOT / "optimizer" / "catalog" / "calibration.yaml"
+FITTED_GPUS = ("h100-sxm", "h200-sxm", "a100-sxm-80gb", "b200", "l40s")
+LIKE = {"h800-sxm": "h100-sxm", "a100-sxm-40gb": "a100-sxm-80gb"}  # same die, no measurements of their own
+# No modern vLLM or Megatron-Core step rows yet: both engine profiles take the closest measured modern stack.
+ENGINE_STACKS = {"vllm": "tensorrt-llm", "megatron": "tensorrt-llm"}
+REFERENCE_WEIGHT = 1000.0
+
+PRIOR = GpuCalibration(
+    entry="prior",
+    measured=True,
+    gemm={"bf16": GemmFit(4.0, 0.7, 0.8), "fp8": GemmFit(8.0, 0.6, 0.7, 0.001)},
+    attention=AttentionFit(10.0, 0.5, 5.0, 0.7),
+    elementwise_memory_efficiency=0.8,
+    intra_node=LinkFit(protocols=(Protocol(5.0, 1.0, 0.3), Protocol(20.0, 0.5, 0.7)), p2p_base_us=None,
+                       p2p_bandwidth_efficiency=0.8),
+    inter_node=LinkFit(protocols=(), p2p_base_us=None, p2p_bandwidth_efficiency=0.8, bandwidth_efficiency=0.8),
+    step=StepFit(1.0, 0.0, 0.0),
+)
+
+
+def _fit(residuals, x0, *, lower=None, upper=None):
+    bounds = (-np.inf if lower is None else lower, np.inf if upper is None else upper)
+    return least_squares(residuals, np.asarray(x0, dtype=float), bounds=bounds, x_scale="jac", max_nfev=2000)
+
+
+def _log_err(predicted, measured):
+    return np.log(np.maximum(predicted, 1e-12)) - np.log(measured)
+
+
+def kernel_set(gpu: str, kind: str) -> KernelSet | None:
+    return next((k for k in kernel_sets() if k.gpu == gpu and k.kind == kind), None)
+
+
+def fit_gemm(gpu: str, cal: GpuCalibration) -> GpuCalibration:
+    gemm = dict(cal.gemm)
+    for dtype in ("bf16", "fp8"):
+        ks = kernel_set(gpu, f"gemm:{dtype}")
+        if ks is None:
+            continue
+
+        def make(x, dtype=dtype):
+            launch, ce, me, q = np.exp(x)
+            fit = GemmFit(float(launch), float(ce), float(me), float(q) if dtype == "fp8" else 0.0)
+            return replace(cal, gemm={**gemm, dtype: fit})
+
+        r = _fit(lambda x: _log_err(kernel_time_s(ks, make(x)), ks.measured_s), np.log([4.0, 0.7, 0.8, 0.001]))
+        gemm[dtype] = make(r.x).gemm[dtype]
+    return replace(cal, gemm=gemm)
+
+
+def fit_attention(gpu: str, cal: GpuCalibration) -> GpuCalibration:
+    decode, prefill = kernel_set(gpu, "attention_decode"), kernel_set(gpu, "attention_prefill")
+
+    def make(x):
+        pl, pc, dl, dm = np.exp(x)
+        return replace(cal, attention=AttentionFit(float(pl), float(pc), float(dl), float(dm)),
+                       elementwise_memory_efficiency=float(dm))
+
+    def residuals(x):
+        c = make(x)
+        return np.concatenate([_log_err(kernel_time_s(ks, c), ks.measured_s) for ks in (decode, prefill) if ks is not None])
+
+    r = _fit(residuals, np.log([10.0, 0.5, 5.0, 0.7]))
+    return make(r.x)
+
+
+def fit_intra_link(gpu: str, cal: GpuCalibration, *, exclude: MeasuredRow | None = None) -> GpuCalibration:
+    """Two NCCL protocols for ``gpu``'s intra-node link (``exclude``: a reference row left out)."""
+    ks = kernel_set(gpu, "nccl")
+    refs = [r for r in reference_rows() if r.gpu == gpu and r.kind == "allreduce" and r != exclude]
+
+    def make(x):
+        b1, h1, e1, b2, h2, e2 = np.exp(x)
+        link = replace(cal.intra_node, protocols=(Protocol(float(b1), float(h1), float(e1)), Protocol(float(b2), float(h2), float(e2))))
+        return replace(cal, intra_node=link)
+
+    def residuals(x):
+        c = make(x)
+        parts = [] if ks is None else [_log_err(kernel_time_s(ks, c), ks.measured_s)]
+        calib = Calibration(id="fit", sources=(), gpus={gpu: c}, default=c)
+        parts.append(REFERENCE_WEIGHT ** 0.5 * np.array([_log_err(predict_row(r, calib), r.measured_s) for r in refs]))
+        return np.concatenate(parts)
+
+    lower = np.log([0.5, 0.01, 0.02, 0.5, 0.01, 0.05])
+    upper = np.log([100.0, 20.0, 1.5, 200.0, 20.0, 1.5])
+    r = _fit(residuals, np.log([5.0, 1.0, 0.3, 20.0, 0.5, 0.7]), lower=lower, upper=upper)
+    fitted = make(r.x)
+    protocols = tuple(sorted(fitted.intra_node.protocols, key=lambda p: p.base_us))
+    return replace(fitted, intra_node=replace(fitted.intra_node, protocols=protocols))
+
+
+def fit_p2p(gpu: str, cal: GpuCalibration) -> GpuCalibration:
+    """Send/recv rows: intra-node bandwidth over the simple protocol's base latency; inter-node bandwidth
+    over the scenario link's latency (no inter-node collectives were measured: they use that efficiency)."""
+    for row in reference_rows():
+        if row.gpu != gpu or row.kind not in ("sendrecv_intranode", "sendrecv_internode"):
+            continue
+        cluster = cluster_for(gpu, num_gpus=16)
+        if row.kind == "sendrecv_intranode":
+            base = max(p.base_us for p in cal.intra_node.protocols)
+            eff = row.message_bytes / (cluster.intra_node_link.bandwidth_bytes_per_s * (row.measured_s - base * 1e-6))
+            cal = replace(cal, intra_node=replace(cal.intra_node, p2p_base_us=base, p2p_bandwidth_efficiency=float(eff)))
+        else:
+            lat = cluster.inter_node_link.latency_us
+            eff = row.message_bytes / (cluster.inter_node_link.bandwidth_bytes_per_s * (row.measured_s - lat * 1e-6))
+            cal = replace(cal, inter_node=LinkFit(protocols=(), p2p_base_us=None, p2p_bandwidth_efficiency=float(eff),
+                                                  bandwidth_efficiency=float(eff)))
+    return cal
+
+
+STEP_NAMES = ("sustained_compute", "layer_overhead_us", "step_overhead_us", "collective_skew_us")
+STEP_X0 = np.log([0.8, 50.0, 1000.0, 1.0])
+STEP_LOWER = np.log([0.2, 0.01, 0.01, 0.001])
+STEP_UPPER = np.log([2.0, 5000.0, 1e5, 1000.0])
+RIDGE = 1.0  # weight of the pull of a GPU's parameters towards its stack's (log space, like one row's error)
+
+
+def fit_steps(rows: list[MeasuredRow], cals: dict[str, GpuCalibration], parts=None) -> dict[str, dict[str, StepFit]]:
+    """Step parameters per stack: ``{stack: {gpu: StepFit, "*": StepFit}}``.
+
+    Each stack's four parameters are ``exp(shared + delta_gpu)``: one shared value per stack, and per GPU a
+    deviation pulled towards 0 with weight ``RIDGE`` (a GPU with many rows gets its own values, a GPU with
+    one row mostly the stack's, a GPU with none exactly the stack's ``"*"``). ``parts`` (row -> StepParts)
+    may be passed in to reuse the tabulated base times."""
+    parts = parts or {r: step_parts(r, cals[r.gpu]) for r in rows}
+    out: dict[str, dict[str, StepFit]] = {}
+    for stack in sorted({r.stack for r in rows}):
+        mine = [r for r in rows if r.stack == stack]
+        gpus = sorted({r.gpu for r in mine})
+        index = {g: i for i, g in enumerate(gpus)}
+
+        def unpack(x, gpus=gpus):
+            shared, deltas = x[:4], x[4:].reshape(len(gpus), 4)
+            return shared, deltas
+
+        def residuals(x, mine=mine, index=index):
+            shared, deltas = unpack(x)
+            err = []
+            for r in mine:
+                v = np.exp(np.clip(shared + deltas[index[r.gpu]], STEP_LOWER, STEP_UPPER))
+                err.append(np.log(step_time_s(parts[r], sustained=v[0], layer_overhead_us=v[1], step_overhead_us=v[2],
+                                              collective_skew_us=v[3]) / r.measured_s))
+            return np.concatenate([np.asarray(err), RIDGE * deltas.ravel()])
+
+        x0 = np.concatenate([STEP_X0, np.zeros(4 * len(gpus))])
+        lower = np.concatenate([STEP_LOWER, np.full(4 * len(gpus), -5.0)])
+        upper = np.concatenate([STEP_UPPER, np.full(4 * len(gpus), 5.0)])
+        r = _fit(residuals, x0, lower=lower, upper=upper)
+        shared, deltas = unpack(r.x)
+        fits = {g: StepFit(*(float(v) for v in np.exp(np.clip(shared + deltas[i], STEP_LOWER, STEP_UPPER))))
+                for g, i in index.items()}
+        fits["*"] = StepFit(*(float(v) for v in np.exp(shared)))
+        out[stack] = fits
+    return out
+
+
+def fit_all() -> tuple[dict[str, GpuCalibration], dict[str, StepFit]]:
+    cals = {}
+    for gpu in FITTED_GPUS:
+        cal = replace(PRIOR, entry=gpu)
+        cal = fit_gemm(gpu, cal)
+        cal = fit_attention(gpu, cal)
+        cal = fit_intra_link(gpu, cal)
+        cals[gpu] = fit_p2p(gpu, cal)
+    steps = [r for r in reference_rows() if r.kind in STEP_KINDS]
+    step_fits = fit_steps(steps, cals)
+    for gpu in cals:
+        cals[gpu] = replace(cals[gpu], steps={stack: fits[gpu] for stack, fits in step_fits.items() if gpu in fits})
+    return cals, step_fits
+
+
+def _geomean(values) -> float:
+    return float(np.exp(np.mean(np.log(values))))
+
+
+def _r(value: float) -> float:
+    return float(f"{value:.4g}")
+
+
+def entry_dict(cal: GpuCalibration, *, with_protocols: bool = True) -> dict:
+    def link(l: LinkFit) -> dict:
+        out: dict = {}
+        if with_protocols and l.protocols:
+            out["protocols"] = [{"base_us": _r(p.base_us), "hop_us": _r(p.hop_us), "bandwidth_efficiency": _r(p.bandwidth_efficiency)}
+                                for p in l.protocols]
+        if l.p2p_base_us is not None:
+            out["p2p_base_us"] = _r(l.p2p_base_us)
+        out["p2p_bandwidth_efficiency"] = _r(l.p2p_bandwidth_efficiency)
+        out["bandwidth_efficiency"] = _r(l.bandwidth_efficiency)
+        return out
+
+    return {
+        "gemm": {d: {"launch_us": _r(f.launch_us), "compute_efficiency": _r(f.compute_efficiency),
+                     "memory_efficiency": _r(f.memory_efficiency), **({"quant_ns_per_element": _r(f.quant_ns_per_element)} if f.quant_ns_per_element else {})}
+                 for d, f in sorted(cal.gemm.items())},
+        "attention": {k: _r(getattr(cal.attention, k)) for k in ("prefill_launch_us", "prefill_compute_efficiency",
+                                                                  "decode_launch_us", "decode_memory_efficiency")},
+        "elementwise_memory_efficiency": _r(cal.elementwise_memory_efficiency),
+        "intra_node": link(cal.intra_node),
+        "inter_node": link(cal.inter_node),
+        "steps": {stack: {k: _r(getattr(f, k)) for k in STEP_NAMES} for stack, f in sorted(cal.steps.items())},
+    }
+
+
+def default_entry(cals: dict[str, GpuCalibration], step_fits: dict[str, dict[str, StepFit]]) -> GpuCalibration:
+    """Geometric mean of the fitted GPUs; links without protocols (the scenario's latency per hop) at the
+    mean efficiency of the high-bandwidth protocol."""
+    fitted = list(cals.values())
+
+    def gm(get) -> float:
+        return _geomean([get(c) for c in fitted])
+
+    gemm = {d: GemmFit(gm(lambda c: c.gemm[d].launch_us), gm(lambda c: c.gemm[d].compute_efficiency),
+                       gm(lambda c: c.gemm[d].memory_efficiency),
+                       gm(lambda c: c.gemm[d].quant_ns_per_element) if d == "fp8" else 0.0) for d in ("bf16", "fp8")}
+    a = AttentionFit(*(gm(lambda c, k=k: getattr(c.attention, k)) for k in ("prefill_launch_us", "prefill_compute_efficiency",
+                                                                              "decode_launch_us", "decode_memory_efficiency")))
+    link_eff = gm(lambda c: max(p.bandwidth_efficiency for p in c.intra_node.protocols))
+    inter = fitted[0].inter_node if fitted[0].inter_node.p2p_bandwidth_efficiency != 0.8 else PRIOR.inter_node
+    inter_eff = next((c.inter_node.bandwidth_efficiency for c in fitted if c.inter_node.bandwidth_efficiency != 0.8), 0.8)
+    return GpuCalibration(
+        entry="default", measured=False, gemm=gemm, attention=a,
+        elementwise_memory_efficiency=gm(lambda c: c.elementwise_memory_efficiency),
+        intra_node=LinkFit(protocols=(), p2p_base_us=None, p2p_bandwidth_efficiency=link_eff, bandwidth_efficiency=link_eff),
+        inter_node=replace(inter, protocols=(), p2p_base_us=None, p2p_bandwidth_efficiency=inter_eff, bandwidth_efficiency=inter_eff),
+        step=StepFit(1.0, 0.0, 0.0, 0.0),
+        steps={stack: fits["*"] for stack, fits in step_fits.items()},
+    )
+
+
+def data_digest() -> str:
+    """First 12 hex digits of the SHA-256 of every data file (name and bytes), in name order."""
+    h = hashlib.sha256()
+    for path in sorted(DATA_DIR.glob("*.csv")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def document(cals: dict[str, GpuCalibration], step_fits: dict[str, dict[str, StepFit]]) -> dict:
+    files = sorted(p.name for p in DATA_DIR.glob("*.csv"))
+    entries = {**{gpu: entry_dict(cal) for gpu, cal in cals.items()}, **{alias: {"like": target} for alias, target in LIKE.items()}}
+    default = entry_dict(default_entry(cals, step_fits), with_protocols=False)
+    params = hashlib.sha256(yaml.safe_dump([entries, default], sort_keys=True).encode()).hexdigest()[:8]
+    return {
+        "id": f"fit-{data_digest()}-{params}",
+        "sources": [
+            "calibration/data/measurements.csv: ../shared/reference/measurements.csv (microsoft/vidur, splitwise-sim, TensorRT-LLM docs; source per row)",
+            "calibration/data/splitwise_perf_model.csv: Mutinifni/splitwise-sim data/perf_model.csv (verbatim; optimizer/measured.py takes the median per configuration)",
+            "calibration/data/aiconfigurator_*.csv: NVIDIA aiconfigurator-core 0.12.0 (PyPI, Apache-2.0) measured tables, "
+            "subsets by scripts/extract_aiconfigurator.py; file per row",
+        ],
+        "data_files": files,
+        "fitted_by": "scripts/calibrate.py",
+        "stacks": dict(STACKS),
+        "engine_stacks": dict(ENGINE_STACKS),
+        "gpus": entries,
+        "default": default,
+    }
+
+
+HEADER = """\
+# Cost-model calibration, written by scripts/calibrate.py: do not edit by hand (re-run the script).
+# Forms and units: optimizer/calibration.py. Data: calibration/data/ (see `sources`); `id` is a digest of
+# those files, and every plan names the id and the entry its GPU used.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="do not write; exit 1 if the fit differs from the shipped file")
+    args = parser.parse_args(argv)
+    cals, step_fits = fit_all()
+    doc = document(cals, step_fits)
+    text = HEADER + yaml.safe_dump(doc, sort_keys=False, width=140)
+    calibration_from_dict(yaml.safe_load(text))  # the file must load
+    for gpu, cal in cals.items():
+        g = cal.gemm["bf16"]
+        print(f"{gpu:14s} bf16 GEMM launch {g.launch_us:5.2f} us eta_c {g.compute_efficiency:.3f} eta_m {g.memory_efficiency:.3f}; "
+              "link protocols "
+              + ", ".join(f"({p.base_us:.1f} us + {p.hop_us:.2f} us/step, {p.bandwidth_efficiency:.2f})" for p in cal.intra_node.protocols))
+    for stack, fits in step_fits.items():
+        for gpu, f in fits.items():
+            print(f"{stack:15s} {gpu:14s} sustained {f.sustained_compute:.3f}, layer overhead {f.layer_overhead_us:.1f} us, "
+                  f"step overhead {f.step_overhead_us:.1f} us, collective skew {f.collective_skew_us:.2f} us per peer")
+    if args.check:
+        same = CATALOG_FILE.read_text(encoding="utf-8") == text
+        print("calibration.yaml is up to date" if same else "calibration.yaml differs from a fresh fit")
+        return 0 if same else 1
+    CATALOG_FILE.write_text(text, encoding="utf-8")
+    print(f"wrote {CATALOG_FILE.relative_to(ROOT)} ({doc['id']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

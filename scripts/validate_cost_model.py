@@ -1,0 +1,213 @@
+"""How well the cost model's estimates hold: predicted vs measured for every reference row, with
+leave-one-out errors, then the mean absolute percentage error (MAPE) overall and by kind.
+
+    python scripts/validate_cost_model.py            # reference rows, kernel-table summary, targets
+    python scripts/validate_cost_model.py --kernels  # also every kernel-table row (about 9,000 lines)
+
+Reference rows are ``calibration/data/measurements.csv`` and the splitwise-sim medians
+(``optimizer/measured.py``). For each one:
+- ``pred``: the shipped calibration (``optimizer/catalog/calibration.yaml``);
+- ``loo``: parameters fitted without that row (``scripts/calibrate.py``'s fits): a step row refits the
+  step parameters; an all-reduce row refits its GPU's link; a send/recv row falls back to the protocol
+  fit (intra-node) or the prior efficiency (inter-node), since it is the only row of its kind.
+Kernel tables (aiconfigurator GEMM, attention, NCCL) are summarised per GPU with 5-fold cross-validation.
+
+Targets (issue 3): every reference collective within 20%; step latencies (prefill, decode, TTFT) with
+leave-one-out MAPE <= 15%; where rows compare TP sizes of one workload, the estimate orders them as
+measured. ``--strict`` exits 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import calibrate  # noqa: E402  (scripts/calibrate.py: the fits)
+
+from optimizer.calibration import Calibration, shipped_calibration  # noqa: E402
+from optimizer.measured import STEP_KINDS, MeasuredRow, kernel_sets, kernel_time_s, predict_row, reference_rows, step_parts, step_time_s  # noqa: E402
+
+COLLECTIVE_KINDS = ("allreduce", "sendrecv_intranode", "sendrecv_internode")
+
+
+def loo_predictions(rows: list[MeasuredRow], shipped: Calibration) -> dict[MeasuredRow, float]:
+    """Each row predicted by parameters fitted without it."""
+    out: dict[MeasuredRow, float] = {}
+    steps = [r for r in rows if r.kind in STEP_KINDS]
+    parts = {r: step_parts(r, shipped.for_gpu(r.gpu)) for r in steps}
+    for row in steps:
+        others = [r for r in steps if r is not row and r.stack == row.stack]
+        fits = calibrate.fit_steps(others, {g: shipped.for_gpu(g) for g in {r.gpu for r in steps}}, parts=parts)[row.stack]
+        fit = fits.get(row.gpu, fits["*"])  # no other row of this GPU on this stack: the stack's values
+        out[row] = step_time_s(parts[row], sustained=fit.sustained_compute, layer_overhead_us=fit.layer_overhead_us,
+                               step_overhead_us=fit.step_overhead_us, collective_skew_us=fit.collective_skew_us)
+    for row in rows:
+        if row.kind == "allreduce":
+            base = replace(shipped.for_gpu(row.gpu), entry=row.gpu)
+            cal = calibrate.fit_intra_link(row.gpu, base, exclude=row)
+            out[row] = predict_row(row, Calibration(id="loo", sources=(), gpus={row.gpu: cal}, default=cal))
+        elif row.kind == "sendrecv_intranode":
+            cal = shipped.for_gpu(row.gpu)
+            cal = replace(cal, intra_node=replace(cal.intra_node, p2p_base_us=None))
+            out[row] = predict_row(row, Calibration(id="loo", sources=(), gpus={row.gpu: cal}, default=cal))
+        elif row.kind == "sendrecv_internode":
+            cal = replace(shipped.for_gpu(row.gpu), inter_node=calibrate.PRIOR.inter_node)
+            out[row] = predict_row(row, Calibration(id="loo", sources=(), gpus={row.gpu: cal}, default=cal))
+    return out
+
+
+def _source_family(row: MeasuredRow) -> str:
+    """The data set a row comes from (its source up to the first space or parenthesis)."""
+    return row.source.split(" ")[0]
+
+
+def pct(predicted: float, measured: float) -> float:
+    return 100.0 * (predicted - measured) / measured
+
+
+def mape(values) -> float:
+    values = [abs(v) for v in values]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def ranking_pairs(rows: list[MeasuredRow], predicted: dict[MeasuredRow, float]):
+    """Pairs of step rows of one workload and GPU that differ only in TP and whose repeats do not
+    overlap (the measurement orders them): (a, b, measured order kept?). Pairs whose repeat ranges
+    overlap are measured ties, and either order is right."""
+    groups: dict[tuple, list[MeasuredRow]] = {}
+    for r in rows:
+        if r.kind in STEP_KINDS:
+            groups.setdefault(r.group, []).append(r)
+    for members in groups.values():
+        for a, b in combinations(sorted(members, key=lambda r: r.tp), 2):
+            if a.tp == b.tp or not a.distinct_from(b):
+                continue
+            measured = a.measured_s < b.measured_s
+            yield a, b, (predicted[a] < predicted[b]) == measured
+
+
+def kernel_summary(show_rows: bool) -> list[str]:
+    """Per GPU and table: in-sample MAPE and share within 20%, and 5-fold cross-validated MAPE."""
+    shipped = shipped_calibration()
+    lines = [f"{'table':20s} {'gpu':14s} {'rows':>5s} {'MAPE%':>7s} {'<=20%':>6s} {'5-fold MAPE%':>13s}"]
+    for ks in kernel_sets():
+        cal = shipped.for_gpu(ks.gpu)
+        pred = kernel_time_s(ks, cal)
+        err = 100 * np.abs(pred / ks.measured_s - 1)
+        cv = _five_fold(ks, cal)
+        lines.append(f"{ks.kind:20s} {ks.gpu:14s} {len(err):5d} {err.mean():7.1f} {100 * np.mean(err <= 20):5.0f}% {cv:13.1f}")
+        if show_rows:
+            for label, p, m in zip(ks.labels, pred, ks.measured_s):
+                lines.append(f"    {label:48s} pred {p * 1e3:10.4f} ms  meas {m * 1e3:10.4f} ms  {pct(p, m):+7.1f}%")
+    return lines
+
+
+def _five_fold(ks, cal) -> float:
+    """Refit this table's parameters on 4/5 of its rows and predict the fifth, five times."""
+    idx = np.arange(len(ks.measured_s))
+    errors = np.zeros(len(idx))
+    for fold in range(5):
+        test = idx % 5 == fold
+
+        def subset(mask, ks=ks):
+            w = ks.work
+            fields = {}
+            for name in ("flops", "bytes", "quant_elements", "peers"):
+                value = getattr(w, name)
+                fields[name] = np.asarray(value)[mask] if np.ndim(value) else value
+            return replace(ks, work=replace(w, **fields), measured_s=ks.measured_s[mask],
+                           labels=tuple(np.asarray(ks.labels)[mask]), ops=tuple(np.asarray(ks.ops)[mask]) if ks.ops else ())
+
+        train, held = subset(~test), subset(test)
+        fitted = _refit(train, cal)
+        errors[test] = np.abs(kernel_time_s(held, fitted) / held.measured_s - 1)
+    return 100 * float(errors.mean())
+
+
+def _refit(ks, cal):
+    original = calibrate.kernel_set
+    calibrate.kernel_set = lambda gpu, kind: ks if kind == ks.kind else None
+    try:
+        if ks.kind.startswith("gemm"):
+            return calibrate.fit_gemm(ks.gpu, cal)
+        if ks.kind.startswith("attention"):  # the other attention table is hidden: its parameters stay shipped
+            return calibrate.fit_attention(ks.gpu, cal)
+        return calibrate.fit_intra_link(ks.gpu, cal)
+    finally:
+        calibrate.kernel_set = original
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kernels", action="store_true", help="print every kernel-table row too")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
+    args = parser.parse_args(argv)
+
+    shipped = shipped_calibration()
+    rows = list(reference_rows())
+    predicted = {r: predict_row(r, shipped) for r in rows}
+    loo = loo_predictions(rows, shipped)
+    print(f"calibration {shipped.id}; {len(rows)} reference rows\n")
+    print(f"{'row':80s} {'measured ms':>12s} {'pred ms':>10s} {'err%':>7s} {'loo ms':>10s} {'loo err%':>8s}  source")
+    for r in rows:
+        print(f"{r.label:80s} {r.measured_s * 1e3:12.4f} {predicted[r] * 1e3:10.4f} {pct(predicted[r], r.measured_s):+7.1f} "
+              f"{loo[r] * 1e3:10.4f} {pct(loo[r], r.measured_s):+8.1f}  {r.source}")
+
+    print("\nMAPE by kind (in-sample | leave-one-out):")
+    kinds = sorted({r.kind for r in rows})
+    for kind in kinds:
+        members = [r for r in rows if r.kind == kind]
+        print(f"  {kind:20s} n={len(members):3d}  {mape(pct(predicted[r], r.measured_s) for r in members):6.1f}% | "
+              f"{mape(pct(loo[r], r.measured_s) for r in members):6.1f}%")
+    print("\nMAPE by source (in-sample | leave-one-out):")
+    for source in sorted({_source_family(r) for r in rows}):
+        members = [r for r in rows if _source_family(r) == source]
+        print(f"  {source:34s} n={len(members):3d}  {mape(pct(predicted[r], r.measured_s) for r in members):6.1f}% | "
+              f"{mape(pct(loo[r], r.measured_s) for r in members):6.1f}%")
+    steps = [r for r in rows if r.kind in STEP_KINDS]
+    colls = [r for r in rows if r.kind in COLLECTIVE_KINDS]
+    step_loo = mape(pct(loo[r], r.measured_s) for r in steps)
+    print(f"  {'steps (all)':20s} n={len(steps):3d}  {mape(pct(predicted[r], r.measured_s) for r in steps):6.1f}% | {step_loo:6.1f}%")
+    print(f"  {'collectives (all)':20s} n={len(colls):3d}  {mape(pct(predicted[r], r.measured_s) for r in colls):6.1f}% | "
+          f"{mape(pct(loo[r], r.measured_s) for r in colls):6.1f}%")
+    print(f"  {'overall':20s} n={len(rows):3d}  {mape(pct(predicted[r], r.measured_s) for r in rows):6.1f}% | "
+          f"{mape(pct(loo[r], r.measured_s) for r in rows):6.1f}%")
+
+    pairs = list(ranking_pairs(rows, predicted))
+    loo_pairs = list(ranking_pairs(rows, loo))
+    wrong = [(a, b) for a, b, ok in pairs if not ok]
+    print(f"\nRanking: {len(pairs) - len(wrong)}/{len(pairs)} TP comparisons the repeats tell apart ordered as measured "
+          f"(leave-one-out: {sum(ok for *_, ok in loo_pairs)}/{len(loo_pairs)})")
+    if wrong:
+        gaps = [abs(a.measured_s - b.measured_s) / min(a.measured_s, b.measured_s) for a, b in wrong]
+        print(f"  every pair measured more than {100 * max(gaps):.1f}% apart is ordered as measured; "
+              f"the {len(wrong)} misordered pair(s) are {', '.join(f'{100 * g:.1f}%' for g in gaps)} apart")
+    for a, b in wrong:
+        print(f"  misordered: TP{a.tp} vs TP{b.tp} {a.label}: measured {a.measured_s * 1e3:.2f} vs {b.measured_s * 1e3:.2f} ms, "
+              f"predicted {predicted[a] * 1e3:.2f} vs {predicted[b] * 1e3:.2f} ms")
+
+    print("\nKernel tables (aiconfigurator-core 0.12.0; informational, no target):")
+    for line in kernel_summary(args.kernels):
+        print("  " + line)
+
+    worst_collective = max(abs(pct(predicted[r], r.measured_s)) for r in colls)
+    checks = [
+        (f"every reference collective within 20% (worst {worst_collective:.1f}%)", worst_collective <= 20),
+        (f"step latencies leave-one-out MAPE <= 15% ({step_loo:.1f}%)", step_loo <= 15),
+        (f"TP comparisons ordered as measured ({len(pairs) - len(wrong)}/{len(pairs)})", not wrong),
+    ]
+    print("\nTargets:")
+    for text, ok in checks:
+        print(f"  [{'PASS' if ok else 'FAIL'}] {text}")
+    return 1 if args.strict and not all(ok for _, ok in checks) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
