@@ -134,8 +134,8 @@ class Calibration:
         """
         stack = requested or self.engine_stacks.get(engine) or next(iter(self.stacks), "")
         if self.stacks and stack not in self.stacks:
-            raise OptimizerError(f"engine.calibration_stack {stack!r} is not in calibration {self.id}; "
-                                 f"stacks: {', '.join(self.stacks)}")
+            raise OptimizerError(f"{stack!r} is not a software stack of calibration {self.id}; "
+                                 f"use one of: {', '.join(self.stacks)}")
         return stack
 
     def for_gpu(self, name: str, stack: str | None = None) -> GpuCalibration:

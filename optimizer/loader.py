@@ -13,7 +13,8 @@ import yaml
 from pydantic import ValidationError
 
 from optimizer import catalog
-from optimizer.errors import ScenarioError
+from optimizer.calibration import shipped_calibration
+from optimizer.errors import OptimizerError, ScenarioError
 from optimizer.scenario import ModelSpec, Scenario
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
@@ -115,9 +116,14 @@ def scenario_from_dict(data: dict[str, Any], *, source: str = "<inline>", base_d
     if "model" in resolved:
         resolved["model"] = resolve_model(resolved["model"], source=source, base_dir=base_dir or Path("."))
     try:
-        return Scenario.model_validate(resolved)
+        scenario = Scenario.model_validate(resolved)
     except ValidationError as exc:
         raise _scenario_error(exc, source=source) from None
+    try:  # a stack the calibration does not have is bad input, said here rather than deep in the cost model
+        shipped_calibration().stack_for(scenario.engine.name.value, scenario.engine.calibration_stack)
+    except OptimizerError as exc:
+        raise ScenarioError(str(exc), source=source, field="engine.calibration_stack") from None
+    return scenario
 
 
 def _resolve_cluster(cluster: Any, *, source: str) -> Any:

@@ -35,6 +35,7 @@ SAME_LAYER = {
     ("memory", "parallel"),
     ("loader", "catalog"),
     ("calibration", "catalog"),
+    ("loader", "calibration"),
     ("loader", "scenario"),
 }
 
