@@ -17,13 +17,17 @@ Forms (all times in seconds, efficiencies as shares of the datasheet figure):
   latency + bytes / bandwidth). We fit two protocols per link kind: ``base_us + steps x hop_us +
   bus_bytes / (link bandwidth x bandwidth_efficiency)`` and take the smaller. ``steps`` is ``2(n-1)`` for
   a ring all-reduce, ``n-1`` for all-gather / reduce-scatter, 1 for all-to-all and point-to-point
-  (Thakur, Rabenseifner, Gropp, IJHPCA 2005, for the bus bytes).
+  (Thakur, Rabenseifner, Gropp, IJHPCA 2005, for the bus bytes). Where GPUs share a fabric (PCIe through
+  the host, no NVLink) the bandwidth each gets falls with the group: ``/ (n/2)^contention_exponent``
+  (fitted; about 0 behind an NVSwitch, about 2 on the measured 8 x L40S server).
 - Step parameters, per software stack (engine and era) and GPU, fitted to measured whole steps:
   ``sustained_compute`` (the share of the micro-benchmark GEMM rate a full model keeps: clocks under
   sustained load, kernel choice), ``layer_overhead_us`` per layer and ``step_overhead_us`` per forward step
   (launches and framework work not in the operator list), and ``collective_skew_us`` per collective call
-  and per peer beyond the first (a collective waits for its slowest rank, and ranks drift further apart
-  the more there are; micro-benchmarks start all ranks together and do not see it). These differ by
+  and per doubling of its group, ``x log2(n)`` (a collective waits for its slowest rank; the expected
+  maximum of n ranks' delays grows like log n for exponential-tailed delays, the order-statistics
+  argument that keeps a fit on 2-8 GPUs from exploding at 64; micro-benchmarks start all ranks together
+  and do not see it). These differ by
   stack far more than by GPU: a 2023 stack and a 2025 TensorRT-LLM build differ by ~1.5x per decode step
   on the same H100 (``scripts/validate_cost_model.py``). A scenario picks its stack with
   ``engine.calibration_stack``, or gets ``engine_stacks[engine.name]``.
@@ -81,6 +85,7 @@ class LinkFit:
     p2p_base_us: float | None
     p2p_bandwidth_efficiency: float
     bandwidth_efficiency: float = 0.8  # used only when ``protocols`` is empty
+    contention_exponent: float = 0.0  # per-GPU bandwidth / (n/2)^this: 0 for a switch, > 0 for a shared PCIe host
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,7 @@ class StepFit:
     sustained_compute: float  # achieved share of the microbenchmark GEMM rate in a full model
     layer_overhead_us: float
     step_overhead_us: float
-    collective_skew_us: float = 0.0  # per collective call and per peer beyond the first: rank skew
+    collective_skew_us: float = 0.0  # per collective call, x log2(group size): waiting for the slowest rank
 
 
 @dataclass(frozen=True)
@@ -183,6 +188,7 @@ def _link(data: dict[str, Any], where: str) -> LinkFit:
         p2p_base_us=None if data.get("p2p_base_us") is None else float(data["p2p_base_us"]),
         p2p_bandwidth_efficiency=float(data.get("p2p_bandwidth_efficiency", data.get("bandwidth_efficiency", 0.8))),
         bandwidth_efficiency=float(data.get("bandwidth_efficiency", 0.8)),
+        contention_exponent=float(data.get("contention_exponent", 0.0)),
     )
 
 

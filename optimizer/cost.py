@@ -89,7 +89,7 @@ def _collective_s(*, kind: str, message, peers, link: Link, fit: LinkFit):
         bus, steps = (n - 1) / n * message, np.ones_like(n)
     else:  # p2p
         bus, steps = message, np.ones_like(n)
-    bandwidth = float(link.bandwidth_bytes_per_s)
+    bandwidth = float(link.bandwidth_bytes_per_s) / np.maximum(n / 2, 1.0) ** fit.contention_exponent
     if kind == "p2p" and fit.p2p_base_us is not None:
         t = fit.p2p_base_us * 1e-6 + bus / (bandwidth * fit.p2p_bandwidth_efficiency)
     elif fit.protocols:
@@ -112,8 +112,8 @@ def work_time_s(work: Work, *, gpu: GpuSpec, cluster: Cluster, cal: GpuCalibrati
         message = np.asarray(work.bytes, dtype=float)
         peers = np.asarray(work.peers, dtype=float)
         skew = 0.0
-        if work.kind != "p2p":  # the slowest of n ranks starts it (calibration.StepFit)
-            skew = np.where((peers > 1) & (message > 0), cal.step.collective_skew_us * 1e-6 * (peers - 1), 0.0)
+        if work.kind != "p2p":  # the slowest of n ranks starts it: log2(n) x skew (calibration.StepFit)
+            skew = np.where((peers > 1) & (message > 0), cal.step.collective_skew_us * 1e-6 * np.log2(np.maximum(peers, 1.0)), 0.0)
         if work.kind in ("allreduce", "allgather"):  # a ring is as slow as its slowest hop
             intra = _collective_s(kind=work.kind, message=message, peers=peers, link=cluster.intra_node_link, fit=cal.intra_node)
             inter = _collective_s(kind=work.kind, message=message, peers=peers, link=cluster.inter_node_link, fit=cal.inter_node)

@@ -12,7 +12,7 @@ What is fitted to what (``calibration/data/``; ``optimizer/measured.py`` reads i
    launch and memory efficiency to the generation-attention tables (FlashAttention in vLLM; full and
    1024-token-window rows).
 3. Per GPU, the intra-node link: two NCCL protocols (``base_us``, ``hop_us``, ``bandwidth_efficiency``
-   each) to aiconfigurator's NCCL tables (all-reduce, all-gather, reduce-scatter, all-to-all on 2/4/8
+   each) and the link's ``contention_exponent`` to aiconfigurator's NCCL tables (all-reduce, all-gather, reduce-scatter, all-to-all on 2/4/8
    GPUs) plus, for H100, the vidur all-reduce rows of ``measurements.csv`` (weighted x20: they are the
    rows the targets name). Point-to-point: H100's intra- and inter-node send/recv rows.
 4. Step parameters per software stack (``measured.STACKS``): ``sustained_compute``,
@@ -132,8 +132,9 @@ def fit_intra_link(gpu: str, cal: GpuCalibration, *, exclude: MeasuredRow | None
     refs = [r for r in reference_rows() if r.gpu == gpu and r.kind == "allreduce" and r != exclude]
 
     def make(x):
-        b1, h1, e1, b2, h2, e2 = np.exp(x)
-        link = replace(cal.intra_node, protocols=(Protocol(float(b1), float(h1), float(e1)), Protocol(float(b2), float(h2), float(e2))))
+        b1, h1, e1, b2, h2, e2 = np.exp(x[:6])
+        link = replace(cal.intra_node, protocols=(Protocol(float(b1), float(h1), float(e1)), Protocol(float(b2), float(h2), float(e2))),
+                       contention_exponent=float(x[6]) if x[6] >= 1e-3 else 0.0)  # below that: none (a switch)
         return replace(cal, intra_node=link)
 
     def residuals(x):
@@ -143,9 +144,9 @@ def fit_intra_link(gpu: str, cal: GpuCalibration, *, exclude: MeasuredRow | None
         parts.append(REFERENCE_WEIGHT ** 0.5 * np.array([_log_err(predict_row(r, calib), r.measured_s) for r in refs]))
         return np.concatenate(parts)
 
-    lower = np.log([0.5, 0.01, 0.02, 0.5, 0.01, 0.05])
-    upper = np.log([100.0, 20.0, 1.5, 200.0, 20.0, 1.5])
-    r = _fit(residuals, np.log([5.0, 1.0, 0.3, 20.0, 0.5, 0.7]), lower=lower, upper=upper)
+    lower = np.concatenate([np.log([0.5, 0.01, 0.02, 0.5, 0.01, 0.05]), [0.0]])
+    upper = np.concatenate([np.log([100.0, 20.0, 1.5, 200.0, 20.0, 1.5]), [4.0]])
+    r = _fit(residuals, np.concatenate([np.log([5.0, 1.0, 0.3, 20.0, 0.5, 0.7]), [0.1]]), lower=lower, upper=upper)
     fitted = make(r.x)
     protocols = tuple(sorted(fitted.intra_node.protocols, key=lambda p: p.base_us))
     return replace(fitted, intra_node=replace(fitted.intra_node, protocols=protocols))
@@ -249,6 +250,8 @@ def entry_dict(cal: GpuCalibration, *, with_protocols: bool = True) -> dict:
             out["p2p_base_us"] = _r(l.p2p_base_us)
         out["p2p_bandwidth_efficiency"] = _r(l.p2p_bandwidth_efficiency)
         out["bandwidth_efficiency"] = _r(l.bandwidth_efficiency)
+        if l.contention_exponent:
+            out["contention_exponent"] = _r(l.contention_exponent)
         return out
 
     return {
@@ -344,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     for stack, fits in step_fits.items():
         for gpu, f in fits.items():
             print(f"{stack:15s} {gpu:14s} sustained {f.sustained_compute:.3f}, layer overhead {f.layer_overhead_us:.1f} us, "
-                  f"step overhead {f.step_overhead_us:.1f} us, collective skew {f.collective_skew_us:.2f} us per peer")
+                  f"step overhead {f.step_overhead_us:.1f} us, collective skew {f.collective_skew_us:.2f} us x log2(n)")
     if args.check:
         same = CATALOG_FILE.read_text(encoding="utf-8") == text
         print("calibration.yaml is up to date" if same else "calibration.yaml differs from a fresh fit")
