@@ -222,14 +222,16 @@ class _Grid:
     pp_offnode: np.ndarray  # 1.0 where some PP hop crosses nodes
 
 
-def grid(scenario: Scenario, layouts: tuple[Layout, ...]) -> _Grid:
+def grid(scenario: Scenario, layouts: tuple[Layout, ...], batches: tuple[int, ...] | None = None) -> _Grid:
+    """Per-layout facts; ``batches`` (sequences per replica) default to ``ceil(concurrent_sequences / DP)``."""
     model, workload, cluster = scenario.model, scenario.workload, scenario.cluster
     gpn = cluster.gpus_per_node
 
     def col(values) -> np.ndarray:
         return np.asarray(list(values), dtype=float)
 
-    batches = [batch_per_replica(concurrent_sequences=workload.concurrent_sequences, dp=lay.dp) for lay in layouts]
+    if batches is None:
+        batches = tuple(batch_per_replica(concurrent_sequences=workload.concurrent_sequences, dp=lay.dp) for lay in layouts)
     return _Grid(
         tp=col(lay.tp for lay in layouts),
         pp=col(lay.pp for lay in layouts),
@@ -469,9 +471,6 @@ class CostTable:
     num_moe_layers: int
     prefill_share_ns: tuple[int, ...]  # added to every decode step: the prefills that keep the batch full
 
-    def index(self, layout: Layout) -> int:
-        return self.layouts.index(layout)
-
     def phase_total_ns(self, phase: PhaseCosts, c: int) -> int:
         """All stages of layout ``c`` back to back plus its PP hops: independent of the layer split."""
         pp = self.layouts[c].pp
@@ -511,9 +510,11 @@ def _phase(*, scenario: Scenario, g: _Grid, tokens, seqs, context, prefill: bool
     )
 
 
-def integer_costs(*, scenario: Scenario, layouts: tuple[Layout, ...], calibration: Calibration | None = None) -> CostTable:
-    """Cost tables for every layout, rounded up to nanoseconds term by term, with ``calibration``
-    (default: the shipped one) for the scenario's GPU.
+def integer_costs(*, scenario: Scenario, layouts: tuple[Layout, ...], batches: tuple[int, ...] | None = None,
+                  calibration: Calibration | None = None) -> CostTable:
+    """Cost tables for every candidate (``layouts[c]`` serving ``batches[c]`` sequences per replica;
+    default ``ceil(concurrent_sequences / DP)``), rounded up to nanoseconds term by term, with
+    ``calibration`` (default: the shipped one) for the scenario's GPU.
 
     Serving with continuous batching (vLLM, SGLang): a replica keeps ``batch`` sequences in flight; a new
     request's prompt is prefilled on its own (``ISL`` tokens, one sequence: its TTFT), and every decode
@@ -525,7 +526,7 @@ def integer_costs(*, scenario: Scenario, layouts: tuple[Layout, ...], calibratio
     calibration = calibration or shipped_calibration()
     stack = calibration.stack_for(scenario.engine.name.value, scenario.engine.calibration_stack)
     cal = calibration.for_gpu(scenario.cluster.gpu.name, stack)
-    g = grid(scenario, layouts)
+    g = grid(scenario, layouts, batches)
     context_decode = workload.input_tokens + ceil_div(workload.output_tokens, 2)
     micro_seqs = np.ceil(g.batch / g.microbatches)
     one = np.ones_like(g.tp)

@@ -50,7 +50,8 @@ def optimize_exhaustive(scenario: Scenario, *, tables: Tables | None = None, exc
             if not failed:
                 est = ctx.estimate
                 value = primary_ns(scenario.search.objective, ttft_ns=est.ttft_ns, tpot_ns=est.tpot_ns,
-                                   request_latency_ns=est.request_latency_ns) * n + c
+                                   request_latency_ns=est.request_latency_ns, gpus=layout.gpus,
+                                   sequences=layout.dp * plan.batch_per_replica) * n + c
                 if best is None or value < best[0]:
                     best = (value, plan)
         for name in failed[:1]:  # the first rule that rejects the layout, in certificate order

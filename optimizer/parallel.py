@@ -100,6 +100,13 @@ def batch_per_replica(*, concurrent_sequences: int, dp: int) -> int:
     return ceil_div(concurrent_sequences, dp)
 
 
+def batch_ladder(max_num_seqs: int) -> tuple[int, ...]:
+    """Batch sizes per replica a chosen-batch search tries: powers of two below ``max_num_seqs`` and
+    ``max_num_seqs`` itself (CUDA-graph capture sizes in vLLM and SGLang are mostly powers of two)."""
+    values = {1 << i for i in range(max_num_seqs.bit_length()) if 1 << i <= max_num_seqs} | {max_num_seqs}
+    return tuple(sorted(values))
+
+
 def even_split(*, num_layers: int, pp: int) -> tuple[int, ...]:
     """``num_layers`` over ``pp`` stages as evenly as possible, the extra layers on the later stages."""
     base, extra = divmod(num_layers, pp)

@@ -97,7 +97,7 @@ def solution_document(solution: Solution) -> dict[str, Any]:
     scenario, plan = solution.scenario, solution.plan
     certificate = certify(scenario, plan, solution.tables)
     return plan_document(scenario=scenario, plan=plan, certificate=certificate, table=solution.tables.cost,
-                         index=solution.tables.layouts.index(plan.layout), evidence=solution.evidence)
+                         index=solution.tables.index(plan.layout, plan.batch_per_replica), evidence=solution.evidence)
 
 
 def infeasible_document(*, scenario: Scenario, reasons: tuple[str, ...], diagnosis: Diagnosis | None) -> dict[str, Any]:

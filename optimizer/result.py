@@ -7,7 +7,7 @@ from typing import Any
 
 from optimizer.cost import CostTable, integer_costs
 from optimizer.memory import MemoryTable, memory_table
-from optimizer.parallel import Layout, Plan, layout_grid
+from optimizer.parallel import Layout, Plan, batch_ladder, layout_grid
 from optimizer.scenario import Objective, Scenario
 
 
@@ -62,28 +62,54 @@ class Solution:
     evidence: Evidence
 
 
-def primary_ns(objective: Objective, *, ttft_ns: int, tpot_ns: int, request_latency_ns: int) -> int:
-    """The scenario objective as an integer to minimise. Throughput ``B x OSL / latency`` is maximised by
-    minimising the request latency, since B and OSL are fixed by the workload."""
+def primary_ns(objective: Objective, *, ttft_ns: int, tpot_ns: int, request_latency_ns: int, gpus: int = 1,
+               sequences: int = 1) -> int:
+    """The scenario objective as an integer to minimise.
+
+    - Throughput ``B x OSL / latency`` for the workload's fixed B is maximised by minimising the request
+      latency.
+    - Throughput per GPU with a chosen batch: ``sequences`` (DP x batch) requests complete every request
+      latency on ``gpus`` GPUs, so minimise the GPU-time per request, ``ceil(latency x gpus / sequences)``
+      GPU-nanoseconds (OSL is fixed, so this is output tokens per second per GPU, inverted, rounded up
+      once).
+    """
     if objective is Objective.TTFT:
         return ttft_ns
     if objective is Objective.TPOT:
         return tpot_ns
+    if objective is Objective.THROUGHPUT_PER_GPU:
+        return -(-request_latency_ns * gpus // sequences)
     return request_latency_ns
 
 
 @dataclass(frozen=True)
 class Tables:
-    """The candidate grid and its integer cost and memory tables, in tie-break order."""
+    """The candidate grid (a layout and a batch per replica each) and its integer cost and memory tables,
+    in tie-break order. A layout appears once per batch when the objective chooses the batch."""
 
     layouts: tuple[Layout, ...]
     cost: CostTable
     memory: MemoryTable
 
+    def index(self, layout: Layout, batch: int) -> int | None:
+        """The candidate with this layout and batch per replica, or None."""
+        for c, (lay, b) in enumerate(zip(self.layouts, self.cost.batch)):
+            if lay == layout and b == batch:
+                return c
+        return None
 
-def build_tables(scenario: Scenario, layouts: tuple[Layout, ...] | None = None) -> Tables:
-    """Tables for ``layouts`` (default: the whole grid of the scenario's cluster and model)."""
+
+def build_tables(scenario: Scenario, layouts: tuple[Layout, ...] | None = None, batches: tuple[int, ...] | None = None) -> Tables:
+    """Tables for ``layouts`` (default: the whole grid of the scenario's cluster and model) with their
+    ``batches`` (default: ``ceil(concurrent_sequences / DP)``, or, when the objective chooses the batch,
+    every layout once per value of ``batch_ladder(engine.max_num_seqs)``)."""
     if layouts is None:
-        layouts = layout_grid(num_gpus=scenario.cluster.num_gpus, is_moe=scenario.model.is_moe)
-    cost = integer_costs(scenario=scenario, layouts=layouts)
+        grid = layout_grid(num_gpus=scenario.cluster.num_gpus, is_moe=scenario.model.is_moe)
+        if scenario.search.objective.chooses_batch and batches is None:
+            ladder = batch_ladder(scenario.engine.max_num_seqs)
+            layouts = tuple(lay for lay in grid for _ in ladder)
+            batches = tuple(b for _ in grid for b in ladder)
+        else:
+            layouts = grid
+    cost = integer_costs(scenario=scenario, layouts=layouts, batches=batches)
     return Tables(layouts=layouts, cost=cost, memory=memory_table(scenario=scenario, layouts=layouts, batches=cost.batch))

@@ -385,25 +385,34 @@ class TpotTarget(Rule):
 
 
 class ThroughputTarget(Rule):
-    """``B x OSL / request_latency >= target`` tokens/s, rewritten exactly as a bound on the latency."""
+    """``S x OSL / request_latency >= target`` tokens/s, rewritten exactly as a bound on the latency. ``S``
+    is the sequences in flight: the workload's ``concurrent_sequences``, or ``DP x batch`` when the
+    objective chooses the batch (then one bound per candidate)."""
 
     name = "throughput_target"
-    formula = "request_latency_ns <= floor(concurrent_sequences x output_tokens x 1e9 / targets.output_tokens_per_s)"
+    formula = "request_latency_ns <= floor(sequences_in_flight x output_tokens x 1e9 / targets.output_tokens_per_s)"
 
     @staticmethod
-    def bound_ns(scenario: Scenario) -> int:
+    def bound_ns(scenario: Scenario, sequences: int | None = None) -> int:
         w = scenario.workload
-        value = w.concurrent_sequences * w.output_tokens * NS_PER_S / scenario.targets.output_tokens_per_s
+        served = w.concurrent_sequences if sequences is None else sequences
+        value = served * w.output_tokens * NS_PER_S / scenario.targets.output_tokens_per_s
         return value.numerator // value.denominator
 
     def check(self, ctx: PlanContext) -> list[Check]:
         est, target = ctx.estimate, ctx.scenario.targets.output_tokens_per_s
         shown = f"{float(target):,.0f}" if target < 10**18 else "more than 1e18"
-        return [make_check(self.name, self.formula, est.request_latency_ns, "<=", self.bound_ns(ctx.scenario),
-                           f"{est.output_tokens_per_s:,.0f} output tokens/s against a target of {shown}")]
+        return [make_check(self.name, self.formula, est.request_latency_ns, "<=", self.bound_ns(ctx.scenario, est.concurrent_sequences),
+                           f"{est.output_tokens_per_s:,.0f} output tokens/s ({est.concurrent_sequences} sequences in flight) "
+                           f"against a target of {shown}")]
 
     def add_to_model(self, view: SolverView, lit: Any) -> None:
-        view.model.add(view.request_latency_ns <= _solver_bound(self.bound_ns(view.scenario))).only_enforce_if(lit)
+        if not view.scenario.search.objective.chooses_batch:
+            view.model.add(view.request_latency_ns <= _solver_bound(self.bound_ns(view.scenario))).only_enforce_if(lit)
+            return
+        for c, layout in enumerate(view.layouts):
+            bound = _solver_bound(self.bound_ns(view.scenario, layout.dp * view.table.batch[c]))
+            view.model.add(view.request_latency_ns <= bound).only_enforce_if([view.x[c], lit])
 
 
 def build_rules(scenario: Scenario) -> tuple[Rule, ...]:

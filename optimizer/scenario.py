@@ -351,6 +351,8 @@ class Engine(_Frozen):
     name: EngineName = EngineName.MEGATRON
     enable_expert_parallel: bool = False
     max_num_batched_tokens: int = Field(default=8192, gt=0)
+    max_num_seqs: int = Field(default=256, gt=0, le=1 << 16,
+                              description="most sequences a replica batches (vLLM --max-num-seqs, SGLang --max-running-requests)")
     reserve_bytes: int = Field(default=1 << 30, ge=0)
     cuda_graph_bytes: int = Field(default=1 << 29, ge=0)
     comm_buffer_bytes: int = Field(default=1 << 29, ge=0)
@@ -369,7 +371,14 @@ class Objective(StrEnum):
     REQUEST_LATENCY = "request_latency"  # TTFT + (OSL - 1) x TPOT
     TTFT = "ttft"
     TPOT = "tpot"
-    THROUGHPUT = "output_tokens_per_s"  # maximised
+    THROUGHPUT = "output_tokens_per_s"  # maximised, for the workload's concurrent_sequences
+    THROUGHPUT_PER_GPU = "output_tokens_per_s_per_gpu"  # maximised; the batch per replica is chosen
+
+    @property
+    def chooses_batch(self) -> bool:
+        """True when the batch per replica is a decision (up to ``engine.max_num_seqs`` and the KV cache);
+        otherwise it is ``ceil(concurrent_sequences / DP)``."""
+        return self is Objective.THROUGHPUT_PER_GPU
 
 
 class Search(_Frozen):

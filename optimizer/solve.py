@@ -113,15 +113,32 @@ def build_model(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...]) -> 
         lit = m.new_bool_var(f"enforce[{rule.name}]")
         rule.add_to_model(view, lit)
         literals[rule.name] = lit
-    view.primary = {
-        Objective.TTFT: view.ttft_ns,
-        Objective.TPOT: view.tpot_ns,
-    }.get(scenario.search.objective, view.request_latency_ns)
+    if scenario.search.objective is Objective.THROUGHPUT_PER_GPU:
+        view.primary = _gpu_ns_per_request(view, latency_ub)
+    else:
+        view.primary = {
+            Objective.TTFT: view.ttft_ns,
+            Objective.TPOT: view.tpot_ns,
+        }.get(scenario.search.objective, view.request_latency_ns)
     problem = m.validate()  # CP-SAT's own check, overflow included, before any solve
     if problem:
         raise OptimizerError(f"the scenario's numbers do not fit the solver's 64-bit model ({problem.strip()}); "
                              "check the byte counts and sizes for values far outside real hardware and models")
     return view, literals
+
+
+def _gpu_ns_per_request(view: _View, latency_ub: int) -> Any:
+    """``P = ceil(request_latency x GPUs / (DP x batch))`` of the chosen candidate (``result.primary_ns``):
+    ``P x (DP x batch) >= latency x GPUs`` per candidate; minimising P makes it the ceiling exactly."""
+    m = view.model
+    sequences = [layout.dp * view.table.batch[c] for c, layout in enumerate(view.layouts)]
+    ub = max((-(-latency_ub * layout.gpus // seq) for layout, seq in zip(view.layouts, sequences)), default=0)
+    if ub * max(sequences, default=1) >= _INT_LIMIT:
+        raise OptimizerError(f"GPU-time per request up to {ub / 1e9:.3g} GPU-s leaves the solver's 62-bit range")
+    primary = m.new_int_var(0, ub, "gpu_ns_per_request")
+    for c, (layout, seq) in enumerate(zip(view.layouts, sequences)):
+        m.add(primary * seq >= view.request_latency_ns * layout.gpus).only_enforce_if(view.x[c])
+    return primary
 
 
 def _add_costs(view: _View, tpot_ub: int) -> None:
@@ -306,7 +323,8 @@ def plan_objective(scenario: Scenario, tables: Tables, plan: Plan, c: int) -> in
     w = scenario.workload
     est = estimate(table=tables.cost, i=c, kinds=layer_kinds(model=scenario.model, layers_per_stage=plan.layers_per_stage),
                    concurrent_sequences=w.concurrent_sequences, output_tokens=w.output_tokens)
-    primary = primary_ns(scenario.search.objective, ttft_ns=est.ttft_ns, tpot_ns=est.tpot_ns, request_latency_ns=est.request_latency_ns)
+    primary = primary_ns(scenario.search.objective, ttft_ns=est.ttft_ns, tpot_ns=est.tpot_ns, request_latency_ns=est.request_latency_ns,
+                         gpus=plan.layout.gpus, sequences=plan.layout.dp * plan.batch_per_replica)
     return primary * len(tables.layouts) + c
 
 

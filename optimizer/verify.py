@@ -35,12 +35,16 @@ class Certificate:
 
 
 def plan_context(scenario: Scenario, plan: Plan, tables: Tables | None = None) -> PlanContext:
-    """Cost and memory of ``plan`` from the grid's tables when its layout is in the grid (so the numbers
-    are the very integers the solver used), else from tables built for this one layout."""
-    if tables is None or plan.layout not in tables.layouts:
+    """Cost and memory of ``plan`` from the grid's tables when its layout and batch are in the grid (so
+    the numbers are the very integers the solver used), else from tables built for this one candidate."""
+    c = None if tables is None else tables.index(plan.layout, plan.batch_per_replica)
+    if c is None:
         full = build_tables(scenario)
-        tables = full if plan.layout in full.layouts else build_tables(scenario, (plan.layout,))
-    c = tables.layouts.index(plan.layout)
+        c = full.index(plan.layout, plan.batch_per_replica)
+        tables = full
+        if c is None:
+            tables = build_tables(scenario, (plan.layout,), (plan.batch_per_replica,))
+            c = 0
     w = scenario.workload
     kinds = layer_kinds(model=scenario.model, layers_per_stage=plan.layers_per_stage)
     return PlanContext(
@@ -49,14 +53,31 @@ def plan_context(scenario: Scenario, plan: Plan, tables: Tables | None = None) -
         table=tables.cost,
         index=c,
         memory=stage_memory(scenario=scenario, layout=plan.layout, layers_per_stage=plan.layers_per_stage, batch=plan.batch_per_replica),
-        estimate=estimate(table=tables.cost, i=c, kinds=kinds, concurrent_sequences=w.concurrent_sequences, output_tokens=w.output_tokens),
+        estimate=estimate(table=tables.cost, i=c, kinds=kinds, concurrent_sequences=served_sequences(scenario, plan),
+                          output_tokens=w.output_tokens),
     )
+
+
+def served_sequences(scenario: Scenario, plan: Plan) -> int:
+    """Sequences in flight across the deployment: the workload's ``concurrent_sequences``, or, when the
+    objective chooses the batch, ``DP x batch per replica``."""
+    if scenario.search.objective.chooses_batch:
+        return plan.layout.dp * plan.batch_per_replica
+    return scenario.workload.concurrent_sequences
 
 
 def certify(scenario: Scenario, plan: Plan, tables: Tables | None = None) -> Certificate:
     """Check every rule of ``scenario`` on ``plan``. Never raises for a broken plan: the certificate says."""
     ctx = plan_context(scenario, plan, tables)
     checks = tuple(check for rule in build_rules(scenario) for check in rule.check(ctx))
+    if scenario.search.objective.chooses_batch:
+        limit = scenario.engine.max_num_seqs
+        checks += (
+            make_check("batch_per_replica", "batch_per_replica <= engine.max_num_seqs", plan.batch_per_replica, "<=", limit,
+                       f"{plan.batch_per_replica} sequences per replica, the engine batches at most {limit} (the KV cache "
+                       "bound is memory_cap's)"),
+        )
+        return Certificate(checks=checks, memory=tuple(ctx.memory), estimate=ctx.estimate)
     batch = batch_per_replica(concurrent_sequences=scenario.workload.concurrent_sequences, dp=plan.layout.dp)
     checks += (
         make_check("batch_per_replica", "batch_per_replica == ceil(concurrent_sequences / dp)", plan.batch_per_replica, "==", batch,

@@ -81,6 +81,7 @@ def scenarios(draw, max_layers=12):
     engine = draw(st.sampled_from([{"name": "megatron"}, {"name": "vllm", "enable_expert_parallel": True},
                                    {"name": "vllm", "enable_expert_parallel": False}]))
     engine.update(reserve_bytes=draw(st.sampled_from([0, 1 << 20])), cuda_graph_bytes=0, comm_buffer_bytes=0,
+                  max_num_seqs=draw(st.sampled_from([1, 6, 16])),  # the chosen-batch ladder: 1 / 1,2,4,6 / 1..16
                   max_num_batched_tokens=draw(st.sampled_from([256, 8192])))
     data = deep_merge(BASE, {
         "cluster": {
@@ -97,7 +98,8 @@ def scenarios(draw, max_layers=12):
             "output_tokens_per_s": draw(st.sampled_from([None, None, None, 1e3, 1e4])),
         },
         "search": {
-            "objective": draw(st.sampled_from(["request_latency", "ttft", "tpot", "output_tokens_per_s"])),
+            "objective": draw(st.sampled_from(["request_latency", "ttft", "tpot", "output_tokens_per_s",
+                                               "output_tokens_per_s_per_gpu"])),
             "gpu_memory_utilization": draw(st.sampled_from([0.5, 0.9, 1])),
             "allow_uneven_layers": draw(st.booleans()),
         },
@@ -129,6 +131,7 @@ def solve_both(scenario):
 @given(scenarios())
 def test_cp_sat_matches_exhaustive(scenario):
     cp, ex = solve_both(scenario)
+    event(f"objective {scenario.search.objective.value}")
     assert (cp is None) == (ex is None), (cp and cp.plan, ex and ex.plan)
     if cp is None:
         event("infeasible")
