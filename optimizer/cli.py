@@ -18,9 +18,12 @@ import click
 
 from optimizer.diagnose import diagnose
 from optimizer.errors import Infeasible, OptimizerError, ScenarioError, SolveIncomplete
-from optimizer.exhaustive import optimize_exhaustive, runner_up
+from optimizer.exhaustive import optimize_exhaustive, runner_up, top_plans
+from optimizer.pareto import plot as plot_pareto, pareto_points, points_csv
 from optimizer.loader import load_scenario, read_mapping, scenario_from_dict, shipped_scenarios
 from optimizer.report import (
+    alternatives_section,
+    render_alternatives,
     estimate_document,
     render_estimate,
     infeasible_document,
@@ -101,12 +104,14 @@ def _scenario_inputs(name_or_path: str) -> list[Path]:
               help="After a proof, re-solve with objective <= best - 1 and require INFEASIBLE.")
 @click.option("--explain/--no-explain", default=True, show_default=True,
               help="When no plan exists, search for the smallest changes that would give one (each confirmed by a re-solve).")
+@click.option("--top", "top_k", type=click.IntRange(min=1, max=1000), default=None, metavar="K",
+              help="Also list the K best plans on distinct layouts with their gap to the best (JSON: alternatives).")
 @click.option("--workers", type=click.IntRange(min=1, max=64), default=1, show_default=True,
               help="CP-SAT worker threads; the proved plan and its JSON are the same for any count.")
 @click.pass_context
 def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, markdown_path: str | None,
          dag_path: str | None, model_config: str | None, solver: str, time_limit_s: float | None, require_proof: bool, double_check: bool, explain: bool,
-         workers: int) -> None:
+         top_k: int | None, workers: int) -> None:
     """Plan a deployment: the parallel layout with the lowest estimated latency, with its proof.
 
     Example: optimize --scenario 16gpu-30b
@@ -135,6 +140,8 @@ def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, m
         _fail(f"{_scenario_inputs(scenario_name)[0]}: {exc}", EXIT_BAD_INPUT)
         return
     document = solution_document(solution)
+    if top_k:
+        document["alternatives"] = alternatives_section(solution, top_plans(solution, top_k))
     inputs = _scenario_inputs(scenario_name)
     if json_path:
         _write(json_path, to_json(document), inputs=inputs)
@@ -147,6 +154,8 @@ def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, m
     if "-" not in (json_path, markdown_path, dag_path):
         click.echo(model_summary(scenario))
         click.echo(render_table(document, timing=f"{ev.wall_s:.3f} s, {ev.workers} worker(s)"))
+        if top_k:
+            click.echo(render_alternatives(document))
     if not document["certificate"]["holds"]:  # the certificate re-checks the solver; this would be a bug
         _fail("internal error: the plan's certificate does not hold", EXIT_INFEASIBLE)
     if require_proof and not ev.proved_optimal:
@@ -274,6 +283,52 @@ def estimate(plan_path: str | None, scenario_name: str, json_path: str | None, *
         _write(json_path, to_json(document), inputs=[*([Path(plan_path)] if plan_path else []), *_scenario_inputs(scenario_name)])
     if json_path != "-":
         click.echo(render_estimate(document))
+
+
+@main.command()
+@click.option("--scenario", "scenario_names", required=True, multiple=True, metavar="NAME|PATH",
+              help="Scenario(s) to sweep (repeatable).")
+@click.option("--out", "out_dir", required=True, metavar="DIR", help="Folder for <scenario>-pareto.csv and .png (created).")
+def pareto(scenario_names: tuple[str, ...], out_dir: str) -> None:
+    """The latency/throughput trade-off: every feasible layout and batch as output tokens/s per user
+    against output tokens/s per GPU, the Pareto front, and the plan `optimize` picks marked.
+
+    Writes DIR/<scenario>-pareto.csv (every point; columns pareto, chosen, meets_targets) and
+    DIR/<scenario>-pareto.png, and prints the front. Exit 0, 1 if a scenario has no feasible point at
+    all, 2 for bad input.
+    """
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"{out}: cannot create the output folder ({exc.strerror})", EXIT_BAD_INPUT)
+    empty = []
+    for name in scenario_names:
+        scenario = _load(name)
+        try:
+            points = pareto_points(scenario)
+        except OptimizerError as exc:
+            _fail(f"{_scenario_inputs(name)[0]}: {exc}", EXIT_BAD_INPUT)
+            return
+        if not points:
+            empty.append(scenario.name)
+            continue
+        csv_path, png_path = out / f"{scenario.name}-pareto.csv", out / f"{scenario.name}-pareto.png"
+        _write(str(csv_path), points_csv(points), inputs=_scenario_inputs(name))
+        plot_pareto(points, png_path, title=f"{scenario.name}: {scenario.model.name} on {scenario.cluster.num_gpus} x "
+                                            f"{scenario.cluster.gpu.name}, ISL {scenario.workload.input_tokens} / OSL "
+                                            f"{scenario.workload.output_tokens}")
+        front = [p for p in points if p.pareto]
+        click.echo(f"{scenario.name}: {len(points)} feasible points, {len(front)} on the Pareto front -> {csv_path}, {png_path}")
+        for p in front:
+            mark = "  <- optimize" if p.chosen else ""
+            click.echo(f"  TP{p.tp} PP{p.pp} DP{p.dp} EP{p.ep} ETP{p.etp} batch {p.batch_per_replica:4d}: "
+                       f"{p.tokens_per_s_per_user:8.1f} tok/s/user  {p.tokens_per_s_per_gpu:9.1f} tok/s/GPU"
+                       f"{'' if p.meets_targets else '  (misses a target)'}{mark}")
+        if not any(p.chosen for p in points):
+            click.echo("  (no plan meets the scenario's targets: nothing marked)")
+    if empty:
+        _fail(f"no feasible layout at all (memory or divisibility) for: {', '.join(empty)}", EXIT_INFEASIBLE)
 
 
 def _csv(kind: type) -> Any:

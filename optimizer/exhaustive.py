@@ -13,12 +13,48 @@ import time
 from optimizer.errors import Infeasible
 from optimizer.parallel import Layout, Plan
 from optimizer.result import Evidence, Solution, Tables, build_tables, primary_ns
-from optimizer.rules import LayoutRule, build_rules
+from optimizer.rules import LayoutRule, Rule, build_rules
 from optimizer.scenario import Scenario
 from optimizer.split import DENSE_FIRST_NOTE, best_split, leading_dense_layers
 from optimizer.verify import plan_context
 
 SOLVER_NAME = "exhaustive"
+
+
+def feasible_plans(scenario: Scenario, tables: Tables, *, exclude: frozenset[Layout] = frozenset(),
+                   skip: tuple[type[Rule], ...] = (), rejected: dict[str, int] | None = None):
+    """Every candidate with a fitting split, as ``(plan, context, failing)``: its canonical plan, the plan's
+    cost and memory context, and the names of the rules of ``skip``'s types that it fails (the others all
+    hold). Candidates failing any other rule are left out and counted in ``rejected`` by the first rule
+    that rejects them, in certificate order."""
+    rules = build_rules(scenario)
+    layout_rules = [r for r in rules if isinstance(r, LayoutRule)]
+    rejected = {} if rejected is None else rejected
+    for c, layout in enumerate(tables.layouts):
+        if layout in exclude:
+            continue
+        failed = [r.name for r in layout_rules if not r.evaluate(scenario, layout).holds]
+        split = None if failed else best_split(scenario=scenario, table=tables.cost, memory=tables.memory, c=c)
+        if not failed and split is None:
+            failed = ["layer_split or memory_cap"]
+        if failed:
+            rejected[failed[0]] = rejected.get(failed[0], 0) + 1
+            continue
+        plan = Plan(layout=layout, layers_per_stage=split, batch_per_replica=tables.cost.batch[c],
+                    notes=(DENSE_FIRST_NOTE,) if leading_dense_layers(scenario) and len(split) > 1 else ())
+        ctx = plan_context(scenario, plan, tables)
+        failed = [chk.name for r in rules for chk in r.check(ctx) if not chk.holds and not isinstance(r, skip)]
+        if failed:
+            rejected[failed[0]] = rejected.get(failed[0], 0) + 1
+            continue
+        yield plan, ctx, [chk.name for r in rules if isinstance(r, skip) for chk in r.check(ctx) if not chk.holds]
+
+
+def plan_value(scenario: Scenario, tables: Tables, plan: Plan, ctx) -> int:
+    """``primary_ns x C + c``: the objective encoding CP-SAT's evidence uses, for a concrete plan."""
+    est = ctx.estimate
+    return primary_ns(scenario.search.objective, ttft_ns=est.ttft_ns, tpot_ns=est.tpot_ns, request_latency_ns=est.request_latency_ns,
+                      gpus=plan.layout.gpus, sequences=plan.layout.dp * plan.batch_per_replica) * len(tables.layouts) + ctx.index
 
 
 def optimize_exhaustive(scenario: Scenario, *, tables: Tables | None = None, exclude: frozenset[Layout] = frozenset()) -> Solution:
@@ -30,32 +66,13 @@ def optimize_exhaustive(scenario: Scenario, *, tables: Tables | None = None, exc
     """
     start = time.perf_counter()
     tables = tables or build_tables(scenario)
-    rules = build_rules(scenario)
-    layout_rules = [r for r in rules if isinstance(r, LayoutRule)]
     n = len(tables.layouts)
-    best: tuple[int, Plan] | None = None
     rejected: dict[str, int] = {}
-    for c, layout in enumerate(tables.layouts):
-        if layout in exclude:
-            continue
-        failed = [r.name for r in layout_rules if not r.evaluate(scenario, layout).holds]
-        split = None if failed else best_split(scenario=scenario, table=tables.cost, memory=tables.memory, c=c)
-        if not failed and split is None:
-            failed = ["layer_split or memory_cap"]
-        if not failed:
-            plan = Plan(layout=layout, layers_per_stage=split, batch_per_replica=tables.cost.batch[c],
-                        notes=(DENSE_FIRST_NOTE,) if leading_dense_layers(scenario) and len(split) > 1 else ())
-            ctx = plan_context(scenario, plan, tables)
-            failed = [chk.name for r in rules for chk in r.check(ctx) if not chk.holds]
-            if not failed:
-                est = ctx.estimate
-                value = primary_ns(scenario.search.objective, ttft_ns=est.ttft_ns, tpot_ns=est.tpot_ns,
-                                   request_latency_ns=est.request_latency_ns, gpus=layout.gpus,
-                                   sequences=layout.dp * plan.batch_per_replica) * n + c
-                if best is None or value < best[0]:
-                    best = (value, plan)
-        for name in failed[:1]:  # the first rule that rejects the layout, in certificate order
-            rejected[name] = rejected.get(name, 0) + 1
+    best: tuple[int, Plan] | None = None
+    for plan, ctx, _ in feasible_plans(scenario, tables, exclude=exclude, rejected=rejected):
+        value = plan_value(scenario, tables, plan, ctx)
+        if best is None or value < best[0]:
+            best = (value, plan)
     if best is None:
         raise Infeasible([f"{name}: rejects {count} of {n} layouts" for name, count in rejected.items()])
     evidence = Evidence(
@@ -65,6 +82,18 @@ def optimize_exhaustive(scenario: Scenario, *, tables: Tables | None = None, exc
     return Solution(scenario=scenario, plan=best[1], tables=tables, evidence=evidence)
 
 
+def top_plans(solution: Solution, k: int) -> list[tuple[int, Plan]]:
+    """The ``k`` best plans on distinct layouts (each layout with its best batch), best first, as
+    ``(objective, plan)`` in the evidence's encoding; the first is ``solution``'s own. By enumeration over
+    the solver's tables (the CP-SAT model with earlier optima excluded is slow to prove, see
+    ``runner_up``)."""
+    scenario, tables = solution.scenario, solution.tables
+    best: dict[Layout, tuple[int, Plan]] = {}
+    for plan, ctx, _ in feasible_plans(scenario, tables):
+        value = plan_value(scenario, tables, plan, ctx)
+        if plan.layout not in best or value < best[plan.layout][0]:
+            best[plan.layout] = (value, plan)
+    return sorted(best.values(), key=lambda vp: vp[0])[:k]
 
 
 def runner_up(solution: Solution) -> Solution | None:

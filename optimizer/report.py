@@ -294,6 +294,40 @@ def _model_line(scenario: Scenario) -> str:
             f"{model.num_hidden_layers} layers, {kind}")
 
 
+def alternatives_section(solution: Solution, ranked: list[tuple[int, Plan]]) -> list[dict[str, Any]]:
+    """``--top K``: each plan's sizes, objective, gap to the best (primary units and percent) and estimate."""
+    scenario, tables = solution.scenario, solution.tables
+    n = len(tables.layouts)
+    best = ranked[0][0] // n if ranked else 0
+    out = []
+    for rank, (value, plan) in enumerate(ranked, start=1):
+        certificate = certify(scenario, plan, tables)
+        est = certificate.estimate
+        primary = value // n
+        out.append({
+            **plan.layout.as_dict(), "rank": rank, "batch_per_replica": plan.batch_per_replica,
+            "layers_per_stage": list(plan.layers_per_stage), "objective": value, "gap": primary - best,
+            "gap_percent": _round(100 * (primary - best) / best) if best else 0.0,
+            "ttft_s": est.ttft_ns / 1e9, "tpot_s": est.tpot_ns / 1e9, "request_latency_s": est.request_latency_ns / 1e9,
+            "output_tokens_per_s_per_gpu": _round(est.output_tokens_per_s / scenario.cluster.num_gpus),
+        })
+    return out
+
+
+def render_alternatives(document: dict[str, Any]) -> str:
+    """The ``--top K`` table for a terminal."""
+    kind = document["evidence"]["objective_kind"] if document.get("evidence") else "objective"
+    unit = "GPU-ns/request" if kind == "output_tokens_per_s_per_gpu" else "ns"
+    lines = [f"Top {len(document['alternatives'])} plans on distinct layouts ({kind}; gap in {unit}):",
+             f"  {'#':>2s} {'TP':>3s} {'PP':>3s} {'DP':>4s} {'EP':>4s} {'ETP':>4s} {'batch':>6s} {'TTFT ms':>9s} {'TPOT ms':>9s} "
+             f"{'tok/s/GPU':>10s} {'gap':>14s} {'gap %':>8s}"]
+    for a in document["alternatives"]:
+        lines.append(f"  {a['rank']:2d} {a['tp']:3d} {a['pp']:3d} {a['dp']:4d} {a['ep']:4d} {a['etp']:4d} {a['batch_per_replica']:6d} "
+                     f"{a['ttft_s'] * 1e3:9.2f} {a['tpot_s'] * 1e3:9.3f} {a['output_tokens_per_s_per_gpu']:10,.1f} {a['gap']:14,d} "
+                     f"{a['gap_percent']:7.2f}%")
+    return "\n".join(lines) + "\n"
+
+
 def render_table(document: dict[str, Any], *, title: str = "Plan", timing: str | None = None) -> str:
     """The plan for a terminal: sizes, estimate, memory, every check, the evidence; ``timing`` (wall time,
     workers) is shown here only, never in the JSON, so that the JSON stays byte-identical across runs."""

@@ -415,6 +415,10 @@ class ThroughputTarget(Rule):
             view.model.add(view.request_latency_ns <= bound).only_enforce_if([view.x[c], lit])
 
 
+# The service targets: rules on the estimate rather than on what can run.
+TARGET_RULES = (TtftTarget, TpotTarget, ThroughputTarget)
+
+
 def build_rules(scenario: Scenario) -> tuple[Rule, ...]:
     """The rules that apply to ``scenario``, in the order the certificate lists them."""
     model, engine = scenario.model, scenario.engine

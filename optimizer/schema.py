@@ -173,6 +173,26 @@ class InfeasibleSection(BaseModel):
     notes: list[str] | None
 
 
+class Alternative(BaseModel):
+    model_config = _STRICT
+    rank: int = Field(description="1 = the plan itself")
+    tp: int
+    pp: int
+    dp: int
+    ep: int
+    etp: int
+    edp: int
+    batch_per_replica: int
+    layers_per_stage: list[int]
+    objective: int = Field(description="primary x candidates + tie_break_rank, as the evidence")
+    gap: int = Field(description="primary objective minus the plan's (ns, or GPU-ns per request)")
+    gap_percent: float
+    ttft_s: float
+    tpot_s: float
+    request_latency_s: float
+    output_tokens_per_s_per_gpu: float
+
+
 class PlanDocument(BaseModel):
     """A plan (``plan`` set, ``infeasible`` absent) or a proved infeasibility (``plan`` null)."""
 
@@ -186,6 +206,7 @@ class PlanDocument(BaseModel):
     certificate: CertificateSection | None = None
     evidence: EvidenceSection | None = Field(default=None, description="null for `optimize verify`")
     infeasible: InfeasibleSection | None = None
+    alternatives: list[Alternative] | None = Field(default=None, description="`--top K`: the K best plans on distinct layouts")
 
 
 def plan_schema() -> dict[str, Any]:

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "optimizer"
 
 LAYERS = [
     {"cli"},
-    {"sweep"},
+    {"sweep", "pareto"},
     {"report"},
     {"diagnose"},
     {"verify", "solve", "exhaustive"},
