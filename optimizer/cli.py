@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from optimizer.diagnose import diagnose
+from optimizer.disagg import compare as compare_serving, comparison_document, render_comparison
 from optimizer.errors import Infeasible, OptimizerError, ScenarioError, SolveIncomplete
 from optimizer.exhaustive import optimize_exhaustive, runner_up, top_plans
 from optimizer.pareto import plot as plot_pareto, pareto_points, points_csv
@@ -329,6 +330,33 @@ def pareto(scenario_names: tuple[str, ...], out_dir: str) -> None:
             click.echo("  (no plan meets the scenario's targets: nothing marked)")
     if empty:
         _fail(f"no feasible layout at all (memory or divisibility) for: {', '.join(empty)}", EXIT_INFEASIBLE)
+
+
+@main.command()
+@click.option("--scenario", "scenario_name", required=True, metavar="NAME|PATH", help="The scenario (its TTFT and TPOT targets apply).")
+@click.option("--json", "json_path", metavar="PATH", help="Write the comparison as JSON (- for stdout).")
+@click.option("--solver", type=click.Choice(["cp-sat", "exhaustive"]), default="cp-sat", show_default=True,
+              help="CP-SAT with proof, or the enumeration oracle on the same candidates.")
+def disagg(scenario_name: str, json_path: str | None, solver: str) -> None:
+    """Aggregated or disaggregated? Both optima for output tokens/s per GPU within the scenario's TTFT and
+    TPOT targets, each proved: the whole cluster as one pool, and the cluster split into prefill and
+    decode instances with the KV cache moved between them and the pool sizes rate-matched.
+
+    Exit 0 with a winner, 1 if neither meets the targets, 2 for bad input.
+    """
+    scenario = _load(scenario_name)
+    try:
+        comparison = compare_serving(scenario, solver=solver)
+    except OptimizerError as exc:
+        _fail(f"{_scenario_inputs(scenario_name)[0]}: {exc}", EXIT_BAD_INPUT)
+        return
+    document = comparison_document(scenario, comparison)
+    if json_path:
+        _write(json_path, json.dumps(document, indent=2, sort_keys=True) + "\n", inputs=_scenario_inputs(scenario_name))
+    if json_path != "-":
+        click.echo(render_comparison(document))
+    if comparison.winner == "none":
+        _fail(f"no aggregated plan and no disaggregated split meets the targets of {scenario.name}", EXIT_INFEASIBLE)
 
 
 def _csv(kind: type) -> Any:

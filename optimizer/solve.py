@@ -128,16 +128,32 @@ def build_model(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...]) -> 
 
 
 def _gpu_ns_per_request(view: _View, latency_ub: int) -> Any:
-    """``P = ceil(request_latency x GPUs / (DP x batch))`` of the chosen candidate (``result.primary_ns``):
-    ``P x (DP x batch) >= latency x GPUs`` per candidate; minimising P makes it the ceiling exactly."""
+    """``P = ceil(request_latency x GPUs / (DP x batch))`` of the chosen candidate (``result.primary_ns``).
+
+    Where the ranges allow, one linear constraint per candidate, ``P x S_c >= latency x GPUs`` if chosen
+    (minimising P makes it the ceiling exactly; CP-SAT propagates these well). On grids where ``P x S_c``
+    could leave 62 bits, one integer division ``P = (latency x GPUs + S - 1) // S`` with ``S = sum(S_c
+    x_c)`` instead: exact too, slower to prove."""
     m = view.model
+    gpus = {layout.gpus for layout in view.layouts}
+    if len(gpus) != 1:
+        raise OptimizerError("internal error: throughput per GPU needs every candidate on the same GPU count")
+    [g] = gpus
     sequences = [layout.dp * view.table.batch[c] for c, layout in enumerate(view.layouts)]
-    ub = max((-(-latency_ub * layout.gpus // seq) for layout, seq in zip(view.layouts, sequences)), default=0)
-    if ub * max(sequences, default=1) >= _INT_LIMIT:
-        raise OptimizerError(f"GPU-time per request up to {ub / 1e9:.3g} GPU-s leaves the solver's 62-bit range")
+    top = latency_ub * g + max(sequences)
+    if top >= _INT_LIMIT:
+        raise OptimizerError(f"GPU-time per request up to {latency_ub * g / 1e9:.3g} GPU-s leaves the solver's 62-bit range")
+    ub = max(-(-latency_ub * g // s) for s in sequences)
     primary = m.new_int_var(0, ub, "gpu_ns_per_request")
-    for c, (layout, seq) in enumerate(zip(view.layouts, sequences)):
-        m.add(primary * seq >= view.request_latency_ns * layout.gpus).only_enforce_if(view.x[c])
+    if ub * max(sequences) < _INT_LIMIT:
+        for xc, s in zip(view.x, sequences):
+            m.add(primary * s >= view.request_latency_ns * g).only_enforce_if(xc)
+        return primary
+    seq = m.new_int_var(min(sequences), max(sequences), "sequences_in_flight")
+    m.add(seq == sum(s * xc for s, xc in zip(sequences, view.x)))
+    numerator = m.new_int_var(0, top, "latency_x_gpus_plus_s_minus_1")
+    m.add(numerator == view.request_latency_ns * g + seq - 1)
+    m.add_division_equality(primary, numerator, seq)
     return primary
 
 
@@ -428,3 +444,117 @@ def describe_conflict(conflict: tuple[str, ...], rules: tuple[Rule, ...]) -> lis
         return ["the search space itself admits no plan (" + DENSE_FIRST_NOTE + ")"]
     formulas = {r.name: r.formula for r in rules}
     return [f"{name}: {formulas[name]}" for name in conflict]
+
+
+@dataclass(frozen=True)
+class DisaggregatedOptimum:
+    """CP-SAT's answer for the disaggregated search (``disagg.py`` holds the meaning): indices into the
+    prefill and decode candidate lists, the instance counts, the primary objective and its proof."""
+
+    prefill: int
+    decode: int
+    prefill_instances: int
+    decode_instances: int
+    primary: int
+    bound: int
+    status: str
+    proved_optimal: bool
+    wall_s: float
+    model_size: dict[str, int]
+
+
+def minimise_disaggregated(*, num_gpus: int, prefill: list[tuple[int, int, int, int]], decode: list[tuple[int, int, int, int]],
+                           decode_steps: int, ttft_bound_ns: int | None, time_limit_s: float | None = None, seed: int = 0,
+                           workers: int = 1) -> DisaggregatedOptimum | None:
+    """The disaggregated pool split with the fewest GPU-ns per request, proved.
+
+    ``prefill[i] = (gpus, prefill_ns, kv_send_ns, replicas)`` per instance candidate, ``decode[j] = (gpus,
+    step_ns, kv_receive_ns, sequences)``. Choose one of each, ``r_p`` and ``r_d`` instances with
+    ``r_p g_p + r_d g_d <= N``; the request rate is ``min(r_p R / prefill_ns, r_d S / (steps x step_ns))``
+    (R prompts prefilled at once, one per DP replica), so the GPU-time per request is
+    ``P = max(ceil(N prefill_ns / (r_p R)), ceil(N steps step_ns / (r_d S)))``, written exactly as
+    ``(P r_p) R >= N prefill_ns`` and ``(P r_d) S >= N steps step_ns`` (products of two
+    integer variables by ``AddMultiplicationEquality``). TTFT ``= prefill_ns + max(send, receive) <=
+    ttft_bound_ns``. Then, with P fixed, the tie-break: smallest prefill index, decode index, ``r_p``,
+    then largest ``r_d``. None when no split is feasible.
+
+    Raises:
+        OptimizerError: the products would leave the solver's 62-bit range.
+    """
+    start = time.perf_counter()
+    n = num_gpus
+    m = cp_model.CpModel()
+    x = [m.new_bool_var(f"prefill[{i}]") for i in range(len(prefill))]
+    y = [m.new_bool_var(f"decode[{j}]") for j in range(len(decode))]
+    if not x or not y:
+        return None
+    m.add_exactly_one(x)
+    m.add_exactly_one(y)
+    r_p = m.new_int_var(1, n, "prefill_instances")
+    r_d = m.new_int_var(1, n, "decode_instances")
+    g_p = m.new_int_var(1, n, "prefill_instance_gpus")
+    g_d = m.new_int_var(1, n, "decode_instance_gpus")
+    m.add(g_p == sum(g * xi for (g, _, _, _), xi in zip(prefill, x)))
+    m.add(g_d == sum(g * yj for (g, _, _, _), yj in zip(decode, y)))
+    pool_p, pool_d = m.new_int_var(1, n, "prefill_gpus"), m.new_int_var(1, n, "decode_gpus")
+    m.add_multiplication_equality(pool_p, [r_p, g_p])
+    m.add_multiplication_equality(pool_d, [r_d, g_d])
+    m.add(pool_p + pool_d <= n)
+    # An upper bound on the optimum: the best single-instance pair that fits (r_p = r_d = 1).
+    ub = None
+    for g_pi, pf, send, reps in prefill:
+        if ttft_bound_ns is not None and pf + send > ttft_bound_ns:
+            continue
+        for g_dj, st, recv, seqs in decode:
+            if g_pi + g_dj > n or (ttft_bound_ns is not None and pf + recv > ttft_bound_ns):
+                continue
+            value = max(-(-n * pf // reps), -(-n * decode_steps * st // seqs))
+            ub = value if ub is None else min(ub, value)
+    if ub is None:
+        return None
+    widest = max(max(s for *_, s in decode), max(r for *_, r in prefill))
+    if widest * ub * n >= _INT_LIMIT:
+        raise OptimizerError(f"GPU-time per request up to {ub / 1e9:.3g} GPU-s on {n} GPUs leaves the solver's 62-bit range")
+    primary = m.new_int_var(0, ub, "gpu_ns_per_request")
+    q_p, q_d = m.new_int_var(0, ub * n, "p_times_rp"), m.new_int_var(0, ub * n, "p_times_rd")
+    m.add_multiplication_equality(q_p, [primary, r_p])
+    m.add_multiplication_equality(q_d, [primary, r_d])
+    for (_, pf, _, replicas), xi in zip(prefill, x):
+        m.add(q_p * replicas >= n * pf).only_enforce_if(xi)
+    for (_, st, _, s), yj in zip(decode, y):
+        m.add(q_d * s >= n * decode_steps * st).only_enforce_if(yj)
+    if ttft_bound_ns is not None:
+        pf_var = m.new_int_var(0, max(pf for _, pf, _, _ in prefill), "prefill_ns")
+        m.add(pf_var == sum(pf * xi for (_, pf, _, _), xi in zip(prefill, x)))
+        for (_, pf, send, _), xi in zip(prefill, x):
+            m.add(pf + send <= ttft_bound_ns).only_enforce_if(xi)
+        for (_, _, recv, _), yj in zip(decode, y):
+            m.add(pf_var + recv <= ttft_bound_ns).only_enforce_if(yj)
+    size = {"variables": len(m.proto.variables), "constraints": len(m.proto.constraints)}
+    problem = m.validate()
+    if problem:
+        raise OptimizerError(f"the disaggregated model does not fit the solver's 64-bit range ({problem.strip()})")
+    m.minimize(primary)
+    solver = _solver(time_limit_s=time_limit_s, seed=seed, workers=workers)
+    status = solver.solve(m)
+    if status == cp_model.INFEASIBLE:
+        return None
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        raise SolveIncomplete(f"CP-SAT stopped ({solver.status_name(status)}) before finding a disaggregated split")
+    found, bound = int(solver.value(primary)), int(solver.response_proto.inner_objective_lower_bound)
+    proved = status == cp_model.OPTIMAL and found == bound
+    first_status = solver.status_name(status)
+    if proved:  # the tie-break, with the optimum fixed
+        m.add(primary == found)
+        idx_p = sum(i * xi for i, xi in enumerate(x))
+        idx_d = sum(j * yj for j, yj in enumerate(y))
+        k2 = (n + 1) ** 2
+        m.minimize(idx_p * (len(decode) * k2) + idx_d * k2 + r_p * (n + 1) + (n - r_d))
+        status = solver.solve(m)
+        if status != cp_model.OPTIMAL:
+            raise SolveIncomplete(f"CP-SAT did not close the disaggregated tie-break ({solver.status_name(status)})")
+    return DisaggregatedOptimum(
+        prefill=next(i for i, xi in enumerate(x) if solver.value(xi)), decode=next(j for j, yj in enumerate(y) if solver.value(yj)),
+        prefill_instances=int(solver.value(r_p)), decode_instances=int(solver.value(r_d)), primary=found, bound=bound,
+        status=first_status, proved_optimal=proved, wall_s=time.perf_counter() - start, model_size=size,
+    )

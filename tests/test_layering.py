@@ -17,7 +17,7 @@ LAYERS = [
     {"cli"},
     {"sweep", "pareto"},
     {"report"},
-    {"diagnose"},
+    {"diagnose", "disagg"},
     {"verify", "solve", "exhaustive"},
     {"result", "split", "rules", "schema", "measured"},
     {"cost", "memory", "parallel"},
