@@ -19,7 +19,7 @@ LAYERS = [
     {"report"},
     {"diagnose", "disagg"},
     {"verify", "solve", "exhaustive"},
-    {"result", "split", "rules", "schema", "measured"},
+    {"result", "split", "rules", "schema", "measured", "launch"},
     {"cost", "memory", "parallel"},
     {"scenario", "loader", "catalog", "calibration"},
     {"units", "errors"},

@@ -143,3 +143,17 @@ def test_pareto_png_and_csv_for_every_shipped_scenario(name, tmp_path):
     assert rows and any(r["pareto"] == "yes" for r in rows)
     feasible = "no plan meets" not in result.output
     assert sum(r["chosen"] == "yes" for r in rows) == (1 if feasible else 0)
+
+
+def test_launch_cli_prints_both_engines_and_refuses_what_an_engine_cannot_run(tmp_path):
+    ok = CliRunner().invoke(main, ["launch", "--scenario", "llama-3.1-70b-8xh100"])
+    assert ok.exit_code == 0, ok.output
+    assert "vllm serve meta-llama/Llama-3.1-70B --tensor-parallel-size 4" in ok.output
+    assert "python3 -m sglang.launch_server --model-path meta-llama/Llama-3.1-70B --tp-size 4" in ok.output
+    plan = tmp_path / "p.json"
+    assert CliRunner().invoke(main, ["--scenario", "16gpu-30b", "--json", str(plan)]).exit_code == 0
+    refused = CliRunner().invoke(main, ["launch", str(plan), "--scenario", "16gpu-30b", "--engine", "vllm"])
+    assert refused.exit_code == 1 and "vllm:" in refused.output and "Expressible with" in refused.output
+    sglang = CliRunner().invoke(main, ["launch", str(plan), "--scenario", "16gpu-30b", "--engine", "sglang",
+                                       "--node-address", "10.0.0.1", "--node-address", "10.0.0.2"])
+    assert sglang.exit_code == 0 and "--dist-init-addr 10.0.0.1:" in sglang.output and "--node-rank 1" in sglang.output

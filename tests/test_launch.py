@@ -1,0 +1,428 @@
+"""Launch commands from real plan documents (the CLI's ``--json`` output through CliRunner) and from
+hand-edited variants: exact flags and values per engine, node ranks and DP start ranks, every node's GPUs
+used once, the plans each engine cannot run, and every emitted flag traced to ``FLAG_SOURCES``."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+from fractions import Fraction
+
+import pytest
+from click.testing import CliRunner
+
+from optimizer.cli import main
+from optimizer.errors import OptimizerError, PlanError
+from optimizer.launch import (
+    FLAG_SOURCES,
+    CommandRole,
+    LaunchEngine,
+    LaunchPlan,
+    NodeCommand,
+    NotExpressible,
+    decimal_text,
+    launch_commands,
+    model_reference,
+    sglang_commands,
+    vllm_commands,
+)
+
+_DOCS: dict[str, dict] = {}
+
+
+def document(name: str) -> dict:
+    """The plan document ``optimize --scenario NAME --json -`` prints (solved once per test session)."""
+    if name not in _DOCS:
+        result = CliRunner().invoke(main, ["--scenario", name, "--json", "-"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        _DOCS[name] = json.loads(result.output)
+    return copy.deepcopy(_DOCS[name])
+
+
+def edited(name: str, *, plan: dict | None = None, cluster: dict | None = None, workload: dict | None = None,
+           search: dict | None = None) -> dict:
+    """A shipped plan document with plan sizes (and scenario fields) replaced by hand. New sizes drop the
+    solver's instance count unless ``plan`` gives one (it would describe the old sizes)."""
+    doc = document(name)
+    if plan:
+        doc["plan"].pop("instances")
+        doc["plan"].pop("dp_per_instance")
+    doc["plan"].update(plan or {})
+    doc["scenario"]["cluster"].update(cluster or {})
+    doc["scenario"]["workload"].update(workload or {})
+    doc["scenario"]["search"].update(search or {})
+    return doc
+
+
+def flags(cmd: NodeCommand) -> dict[str, str | None]:
+    """``--name value`` pairs of a command (``None`` for a switch); a flag given twice fails the test."""
+    out: dict[str, str | None] = {}
+    argv = list(cmd.argv)
+    for i, token in enumerate(argv):
+        if token.startswith("--"):
+            assert token not in out, f"{token} given twice in {cmd.shell}"
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            out[token] = None if nxt is None or nxt.startswith("--") else nxt
+    return out
+
+
+def servers(plan: LaunchPlan) -> list[NodeCommand]:
+    return [c for c in plan.commands if c.role in (CommandRole.SERVE, CommandRole.HEADLESS)]
+
+
+def check_gpus_cover_cluster(plan: LaunchPlan, doc: dict) -> None:
+    """Every node's GPUs are brought in exactly once across the commands, and only real GPUs."""
+    cluster = doc["scenario"]["cluster"]
+    per_node: dict[int, list[int]] = {}
+    for cmd in plan.commands:
+        per_node.setdefault(cmd.node, []).extend(cmd.gpus)
+    assert sorted(per_node) == list(range(cluster["num_nodes"]))
+    for node, gpus in per_node.items():
+        assert sorted(gpus) == list(range(cluster["gpus_per_node"])), (node, gpus)
+    for cmd in plan.commands:  # CUDA_VISIBLE_DEVICES says the same as gpus
+        env = dict(cmd.env)
+        if "CUDA_VISIBLE_DEVICES" in env:
+            assert env["CUDA_VISIBLE_DEVICES"] == ",".join(map(str, cmd.gpus))
+        elif cmd.gpus:
+            assert cmd.gpus == tuple(range(cluster["gpus_per_node"]))
+
+
+def check_node_ranks(plan: LaunchPlan) -> None:
+    """Per instance: one head (the API server) then headless nodes, on distinct nodes; multi-node ranks
+    0..k-1 with the same node count everywhere (--nnodes), or vLLM DP start ranks that add up the local
+    DP sizes to --data-parallel-size."""
+    by_instance: dict[int, list[NodeCommand]] = {}
+    for cmd in servers(plan):
+        by_instance.setdefault(cmd.instance, []).append(cmd)
+    assert sorted(by_instance) == list(range(len(by_instance)))
+    for cmds in by_instance.values():
+        assert [c.role for c in cmds] == [CommandRole.SERVE] + [CommandRole.HEADLESS] * (len(cmds) - 1)
+        assert len({c.node for c in cmds}) == len(cmds)
+        head = flags(cmds[0])
+        if len(cmds) > 1 and "--nnodes" in head:
+            assert [flags(c)["--node-rank"] for c in cmds] == [str(r) for r in range(len(cmds))]
+            assert {flags(c)["--nnodes"] for c in cmds} == {str(len(cmds))}
+        elif len(cmds) > 1:
+            local = [int(flags(c)["--data-parallel-size-local"]) for c in cmds]
+            starts = [int(flags(c).get("--data-parallel-start-rank") or 0) for c in cmds]
+            assert starts == [sum(local[:i]) for i in range(len(cmds))]
+            assert sum(local) == int(head["--data-parallel-size"])
+            assert {flags(c)["--data-parallel-address"] for c in cmds} == {head["--data-parallel-address"]}
+
+
+def check_flag_sources(plan: LaunchPlan) -> None:
+    """Every flag and environment variable emitted is in FLAG_SOURCES for its program."""
+    known = {(s.program, s.name) for s in FLAG_SOURCES}
+    for cmd in plan.commands:
+        program = {"vllm": "vllm", "python3": "sglang", "ray": "ray"}[cmd.argv[0]]
+        for token in cmd.argv[1:]:
+            if token.startswith("-"):
+                assert (program, token.split("=")[0]) in known, f"{program} {token} has no source"
+        for name, _ in cmd.env:
+            assert ("env", name) in known, f"{name} has no source"
+    for s in FLAG_SOURCES:
+        assert s.source and s.version
+
+
+def both(doc: dict, **options) -> tuple[LaunchPlan, LaunchPlan]:
+    plans = vllm_commands(doc, **options), sglang_commands(doc, **options)
+    for plan in plans:
+        check_gpus_cover_cluster(plan, doc)
+        check_flag_sources(plan)
+    for plan in plans:
+        check_node_ranks(plan)
+    return plans
+
+
+# ------------------------------------------------------------------------------------ shipped scenarios
+
+
+def test_llama_70b_dense_tp4_dp2_is_two_instances_on_one_node():
+    doc = document("llama-3.1-70b-8xh100")
+    assert (doc["plan"]["tp"], doc["plan"]["dp"], doc["plan"]["pp"], doc["plan"]["instances"]) == (4, 2, 1, 2)
+    vllm, sglang = both(doc)
+    assert [(c.node, c.instance, c.gpus) for c in vllm.commands] == [(0, 0, (0, 1, 2, 3)), (0, 1, (4, 5, 6, 7))]
+    batch = str(doc["plan"]["batch_per_replica"])
+    for i, cmd in enumerate(vllm.commands):
+        assert cmd.argv[:3] == ("vllm", "serve", "meta-llama/Llama-3.1-70B")
+        assert flags(cmd) == {"--tensor-parallel-size": "4", "--pipeline-parallel-size": "1",
+                              "--gpu-memory-utilization": "0.9", "--max-model-len": "1280", "--max-num-seqs": batch,
+                              "--max-num-batched-tokens": "8192", "--port": str(8000 + i)}
+        assert dict(cmd.env) == {"CUDA_VISIBLE_DEVICES": ",".join(map(str, cmd.gpus))}
+    for i, cmd in enumerate(sglang.commands):
+        assert cmd.argv[:5] == ("python3", "-m", "sglang.launch_server", "--model-path", "meta-llama/Llama-3.1-70B")
+        assert flags(cmd) == {"--model-path": "meta-llama/Llama-3.1-70B", "--tp-size": "4", "--pp-size": "1",
+                              "--mem-fraction-static": "0.9", "--max-running-requests": batch,
+                              "--context-length": "1280", "--chunked-prefill-size": "8192",
+                              "--host": "0.0.0.0", "--port": str(30000 + 100 * i)}  # SGLang derives ports above each
+    assert "2 independent instances, HTTP ports 8000 on node 0, 8001 on node 0: put a load balancer" in vllm.notes[0]
+    assert "HTTP ports 30000 on node 0, 30100 on node 0" in " ".join(sglang.notes)
+    assert not any("Hugging Face" in n for n in vllm.notes)  # the repo id came from model.source
+
+
+def test_deepseek_v3_vllm_expert_parallel_over_four_nodes():
+    doc = document("deepseek-v3-32xh800")
+    assert (doc["plan"]["tp"], doc["plan"]["dp"], doc["plan"]["ep"], doc["plan"]["etp"]) == (1, 32, 32, 1)
+    vllm, _ = both(doc)
+    cmds = servers(vllm)
+    assert [c.node for c in cmds] == [0, 1, 2, 3] and all(c.instance == 0 for c in cmds)
+    batch = str(doc["plan"]["batch_per_replica"])
+    shared = {"--tensor-parallel-size": "1", "--pipeline-parallel-size": "1", "--data-parallel-size": "32",
+              "--enable-expert-parallel": None, "--gpu-memory-utilization": "0.9", "--max-model-len": "2560",
+              "--max-num-seqs": batch, "--max-num-batched-tokens": "8192", "--data-parallel-size-local": "8",
+              "--data-parallel-address": "NODE0_ADDR", "--data-parallel-rpc-port": "13345"}
+    assert flags(cmds[0]) == {**shared, "--port": "8000"}
+    for rank, cmd in enumerate(cmds[1:], start=1):
+        assert flags(cmd) == {**shared, "--data-parallel-start-rank": str(8 * rank), "--headless": None}
+        assert cmd.env == ()  # whole nodes: no CUDA_VISIBLE_DEVICES
+    assert cmds[0].argv[2] == "deepseek-ai/DeepSeek-V3"
+    assert not any("--quantization" in c.argv or "--kv-cache-dtype" in c.argv for c in cmds)
+    assert any("fp8-block" in n and "quantization_config" in n for n in vllm.notes)
+    assert any("NODE<n>_ADDR" in n for n in vllm.notes)
+    # DP ranks add up: local sizes cover 0..31 once
+    starts = [int(flags(c).get("--data-parallel-start-rank") or 0) for c in cmds]
+    assert starts == [0, 8, 16, 24] and starts[-1] + 8 == 32
+
+
+def test_deepseek_v3_sglang_attention_dp_over_four_nodes():
+    doc = document("deepseek-v3-32xh800")
+    _, sglang = both(doc)
+    cmds = servers(sglang)
+    assert len(cmds) == 4
+    batch = doc["plan"]["batch_per_replica"]
+    for rank, cmd in enumerate(cmds):
+        assert flags(cmd) == {
+            "--model-path": "deepseek-ai/DeepSeek-V3", "--tp-size": "32", "--pp-size": "1", "--attn-dp-size": "32",
+            "--ep-size": "32", "--mem-fraction-static": "0.9", "--max-running-requests": str(batch * 32),
+            "--context-length": "2560", "--chunked-prefill-size": str(8192 * 32), "--host": "0.0.0.0",
+            "--port": "30000", "--nnodes": "4", "--node-rank": str(rank), "--dist-init-addr": "NODE0_ADDR:20000"}
+    legacy = sglang_commands(doc, legacy_dp_attention=True)
+    assert flags(legacy.commands[0])["--dp-size"] == "32" and "--enable-dp-attention" in legacy.commands[0].argv
+    assert "--attn-dp-size" not in legacy.commands[0].argv
+    check_flag_sources(legacy)
+
+
+def test_qwen3_30b_single_node_expert_parallel():
+    doc = document("qwen3-30b-a3b-8xh100")
+    assert (doc["plan"]["tp"], doc["plan"]["dp"], doc["plan"]["ep"], doc["plan"]["instances"]) == (1, 8, 8, 1)
+    vllm, sglang = both(doc)
+    (cmd,) = vllm.commands
+    assert cmd.argv[:3] == ("vllm", "serve", "Qwen/Qwen3-30B-A3B") and cmd.env == () and cmd.gpus == tuple(range(8))
+    f = flags(cmd)
+    assert (f["--tensor-parallel-size"], f["--data-parallel-size"], f["--port"]) == ("1", "8", "8000")
+    assert "--enable-expert-parallel" in f and "--nnodes" not in f and "--headless" not in f
+    assert "--data-parallel-size-local" not in f  # single node: vLLM runs all DP ranks locally
+    (cmd,) = sglang.commands
+    f = flags(cmd)
+    assert (f["--tp-size"], f["--attn-dp-size"], f["--ep-size"]) == ("8", "8", "8") and "--nnodes" not in f
+    assert vllm.notes == tuple(n for n in vllm.notes if "rank_map" not in n)  # follows the rank map
+
+
+def test_qwen3_235b_pipeline_across_nodes_uneven_layers():
+    doc = document("qwen3-235b-a22b-16xh100")
+    plan = doc["plan"]
+    assert (plan["tp"], plan["pp"], plan["dp"], plan["layers_per_stage"]) == (1, 2, 8, [48, 46])
+    vllm, sglang = both(doc, node_addresses=["10.0.0.1", "10.0.0.2"])
+    for cmd in vllm.commands:  # vLLM would split 94 layers 47/47: the plan's split goes in the env
+        assert dict(cmd.env)["VLLM_PP_LAYER_PARTITION"] == "48,46"
+        assert flags(cmd)["--data-parallel-address"] == "10.0.0.1"
+        assert flags(cmd)["--data-parallel-size-local"] == "4"
+    assert flags(vllm.commands[1])["--data-parallel-start-rank"] == "4"
+    # vLLM runs whole DP ranks per node, so the plan's PP-across-nodes layout cannot be followed: said so
+    (note,) = [n for n in vllm.notes if "rank_map" in n]
+    assert "8 of 8 PP groups stay inside a node here" in note and "EP groups cross nodes here" in note
+    # SGLang's world is pp-major: it follows the rank map, stage 0 on node 0 and stage 1 on node 1
+    for rank, cmd in enumerate(sglang.commands):
+        assert dict(cmd.env) == {"SGLANG_PP_LAYER_PARTITION": "48,46"}
+        f = flags(cmd)
+        assert (f["--tp-size"], f["--pp-size"], f["--attn-dp-size"], f["--ep-size"]) == ("8", "2", "8", "8")
+        assert (f["--nnodes"], f["--node-rank"], f["--dist-init-addr"]) == ("2", str(rank), "10.0.0.1:20000")
+    assert not any("rank_map" in n for n in sglang.notes)
+    assert not any("NODE<n>_ADDR" in n for n in vllm.notes + sglang.notes)
+
+
+def test_megatron_plan_with_etp2_is_not_expressible_in_vllm():
+    doc = document("16gpu-30b")  # Megatron folding: TP 1, DP 16, EP 8, ETP 2
+    with pytest.raises(NotExpressible) as err:
+        vllm_commands(doc)
+    message = str(err.value)
+    assert message.startswith("vllm: ") and "EP = 8, ETP = 2" in message
+    assert "EP = 16, ETP = 1 or EP = 1, ETP = 16" in message
+    assert isinstance(err.value, OptimizerError)
+    sglang = sglang_commands(doc)  # SGLang's --ep-size leaves ETP = tp_size / ep_size = 2
+    f = flags(sglang.commands[0])
+    assert (f["--tp-size"], f["--ep-size"], f["--attn-dp-size"]) == ("16", "8", "16")
+    assert f["--model-path"] == "moe-30b"
+    assert any("not a Hugging Face repo id" in n for n in sglang.notes)
+    assert "# note: model 'moe-30b' is the scenario's model name" in sglang.render()
+    assert any("costed for engine megatron" in n for n in sglang.notes)
+
+
+# --------------------------------------------------------------------------------- hand-built variants
+
+
+def test_dense_replica_over_two_nodes_uses_vllm_multiprocessing_multinode():
+    doc = edited("llama-3.1-70b-8xh100", cluster={"num_nodes": 2},
+                 plan={"tp": 8, "pp": 2, "dp": 1, "etp": 8, "edp": 1, "layers_per_stage": [41, 39]})
+    vllm, sglang = both(doc)
+    head, worker = vllm.commands
+    assert (head.node, head.role, worker.node, worker.role) == (0, CommandRole.SERVE, 1, CommandRole.HEADLESS)
+    common = {"--tensor-parallel-size": "8", "--pipeline-parallel-size": "2", "--nnodes": "2",
+              "--master-addr": "NODE0_ADDR", "--master-port": "29501"}
+    assert flags(head).items() >= {**common, "--node-rank": "0", "--port": "8000"}.items()
+    assert flags(worker).items() >= {**common, "--node-rank": "1", "--headless": None}.items()
+    assert "--port" not in flags(worker) and "--data-parallel-size" not in flags(head)
+    assert dict(head.env) == dict(worker.env) == {"VLLM_PP_LAYER_PARTITION": "41,39"}
+    assert [flags(c)["--dist-init-addr"] for c in sglang.commands] == ["NODE0_ADDR:20000"] * 2
+    assert {flags(c)["--tp-size"] for c in sglang.commands} == {"8"}
+    assert not any("rank_map" in n for n in vllm.notes + sglang.notes)
+
+
+def test_two_dense_replicas_each_over_two_nodes_follow_the_rank_map():
+    # TP4 PP2 DP2 on 2 x 8: the rank map puts stage 0 of both replicas on node 0 (GPUs 0-3, 4-7), stage 1
+    # on node 1; each instance then spans both nodes on half their GPUs, with its own master port.
+    doc = edited("llama-3.1-70b-8xh100", cluster={"num_nodes": 2},
+                 plan={"tp": 4, "pp": 2, "dp": 2, "etp": 4, "edp": 2, "layers_per_stage": [40, 40]})
+    vllm, sglang = both(doc)
+    assert [(c.instance, c.node, c.gpus) for c in vllm.commands] == [
+        (0, 0, (0, 1, 2, 3)), (0, 1, (0, 1, 2, 3)), (1, 0, (4, 5, 6, 7)), (1, 1, (4, 5, 6, 7))]
+    assert [flags(c)["--master-port"] for c in vllm.commands] == ["29501", "29501", "29502", "29502"]
+    assert [flags(c).get("--port") for c in vllm.commands] == ["8000", None, "8001", None]
+    assert [flags(c)["--dist-init-addr"] for c in sglang.commands] == [
+        "NODE0_ADDR:20000", "NODE0_ADDR:20000", "NODE0_ADDR:20100", "NODE0_ADDR:20100"]
+    assert [flags(c)["--port"] for c in sglang.commands] == ["30000", "30000", "30100", "30100"]
+    assert not any("rank_map" in n for n in vllm.notes + sglang.notes)
+
+
+def test_moe_dp_ranks_spanning_nodes_use_a_ray_cluster_in_vllm():
+    # DeepSeek-V3 TP8 PP2 DP2 (EP 16) on 4 x 8: each DP rank needs 16 GPUs, two nodes.
+    doc = edited("deepseek-v3-32xh800",
+                 plan={"tp": 8, "pp": 2, "dp": 2, "ep": 16, "etp": 1, "edp": 1, "layers_per_stage": [31, 30]})
+    vllm, sglang = both(doc)
+    roles = [(c.node, c.role) for c in vllm.commands]
+    assert roles == [(0, CommandRole.RAY_HEAD), (1, CommandRole.RAY_WORKER), (2, CommandRole.RAY_WORKER),
+                     (3, CommandRole.RAY_WORKER), (0, CommandRole.SERVE)]
+    assert vllm.commands[0].argv == ("ray", "start", "--head", "--port=6379")
+    assert vllm.commands[1].argv == ("ray", "start", "--address=NODE0_ADDR:6379")
+    serve = vllm.commands[-1]
+    assert dict(serve.env) == {"VLLM_RAY_DP_PACK_STRATEGY": "span", "VLLM_PP_LAYER_PARTITION": "31,30"}
+    f = flags(serve)
+    assert (f["--tensor-parallel-size"], f["--pipeline-parallel-size"], f["--data-parallel-size"]) == ("8", "2", "2")
+    assert (f["--data-parallel-backend"], f["--distributed-executor-backend"]) == ("ray", "ray")
+    assert "--enable-expert-parallel" in f and "--data-parallel-size-local" not in f
+    assert any("Ray places the DP ranks" in n for n in vllm.notes)
+    # SGLang: one 4-node server, pp 2 over 4 nodes (2 nodes per stage), following the rank map
+    assert [flags(c)["--node-rank"] for c in sglang.commands] == ["0", "1", "2", "3"]
+    f = flags(sglang.commands[0])
+    assert (f["--tp-size"], f["--pp-size"], f["--attn-dp-size"], f["--ep-size"]) == ("16", "2", "2", "16")
+    assert not any("rank_map" in n for n in sglang.notes)
+
+
+def test_edp_that_does_not_divide_dp_is_rejected():
+    doc = edited("qwen3-30b-a3b-8xh100", plan={"tp": 8, "dp": 1, "ep": 4, "etp": 1, "edp": 2})
+    for build in (vllm_commands, sglang_commands):
+        with pytest.raises(NotExpressible, match=r"EDP = 2 expert copies .* do not split DP = 1"):
+            build(doc)
+
+
+def test_instances_that_straddle_nodes_unevenly_are_rejected():
+    # 3 nodes x 2 GPUs, dense TP3 DP2: an instance would hold 2 GPUs of one node and 1 of the next.
+    doc = edited("3gpu-32gb", cluster={"num_nodes": 3, "gpus_per_node": 2},
+                 plan={"tp": 3, "pp": 1, "dp": 2, "etp": 3, "edp": 2})
+    with pytest.raises(NotExpressible, match=r"3 GPUs cannot be laid out on nodes of 2 GPUs: it gives the nodes"):
+        vllm_commands(doc)
+    with pytest.raises(NotExpressible, match=r"^sglang: "):
+        sglang_commands(doc)
+
+
+def test_replicas_split_one_gpu_per_node_follow_the_rank_map():
+    # 2 nodes x 3 GPUs, dense TP1 PP2 DP3: replica d has stage 0 on node 0 GPU d, stage 1 on node 1 GPU d.
+    doc = edited("3gpu-32gb", cluster={"num_nodes": 2},
+                 plan={"tp": 1, "pp": 2, "dp": 3, "etp": 1, "edp": 3, "layers_per_stage": [16, 16]})
+    vllm, _ = both(doc)
+    assert [(c.instance, c.node, c.gpus) for c in vllm.commands] == [
+        (d, n, (d,)) for d in range(3) for n in range(2)]
+    assert all(flags(c)["--nnodes"] == "2" for c in vllm.commands)
+
+
+def test_kv_cache_and_weight_formats():
+    doc = edited("llama-3.1-70b-8xh100", workload={"kv_cache_dtype": "fp8", "weight_dtype": "fp8"})
+    vllm, sglang = both(doc)
+    assert flags(vllm.commands[0])["--kv-cache-dtype"] == "fp8"
+    assert flags(sglang.commands[0])["--kv-cache-dtype"] == "fp8_e4m3"
+    assert flags(vllm.commands[0])["--quantization"] == "fp8"  # a BF16 repo quantised at load
+    assert flags(sglang.commands[0])["--quantization"] == "fp8"
+    assert any("--quantization fp8 quantises a BF16 checkpoint" in n for n in vllm.notes)
+    gpt_oss = vllm_commands(document("gpt-oss-120b-8xh100"))
+    assert "--quantization" not in gpt_oss.commands[0].argv
+    assert any(n.startswith("weights bf16, expert weights mxfp4: no --quantization flag") for n in gpt_oss.notes)
+    experts_only = edited("qwen3-30b-a3b-8xh100", workload={"expert_weight_dtype": "fp8"})
+    assert "--quantization" not in vllm_commands(experts_only).commands[0].argv  # online FP8 would hit attention too
+    assert any(n.startswith("weights bf16, expert weights fp8: no --quantization flag")
+               for n in vllm_commands(experts_only).notes)
+    bad = edited("llama-3.1-70b-8xh100", workload={"kv_cache_dtype": "int4"})
+    with pytest.raises(NotExpressible, match="kv_cache_dtype=int4"):
+        vllm_commands(bad)
+
+
+@pytest.mark.parametrize(("written", "text"), [("9/10", "0.9"), (0.85, "0.85"), ("2/3", "0.6666"), (1, "1")])
+def test_memory_fraction_written_as_number_or_fraction(written, text):
+    doc = edited("qwen3-30b-a3b-8xh100", search={"gpu_memory_utilization": written})
+    assert flags(vllm_commands(doc).commands[0])["--gpu-memory-utilization"] == text
+    assert flags(sglang_commands(doc).commands[0])["--mem-fraction-static"] == text
+
+
+def test_decimal_text_rounds_down():
+    assert decimal_text(Fraction(9, 10)) == "0.9"
+    assert decimal_text(Fraction(1, 3)) == "0.3333"
+    assert decimal_text(Fraction(2)) == "2"
+
+
+def test_model_reference():
+    assert model_reference(name="x", source="huggingface.co/deepseek-ai/DeepSeek-V3/config.json; params: y") == (
+        "deepseek-ai/DeepSeek-V3", None)
+    name, note = model_reference(name="moe-30b", source="task statement")
+    assert name == "moe-30b" and "not a Hugging Face repo id" in note
+
+
+def test_unreadable_documents_raise_plan_error():
+    with pytest.raises(PlanError, match="no 'plan' mapping"):
+        vllm_commands({"scenario": {}})
+    doc = edited("qwen3-30b-a3b-8xh100", plan={"layers_per_stage": [20, 20]})
+    with pytest.raises(PlanError, match="must have PP = 1 entries summing to num_hidden_layers = 48"):
+        sglang_commands(doc)
+    doc = edited("qwen3-30b-a3b-8xh100", plan={"dp": 4})
+    with pytest.raises(PlanError, match="TP x PP x DP = 4, the cluster has 8 GPUs"):
+        vllm_commands(doc)
+    doc = edited("qwen3-30b-a3b-8xh100", cluster={"num_nodes": 0})
+    with pytest.raises(PlanError, match="scenario.cluster.num_nodes"):
+        vllm_commands(doc)
+    doc = edited("llama-3.1-70b-8xh100", plan={"instances": 1})
+    with pytest.raises(PlanError, match="plan.instances = 1, but vllm runs this layout as 2"):
+        vllm_commands(doc)
+    with pytest.raises(PlanError, match="expected 1 addresses"):
+        vllm_commands(document("qwen3-30b-a3b-8xh100"), node_addresses=["a", "b"])
+    with pytest.raises(PlanError, match="unknown engine 'trtllm'"):
+        launch_commands(document("qwen3-30b-a3b-8xh100"), engine="trtllm")
+
+
+def test_render_and_as_dict_round_trip():
+    plan = launch_commands(document("qwen3-235b-a22b-16xh100"), engine="vllm")
+    assert plan.engine is LaunchEngine.VLLM
+    text = plan.render()
+    assert text.startswith("# vllm 0.33.0 launch for qwen3-235b-a22b-16xh100: TP=1 PP=2 DP=8")
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert lines == [c.shell for c in plan.commands]
+    for cmd in plan.commands:
+        tokens = shlex.split(cmd.shell)
+        assert tokens == [f"{k}={v}" for k, v in cmd.env] + list(cmd.argv)
+    as_json = json.loads(json.dumps(plan.as_dict()))
+    assert [c["node"] for c in as_json["commands"]] == [0, 1]
+    assert as_json["commands"][1]["env"] == {"VLLM_PP_LAYER_PARTITION": "48,46"}
+
+
+def test_shell_quotes_odd_values():
+    cmd = NodeCommand(node=0, instance=0, role=CommandRole.SERVE, argv=("vllm", "serve", "/models/my model"),
+                      env=(("CUDA_VISIBLE_DEVICES", "0,1"),))
+    assert cmd.shell == "CUDA_VISIBLE_DEVICES=0,1 vllm serve '/models/my model'"
