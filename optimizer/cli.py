@@ -8,6 +8,7 @@ Exit codes: 0 a plan was found (and proved, unless a time limit stopped the proo
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 import sys
 import time
 from dataclasses import replace
@@ -17,6 +18,7 @@ from typing import Any
 import click
 
 from optimizer.diagnose import diagnose
+from optimizer.disagg import capacity_document, fewest_gpus, render_capacity
 from optimizer.disagg import compare as compare_serving, comparison_document, render_comparison
 from optimizer.errors import Infeasible, OptimizerError, ScenarioError, SolveIncomplete
 from optimizer.exhaustive import optimize_exhaustive, runner_up, top_plans
@@ -37,7 +39,7 @@ from optimizer.report import (
     solution_document,
     to_json,
 )
-from optimizer.scenario import Scenario
+from optimizer.scenario import Objective, Scenario
 from optimizer.schema import plan_schema, scenario_schema
 from optimizer.solve import confirm_optimum, optimize
 from optimizer.sweep import EXECUTORS, atomic_write, expand_jobs, run_sweep
@@ -124,6 +126,9 @@ def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, m
         click.echo(ctx.get_help())
         _fail("give --scenario NAME|PATH (see `optimize scenarios` for the shipped names)", EXIT_BAD_INPUT)
     scenario = _load(scenario_name, model_config=model_config)
+    if scenario.search.objective is Objective.FEWEST_GPUS:
+        ctx.invoke(capacity, scenario_name=scenario_name, rate=None, json_path=json_path, solver=solver)
+        return
     try:
         if solver == "exhaustive":
             solution = optimize_exhaustive(scenario)
@@ -401,6 +406,37 @@ def launch(plan_path: str | None, scenario_name: str, engines: tuple[str, ...], 
             _fail(str(exc), EXIT_BAD_INPUT)
     if failed:
         _fail("\n".join(failed), EXIT_INFEASIBLE)
+
+
+@main.command()
+@click.option("--scenario", "scenario_name", required=True, metavar="NAME|PATH", help="The scenario (its TTFT and TPOT targets apply).")
+@click.option("--rate", "rate", type=click.FloatRange(min=0, min_open=True), default=None, metavar="REQ/S",
+              help="Requests per second to carry [default: the scenario's targets.request_rate_per_s].")
+@click.option("--json", "json_path", metavar="PATH", help="Write the answer as JSON (- for stdout).")
+@click.option("--solver", type=click.Choice(["cp-sat", "exhaustive"]), default="cp-sat", show_default=True)
+def capacity(scenario_name: str, rate: float | None, json_path: str | None, solver: str) -> None:
+    """The fewest GPUs of the scenario's kind that carry a request rate within its TTFT and TPOT targets:
+    replicas of one aggregated instance, or prefill and decode pools, each proved; the smaller wins.
+
+    Exit 0 with a plan, 1 if the cluster cannot carry the rate either way, 2 for bad input.
+    """
+    scenario = _load(scenario_name)
+    if rate is not None:
+        targets = scenario.targets.model_copy(update={"request_rate_per_s": Fraction(str(rate))})
+        scenario = scenario.model_copy(update={"targets": targets})
+    try:
+        plans = fewest_gpus(scenario, solver=solver)
+    except OptimizerError as exc:
+        _fail(f"{_scenario_inputs(scenario_name)[0]}: {exc}", EXIT_BAD_INPUT)
+        return
+    document = capacity_document(scenario, plans)
+    if json_path:
+        _write(json_path, json.dumps(document, indent=2, sort_keys=True) + "\n", inputs=_scenario_inputs(scenario_name))
+    if json_path != "-":
+        click.echo(render_capacity(document))
+    if document["winner"] == "none":
+        _fail(f"{scenario.cluster.num_gpus} x {scenario.cluster.gpu.name} cannot carry "
+              f"{float(scenario.targets.request_rate_per_s):g} requests/s within the targets", EXIT_INFEASIBLE)
 
 
 def _csv(kind: type) -> Any:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 
 from optimizer.calibration import shipped_calibration
 from optimizer.cost import Work, work_time_s
@@ -40,7 +41,7 @@ from optimizer.parallel import Layout
 from optimizer.result import build_tables, primary_ns
 from optimizer.rules import TARGET_RULES
 from optimizer.scenario import Cluster, Objective, Scenario, Search, Workload
-from optimizer.solve import SOLVER_NAME, minimise_disaggregated, optimize
+from optimizer.solve import SOLVER_NAME, minimise_disaggregated, minimise_gpus_for_rate, optimize
 from optimizer.verify import certify
 
 
@@ -292,5 +293,127 @@ def render_comparison(document: dict) -> str:
         lines.append(f"                 rates: prefill {p['requests_per_s']:,.2f} req/s, decode {q['requests_per_s']:,.2f} req/s")
     else:
         lines.append("  disaggregated: no split meets the targets")
+    lines.append(f"  winner: {document['winner']}")
+    return "\n".join(lines) + "\n"
+
+
+# --- fewest GPUs for a request rate -------------------------------------------------------------------
+
+
+def aggregated_candidates(scenario: Scenario) -> list[PoolCandidate]:
+    """Aggregated instances (prefill and decode on the same GPUs) of every instance size up to the whole
+    cluster, each layout with every batch of the ladder, within the scenario's TTFT and TPOT targets:
+    ``time_ns`` is the request latency, ``in_flight`` DP x batch."""
+    n = scenario.cluster.num_gpus
+    sizes = sorted(set(instance_sizes(n, scenario.cluster.gpus_per_node)) | {n})
+    ttft, tpot = _ttft_bound(scenario), scenario.targets.tpot_s
+    tpot_bound = None if tpot is None else (tpot * 10**9).numerator // (tpot * 10**9).denominator
+    out = []
+    for g in sizes:
+        sub = _sub_scenario(scenario, g, objective=Objective.THROUGHPUT_PER_GPU, concurrent=scenario.workload.concurrent_sequences)
+        for plan, ctx, _ in feasible_plans(sub, build_tables(sub), skip=TARGET_RULES):
+            est = ctx.estimate
+            if (ttft is not None and est.ttft_ns > ttft) or (tpot_bound is not None and est.tpot_ns > tpot_bound):
+                continue
+            out.append(PoolCandidate("aggregated", plan.layout, plan.layers_per_stage, plan.batch_per_replica, g,
+                                     est.request_latency_ns, 0, plan.layout.dp * plan.batch_per_replica))
+    return _undominated(out)
+
+
+@dataclass(frozen=True)
+class CapacityPlan:
+    """The fewest GPUs carrying the rate: ``pools`` is ``((candidate, instances),)`` aggregated or
+    ``((prefill, r_p), (decode, r_d))`` disaggregated."""
+
+    mode: str
+    pools: tuple[tuple[PoolCandidate, int], ...]
+    gpus: int
+    proved_optimal: bool
+    solver: str
+
+
+def _needed(rate, work_ns: int, in_flight: int) -> int:
+    """Instances so that ``r x in_flight / work_ns >= rate`` (per second), exactly: ceil."""
+    value = rate * work_ns / (in_flight * 10**9)
+    return -(-value.numerator // value.denominator)
+
+
+def fewest_gpus(scenario: Scenario, *, solver: str = "cp-sat") -> tuple[CapacityPlan | None, CapacityPlan | None]:
+    """Aggregated and disaggregated fewest-GPU plans for ``targets.request_rate_per_s`` within the TTFT and
+    TPOT targets (each None if none fits the cluster), by CP-SAT with proof or by enumeration.
+
+    Raises:
+        OptimizerError: the scenario gives no ``targets.request_rate_per_s``.
+    """
+    if scenario.targets.request_rate_per_s is None:
+        raise OptimizerError("objective fewest_gpus needs targets.request_rate_per_s (requests per second to carry)")
+    rate = Fraction(scenario.targets.request_rate_per_s)
+    n, steps = scenario.cluster.num_gpus, max(scenario.workload.output_tokens - 1, 1)
+    agg = aggregated_candidates(scenario)
+    prefill, decode = candidates(scenario)
+    decode_work = [steps * d.time_ns for d in decode]
+    bound = _ttft_bound(scenario)
+    if solver == "exhaustive":
+        best_agg = min(((c.gpus * _needed(rate, c.time_ns, c.in_flight), i, _needed(rate, c.time_ns, c.in_flight))
+                        for i, c in enumerate(agg)), default=None)
+        agg_plan = None if best_agg is None or best_agg[0] > n else CapacityPlan(
+            "aggregated", ((agg[best_agg[1]], best_agg[2]),), best_agg[0], True, "exhaustive")
+        best = None
+        for i, p in enumerate(prefill):
+            if bound is not None and p.time_ns + p.kv_ns > bound:
+                continue
+            r_p = _needed(rate, p.time_ns, p.in_flight)
+            for j, d in enumerate(decode):
+                if bound is not None and p.time_ns + d.kv_ns > bound:
+                    continue
+                r_d = _needed(rate, decode_work[j], d.in_flight)
+                key = (r_p * p.gpus + r_d * d.gpus, i, r_p, j, r_d)
+                if best is None or key < best:
+                    best = key
+        disagg_plan = None if best is None or best[0] > n else CapacityPlan(
+            "disaggregated", ((prefill[best[1]], best[2]), (decode[best[3]], best[4])), best[0], True, "exhaustive")
+        return agg_plan, disagg_plan
+    num, den = rate.numerator, rate.denominator
+    a = minimise_gpus_for_rate(num_gpus=n, rate_num=num, rate_den=den, pools=[[(c.gpus, c.time_ns, c.in_flight) for c in agg]])
+    agg_plan = None if a is None else CapacityPlan("aggregated", ((agg[a.choice[0]], a.instances[0]),), a.gpus, a.proved_optimal,
+                                                   SOLVER_NAME)
+    d = minimise_gpus_for_rate(
+        num_gpus=n, rate_num=num, rate_den=den,
+        pools=[[(c.gpus, c.time_ns, c.in_flight) for c in prefill], [(c.gpus, w, c.in_flight) for c, w in zip(decode, decode_work)]],
+        ttft=None if bound is None else (bound, [c.time_ns for c in prefill], [c.kv_ns for c in prefill], [c.kv_ns for c in decode]))
+    disagg_plan = None if d is None else CapacityPlan(
+        "disaggregated", ((prefill[d.choice[0]], d.instances[0]), (decode[d.choice[1]], d.instances[1])), d.gpus, d.proved_optimal,
+        SOLVER_NAME)
+    return agg_plan, disagg_plan
+
+
+def capacity_document(scenario: Scenario, plans: tuple[CapacityPlan | None, CapacityPlan | None]) -> dict:
+    """The JSON of ``optimize capacity``."""
+    agg, dis = plans
+    options = [p for p in plans if p is not None]
+    winner = min(options, key=lambda p: (p.gpus, p.mode)).mode if options else "none"
+
+    def one(plan: CapacityPlan | None):
+        if plan is None:
+            return None
+        return {"gpus": plan.gpus, "proved_optimal": plan.proved_optimal, "solver": plan.solver,
+                "pools": [{"role": c.role, "instances": r, **c.as_dict()} for c, r in plan.pools]}
+
+    return {"kind": "capacity", "scenario": scenario.name, "request_rate_per_s": float(scenario.targets.request_rate_per_s),
+            "cluster_gpus": scenario.cluster.num_gpus, "winner": winner, "aggregated": one(agg), "disaggregated": one(dis)}
+
+
+def render_capacity(document: dict) -> str:
+    lines = [f"Fewest GPUs for {document['request_rate_per_s']:g} requests/s on {document['scenario']} "
+             f"(at most {document['cluster_gpus']}), within the TTFT and TPOT targets:"]
+    for mode in ("aggregated", "disaggregated"):
+        plan = document[mode]
+        if plan is None:
+            lines.append(f"  {mode}: no plan carries the rate within the cluster")
+            continue
+        pools = " + ".join(f"{p['instances']} x {p['role']} [{p['gpus']} GPUs: TP{p['tp']} PP{p['pp']} DP{p['dp']} EP{p['ep']}"
+                           + (f", batch {p['batch_per_replica']}" if p["role"] != "prefill" else "") + "]" for p in plan["pools"])
+        lines.append(f"  {mode}: {plan['gpus']} GPUs = {pools} ({'proved optimal' if plan['proved_optimal'] else 'NOT proved'}, "
+                     f"{plan['solver']})")
     lines.append(f"  winner: {document['winner']}")
     return "\n".join(lines) + "\n"

@@ -318,10 +318,12 @@ class Targets(_Frozen):
     ttft_s: ExactNumber | None = None
     tpot_s: ExactNumber | None = None
     output_tokens_per_s: ExactNumber | None = None
+    request_rate_per_s: ExactNumber | None = Field(
+        default=None, description="requests per second the deployment must carry (objective fewest_gpus)")
 
     @model_validator(mode="after")
     def _positive(self) -> Targets:
-        for name in ("ttft_s", "tpot_s", "output_tokens_per_s"):
+        for name in ("ttft_s", "tpot_s", "output_tokens_per_s", "request_rate_per_s"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0, got {float(value)}")
@@ -373,12 +375,13 @@ class Objective(StrEnum):
     TPOT = "tpot"
     THROUGHPUT = "output_tokens_per_s"  # maximised, for the workload's concurrent_sequences
     THROUGHPUT_PER_GPU = "output_tokens_per_s_per_gpu"  # maximised; the batch per replica is chosen
+    FEWEST_GPUS = "fewest_gpus"  # fewest GPUs carrying targets.request_rate_per_s within the targets (optimize capacity)
 
     @property
     def chooses_batch(self) -> bool:
         """True when the batch per replica is a decision (up to ``engine.max_num_seqs`` and the KV cache);
         otherwise it is ``ceil(concurrent_sequences / DP)``."""
-        return self is Objective.THROUGHPUT_PER_GPU
+        return self in (Objective.THROUGHPUT_PER_GPU, Objective.FEWEST_GPUS)
 
 
 class Search(_Frozen):
@@ -408,3 +411,9 @@ class Scenario(BaseModel):
     targets: Targets = Targets()
     engine: Engine = Engine()
     search: Search = Search()
+
+    @model_validator(mode="after")
+    def _objective_inputs(self) -> Scenario:
+        if self.search.objective is Objective.FEWEST_GPUS and self.targets.request_rate_per_s is None:
+            raise ValueError("search.objective fewest_gpus needs targets.request_rate_per_s (requests per second to carry)")
+        return self

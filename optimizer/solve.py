@@ -39,6 +39,7 @@ from optimizer.result import Evidence, Solution, Tables, build_tables, primary_n
 from optimizer.rules import Rule, build_rules
 from optimizer.scenario import Objective, Scenario
 from optimizer.split import DENSE_FIRST_NOTE, best_split, leading_dense_layers
+from optimizer.units import NS_PER_S
 
 SOLVER_NAME = f"cp-sat {ortools.__version__}"
 _INT_LIMIT = 1 << 62
@@ -558,3 +559,86 @@ def minimise_disaggregated(*, num_gpus: int, prefill: list[tuple[int, int, int, 
         prefill_instances=int(solver.value(r_p)), decode_instances=int(solver.value(r_d)), primary=found, bound=bound,
         status=first_status, proved_optimal=proved, wall_s=time.perf_counter() - start, model_size=size,
     )
+
+
+@dataclass(frozen=True)
+class CapacityOptimum:
+    """CP-SAT's fewest-GPU answer: chosen candidate indices, instance counts, GPUs, proof."""
+
+    choice: tuple[int, ...]
+    instances: tuple[int, ...]
+    gpus: int
+    proved_optimal: bool
+    wall_s: float
+
+
+def minimise_gpus_for_rate(*, num_gpus: int, rate_num: int, rate_den: int, pools: list[list[tuple[int, int, int]]],
+                           ttft: tuple[int, list[int], list[int], list[int]] | None = None,
+                           time_limit_s: float | None = None) -> CapacityOptimum | None:
+    """The fewest GPUs that carry ``rate_num / rate_den`` requests per second, proved.
+
+    ``pools`` is one list per pool (aggregated: one pool; disaggregated: prefill then decode) of
+    candidates ``(gpus, work_ns, in_flight)``: an instance completes ``in_flight`` requests every
+    ``work_ns`` (aggregated: request latency; prefill: one prompt per DP replica; decode: ``(OSL - 1)``
+    steps). Each pool picks one candidate and ``r`` instances with ``r x in_flight x 1e9 x den >= num x
+    work_ns`` (the pool keeps up with the rate, exactly), and ``sum r x gpus <= N``; minimise that sum,
+    then the candidate indices and counts (deterministic). ``ttft = (bound, prefill_ns, send_ns,
+    receive_ns)`` couples a prefill and a decode choice: ``prefill_ns + max(send, receive) <= bound``.
+    None when no choice fits in N GPUs.
+    """
+    start = time.perf_counter()
+    n = num_gpus
+    m = cp_model.CpModel()
+    xs, rs, used = [], [], []
+    for k, pool in enumerate(pools):
+        if not pool:
+            return None
+        x = [m.new_bool_var(f"pool{k}[{i}]") for i in range(len(pool))]
+        m.add_exactly_one(x)
+        r = m.new_int_var(1, n, f"instances{k}")
+        g = m.new_int_var(1, n, f"instance_gpus{k}")
+        m.add(g == sum(gi * xi for (gi, _, _), xi in zip(pool, x)))
+        total = m.new_int_var(1, n, f"pool_gpus{k}")
+        m.add_multiplication_equality(total, [r, g])
+        for (_, work, inflight), xi in zip(pool, x):
+            lhs, rhs = inflight * NS_PER_S * rate_den, rate_num * work
+            if lhs * n >= _INT_LIMIT or rhs >= _INT_LIMIT:
+                raise OptimizerError("the request rate and step times leave the solver's 62-bit range")
+            m.add(r * lhs >= rhs).only_enforce_if(xi)
+        xs.append(x)
+        rs.append(r)
+        used.append(total)
+    if ttft is not None:
+        bound, prefill_ns, send_ns, receive_ns = ttft
+        pf = m.new_int_var(0, max(prefill_ns), "prefill_ns")
+        m.add(pf == sum(v * xi for v, xi in zip(prefill_ns, xs[0])))
+        for v, s, xi in zip(prefill_ns, send_ns, xs[0]):
+            m.add(v + s <= bound).only_enforce_if(xi)
+        for v, yj in zip(receive_ns, xs[1]):
+            m.add(pf + v <= bound).only_enforce_if(yj)
+    gpus = sum(used)
+    m.add(gpus <= n)
+    m.minimize(gpus)
+    solver = _solver(time_limit_s=time_limit_s, seed=0, workers=1)
+    status = solver.solve(m)
+    if status == cp_model.INFEASIBLE:
+        return None
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        raise SolveIncomplete(f"CP-SAT stopped ({solver.status_name(status)}) before a capacity plan")
+    best = int(solver.value(gpus))
+    proved = status == cp_model.OPTIMAL and best == int(solver.response_proto.inner_objective_lower_bound)
+    if proved:  # tie-break with the optimum fixed: earliest candidates, then fewest instances
+        m.add(gpus == best)
+        rank, weight = 0, 1
+        for x, r in reversed(list(zip(xs, rs))):
+            rank += weight * r
+            weight *= n + 1
+            rank += weight * sum(i * xi for i, xi in enumerate(x))
+            weight *= len(x) + 1
+        m.minimize(rank)
+        status = solver.solve(m)
+        if status != cp_model.OPTIMAL:
+            raise SolveIncomplete(f"CP-SAT did not close the capacity tie-break ({solver.status_name(status)})")
+    return CapacityOptimum(choice=tuple(next(i for i, xi in enumerate(x) if solver.value(xi)) for x in xs),
+                           instances=tuple(int(solver.value(r)) for r in rs), gpus=best, proved_optimal=proved,
+                           wall_s=time.perf_counter() - start)

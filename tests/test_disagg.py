@@ -120,3 +120,73 @@ def test_disagg_cli_json_and_exit_codes(tmp_path):
                                  "targets": {"tpot_s": 0.0001}}))
     none = CliRunner().invoke(main, ["disagg", "--scenario", str(tight)])
     assert none.exit_code == 1 and "no aggregated plan and no disaggregated split" in none.output
+
+
+# --- fewest GPUs for a request rate ------------------------------------------------------------------
+
+
+@st.composite
+def rate_pools(draw):
+    n = draw(st.sampled_from([8, 16, 64]))
+    sizes = [g for g in (1, 2, 4, 8, 16) if g <= n]
+
+    def pool(k):
+        return [(draw(st.sampled_from(sizes)), draw(st.integers(10**6, 10**10)), draw(st.integers(1, 256))) for _ in range(k)]
+
+    disaggregated = draw(st.booleans())
+    pools_ = [pool(draw(st.integers(1, 4)))] + ([pool(draw(st.integers(1, 4)))] if disaggregated else [])
+    return n, draw(st.integers(1, 200)), draw(st.sampled_from([1, 3, 10])), pools_
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rate_pools())
+def test_fewest_gpus_cp_sat_matches_brute_force(drawn):
+    from itertools import product
+    from optimizer.solve import minimise_gpus_for_rate
+
+    n, num, den, pools_ = drawn
+    best = None
+    for choice in product(*[range(len(p)) for p in pools_]):
+        counts = [-(-num * p[i][1] // (p[i][2] * 10**9 * den)) for p, i in zip(pools_, choice)]
+        gpus = sum(c * p[i][0] for c, p, i in zip(counts, pools_, choice))
+        key = (gpus, *[v for pair in zip(choice, counts) for v in pair])
+        if gpus <= n and (best is None or key < best):
+            best = key
+    got = minimise_gpus_for_rate(num_gpus=n, rate_num=num, rate_den=den, pools=pools_)
+    assert (got is None) == (best is None)
+    if got is not None:
+        assert got.proved_optimal and got.gpus == best[0]
+        assert (got.gpus, *[v for pair in zip(got.choice, got.instances) for v in pair]) == best
+
+
+def test_capacity_for_the_named_scenarios_agrees_with_enumeration():
+    for name, rate, winner in (("deepseek-v3-64xh200", 40, "disaggregated"), ("qwen3-235b-a22b-16xh100", 3, "aggregated")):
+        s = load_scenario(name)
+        s = s.model_copy(update={"targets": s.targets.model_copy(update={"request_rate_per_s": rate})})
+        from optimizer.disagg import capacity_document, fewest_gpus
+        cp, ex = fewest_gpus(s), fewest_gpus(s, solver="exhaustive")
+        for a, b in zip(cp, ex):
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert a.gpus == b.gpus and a.proved_optimal and [(c.layout, r) for c, r in a.pools] == [(c.layout, r) for c, r in b.pools]
+        assert capacity_document(s, cp)["winner"] == winner
+
+
+def test_capacity_cli_and_the_fewest_gpus_objective(tmp_path):
+    result = CliRunner().invoke(main, ["capacity", "--scenario", "qwen3-235b-a22b-16xh100", "--rate", "3", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["winner"] == "aggregated" and doc["aggregated"]["gpus"] == 8 and doc["aggregated"]["proved_optimal"]
+    too_much = CliRunner().invoke(main, ["capacity", "--scenario", "qwen3-235b-a22b-16xh100", "--rate", "100000"])
+    assert too_much.exit_code == 1 and "cannot carry" in too_much.output
+    scenario = {"name": "cap", "cluster": {"gpu": "h100-sxm", "num_nodes": 1}, "model": "Llama-3.1-8B",
+                "workload": {"concurrent_sequences": 8, "input_tokens": 512, "output_tokens": 128},
+                "search": {"objective": "fewest_gpus"}}
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(json.dumps(scenario))
+    bad = CliRunner().invoke(main, ["--scenario", str(missing)])
+    assert bad.exit_code == 2 and "request_rate_per_s" in bad.output
+    given = tmp_path / "given.yaml"
+    given.write_text(json.dumps({**scenario, "targets": {"request_rate_per_s": 5, "tpot_s": 0.05}}))
+    ok = CliRunner().invoke(main, ["--scenario", str(given)])
+    assert ok.exit_code == 0 and "Fewest GPUs for 5 requests/s" in ok.output
