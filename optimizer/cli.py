@@ -87,6 +87,15 @@ def _write(path: str, text: str, *, inputs: list[Path]) -> None:
         _fail(f"{path}: cannot write: {exc.strerror}", EXIT_BAD_INPUT)
 
 
+def _emit(document: dict[str, Any], render: Any, *, json_path: str | None, inputs: list[Path]) -> None:
+    """A command's document: as JSON to ``json_path`` (``-``: stdout, and nothing else printed), and
+    rendered for the terminal unless the JSON went to stdout."""
+    if json_path:
+        _write(json_path, to_json(document), inputs=inputs)
+    if json_path != "-":
+        click.echo(render(document))
+
+
 def _scenario_inputs(name_or_path: str) -> list[Path]:
     shipped = shipped_scenarios()
     return [shipped.get(name_or_path, Path(name_or_path))]
@@ -286,10 +295,7 @@ def estimate(plan_path: str | None, scenario_name: str, json_path: str | None, *
     context = plan_context(scenario, plan)
     document = estimate_document(scenario=scenario, plan=plan, certificate=certify(scenario, plan),
                                  table=context.table, index=context.index)
-    if json_path:
-        _write(json_path, to_json(document), inputs=[*([Path(plan_path)] if plan_path else []), *_scenario_inputs(scenario_name)])
-    if json_path != "-":
-        click.echo(render_estimate(document))
+    _emit(document, render_estimate, json_path=json_path, inputs=[*([Path(plan_path)] if plan_path else []), *_scenario_inputs(scenario_name)])
 
 
 @main.command()
@@ -357,10 +363,7 @@ def disagg(scenario_name: str, json_path: str | None, solver: str) -> None:
         _fail(f"{_scenario_inputs(scenario_name)[0]}: {exc}", EXIT_BAD_INPUT)
         return
     document = comparison_document(scenario, comparison)
-    if json_path:
-        _write(json_path, json.dumps(document, indent=2, sort_keys=True) + "\n", inputs=_scenario_inputs(scenario_name))
-    if json_path != "-":
-        click.echo(render_comparison(document))
+    _emit(document, render_comparison, json_path=json_path, inputs=_scenario_inputs(scenario_name))
     if comparison.winner == "none":
         _fail(f"no aggregated plan and no disaggregated split meets the targets of {scenario.name}", EXIT_INFEASIBLE)
 
@@ -430,10 +433,7 @@ def capacity(scenario_name: str, rate: float | None, json_path: str | None, solv
         _fail(f"{_scenario_inputs(scenario_name)[0]}: {exc}", EXIT_BAD_INPUT)
         return
     document = capacity_document(scenario, plans)
-    if json_path:
-        _write(json_path, json.dumps(document, indent=2, sort_keys=True) + "\n", inputs=_scenario_inputs(scenario_name))
-    if json_path != "-":
-        click.echo(render_capacity(document))
+    _emit(document, render_capacity, json_path=json_path, inputs=_scenario_inputs(scenario_name))
     if document["winner"] == "none":
         _fail(f"{scenario.cluster.num_gpus} x {scenario.cluster.gpu.name} cannot carry "
               f"{float(scenario.targets.request_rate_per_s):g} requests/s within the targets", EXIT_INFEASIBLE)
