@@ -379,8 +379,9 @@ class Objective(StrEnum):
 
     @property
     def chooses_batch(self) -> bool:
-        """True when the batch per replica is a decision (up to ``engine.max_num_seqs`` and the KV cache);
-        otherwise it is ``ceil(concurrent_sequences / DP)``."""
+        """True when the batch per replica is a decision (up to ``engine.max_num_seqs`` and the KV cache;
+        ``workload.concurrent_sequences`` is then not used: the deployment holds as many sequences as
+        the chosen batch allows); otherwise it is ``ceil(concurrent_sequences / DP)``."""
         return self in (Objective.THROUGHPUT_PER_GPU, Objective.FEWEST_GPUS)
 
 
