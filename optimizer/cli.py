@@ -135,7 +135,10 @@ def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, m
         click.echo(ctx.get_help())
         _fail("give --scenario NAME|PATH (see `optimize scenarios` for the shipped names)", EXIT_BAD_INPUT)
     scenario = _load(scenario_name, model_config=model_config)
-    if scenario.search.objective is Objective.FEWEST_GPUS:
+    if scenario.search.objective is Objective.FEWEST_GPUS:  # the answer is a GPU count and pools, not one plan
+        if markdown_path or dag_path or top_k:
+            _fail("--markdown, --dag and --top describe one plan; objective fewest_gpus answers as `optimize capacity` does "
+                  "(use --json for its document)", EXIT_BAD_INPUT)
         ctx.invoke(capacity, scenario_name=scenario_name, rate=None, json_path=json_path, solver=solver)
         return
     try:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from optimizer import catalog
 from optimizer.calibration import shipped_calibration
 from optimizer.errors import OptimizerError, ScenarioError
-from optimizer.scenario import ModelSpec, Scenario
+from optimizer.scenario import ModelSpec, Objective, Scenario
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -119,6 +119,9 @@ def scenario_from_dict(data: dict[str, Any], *, source: str = "<inline>", base_d
         scenario = Scenario.model_validate(resolved)
     except ValidationError as exc:
         raise _scenario_error(exc, source=source) from None
+    if scenario.search.objective is Objective.FEWEST_GPUS and scenario.targets.request_rate_per_s is None:
+        raise ScenarioError("search.objective fewest_gpus needs the requests per second to carry",
+                            source=source, field="targets.request_rate_per_s")
     try:  # a stack the calibration does not have is bad input, said here rather than deep in the cost model
         shipped_calibration().stack_for(scenario.engine.name.value, scenario.engine.calibration_stack)
     except OptimizerError as exc:

@@ -412,9 +412,3 @@ class Scenario(BaseModel):
     targets: Targets = Targets()
     engine: Engine = Engine()
     search: Search = Search()
-
-    @model_validator(mode="after")
-    def _objective_inputs(self) -> Scenario:
-        if self.search.objective is Objective.FEWEST_GPUS and self.targets.request_rate_per_s is None:
-            raise ValueError("search.objective fewest_gpus needs targets.request_rate_per_s (requests per second to carry)")
-        return self

@@ -95,7 +95,9 @@ def assert_valid_outcome(result: Result, args: list[str], content: Any = None, *
     assert_no_crash(result, args, content)
     why = describe(result, args, content)
     assert result.exit_code in (0, 1), "a valid input was rejected as bad input" + why
-    if result.exit_code == 0:
+    if result.exit_code == 0 and isinstance(content, dict) and content.get("search", {}).get("objective") == "fewest_gpus":
+        assert "Fewest GPUs for" in result.stdout and "winner:" in result.stdout, "exit 0 without a capacity answer" + why
+    elif result.exit_code == 0:
         assert table in result.stdout and "TP " in result.stdout, "exit 0 without a plan table" + why
     else:
         assert not result.stderr.startswith("error:"), "exit 1 reported as bad input" + why
@@ -234,7 +236,7 @@ def valid_scenarios(draw) -> dict[str, Any]:
         for section, strategy in (("engine", engines()), ("search", searches())):
             if draw(st.booleans()):
                 doc[section] = draw(strategy)
-        return doc
+        return _with_rate(doc, draw)
     doc = {"cluster": draw(clusters()), "model": draw(models()), "workload": draw(workloads())}
     if draw(st.booleans()):
         doc["name"] = draw(st.text(min_size=1, max_size=20))
@@ -246,6 +248,13 @@ def valid_scenarios(draw) -> dict[str, Any]:
     for section, strategy in (("engine", engines()), ("search", searches())):
         if draw(st.booleans()):
             doc[section] = draw(strategy)
+    return _with_rate(doc, draw)
+
+
+def _with_rate(doc: dict[str, Any], draw) -> dict[str, Any]:
+    """The fewest_gpus objective needs the request rate it carries (without it the scenario is bad input)."""
+    if doc.get("search", {}).get("objective") == "fewest_gpus":
+        doc.setdefault("targets", {})["request_rate_per_s"] = draw(st.sampled_from([0.5, 2, 20]))
     return doc
 
 
@@ -286,7 +295,7 @@ def test_valid_scenarios_plan_or_say_infeasible(folder, doc, fmt, options):
             args += options.draw(st.sampled_from([["--double-check"], ["--workers", "2"], ["--require-proof"]]),
                                  label="option")
     out = path.with_suffix(".plan.json")
-    roundtrip = options.draw(st.booleans(), label="verify the plan")
+    roundtrip = options.draw(st.booleans(), label="verify the plan") and doc.get("search", {}).get("objective") != "fewest_gpus"
     if roundtrip:
         args += ["--json", str(out), "--markdown", str(path.with_suffix(".md"))]
     result = invoke(args)
@@ -342,7 +351,7 @@ SECTION_KEYS = {
               "source", "published_params", "config_json"},
     "workload": {"concurrent_sequences", "input_tokens", "output_tokens", "weight_dtype", "expert_weight_dtype",
                  "kv_cache_dtype", "routing_imbalance"},
-    "targets": {"ttft_s", "tpot_s", "output_tokens_per_s"},
+    "targets": {"ttft_s", "tpot_s", "output_tokens_per_s", "request_rate_per_s"},
     "engine": {"name", "enable_expert_parallel", "max_num_batched_tokens", "reserve_bytes", "cuda_graph_bytes",
                "comm_buffer_bytes", "calibration_stack"},
     "search": {"objective", "gpu_memory_utilization", "allow_uneven_layers"},
