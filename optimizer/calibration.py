@@ -96,6 +96,7 @@ class StepFit:
     layer_overhead_us: float
     step_overhead_us: float
     collective_skew_us: float = 0.0  # per collective call, x log2(group size): waiting for the slowest rank
+    sustained_memory: float = 1.0  # achieved HBM rate in a full model over the microbenchmarks' (weights streamed back to back)
 
 
 @dataclass(frozen=True)

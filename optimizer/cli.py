@@ -234,8 +234,10 @@ def verify(plan_path: str | None, scenario_name: str, json_path: str | None, **s
     PLAN is a plan JSON from `optimize --json`, or a YAML/JSON mapping with the sizes under the names
     people use (tp, tensor_parallel_size, --tensor-parallel-size, tp_size, expert_model_parallel_size,
     ...). Sizes can also be given as options, e.g. `optimize verify --scenario 16gpu-30b --tp 4 --pp 4
-    --dp 2 --ep 16`. Missing sizes are derived as the scenario's engine would. Exit 0 if every rule holds,
-    1 if any fails (one line per failing rule), 2 for unreadable input.
+    --dp 2 --ep 16`. Missing sizes are derived as the scenario's engine would; an SGLang plan may give
+    its --tp-size with --attn-dp-size (or --dp-size with enable_dp_attention: true), a TensorRT-LLM plan
+    its tp_size with enable_attention_dp: true. Exit 0 if every rule holds, 1 if any fails (one line per
+    failing rule), 2 for unreadable input.
     """
     scenario = _load(scenario_name)
     given = {key: value for key, value in sizes.items() if value is not None}

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from optimizer.calibration import Calibration, GpuCalibration, LinkFit, shipped_calibration
+from optimizer.engines import ffn_tp
 from optimizer.memory import ACTIVATION_BYTES, HIGH_PRECISION, LOGITS_BYTES, kv_cache_bytes_per_token_layer, kv_heads_per_rank
 from optimizer.parallel import Layout, batch_per_replica, ep_offnode_fraction, pp_inter_node_boundaries, tp_intra_node
 from optimizer.scenario import Cluster, ComputeDtype, GpuSpec, Link, ModelSpec, Scenario, Workload
@@ -124,25 +125,25 @@ def work_time_s(work: Work, *, gpu: GpuSpec, cluster: Cluster, cal: GpuCalibrati
                                  link=cluster.inter_node_link, fit=cal.inter_node)
         return repeat * (np.maximum(on_node, off_node) + skew)
     hbm = float(gpu.hbm_bytes_per_s)
-    sustained = cal.step.sustained_compute
+    sustained, streamed = cal.step.sustained_compute, cal.step.sustained_memory
     if work.kind == "gemm":
         fit = cal.gemm_fit(work.dtype)
         peak = gpu.peak_flops_per_s(ComputeDtype(work.dtype))
         t = (work.kernels * fit.launch_us * 1e-6
-             + np.maximum(work.flops / (peak * fit.compute_efficiency * sustained), work.bytes / (hbm * fit.memory_efficiency))
+             + np.maximum(work.flops / (peak * fit.compute_efficiency * sustained), work.bytes / (hbm * fit.memory_efficiency * streamed))
              + fit.quant_ns_per_element * 1e-9 * work.quant_elements)
     elif work.kind == "attention_prefill":
         a = cal.attention
         peak = gpu.peak_flops_per_s(ComputeDtype.BF16)
         t = work.kernels * a.prefill_launch_us * 1e-6 + np.maximum(
-            work.flops / (peak * a.prefill_compute_efficiency * sustained), work.bytes / (hbm * a.decode_memory_efficiency))
+            work.flops / (peak * a.prefill_compute_efficiency * sustained), work.bytes / (hbm * a.decode_memory_efficiency * streamed))
     elif work.kind == "attention_decode":
         a = cal.attention
         peak = gpu.peak_flops_per_s(ComputeDtype.BF16)
         t = work.kernels * a.decode_launch_us * 1e-6 + np.maximum(
-            work.flops / (peak * a.prefill_compute_efficiency * sustained), work.bytes / (hbm * a.decode_memory_efficiency))
+            work.flops / (peak * a.prefill_compute_efficiency * sustained), work.bytes / (hbm * a.decode_memory_efficiency * streamed))
     elif work.kind == "elementwise":
-        t = work.kernels * cal.gemm_fit("bf16").launch_us * 1e-6 + work.bytes / (hbm * cal.elementwise_memory_efficiency)
+        t = work.kernels * cal.gemm_fit("bf16").launch_us * 1e-6 + work.bytes / (hbm * cal.elementwise_memory_efficiency * streamed)
     else:
         raise OptimizerError(f"internal: unknown operator kind {work.kind!r}")
     return repeat * t
@@ -214,10 +215,12 @@ class _Grid:
     edp: np.ndarray
     batch: np.ndarray  # sequences per replica
     microbatches: np.ndarray  # decode micro-batches in flight per replica
+    ffn_tp: np.ndarray  # tensor-parallel width of the dense FFN (engines.ffn_tp: TP, or SGLang's --tp-size)
     kv_bytes_per_token: np.ndarray  # one layer, one GPU
     kv_heads_local: np.ndarray
     tp_offnode: np.ndarray  # 1.0 where a TP group spans nodes
     etp_offnode: np.ndarray
+    ffn_offnode: np.ndarray  # 1.0 where the dense FFN's group (ffn_tp consecutive ranks) spans nodes
     ep_offnode: np.ndarray  # share of EP peers on other nodes
     pp_offnode: np.ndarray  # 1.0 where some PP hop crosses nodes
 
@@ -241,10 +244,12 @@ def grid(scenario: Scenario, layouts: tuple[Layout, ...], batches: tuple[int, ..
         edp=col(lay.edp for lay in layouts),
         batch=col(batches),
         microbatches=col(min(lay.pp, b) for lay, b in zip(layouts, batches)),
+        ffn_tp=col(ffn_tp(scenario, lay) for lay in layouts),
         kv_bytes_per_token=col(kv_cache_bytes_per_token_layer(model=model, workload=workload, tp=lay.tp) for lay in layouts),
         kv_heads_local=col(kv_heads_per_rank(model=model, tp=lay.tp) for lay in layouts),
         tp_offnode=col(0.0 if tp_intra_node(tp=lay.tp, gpus_per_node=gpn) else 1.0 for lay in layouts),
         etp_offnode=col(0.0 if tp_intra_node(tp=lay.etp, gpus_per_node=gpn) else 1.0 for lay in layouts),
+        ffn_offnode=col(0.0 if tp_intra_node(tp=ffn_tp(scenario, lay), gpus_per_node=gpn) else 1.0 for lay in layouts),
         ep_offnode=col(ep_offnode_fraction(ep=lay.ep, etp=lay.etp, gpus_per_node=gpn) for lay in layouts),
         pp_offnode=col(1.0 if pp_inter_node_boundaries(tp=lay.tp, dp=lay.dp, pp=lay.pp, gpus_per_node=gpn) else 0.0 for lay in layouts),
     )
@@ -265,7 +270,7 @@ def _bytes(values, dtype_bits) -> np.ndarray:
 
 
 def attention_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _Grid, tokens, seqs, context,
-                    prefill: bool) -> dict[str, Work]:
+                    prefill: bool, tp_allreduces=2.0) -> dict[str, Work]:
     """QKV projection, attention core (full and sliding-window layers in their shares), output
     projection, norms and elementwise work, and the two TP all-reduces, for ``tokens`` tokens from
     ``seqs`` sequences attending over ``context`` tokens each (prefill: the prompt; decode: the cache)."""
@@ -329,7 +334,9 @@ def attention_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _G
     # RMSNorm x2 (residual add fused), rotary on q and k, plus the KV-cache write.
     works["norms_elementwise"] = Work("elementwise", kernels=3.0,
                                       bytes=act * tokens * (8 * h + 2 * qkv_params / h) + tokens * g.kv_bytes_per_token)
-    works["tp_allreduce"] = Work("allreduce", bytes=tokens * h * act, peers=g.tp, offnode=g.tp_offnode, repeat=2.0)
+    # After o_proj and after the FFN (or MoE block); ``tp_allreduces`` is 1 where the dense FFN reduces
+    # over its own, wider group (``ffn_works``).
+    works["tp_allreduce"] = Work("allreduce", bytes=tokens * h * act, peers=g.tp, offnode=g.tp_offnode, repeat=tp_allreduces)
     return works
 
 
@@ -342,14 +349,22 @@ def ffn_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _Grid, t
     wbits = workload.weight_dtype.bits
     dtype = _gemm_dtype(gpu, workload.weight_dtype.compute)
     if dense:
-        w = model.dense_ffn_width / g.tp
-        return {
-            "gate_up_proj": Work("gemm", flops=2.0 * tokens * h * 2 * w, dtype=dtype, quant_elements=tokens * h if dtype == "fp8" else 0.0,
-                                 bytes=_bytes(2 * h * w, wbits) + act * tokens * (h + 2 * w)),
-            "act_elementwise": Work("elementwise", bytes=act * tokens * 3 * w),
-            "down_proj": Work("gemm", flops=2.0 * tokens * w * h, dtype=dtype, quant_elements=tokens * w if dtype == "fp8" else 0.0,
-                              bytes=_bytes(w * h, wbits) + act * tokens * (w + h)),
+        # Over ``ffn_tp`` ranks; where that is wider than TP (SGLang's attention DP) each rank first gathers
+        # the tokens of the ``ffn_tp / TP`` attention-DP ranks, and the output is reduced over ``ffn_tp``.
+        w = model.dense_ffn_width / g.ffn_tp
+        gathered = tokens * g.ffn_tp / g.tp
+        works = {
+            "gate_up_proj": Work("gemm", flops=2.0 * gathered * h * 2 * w, dtype=dtype,
+                                 quant_elements=gathered * h if dtype == "fp8" else 0.0,
+                                 bytes=_bytes(2 * h * w, wbits) + act * gathered * (h + 2 * w)),
+            "act_elementwise": Work("elementwise", bytes=act * gathered * 3 * w),
+            "down_proj": Work("gemm", flops=2.0 * gathered * w * h, dtype=dtype, quant_elements=gathered * w if dtype == "fp8" else 0.0,
+                              bytes=_bytes(w * h, wbits) + act * gathered * (w + h)),
         }
+        if np.any(g.ffn_tp > g.tp):  # gather + reduce-scatter over the FFN group: one all-reduce's bus bytes
+            works["ffn_allreduce"] = Work("allreduce", bytes=gathered * h * act, peers=g.ffn_tp, offnode=g.ffn_offnode,
+                                          repeat=np.where(g.ffn_tp > g.tp, 1.0, 0.0))
+        return works
     k, num_experts = model.num_experts_per_tok, model.num_experts
     edtype = _gemm_dtype(gpu, workload.experts_dtype.compute)
     width = model.expert_width / g.etp
@@ -387,7 +402,9 @@ def layer_time(*, scenario: Scenario, g: _Grid, tokens, seqs, context, prefill: 
 def layer_works(*, scenario: Scenario, g: _Grid, tokens, seqs, context, prefill: bool, dense: bool) -> dict[str, Work]:
     """Every operator of one layer (attention block, FFN or MoE block, the per-layer overhead)."""
     model, workload, gpu = scenario.model, scenario.workload, scenario.cluster.gpu
-    works = attention_works(model=model, workload=workload, gpu=gpu, g=g, tokens=tokens, seqs=seqs, context=context, prefill=prefill)
+    own_ffn_reduce = dense and np.any(g.ffn_tp > g.tp)
+    works = attention_works(model=model, workload=workload, gpu=gpu, g=g, tokens=tokens, seqs=seqs, context=context, prefill=prefill,
+                            tp_allreduces=np.where(g.ffn_tp > g.tp, 1.0, 2.0) if own_ffn_reduce else 2.0)
     works.update(ffn_works(model=model, workload=workload, gpu=gpu, g=g, tokens=tokens, dense=dense,
                            routing_imbalance=workload.routing_imbalance))
     works["layer_overhead"] = Work("overhead", dtype="layer")

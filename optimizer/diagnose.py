@@ -27,12 +27,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from optimizer.engines import weights_and_kv_room_bytes
 from optimizer.errors import Infeasible, OptimizerError
 from optimizer.exhaustive import optimize_exhaustive
 from optimizer.memory import stage_memory
 from optimizer.parallel import Layout, layout_grid
 from optimizer.result import build_tables
-from optimizer.rules import MemoryCap, Rule, build_rules
+from optimizer.rules import Rule, build_rules
 from optimizer.scenario import EngineName, Objective, Scenario
 from optimizer.solve import best_primary_ns, describe_conflict, disjoint_conflicts, is_feasible
 from optimizer.units import GIB
@@ -107,10 +108,11 @@ def _feasible(scenario: Scenario, lift: tuple[str, ...] = (), **kwargs: Any) -> 
 
 
 def min_gpus_lower_bound(scenario: Scenario) -> int | None:
-    """A count below which no plan fits in memory: ``ceil((weights + KV cache) / (cap - reserve))``, with
-    weights and KV cache of the whole model and batch as one GPU would hold them; None if the cap does not
-    even hold the runtime's own memory (no count works)."""
-    room = MemoryCap.cap_bytes(scenario) - scenario.engine.runtime_bytes
+    """A count below which no plan fits in memory: ``ceil((weights + KV cache) / room)``, with weights and
+    KV cache of the whole model and batch as one GPU would hold them and ``room`` the most of them one GPU
+    can hold under the engine's limits (``engines.weights_and_kv_room_bytes``); None if that is nothing
+    (the cap does not even hold the runtime's own memory: no count works)."""
+    room = weights_and_kv_room_bytes(scenario)
     if room <= 0:
         return None
     one = Layout(tp=1, pp=1, dp=1, ep=1, etp=1, edp=1)
@@ -293,6 +295,9 @@ def switches(scenario: Scenario, conflict: tuple[str, ...], lift: tuple[str, ...
     if "engine_folding" in conflict and scenario.engine.name is EngineName.VLLM:
         candidates.append(("engine", "enable_expert_parallel", not scenario.engine.enable_expert_parallel,
                            "toggle vLLM's --enable-expert-parallel"))
+    if "engine_folding" in conflict:  # engines whose folding admits more layouts: SGLang's any ETP x EP, Megatron's all
+        if scenario.engine.name in (EngineName.VLLM, EngineName.TENSORRT_LLM):
+            candidates.append(("engine", "name", EngineName.SGLANG, "use SGLang, whose experts take any ETP x EP of an instance"))
         candidates.append(("engine", "name", EngineName.MEGATRON, "use Megatron-Core's general folding"))
     for section, name, value, text in candidates:
         current = getattr(getattr(scenario, section), name)

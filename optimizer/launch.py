@@ -704,9 +704,10 @@ def sglang_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str
                                         argv=tuple(argv), env=_env(block, gpn, extra_env), gpus=block.gpus))
     ports = [port + SGLANG_PORT_STRIDE * inst.index for inst in instances]
     notes = _common_notes(engine, p, instances, why_not, dp_i, node_addresses is None, ports) + dtype_notes
-    notes.append("--mem-fraction-static counts weights and the KV pool only; SGLang keeps activations and CUDA "
-                 "graphs outside it, where vLLM's --gpu-memory-utilization (the plan's cap) holds them inside: "
-                 "lower it if start-up runs out of memory")
+    if p.costed_for != engine.value:
+        notes.append("--mem-fraction-static counts weights and the KV pool only; SGLang keeps activations and CUDA "
+                     "graphs outside it, where the plan's cap (costed for another engine) holds them inside: "
+                     "lower it if start-up runs out of memory")
     if dp_i > 1:
         notes.append(f"attention DP over {dp_i} groups: spelled --attn-dp-size from SGLang 0.5.22 on; for 0.5.21 "
                      f"and earlier use --dp-size {dp_i} --enable-dp-attention (legacy_dp_attention=True); SGLang "

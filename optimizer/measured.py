@@ -158,8 +158,8 @@ def kernel_sets() -> tuple[KernelSet, ...]:
 def microbenchmark(cal: GpuCalibration) -> GpuCalibration:
     """``cal`` as a kernel or collective micro-benchmark sees it: no full-model sustained-clock factor,
     no rank skew (every rank starts together), no step overheads."""
-    return replace(cal, step=replace(cal.step, sustained_compute=1.0, collective_skew_us=0.0, layer_overhead_us=0.0,
-                                     step_overhead_us=0.0))
+    return replace(cal, step=replace(cal.step, sustained_compute=1.0, sustained_memory=1.0, collective_skew_us=0.0,
+                                     layer_overhead_us=0.0, step_overhead_us=0.0))
 
 
 def kernel_time_s(ks: KernelSet, cal: GpuCalibration) -> np.ndarray:

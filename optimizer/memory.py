@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from optimizer.engines import MemoryLimit, ffn_tp, memory_limits
+from optimizer.errors import OptimizerError
 from optimizer.parallel import Layout
 from optimizer.scenario import Dtype, ModelSpec, Scenario, Workload
 from optimizer.units import bytes_for, ceil_div
@@ -143,13 +145,14 @@ def attention_weight_bytes(*, model: ModelSpec, workload: Workload, tp: int) -> 
     return bytes_for(qo + kv + bias, bits) + norms
 
 
-def ffn_weight_bytes(*, model: ModelSpec, workload: Workload, layout: Layout, dense: bool) -> int:
-    """One layer's FFN weights on one GPU: the dense FFN over TP, or a MoE layer's local experts
-    (``ceil(E / EP)`` experts, each split over ETP), the shared experts over TP and the router."""
+def ffn_weight_bytes(*, model: ModelSpec, workload: Workload, layout: Layout, dense: bool, dense_tp: int | None = None) -> int:
+    """One layer's FFN weights on one GPU: the dense FFN over ``dense_tp`` (the engine's FFN width,
+    ``engines.ffn_tp``; default TP), or a MoE layer's local experts (``ceil(E / EP)`` experts, each split
+    over ETP), the shared experts over TP and the router."""
     h = model.hidden_size
     bits = workload.weight_dtype.bits
     if dense:
-        return bytes_for(ceil_div(ffn_params(hidden_size=h, width=model.dense_ffn_width), layout.tp), bits)
+        return bytes_for(ceil_div(ffn_params(hidden_size=h, width=model.dense_ffn_width), dense_tp or layout.tp), bits)
     local_experts = ceil_div(model.num_experts, layout.ep)
     expert = ceil_div(ffn_params(hidden_size=h, width=model.expert_width), layout.etp)
     shared = ceil_div(ffn_params(hidden_size=h, width=model.shared_ffn_width), layout.tp)
@@ -176,7 +179,7 @@ class LayerBytes:
 def layer_bytes(*, scenario: Scenario, layout: Layout, batch: int, dense: bool) -> LayerBytes:
     model, workload = scenario.model, scenario.workload
     weights = attention_weight_bytes(model=model, workload=workload, tp=layout.tp) + ffn_weight_bytes(
-        model=model, workload=workload, layout=layout, dense=dense
+        model=model, workload=workload, layout=layout, dense=dense, dense_tp=ffn_tp(scenario, layout)
     )
     per_token = kv_cache_bytes_per_token_layer(model=model, workload=workload, tp=layout.tp)
     return LayerBytes(weights=weights, kv_cache=per_token * batch * workload.max_sequence_tokens)
@@ -204,7 +207,8 @@ def activation_peak_bytes(*, scenario: Scenario, layout: Layout, batch: int, las
 
     Chunk: ``min(batch x ISL, max_num_batched_tokens)`` tokens (vLLM profiles memory with one such chunk).
     Live at once: the residual stream and its normed copy (2h), the local QKV (``(nh + 2 kv) x d / TP``),
-    and the local FFN gate+up output (``2 x width / TP`` dense; for MoE the tokens routed to this GPU's
+    and the local FFN gate+up output (``2 x width / TP`` dense, or under SGLang's attention DP the
+    gathered ``tokens x ffn_tp / TP`` at ``2 x width / ffn_tp``; for MoE the tokens routed to this GPU's
     experts, ``tokens x k x max(TP, EP x ETP) / (TP x EP)``, at ``2 x width / ETP``). The last stage adds
     FP32 logits for ``batch`` sampled positions over ``V / TP`` (vocab-parallel). An estimate, not a
     measurement: issue #3 calibrates it.
@@ -215,7 +219,8 @@ def activation_peak_bytes(*, scenario: Scenario, layout: Layout, batch: int, las
     heads = model.num_attention_heads + 2 * model.kv_heads
     head_dim = model.attn_head_dim if not model.is_mla else model.qk_nope_head_dim + model.qk_rope_head_dim  # type: ignore[operator]
     qkv = ceil_div(heads * head_dim, tp)
-    ffn = ceil_div(2 * model.dense_ffn_width, tp) * tokens
+    dense_tp = ffn_tp(scenario, layout)
+    ffn = ceil_div(2 * model.dense_ffn_width, dense_tp) * tokens * (dense_tp // tp)
     if model.is_moe:
         routed = ceil_div(tokens * model.num_experts_per_tok * max(tp, layout.ep * layout.etp), tp * layout.ep)
         ffn = max(ffn, routed * ceil_div(2 * model.expert_width, layout.etp))
@@ -257,12 +262,27 @@ class StageMemory:
         return (self.weights_bytes + self.kv_cache_bytes + self.activation_bytes + self.reserve_bytes
                 + self.cuda_graph_bytes + self.comm_buffer_bytes)
 
-    def kv_capacity_tokens(self, cap_bytes: int) -> int | None:
-        """Tokens of KV cache this GPU can hold in ``cap_bytes`` once everything but the KV cache is
-        placed (``floor(free / bytes per token)``); None for a stage without layers (no KV cache)."""
+    def charge(self, limit: MemoryLimit) -> int:
+        """``limit``'s left-hand side for this GPU (exact)."""
+        return limit.charge(weights=self.weights_bytes, kv_cache=self.kv_cache_bytes, activations=self.activation_bytes,
+                            preload=self.reserve_bytes + self.comm_buffer_bytes, cuda_graphs=self.cuda_graph_bytes)
+
+    def kv_capacity_tokens(self, limits: tuple[MemoryLimit, ...]) -> int | None:
+        """Tokens of KV cache this GPU can hold once everything but the KV cache is placed: the most
+        ``t`` with every limit holding for ``t x kv_bytes_per_token`` KV bytes, ``min over limits of
+        floor((cap - charge without KV) / (k x bytes per token))`` (0 if some limit fails without any KV
+        cache); None for a stage without layers (no KV cache)."""
         if self.kv_bytes_per_token == 0:
             return None
-        return max(cap_bytes - (self.total_bytes - self.kv_cache_bytes), 0) // self.kv_bytes_per_token
+        tokens = None
+        for limit in limits:
+            rest = self.charge(limit) - limit.kv_cache * self.kv_cache_bytes
+            if rest > limit.cap:
+                return 0
+            if limit.kv_cache:
+                room = (limit.cap - rest) // (limit.kv_cache * self.kv_bytes_per_token)
+                tokens = room if tokens is None else min(tokens, room)
+        return tokens
 
 
 def layer_kinds(*, model: ModelSpec, layers_per_stage: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -306,11 +326,13 @@ def stage_memory(*, scenario: Scenario, layout: Layout, layers_per_stage: tuple[
 
 
 @dataclass(frozen=True)
-class MemoryTable:
-    """Per layout (grid order), the integers the solver's memory rule is linear in: bytes per dense and
-    per MoE layer (for a dense model both are the dense layer), and the fixed bytes of a first, middle,
-    last or only (PP = 1) stage."""
+class LimitTable:
+    """Per layout (grid order), the integers one memory limit is linear in: its charge per dense and per
+    MoE layer (for a dense model both are the dense layer's), and the fixed charge of a first, middle,
+    last or only (PP = 1) stage; the stage fits when ``layers x per-layer + fixed <= cap``
+    (``MemoryTable.with_caps``)."""
 
+    limit: MemoryLimit
     dense_layer: tuple[int, ...]
     moe_layer: tuple[int, ...]
     fixed_first: tuple[int, ...]
@@ -319,18 +341,46 @@ class MemoryTable:
     fixed_only: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class MemoryTable:
+    """One ``LimitTable`` per limit of the scenario's engine (``engines.memory_limits``). The charges do
+    not depend on the GPU's memory size, so one table serves scenarios that differ only there (the
+    diagnosis bisects it): read the caps with ``with_caps`` for the scenario at hand."""
+
+    limits: tuple[LimitTable, ...]
+
+    def with_caps(self, scenario: Scenario) -> list[tuple[LimitTable, int]]:
+        """Each limit's table with its cap for ``scenario``.
+
+        Raises:
+            OptimizerError: the table was built for other limits (another engine or memory fraction).
+        """
+        limits = memory_limits(scenario)
+        key = [(t.limit.label, t.limit.weights, t.limit.kv_cache, t.limit.activations, t.limit.preload, t.limit.cuda_graphs)
+               for t in self.limits]
+        if key != [(m.label, m.weights, m.kv_cache, m.activations, m.preload, m.cuda_graphs) for m in limits]:
+            raise OptimizerError("internal error: memory table built for other memory limits than the scenario's")
+        return [(t, m.cap) for t, m in zip(self.limits, limits)]
+
+
+def _layer_charge(limit: MemoryLimit, b: LayerBytes) -> int:
+    return limit.charge(weights=b.weights, kv_cache=b.kv_cache, activations=0, preload=0, cuda_graphs=0)
+
+
+def _fixed_charge(limit: MemoryLimit, f: StageFixedBytes) -> int:
+    return limit.charge(weights=f.weights, kv_cache=0, activations=f.activations, preload=f.reserve + f.comm_buffers,
+                        cuda_graphs=f.cuda_graphs)
+
+
 def memory_table(*, scenario: Scenario, layouts: tuple[Layout, ...], batches: tuple[int, ...]) -> MemoryTable:
-    rows = []
+    limits = memory_limits(scenario)
+    rows: list[list[tuple[int, ...]]] = [[] for _ in limits]
     for layout, batch in zip(layouts, batches):
         kw = dict(scenario=scenario, layout=layout, batch=batch)
-        rows.append(
-            (
-                layer_bytes(**kw, dense=True).total,
-                layer_bytes(**kw, dense=not scenario.model.is_moe).total,
-                stage_fixed_bytes(**kw, first=True, last=False).total,
-                stage_fixed_bytes(**kw, first=False, last=False).total,
-                stage_fixed_bytes(**kw, first=False, last=True).total,
-                stage_fixed_bytes(**kw, first=True, last=True).total,
-            )
-        )
-    return MemoryTable(*(tuple(col) for col in zip(*rows))) if rows else MemoryTable((), (), (), (), (), ())
+        dense, moe = layer_bytes(**kw, dense=True), layer_bytes(**kw, dense=not scenario.model.is_moe)
+        fixed = [stage_fixed_bytes(**kw, first=first, last=last)
+                 for first, last in ((True, False), (False, False), (False, True), (True, True))]
+        for i, limit in enumerate(limits):
+            rows[i].append((_layer_charge(limit, dense), _layer_charge(limit, moe), *(_fixed_charge(limit, f) for f in fixed)))
+    return MemoryTable(tuple(LimitTable(limit, *(tuple(col) for col in zip(*r))) if r else LimitTable(limit, (), (), (), (), (), ())
+                             for limit, r in zip(limits, rows)))

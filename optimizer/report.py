@@ -8,11 +8,13 @@ from typing import Any
 
 from optimizer.cost import COLLECTIVE_KINDS, CostTable, LayerTime, stage_ns
 from optimizer.diagnose import Diagnosis
+from optimizer.engines import instances as engine_instances
+from optimizer.engines import memory_limits
 from optimizer.memory import active_params, layer_kinds, total_params
 from optimizer.parallel import Plan, process_groups, rank_info
 from optimizer.result import Evidence, Solution
 from optimizer.rules import MemoryCap
-from optimizer.scenario import EngineName, Scenario
+from optimizer.scenario import Scenario
 from optimizer.schema import SCHEMA_VERSION
 from optimizer.units import human_bytes
 from optimizer.verify import Certificate, certify
@@ -20,11 +22,10 @@ from optimizer.verify import Certificate, certify
 
 
 def instances(scenario: Scenario, plan: Plan) -> int:
-    """Independent engine instances to launch. vLLM: one per expert-data-parallel copy for MoE
-    (``EP x ETP = TP x DP`` of one instance), one per DP replica for a dense model. Megatron: one job."""
-    if scenario.engine.name is not EngineName.VLLM:
-        return 1
-    return plan.layout.edp if scenario.model.is_moe else plan.layout.dp
+    """Independent engine instances to launch (``engines.instances``): for vLLM, SGLang and TensorRT-LLM
+    one per expert-data-parallel copy of a MoE model (``EP x ETP = TP x DP`` of one instance), one per DP
+    replica of a dense model; Megatron: one job."""
+    return engine_instances(scenario, plan.layout)
 
 
 def plan_document(
@@ -157,15 +158,19 @@ def _stage_bytes(s) -> dict[str, int]:
 
 def memory_section(scenario: Scenario, certificate: Certificate) -> dict[str, Any]:
     """Bytes per GPU by component and stage, and the KV-cache capacity the plan leaves (exact integers):
-    per stage ``floor((cap - everything but the KV cache) / KV bytes per token)``, per replica the
-    smallest over its stages, and how many full-length (ISL + OSL) sequences that holds."""
+    per stage the most KV tokens within every memory limit of the engine (vLLM: ``floor((cap - everything
+    but the KV cache) / KV bytes per token)``), per replica the smallest over its stages, and how many
+    full-length (ISL + OSL) sequences that holds. ``cap_bytes`` is what the whole footprint fits in
+    (``engines.usable_bytes``); ``limits`` names the engine's limits."""
     cap = MemoryCap.cap_bytes(scenario)
+    limits = memory_limits(scenario)
     heaviest = max(certificate.memory, key=lambda s: s.total_bytes)
-    capacities = [s.kv_capacity_tokens(cap) for s in certificate.memory]
+    capacities = [s.kv_capacity_tokens(limits) for s in certificate.memory]
     known = [c for c in capacities if c is not None]
     tokens = min(known) if known else None
     return {
         "cap_bytes": cap,
+        "limits": [{"label": lim.label or "memory", "formula": lim.formula, "cap": lim.cap} for lim in limits],
         "kv_cache_capacity_tokens": tokens,
         "max_sequences_per_replica": None if tokens is None else tokens // scenario.workload.max_sequence_tokens,
         "per_gpu_peak": _stage_bytes(heaviest),

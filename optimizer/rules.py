@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from optimizer.cost import CostTable, Estimate
+from optimizer.engines import MemoryLimit, ffn_tp, memory_fraction_flag, memory_limits, usable_bytes
 from optimizer.memory import MemoryTable, StageMemory
 from optimizer.parallel import Layout, Plan, divisors
 from optimizer.scenario import EngineName, Scenario
@@ -131,6 +132,11 @@ class MoeProduct(LayoutRule):
                           f"ETP x EP x EDP x PP = {e} x {ep} x {edp} x {p} = {e * ep * edp * p}, {word} the cluster has {n} GPUs")
 
 
+def _size(scenario: Scenario, layout: Layout, size: str) -> int:
+    """A Layout size by name, or ``ffn_tp``: the engine's dense-FFN width (``engines.ffn_tp``)."""
+    return ffn_tp(scenario, layout) if size == "ffn_tp" else getattr(layout, size)
+
+
 class Divisible(LayoutRule):
     """``numerator % size == 0`` for a model width (``field``) and the Layout size that shards it."""
 
@@ -139,7 +145,7 @@ class Divisible(LayoutRule):
         self.formula = f"{field} % {size} == 0"
 
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
-        size = getattr(layout, self.size)
+        size = _size(scenario, layout, self.size)
         rest = self.numerator % size
         detail = f"{self.field} = {self.numerator} is {'not ' if rest else ''}divisible by {self.size.upper()} = {size}"
         if rest:
@@ -168,7 +174,7 @@ class BlockAligned(LayoutRule):
         self.formula = f"({field} / {size}) % {block} == 0"
 
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
-        size = getattr(layout, self.size)
+        size = _size(scenario, layout, self.size)
         rest = (self.width % size) or ((self.width // size) % self.block)
         return make_check(self.name, self.formula, rest, "==", 0,
                           f"{self.field} / {self.size.upper()} = {self.width} / {size} must be a multiple of the {self.block}-wide quantisation block")
@@ -208,6 +214,52 @@ class VllmFolding(LayoutRule):
             return make_check(self.name, self.formula, layout.ep, "==", 1, f"vLLM without --enable-expert-parallel keeps EP = 1, plan has EP = {layout.ep}")
         return make_check(self.name, self.formula, layout.etp % layout.tp, "==", 0,
                           f"vLLM shards experts over TP x DP per instance: ETP = {layout.etp} must be a multiple of TP = {layout.tp}")
+
+
+class SglangFolding(LayoutRule):
+    """SGLang 0.5.23's MoE layout: one server's ``--tp-size`` group (all GPUs of a pipeline stage of one
+    instance) holds attention TP x attention DP (``--attn-dp-size``) and the experts ``--ep-size`` EP x
+    ``tp_size / ep_size`` ETP (``runtime_context.py`` ``derive_attn_tp_size``, ``derive_parallel_widths``:
+    ``moe_tp_size = tp_size // moe_ep_size // moe_dp_size``; ``parallel_state.py`` builds the MoE groups
+    inside each TP group). With ``--moe-dp-size 1`` there is no expert data parallelism inside an
+    instance, so EDP counts instances: ``ETP x EP = TP x DP / EDP``, which holds iff TP divides ETP x EP.
+    (``--moe-dp-size > 1`` is left out: it needs PP = 1 and makes the instance count ambiguous.)"""
+
+    name = "engine_folding"
+    formula = "(etp x ep) % tp == 0  (ETP x EP = SGLang's --tp-size = TP x attention DP; EDP = instances)"
+
+    def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
+        group = layout.etp * layout.ep
+        rest = group % layout.tp
+        return make_check(self.name, self.formula, rest, "==", 0,
+                          f"SGLang shards an instance's experts over its --tp-size = ETP x EP = {layout.etp} x {layout.ep} = {group} GPUs, "
+                          f"which must hold whole attention TP = {layout.tp} groups" + (" and does" if not rest else
+                          f"; {group} is not a multiple of {layout.tp}"))
+
+
+class TrtllmFolding(LayoutRule):
+    """TensorRT-LLM 1.2's MoE layout (PyTorch backend, ``tensorrt_llm/mapping.py``): an instance's
+    ``tp_size`` GPUs per stage run attention either tensor parallel (TP = tp_size) or, with
+    ``enable_attention_dp``, data parallel (TP = 1, DP = tp_size; ``_torch/modules/attention.py``), never
+    in between; the experts split ``moe_tp_size x moe_ep_size = tp_size`` ("moe_tp_size * moe_ep_size *
+    moe_cluster_size must equal to moe_world_size"), with no expert data parallelism inside an instance,
+    so EDP counts instances and ``ETP x EP = TP x DP / EDP``."""
+
+    name = "engine_folding"
+    formula = "(etp x ep) % tp == 0 and (tp == 1 or dp == edp)  (attention DP all or nothing per instance)"
+
+    def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
+        group = layout.etp * layout.ep
+        if group % layout.tp:
+            return make_check(self.name, self.formula, group % layout.tp, "==", 0,
+                              f"TensorRT-LLM shards an instance's experts over its tp_size = ETP x EP = {group} GPUs, "
+                              f"not a multiple of TP = {layout.tp}")
+        per_instance = group // layout.tp  # attention DP ranks inside one instance
+        mixed = layout.tp > 1 and per_instance > 1
+        return make_check(self.name, self.formula, int(mixed), "==", 0,
+                          f"TensorRT-LLM runs an instance's attention with TP = tp_size or with enable_attention_dp (TP = 1); "
+                          f"the plan has TP = {layout.tp} with {per_instance} attention-DP rank(s) per instance"
+                          + (", which it cannot run" if mixed else ""))
 
 
 class LayerSplit(Rule):
@@ -275,48 +327,75 @@ class EvenLayers(Rule):
 
 
 class MemoryCap(Rule):
-    """Every GPU: weights + KV cache + activations + runtime (reserve, CUDA graphs, communication buffers)
-    <= memory_bytes x gpu_memory_utilization.
+    """Every GPU within the engine's memory limits (``engines.memory_limits``): under vLLM's meaning
+    weights + KV cache + activations + runtime (reserve, CUDA graphs, communication buffers) <=
+    memory_bytes x gpu_memory_utilization; SGLang's and TensorRT-LLM's as their fractions split memory.
     Both sides are integers: an integer total fits under ``memory x p/q`` iff it is ``<= floor(memory x p/q)``."""
 
     name = "memory_cap"
     formula = "weights + kv_cache + activations + runtime <= floor(memory_bytes x gpu_memory_utilization)"
 
+    def __init__(self, scenario: Scenario | None = None):
+        if scenario is not None:  # the engine's own limits (vLLM's is the class formula)
+            self.formula = "; ".join(limit.formula for limit in memory_limits(scenario))
+
     @staticmethod
     def cap_bytes(scenario: Scenario) -> int:
-        util = scenario.search.gpu_memory_utilization
-        return scenario.cluster.gpu.memory_bytes * util.numerator // util.denominator
+        """What a GPU's whole footprint must fit in (``engines.usable_bytes``)."""
+        return usable_bytes(scenario)
 
     def check(self, ctx: PlanContext) -> list[Check]:
-        cap = self.cap_bytes(ctx.scenario)
-        return [
-            make_check(f"{self.name}[stage={s.stage}]", self.formula, s.total_bytes, "<=", cap,
-                       f"a stage-{s.stage} GPU holds {human_bytes(s.weights_bytes)} weights + {human_bytes(s.kv_cache_bytes)} "
-                       f"KV cache + {human_bytes(s.activation_bytes)} activations + "
-                       f"{human_bytes(s.reserve_bytes + s.cuda_graph_bytes + s.comm_buffer_bytes)} runtime = "
-                       f"{human_bytes(s.total_bytes)} of {human_bytes(cap)} usable"
-                       + ("" if s.total_bytes <= cap else
-                          f": {human_bytes(s.total_bytes - cap)} over; shard more (TP, PP, EP), shrink the batch or use more memory"))
-            for s in ctx.memory
-        ]
+        limits = memory_limits(ctx.scenario)
+        return [self._check(ctx.scenario, s, limit) for s in ctx.memory for limit in limits]
+
+    def _check(self, scenario: Scenario, s: StageMemory, limit: MemoryLimit) -> Check:
+        name = f"{self.name}[stage={s.stage}{',' + limit.label if limit.label else ''}]"
+        lhs, cap = s.charge(limit), limit.cap
+        runtime = s.reserve_bytes + s.cuda_graph_bytes + s.comm_buffer_bytes
+        flag = memory_fraction_flag(scenario)
+        advice = "; shard more (TP, PP, EP), shrink the batch or use more memory"
+        if scenario.engine.name is EngineName.SGLANG and limit.label:
+            text = (f"a stage-{s.stage} GPU needs {human_bytes(s.activation_bytes)} activations + {human_bytes(s.cuda_graph_bytes)} "
+                    f"CUDA graphs = {human_bytes(lhs)} outside {flag}, which leaves {human_bytes(max(cap, 0))}"
+                    + ("" if lhs <= cap else f": {human_bytes(lhs - cap)} short; lower {flag} or shrink the prefill chunk"))
+        elif scenario.engine.name is EngineName.SGLANG:
+            text = (f"a stage-{s.stage} GPU holds {human_bytes(s.weights_bytes)} weights + {human_bytes(s.kv_cache_bytes)} KV cache "
+                    f"= {human_bytes(lhs)} of the {human_bytes(max(cap, 0))} that {flag} gives them"
+                    + ("" if lhs <= cap else f": {human_bytes(lhs - cap)} over" + advice))
+        elif scenario.engine.name is EngineName.TENSORRT_LLM:
+            rest = s.weights_bytes + s.activation_bytes + runtime
+            free = scenario.cluster.gpu.memory_bytes - rest
+            u = scenario.search.gpu_memory_utilization
+            room = max(free, 0) * u.numerator // u.denominator
+            text = (f"a stage-{s.stage} GPU holds {human_bytes(s.kv_cache_bytes)} KV cache against {flag} = {float(u):g} of the "
+                    f"{human_bytes(max(free, 0))} free after {human_bytes(s.weights_bytes)} weights + {human_bytes(s.activation_bytes)} "
+                    f"activations + {human_bytes(runtime)} runtime: {human_bytes(room)}"
+                    + ("" if lhs <= cap else f", {human_bytes(max(s.kv_cache_bytes - room, 1))} over" + advice))
+        else:
+            text = (f"a stage-{s.stage} GPU holds {human_bytes(s.weights_bytes)} weights + {human_bytes(s.kv_cache_bytes)} "
+                    f"KV cache + {human_bytes(s.activation_bytes)} activations + {human_bytes(runtime)} runtime = "
+                    f"{human_bytes(s.total_bytes)} of {human_bytes(cap)} usable"
+                    + ("" if lhs <= cap else f": {human_bytes(lhs - cap)} over" + advice))
+        return make_check(name, limit.formula, lhs, "<=", cap, text)
 
     def add_to_model(self, view: SolverView, lit: Any) -> None:
-        m, mem, cap = view.model, view.memory, self.cap_bytes(view.scenario)
+        m = view.model
         model = view.scenario.model
         dense, total = model.num_dense_layers, model.num_hidden_layers
-        for c, layout in enumerate(view.layouts):
-            on = [view.x[c], lit]
-            if layout.pp == 1:
-                only = dense * mem.dense_layer[c] + (total - dense) * mem.moe_layer[c] + mem.fixed_only[c]
-                if only > cap:
-                    m.add(view.x[c] == 0).only_enforce_if(lit)
-                continue
-            # The search keeps every dense layer in the first stage (see solve.py), so later stages are MoE.
-            first_const = dense * (mem.dense_layer[c] - mem.moe_layer[c]) + mem.fixed_first[c]
-            for layers, per_layer, const in ((view.l_first, mem.moe_layer[c], first_const),
-                                             (view.l_last, mem.moe_layer[c], mem.fixed_last[c]),
-                                             *(((view.l_middle, mem.moe_layer[c], mem.fixed_middle[c]),) if layout.pp >= 3 else ())):
-                _add_stage_cap(m, layers=layers, per_layer=per_layer, const=const, cap=cap, total=total, on=on)
+        for mem, cap in view.memory.with_caps(view.scenario):
+            for c, layout in enumerate(view.layouts):
+                on = [view.x[c], lit]
+                if layout.pp == 1:
+                    only = dense * mem.dense_layer[c] + (total - dense) * mem.moe_layer[c] + mem.fixed_only[c]
+                    if only > cap:
+                        m.add(view.x[c] == 0).only_enforce_if(lit)
+                    continue
+                # The search keeps every dense layer in the first stage (see solve.py), so later stages are MoE.
+                first_const = dense * (mem.dense_layer[c] - mem.moe_layer[c]) + mem.fixed_first[c]
+                for layers, per_layer, const in ((view.l_first, mem.moe_layer[c], first_const),
+                                                 (view.l_last, mem.moe_layer[c], mem.fixed_last[c]),
+                                                 *(((view.l_middle, mem.moe_layer[c], mem.fixed_middle[c]),) if layout.pp >= 3 else ())):
+                    _add_stage_cap(m, layers=layers, per_layer=per_layer, const=const, cap=cap, total=total, on=on)
 
 
 def _add_stage_cap(m: Any, *, layers: Any, per_layer: int, const: int, cap: int, total: int, on: list[Any]) -> None:
@@ -422,6 +501,7 @@ TARGET_RULES = (TtftTarget, TpotTarget, ThroughputTarget)
 def build_rules(scenario: Scenario) -> tuple[Rule, ...]:
     """The rules that apply to ``scenario``, in the order the certificate lists them."""
     model, engine = scenario.model, scenario.engine
+    sglang_moe = engine.name is EngineName.SGLANG and model.is_moe  # the dense FFN over SGLang's --tp-size
     rules: list[Rule] = [GpuProduct()]
     if model.is_moe:
         rules.append(MoeProduct())
@@ -429,7 +509,7 @@ def build_rules(scenario: Scenario) -> tuple[Rule, ...]:
     if not model.is_mla:
         rules.append(KvHeadsDivisible())
     if model.num_dense_layers:
-        rules.append(Divisible("dense_ffn_divisible", "intermediate_size", "tp", model.dense_ffn_width))
+        rules.append(Divisible("dense_ffn_divisible", "intermediate_size", "ffn_tp" if sglang_moe else "tp", model.dense_ffn_width))
     if model.is_moe:
         rules.append(Divisible("experts_divisible", "num_experts", "ep", model.num_experts))
         rules.append(Divisible("moe_ffn_divisible", "moe_intermediate_size", "etp", model.expert_width))
@@ -440,14 +520,19 @@ def build_rules(scenario: Scenario) -> tuple[Rule, ...]:
             rules.append(BlockAligned("moe_ffn_block_aligned", "moe_intermediate_size", "etp", model.expert_width, block))
         if engine.name is EngineName.VLLM:
             rules.append(VllmFolding(expert_parallel=engine.enable_expert_parallel))
+        elif engine.name is EngineName.SGLANG:
+            rules.append(SglangFolding())
+        elif engine.name is EngineName.TENSORRT_LLM:
+            rules.append(TrtllmFolding())
     block = scenario.workload.weight_dtype.block_size
     if block and model.num_dense_layers:
-        rules.append(BlockAligned("dense_ffn_block_aligned", "intermediate_size", "tp", model.dense_ffn_width, block))
+        rules.append(BlockAligned("dense_ffn_block_aligned", "intermediate_size", "ffn_tp" if sglang_moe else "tp",
+                                  model.dense_ffn_width, block))
     rules.append(TpWithinNode())
     rules.append(LayerSplit())
     if not scenario.search.allow_uneven_layers:
         rules.append(EvenLayers())
-    rules.append(MemoryCap())
+    rules.append(MemoryCap(scenario))
     targets = scenario.targets
     if targets.ttft_s is not None:
         rules.append(TtftTarget())

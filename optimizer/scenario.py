@@ -331,13 +331,20 @@ class Targets(_Frozen):
 
 
 class EngineName(StrEnum):
+    """Engine profiles (``optimizer/engines.py``, rules in ``optimizer/rules.py``, sources in
+    ``docs/engine-rules.md``)."""
+
     MEGATRON = "megatron"  # Megatron-Core MoE parallel folding: any ETP x EP x EDP = TP x DP
-    VLLM = "vllm"
+    VLLM = "vllm"  # 0.33: EP = TP x DP of an instance (--enable-expert-parallel) or ETP = TP x DP
+    SGLANG = "sglang"  # 0.5.23: ETP x EP = --tp-size = TP x attention DP of an instance; dense FFN over it
+    TENSORRT_LLM = "tensorrt-llm"  # 1.2: moe_tp x moe_ep = tp_size; attention DP all (TP = 1) or none
 
 
 class Engine(_Frozen):
     """Engine profile. ``enable_expert_parallel`` mirrors vLLM's ``--enable-expert-parallel`` (off by
-    default there); ``max_num_batched_tokens`` the prefill chunk vLLM profiles activations with.
+    default there; only vLLM reads it: SGLang and TensorRT-LLM take EP from the layout);
+    ``max_num_batched_tokens`` the prefill chunk vLLM profiles activations with (SGLang's
+    ``--chunked-prefill-size``, TensorRT-LLM's ``max_num_tokens``).
 
     Memory the runtime holds besides weights, KV cache and activations, per GPU, each counted inside
     ``gpu_memory_utilization`` (vLLM profiles weights, the activation peak and non-torch memory, then
@@ -386,8 +393,10 @@ class Objective(StrEnum):
 
 
 class Search(_Frozen):
-    """What to minimise and the knobs of the search. ``gpu_memory_utilization`` is vLLM's (SGLang's
-    ``mem_fraction_static``): the share of each GPU's memory the plan may use."""
+    """What to minimise and the knobs of the search. ``gpu_memory_utilization`` is the engine's memory
+    fraction with the engine's meaning (``optimizer/engines.py``): vLLM's ``--gpu-memory-utilization`` (also
+    applied to Megatron-Core), SGLang's ``--mem-fraction-static``, TensorRT-LLM's
+    ``free_gpu_memory_fraction``."""
 
     objective: Objective = Objective.REQUEST_LATENCY
     gpu_memory_utilization: ExactNumber = Fraction(9, 10)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from optimizer import catalog
 from optimizer.scenario import Scenario
 
-SCHEMA_VERSION = "3.0"
+SCHEMA_VERSION = "3.1"
 _STRICT = ConfigDict(extra="forbid")
 
 
@@ -78,9 +78,18 @@ class StageMemoryEntry(StageBytes):
         description="tokens of KV cache this stage's GPUs could hold under the cap once all else is placed")
 
 
+class MemoryLimitEntry(BaseModel):
+    model_config = _STRICT
+    label: str = Field(description="memory (the engine's main limit) or runtime (SGLang: what stays outside --mem-fraction-static)")
+    formula: str
+    cap: int = Field(description="the limit's right-hand side (bytes, or bytes x p for TensorRT-LLM's fraction p/q)")
+
+
 class MemorySection(BaseModel):
     model_config = _STRICT
-    cap_bytes: int = Field(description="floor(memory_bytes x gpu_memory_utilization)")
+    cap_bytes: int = Field(description="what a GPU's whole footprint fits in: floor(memory_bytes x gpu_memory_utilization) "
+                                       "(vLLM, Megatron), memory_bytes (SGLang, TensorRT-LLM, whose fraction splits memory)")
+    limits: list[MemoryLimitEntry] = Field(description="the engine's memory limits, each checked per stage in the certificate")
     kv_cache_capacity_tokens: int | None = Field(
         description="tokens one replica can keep in KV cache: the smallest over its stages (every stage holds "
                     "each token's KV for its own layers)")
@@ -197,7 +206,7 @@ class PlanDocument(BaseModel):
     """A plan (``plan`` set, ``infeasible`` absent) or a proved infeasibility (``plan`` null)."""
 
     model_config = ConfigDict(extra="forbid", title=f"optimizer plan document, schema {SCHEMA_VERSION}")
-    schema_version: Literal["3.0"]
+    schema_version: Literal["3.1"]
     scenario: dict[str, Any] = Field(description="the validated scenario, every field explicit")
     plan: PlanSizes | None
     rank_map: RankMap | None = None

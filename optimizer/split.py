@@ -12,7 +12,6 @@ import heapq
 from optimizer.cost import CostTable
 from optimizer.memory import MemoryTable
 from optimizer.parallel import even_split
-from optimizer.rules import MemoryCap
 from optimizer.scenario import Scenario
 
 DENSE_FIRST_NOTE = "search space: the dense layers (first_k_dense_replace) all sit in the first pipeline stage"
@@ -24,26 +23,31 @@ def leading_dense_layers(scenario: Scenario) -> int:
 
 
 def _stage_models(scenario: Scenario, table: CostTable, memory: MemoryTable, c: int):
-    """(time(l), bytes(l), min layers) for the first, middle and last stage classes of layout ``c``."""
+    """(time(l), fits(l), min layers) for the first, middle and last stage classes of layout ``c``;
+    ``fits(l)``: ``l`` layers keep the stage within every memory limit."""
     k = leading_dense_layers(scenario)
     dec = table.decode
     dd, dm = int(dec.dense_layer_ns[c]), int(dec.moe_layer_ns[c])
-    md, mm = memory.dense_layer[c], memory.moe_layer[c]
-    first = (lambda l: k * dd + (l - k) * dm + int(dec.first_extra_ns[c]),
-             lambda l: k * md + (l - k) * mm + memory.fixed_first[c], max(1, k))
-    middle = (lambda l: l * dm, lambda l: l * mm + memory.fixed_middle[c], 1)
-    last = (lambda l: l * dm + int(dec.last_extra_ns[c]), lambda l: l * mm + memory.fixed_last[c], 1)
+    limits = memory.with_caps(scenario)
+
+    def fits(fixed: str, dense: int):
+        return lambda l: all(dense * t.dense_layer[c] + (l - dense) * t.moe_layer[c] + getattr(t, fixed)[c] <= cap
+                             for t, cap in limits)
+
+    first = (lambda l: k * dd + (l - k) * dm + int(dec.first_extra_ns[c]), fits("fixed_first", k), max(1, k))
+    middle = (lambda l: l * dm, fits("fixed_middle", 0), 1)
+    last = (lambda l: l * dm + int(dec.last_extra_ns[c]), fits("fixed_last", 0), 1)
     return first, middle, last
 
 
-def _max_layers(stage, limit_ns: int, cap: int, total: int) -> int:
-    """Most layers (<= total) a stage class can hold within ``limit_ns`` and ``cap``; 0 if below its minimum."""
-    time_of, bytes_of, low = stage
+def _max_layers(stage, limit_ns: int, total: int) -> int:
+    """Most layers (<= total) a stage class can hold within ``limit_ns`` and memory; 0 if below its minimum."""
+    time_of, fits, low = stage
     best = 0
     lo, hi = low, total
     while lo <= hi:  # both time and bytes grow with the layer count
         mid = (lo + hi) // 2
-        if time_of(mid) <= limit_ns and bytes_of(mid) <= cap:
+        if time_of(mid) <= limit_ns and fits(mid):
             best, lo = mid, mid + 1
         else:
             hi = mid - 1
@@ -55,11 +59,11 @@ def best_split(*, scenario: Scenario, table: CostTable, memory: MemoryTable, c: 
     memory cap; None if no split fits. Ties between stages go to the later stage (the first stage also
     carries the embedding)."""
     total, pp = scenario.model.num_hidden_layers, table.layouts[c].pp
-    cap = MemoryCap.cap_bytes(scenario)
     k = leading_dense_layers(scenario)
     if pp == 1:
-        only = k * memory.dense_layer[c] + (total - k) * memory.moe_layer[c] + memory.fixed_only[c]
-        return (total,) if only <= cap else None
+        fits = all(k * t.dense_layer[c] + (total - k) * t.moe_layer[c] + t.fixed_only[c] <= cap
+                   for t, cap in memory.with_caps(scenario))
+        return (total,) if fits else None
     first, middle, last = _stage_models(scenario, table, memory, c)
     classes = [first] + [middle] * (pp - 2) + [last]
     lows = [cls[2] for cls in classes]
@@ -69,12 +73,12 @@ def best_split(*, scenario: Scenario, table: CostTable, memory: MemoryTable, c: 
         if total % pp:
             return None
         split = even_split(num_layers=total, pp=pp)
-        fits = all(split[s] >= lows[s] and classes[s][1](split[s]) <= cap for s in range(pp))
+        fits = all(split[s] >= lows[s] and classes[s][1](split[s]) for s in range(pp))
         return split if fits else None
     limits = sorted({cls[0](l) for cls in (first, middle, last) for l in range(1, total + 1)})
 
     def caps_at(limit_ns: int) -> list[int] | None:
-        caps = [_max_layers(cls, limit_ns, cap, total) for cls in (first, middle, last)]
+        caps = [_max_layers(cls, limit_ns, total) for cls in (first, middle, last)]
         per_stage = [caps[0]] + [caps[1]] * (pp - 2) + [caps[2]]
         ok = all(u >= low for u, low in zip(per_stage, lows)) and sum(per_stage) >= total
         return per_stage if ok else None

@@ -104,7 +104,14 @@ ALIASES = {
     "batch_per_replica": ("batch_per_replica", "batch", "max_num_seqs"),
     "layers_per_stage": ("layers_per_stage", "layer_split", "pipeline_layers"),
 }
-_KEY_OF = {alias: key for key, aliases in ALIASES.items() for alias in aliases}
+# Engine switches that change what the sizes mean: SGLang's attention DP (``--attn-dp-size`` from 0.5.22,
+# ``--enable-dp-attention`` with ``--dp-size`` before), TensorRT-LLM's ``enable_attention_dp``.
+SWITCHES = {
+    "attn_dp_size": ("attn_dp_size", "attention_data_parallel_size"),
+    "enable_dp_attention": ("enable_dp_attention",),
+    "enable_attention_dp": ("enable_attention_dp",),
+}
+_KEY_OF = {alias: key for key, aliases in (ALIASES | SWITCHES).items() for alias in aliases}
 _INFORMATIVE = {"instances", "dp_per_instance", "engine", "notes"}  # fields of a plan JSON, not sizes
 
 
@@ -140,10 +147,12 @@ def read_plan(path: Path | None, scenario: Scenario, sizes: dict[str, Any] | Non
 
 def plan_from_mapping(data: dict[str, Any], scenario: Scenario, *, source: str = "<inline>") -> Plan:
     """A Plan from sizes as people write them. Missing sizes are derived the way the scenario's engine
-    would: ``dp = N / (tp x pp)``; for a dense model ``ep = 1, etp = tp, edp = dp``; for MoE under vLLM
+    would: ``dp = N / (tp x pp)`` (SGLang's and TensorRT-LLM's attention-DP switches as ``_engine_sizes``
+    reads them); for a dense model ``ep = 1, etp = tp, edp = dp``; for MoE under vLLM
     with expert parallel ``ep = tp x dp, etp = 1`` (one engine instance), under vLLM without it
-    ``ep = 1, etp = tp x dp``, under Megatron-Core ``etp = tp`` (its ``--expert-tensor-parallel-size``
-    default) and ``ep = 1``; then ``edp = tp x dp / (ep x etp)``; the batch from the workload; the layers
+    ``ep = 1, etp = tp x dp``, under SGLang and TensorRT-LLM ``ep = 1`` and ``etp = tp_size / ep`` (their
+    ``--ep-size`` / ``moe_tp_size`` defaults), under Megatron-Core ``etp = tp`` (its
+    ``--expert-tensor-parallel-size`` default) and ``ep = 1``; then ``edp = tp x dp / (ep x etp)``; the batch from the workload; the layers
     split evenly (extra layers on later stages). Sizes that do not multiply out are kept as written, so
     the certificate names the rule they break.
 
@@ -161,10 +170,11 @@ def plan_from_mapping(data: dict[str, Any], scenario: Scenario, *, source: str =
         if key in values:
             raise PlanError(f"given twice (also as {key})", source=source, field=str(name))
         values[key] = value
-    sizes = {k: _positive_int(values[k], source, k) for k in ("tp", "pp", "dp", "ep", "etp", "edp", "batch_per_replica") if k in values}
+    sizes = {k: _positive_int(values[k], source, k) for k in ("tp", "pp", "dp", "ep", "etp", "edp", "batch_per_replica",
+                                                             "attn_dp_size") if k in values}
     n = scenario.cluster.num_gpus
     tp, pp = sizes.get("tp", 1), sizes.get("pp", 1)
-    dp = sizes.get("dp", max(1, n // (tp * pp)))
+    tp, dp, group = _engine_sizes(scenario, values, sizes, source, n=n, tp=tp, pp=pp)
     if not scenario.model.is_moe:
         ep, etp = sizes.get("ep", 1), sizes.get("etp", tp)
         edp = sizes.get("edp", dp)
@@ -173,6 +183,9 @@ def plan_from_mapping(data: dict[str, Any], scenario: Scenario, *, source: str =
             ep_default, etp_default = tp * dp, 1
         elif scenario.engine.name is EngineName.VLLM:
             ep_default, etp_default = 1, tp * dp
+        elif scenario.engine.name in (EngineName.SGLANG, EngineName.TENSORRT_LLM):  # ep_size 1, moe_tp = tp_size / ep
+            ep_default = 1
+            etp_default = max(1, group // sizes.get("ep", 1))
         else:
             ep_default, etp_default = 1, tp
         ep, etp = sizes.get("ep", ep_default), sizes.get("etp", etp_default)
@@ -189,6 +202,47 @@ def plan_from_mapping(data: dict[str, Any], scenario: Scenario, *, source: str =
                         source=source, field="layers_per_stage")
     batch = sizes.get("batch_per_replica", batch_per_replica(concurrent_sequences=scenario.workload.concurrent_sequences, dp=dp))
     return Plan(layout=layout, layers_per_stage=split, batch_per_replica=batch)
+
+
+def _flag(value: Any, source: str, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise PlanError(f"expected true or false, got {value!r}", source=source, field=field)
+    return value
+
+
+def _engine_sizes(scenario: Scenario, values: dict[str, Any], sizes: dict[str, int], source: str, *, n: int, tp: int,
+                  pp: int) -> tuple[int, int, int]:
+    """Planner TP and DP from the sizes as the scenario's engine spells them, and the GPUs of one instance's
+    pipeline stage (the group its experts fold into). ``tp``/``tp_size`` is that whole group for SGLang
+    and TensorRT-LLM, attention TP x attention DP:
+    - SGLang: ``attn_dp_size`` A (0.5.22+; ``dp_size`` then counts replicas) or ``dp_size`` A with
+      ``enable_dp_attention`` (<= 0.5.21): TP = tp_size / A, DP = A x replicas;
+    - TensorRT-LLM ``enable_attention_dp``: TP = 1, DP = tp_size per instance;
+    - otherwise ``tp`` is attention TP and ``dp`` the total attention DP (default ``N / (tp x pp)``).
+
+    Raises:
+        PlanError: a switch of another engine, or a tp_size the attention DP does not divide.
+    """
+    engine = scenario.engine.name
+    attn_dp, legacy, adp = sizes.get("attn_dp_size"), values.get("enable_dp_attention"), values.get("enable_attention_dp")
+    if (attn_dp is not None or legacy is not None) and engine is not EngineName.SGLANG:
+        raise PlanError(f"SGLang's attention-DP switch, but the scenario's engine is {engine.value}", source=source,
+                        field="attn_dp_size" if attn_dp is not None else "enable_dp_attention")
+    if adp is not None and engine is not EngineName.TENSORRT_LLM:
+        raise PlanError(f"TensorRT-LLM's enable_attention_dp, but the scenario's engine is {engine.value}", source=source,
+                        field="enable_attention_dp")
+    group = tp
+    replicas_default = max(1, n // (group * pp))
+    if engine is EngineName.SGLANG and (attn_dp is not None or (legacy is not None and _flag(legacy, source, "enable_dp_attention"))):
+        a = attn_dp if attn_dp is not None else sizes.get("dp", 1)
+        if group % a:
+            raise PlanError(f"tp_size = {group} is not a multiple of the attention DP size {a} (SGLang requires it)",
+                            source=source, field="tp")
+        replicas = sizes.get("dp", replicas_default) if attn_dp is not None else replicas_default
+        return group // a, a * replicas, group
+    if engine is EngineName.TENSORRT_LLM and adp is not None and _flag(adp, source, "enable_attention_dp"):
+        return 1, sizes.get("dp", group * replicas_default), group
+    return tp, sizes.get("dp", replicas_default), group
 
 
 def _positive_int(value: Any, source: str, field: str) -> int:

@@ -63,8 +63,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CATALOG_FILE = ROOT / "optimizer" / "catalog" / "calibration.yaml"
 FITTED_GPUS = ("h100-sxm", "h200-sxm", "a100-sxm-80gb", "b200", "l40s")
 LIKE = {"h800-sxm": "h100-sxm", "a100-sxm-40gb": "a100-sxm-80gb"}  # same die, no measurements of their own
-# No modern vLLM or Megatron-Core step rows yet: both engine profiles take the closest measured modern stack.
-ENGINE_STACKS = {"vllm": "tensorrt-llm", "megatron": "tensorrt-llm"}
+# No modern vLLM, SGLang or Megatron-Core step rows yet: those engine profiles take the closest measured
+# modern stack, TensorRT-LLM's own.
+ENGINE_STACKS = {"vllm": "tensorrt-llm", "megatron": "tensorrt-llm", "sglang": "tensorrt-llm", "tensorrt-llm": "tensorrt-llm"}
 REFERENCE_WEIGHT = 1000.0
 
 PRIOR = GpuCalibration(

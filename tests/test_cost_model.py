@@ -24,6 +24,7 @@ from optimizer.cli import main
 from optimizer.cost import Work, causal_pairs, grid, integer_costs, layer_works, work_time_s
 from optimizer.loader import load_scenario, scenario_from_dict, shipped_scenarios
 from optimizer.measured import STEP_KINDS, cluster_for, kernel_sets, kernel_time_s, predict_row, reference_rows, step_parts
+from optimizer.engines import memory_limits
 from optimizer.memory import stage_memory
 from optimizer.parallel import Layout
 from optimizer.rules import MemoryCap
@@ -266,7 +267,7 @@ def test_runtime_components_and_kv_capacity_are_exact():
     per_token = 32 * 2 * 4 * 128 * 2  # 32 layers x K and V x 4 of 8 KV heads x head_dim 128 x bf16
     assert stage.kv_bytes_per_token == per_token and stage.kv_cache_bytes == 4 * 1024 * per_token
     cap = MemoryCap.cap_bytes(s)
-    assert stage.kv_capacity_tokens(cap) == (cap - (stage.total_bytes - stage.kv_cache_bytes)) // per_token
+    assert stage.kv_capacity_tokens(memory_limits(s)) == (cap - (stage.total_bytes - stage.kv_cache_bytes)) // per_token
 
 
 # --- optimize estimate ---------------------------------------------------------------------------------

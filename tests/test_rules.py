@@ -49,6 +49,8 @@ def rule_names(scenario):
 GOOD = {"tp": 2, "pp": 2, "dp": 2, "ep": 4, "etp": 1}
 VLLM_EP = {"engine": {"name": "vllm", "enable_expert_parallel": True}}
 VLLM_NO_EP = {"engine": {"name": "vllm", "enable_expert_parallel": False}}
+SGLANG = {"engine": {"name": "sglang"}}
+TRTLLM = {"engine": {"name": "tensorrt-llm"}}
 
 
 def test_base_plan_passes_every_rule():
@@ -100,6 +102,17 @@ LAYOUT_CASES = [
      {"tp": 2, "pp": 1, "dp": 4, "ep": 1, "etp": 8, "edp": 1}, {"tp": 2, "pp": 1, "dp": 4, "ep": 2, "etp": 4, "edp": 1}, 2, 1),
     ("engine_folding", VLLM_NO_EP,
      {"tp": 2, "pp": 1, "dp": 4, "ep": 1, "etp": 8, "edp": 1}, {"tp": 2, "pp": 1, "dp": 4, "ep": 1, "etp": 1, "edp": 8}, 1, 0),
+    # SGLang: an instance's experts fold into its --tp-size = TP x attention DP (ETP x EP a multiple of TP).
+    ("engine_folding", SGLANG,
+     {"tp": 2, "pp": 1, "dp": 4, "ep": 4, "etp": 2, "edp": 1}, {"tp": 4, "pp": 1, "dp": 2, "ep": 2, "etp": 1, "edp": 4}, 2, 0),
+    # SGLang's dense FFN is tensor parallel over the whole --tp-size group: 510 / 2 is whole, 510 / 8 is not.
+    ("dense_ffn_divisible", {**SGLANG, "model": {"intermediate_size": 510}},
+     {"tp": 2, "pp": 1, "dp": 4, "ep": 1, "etp": 2, "edp": 4}, {"tp": 2, "pp": 1, "dp": 4, "ep": 4, "etp": 2, "edp": 1}, 6, 0),
+    # TensorRT-LLM: attention DP is all (TP = 1) or nothing per instance; ETP x EP a multiple of TP.
+    ("engine_folding", TRTLLM,
+     {"tp": 1, "pp": 1, "dp": 8, "ep": 8, "etp": 1, "edp": 1}, {"tp": 2, "pp": 1, "dp": 4, "ep": 8, "etp": 1, "edp": 1}, 1, 0),
+    ("engine_folding", TRTLLM,
+     {"tp": 4, "pp": 1, "dp": 2, "ep": 4, "etp": 1, "edp": 2}, {"tp": 4, "pp": 1, "dp": 2, "ep": 2, "etp": 1, "edp": 4}, 2, 0),
     # 4 GPUs per node: TP = 8 spans two nodes.
     ("tp_within_node", {}, {"tp": 4, "pp": 1, "dp": 2, "ep": 8}, {"tp": 8, "pp": 1, "dp": 1, "ep": 8}, 4, 0),
     # TP across nodes allowed: TP must then tile whole nodes (3 nodes x 4; TP = 6 does not).
@@ -127,6 +140,8 @@ def test_layout_rule_holds_then_fails_alone(name, overrides, good, bad, lhs, rhs
 def test_rule_set_depends_on_scenario():
     assert "engine_folding" not in rule_names(make_scenario())
     assert "engine_folding" in rule_names(make_scenario(**VLLM_EP))
+    assert "engine_folding" in rule_names(make_scenario(**SGLANG)) and "engine_folding" in rule_names(make_scenario(**TRTLLM))
+    assert "engine_folding" not in rule_names(make_scenario(model=DENSE, **SGLANG))  # replicas only
     assert "moe_ffn_block_aligned" not in rule_names(make_scenario())
     dense = rule_names(make_scenario(model=DENSE))
     assert not dense & {"moe_product", "experts_divisible", "moe_ffn_divisible", "shared_ffn_divisible"}
