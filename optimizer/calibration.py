@@ -23,7 +23,11 @@ Forms (all times in seconds, efficiencies as shares of the datasheet figure):
 - Step parameters, per software stack (engine and era) and GPU, fitted to measured whole steps:
   ``sustained_compute`` (the share of the micro-benchmark GEMM rate a full model keeps: clocks under
   sustained load, kernel choice), ``layer_overhead_us`` per layer and ``step_overhead_us`` per forward step
-  (launches and framework work not in the operator list), and ``collective_skew_us`` per collective call
+  (launches and framework work not in the operator list), ``sustained_memory`` (the micro-benchmark HBM
+  rate a full model's back-to-back weight streaming reaches, the memory-bound twin of ``sustained_compute``),
+  ``sequence_overhead_us`` per sequence in a step (the host's per-request work: scheduling, block tables,
+  sampling; large in 2023 Python schedulers, which vLLM's v0.6 release measured as a GPU idle for half
+  of each step, small in C++ runtimes), and ``collective_skew_us`` per collective call
   and per doubling of its group, ``x log2(n)`` (a collective waits for its slowest rank; the expected
   maximum of n ranks' delays grows like log n for exponential-tailed delays, the order-statistics
   argument that keeps a fit on 2-8 GPUs from exploding at 64; micro-benchmarks start all ranks together
@@ -97,6 +101,7 @@ class StepFit:
     step_overhead_us: float
     collective_skew_us: float = 0.0  # per collective call, x log2(group size): waiting for the slowest rank
     sustained_memory: float = 1.0  # achieved HBM rate in a full model over the microbenchmarks' (weights streamed back to back)
+    sequence_overhead_us: float = 0.0  # per sequence in the step: scheduling, block tables, sampling on the host
 
 
 @dataclass(frozen=True)

@@ -105,8 +105,9 @@ def _collective_s(*, kind: str, message, peers, link: Link, fit: LinkFit):
 def work_time_s(work: Work, *, gpu: GpuSpec, cluster: Cluster, cal: GpuCalibration):
     """Seconds ``work`` takes on one GPU with calibration ``cal`` (array over layouts, or a float)."""
     repeat = work.repeat
-    if work.kind == "overhead":  # ``dtype`` names which fixed term: "layer" or "step"
-        us = cal.step.layer_overhead_us if work.dtype == "layer" else cal.step.step_overhead_us
+    if work.kind == "overhead":  # ``dtype`` names which fixed term: "layer", "step" or "sequence" (x repeat)
+        us = {"layer": cal.step.layer_overhead_us, "step": cal.step.step_overhead_us,
+              "sequence": cal.step.sequence_overhead_us}[work.dtype]
         return repeat * 1e-6 * us
     if work.kind in COLLECTIVE_KINDS:
         off = np.asarray(work.offnode, dtype=float)
@@ -418,7 +419,7 @@ def first_stage_works(*, model: ModelSpec, tokens) -> dict[str, Work]:
 
 def last_stage_works(*, model: ModelSpec, g: _Grid, seqs) -> dict[str, Work]:
     """Final norm, the vocab-parallel LM head for ``seqs`` sampled positions, the gather of FP32 logits
-    over TP (vLLM gathers them for the sampler), and the step's fixed overhead."""
+    over TP (vLLM gathers them for the sampler), the step's fixed overhead and its per-sequence host work."""
     h, shard = model.hidden_size, np.ceil(model.vocab_size / g.tp)
     return {
         "final_norm": Work("elementwise", bytes=2.0 * seqs * h * ACTIVATION_BYTES),
@@ -426,6 +427,7 @@ def last_stage_works(*, model: ModelSpec, g: _Grid, seqs) -> dict[str, Work]:
                         bytes=_bytes(shard * h, HIGH_PRECISION.bits) + seqs * shard * LOGITS_BYTES),
         "logits_gather": Work("allgather", bytes=seqs * shard * g.tp * LOGITS_BYTES, peers=g.tp, offnode=g.tp_offnode),
         "step_overhead": Work("overhead", dtype="step"),
+        "sequence_overhead": Work("overhead", dtype="sequence", repeat=seqs),
     }
 
 

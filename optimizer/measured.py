@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optimizer.calibration import Calibration, GpuCalibration
+from optimizer.calibration import Calibration, GpuCalibration, StepFit
 from optimizer.catalog import gpu_entry, model_entry
 from optimizer.cost import (
     Work,
@@ -302,15 +302,22 @@ def step_scenario(row: MeasuredRow) -> Scenario:
 @dataclass(frozen=True)
 class StepParts:
     """A step row's predicted time split so the step-level parameters can be fitted cheaply:
-    ``time = base_s(sustained) + layers x layer_overhead + step_overhead``. ``base_s`` is tabulated by
-    the real cost model over ``SUSTAINED_GRID`` (linear in 1/sustained between grid points)."""
+    ``time = fixed + (base(sustained_compute / sustained_memory) - fixed) / sustained_memory + layers x
+    layer_overhead + step_overhead + sequences x sequence_overhead + skew``.
+
+    Exact because every roofline term is ``max(a / sustained_compute, b / sustained_memory) = max(a x r, b)
+    / sustained_memory`` with ``r = sustained_memory / sustained_compute``, and the rest (launches,
+    quantisation passes, collectives: ``fixed_s``) scales with neither. ``base_s`` is the real cost model
+    over ``SUSTAINED_GRID`` at ``sustained_memory = 1`` (linear in 1/x between grid points)."""
 
     base_s: np.ndarray
+    fixed_s: float
     layers: int
+    sequences: int
     skew_s_per_us: float  # seconds added per microsecond of ``collective_skew_us``
 
 
-SUSTAINED_GRID = np.linspace(0.3, 1.3, 41)
+SUSTAINED_GRID = np.linspace(0.1, 4.0, 79)  # sustained_compute / sustained_memory
 
 
 def _step_base_s(row: MeasuredRow, cal: GpuCalibration) -> float:
@@ -332,22 +339,34 @@ def _step_base_s(row: MeasuredRow, cal: GpuCalibration) -> float:
 
 def step_parts(row: MeasuredRow, cal: GpuCalibration) -> StepParts:
     """``StepParts`` of ``row`` with ``cal``'s kernel and link parameters (its step parameters ignored)."""
-    base = []
-    zero = replace(cal.step, layer_overhead_us=0.0, step_overhead_us=0.0, collective_skew_us=0.0)
-    for s in SUSTAINED_GRID:
-        base.append(_step_base_s(row, replace(cal, step=replace(zero, sustained_compute=float(s)))))
-    skew = _step_base_s(row, replace(cal, step=replace(zero, sustained_compute=1.0, collective_skew_us=1.0)))
-    plain = _step_base_s(row, replace(cal, step=replace(zero, sustained_compute=1.0)))
-    return StepParts(base_s=np.asarray(base), layers=step_scenario(row).model.num_hidden_layers, skew_s_per_us=skew - plain)
+    zero = replace(cal.step, layer_overhead_us=0.0, step_overhead_us=0.0, collective_skew_us=0.0, sustained_memory=1.0,
+                   sequence_overhead_us=0.0)
+
+    def at(**step) -> float:
+        return _step_base_s(row, replace(cal, step=replace(zero, **step)))
+
+    base = [at(sustained_compute=float(x)) for x in SUSTAINED_GRID]
+    fixed = at(sustained_compute=1e12, sustained_memory=1e12)  # every roofline term gone
+    skew = at(sustained_compute=1.0, collective_skew_us=1.0) - at(sustained_compute=1.0)
+    return StepParts(base_s=np.asarray(base), fixed_s=fixed, layers=step_scenario(row).model.num_hidden_layers,
+                     sequences=row.batch, skew_s_per_us=skew)
 
 
 def step_time_s(parts: StepParts, *, sustained: float, layer_overhead_us: float, step_overhead_us: float,
-                collective_skew_us: float = 0.0) -> float:
-    """Evaluate ``StepParts`` (interpolated in 1/sustained, exact at the grid points)."""
+                collective_skew_us: float = 0.0, sustained_memory: float = 1.0, sequence_overhead_us: float = 0.0) -> float:
+    """Evaluate ``StepParts`` (interpolated in 1/x, exact at the grid points)."""
     inv = 1.0 / SUSTAINED_GRID
-    base = float(np.interp(1.0 / sustained, inv[::-1], parts.base_s[::-1]))
-    return (base + parts.layers * layer_overhead_us * 1e-6 + step_overhead_us * 1e-6
-            + parts.skew_s_per_us * collective_skew_us)
+    ratio = sustained / sustained_memory
+    base = float(np.interp(1.0 / ratio, inv[::-1], parts.base_s[::-1]))
+    return (parts.fixed_s + (base - parts.fixed_s) / sustained_memory + parts.layers * layer_overhead_us * 1e-6
+            + step_overhead_us * 1e-6 + parts.sequences * sequence_overhead_us * 1e-6 + parts.skew_s_per_us * collective_skew_us)
+
+
+def step_fit_time_s(parts: StepParts, fit: StepFit) -> float:
+    """``step_time_s`` with a ``StepFit``'s parameters."""
+    return step_time_s(parts, sustained=fit.sustained_compute, layer_overhead_us=fit.layer_overhead_us,
+                       step_overhead_us=fit.step_overhead_us, collective_skew_us=fit.collective_skew_us,
+                       sustained_memory=fit.sustained_memory, sequence_overhead_us=fit.sequence_overhead_us)
 
 
 def predict_row(row: MeasuredRow, calibration: Calibration) -> float:

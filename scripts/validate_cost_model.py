@@ -32,7 +32,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import calibrate  # noqa: E402  (scripts/calibrate.py: the fits)
 
 from optimizer.calibration import Calibration, shipped_calibration  # noqa: E402
-from optimizer.measured import STEP_KINDS, MeasuredRow, kernel_sets, kernel_time_s, predict_row, reference_rows, step_parts, step_time_s  # noqa: E402
+from optimizer.measured import (  # noqa: E402
+    STEP_KINDS,
+    MeasuredRow,
+    kernel_sets,
+    kernel_time_s,
+    predict_row,
+    reference_rows,
+    step_fit_time_s,
+    step_parts,
+)
 
 COLLECTIVE_KINDS = ("allreduce", "sendrecv_intranode", "sendrecv_internode")
 
@@ -46,8 +55,7 @@ def loo_predictions(rows: list[MeasuredRow], shipped: Calibration) -> dict[Measu
         others = [r for r in steps if r is not row and r.stack == row.stack]
         fits = calibrate.fit_steps(others, {g: shipped.for_gpu(g) for g in {r.gpu for r in steps}}, parts=parts)[row.stack]
         fit = fits.get(row.gpu, fits["*"])  # no other row of this GPU on this stack: the stack's values
-        out[row] = step_time_s(parts[row], sustained=fit.sustained_compute, layer_overhead_us=fit.layer_overhead_us,
-                               step_overhead_us=fit.step_overhead_us, collective_skew_us=fit.collective_skew_us)
+        out[row] = step_fit_time_s(parts[row], fit)
     for row in rows:
         if row.kind == "allreduce":
             base = replace(shipped.for_gpu(row.gpu), entry=row.gpu)
@@ -91,6 +99,31 @@ def ranking_pairs(rows: list[MeasuredRow], predicted: dict[MeasuredRow, float]):
                 continue
             measured = a.measured_s < b.measured_s
             yield a, b, (predicted[a] < predicted[b]) == measured
+
+
+def neighbour_orders(rows: list[MeasuredRow], a: MeasuredRow, b: MeasuredRow) -> str:
+    """Which of the two TP sizes is faster, as measured, in the configurations next to the pair's (the
+    nearest batch, ISL and OSL below and above, all else equal): a pair whose order its neighbours on both
+    sides reverse is one no model smooth in batch and length can order with them."""
+    by_config = {}
+    for r in rows:
+        if r.kind == a.kind and r.gpu == a.gpu and r.model == a.model and r.stack == a.stack and r.tp in (a.tp, b.tp):
+            by_config.setdefault((r.batch, r.input_len, r.output_len), {})[r.tp] = r
+    here = (a.batch, a.input_len, a.output_len)
+    found = []
+    for axis, name in ((0, "b"), (1, "isl"), (2, "osl")):
+        values = sorted({k[axis] for k in by_config if all(k[i] == here[i] for i in range(3) if i != axis)})
+        pos = values.index(here[axis])
+        for v in (values[pos - 1] if pos else None, values[pos + 1] if pos + 1 < len(values) else None):
+            if v is None:
+                continue
+            key = tuple(v if i == axis else here[i] for i in range(3))
+            pair = by_config.get(key, {})
+            if len(pair) == 2:
+                x, y = pair[a.tp], pair[b.tp]
+                faster = a.tp if x.measured_s < y.measured_s else b.tp
+                found.append(f"{name}={v}: TP{faster} faster" + ("" if x.distinct_from(y) else " (a tie)"))
+    return "; ".join(found) or "none"
 
 
 def kernel_summary(show_rows: bool) -> list[str]:
@@ -192,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     for a, b in wrong:
         print(f"  misordered: TP{a.tp} vs TP{b.tp} {a.label}: measured {a.measured_s * 1e3:.2f} vs {b.measured_s * 1e3:.2f} ms, "
               f"predicted {predicted[a] * 1e3:.2f} vs {predicted[b] * 1e3:.2f} ms")
+        print(f"    the same two TP sizes one step away in batch or length: {neighbour_orders(rows, a, b)}")
 
     print("\nKernel tables (aiconfigurator-core 0.12.0; informational, no target):")
     for line in kernel_summary(args.kernels):

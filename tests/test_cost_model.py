@@ -58,7 +58,7 @@ def test_every_reference_collective_is_within_20_percent(predictions):
         assert pct(predictions[row], row.measured_s) <= 20, row.label
 
 
-@pytest.mark.parametrize(("stack", "rows", "pinned_mape"), [("splitwise-2023", 224, 10.7), ("tensorrt-llm", 7, 9.0)])
+@pytest.mark.parametrize(("stack", "rows", "pinned_mape"), [("splitwise-2023", 224, 9.0), ("tensorrt-llm", 7, 9.0)])
 def test_step_latency_errors_by_stack(predictions, stack, rows, pinned_mape):
     steps = [r for r in predictions if r.kind in STEP_KINDS and r.stack == stack]
     assert len(steps) == rows
@@ -66,13 +66,14 @@ def test_step_latency_errors_by_stack(predictions, stack, rows, pinned_mape):
 
 
 def test_step_latency_errors_by_kind(predictions):
-    for kind, pinned in (("decode_ms", 7.2), ("prefill_ms", 14.5), ("ttft_ms", 6.5)):
+    for kind, pinned in (("decode_ms", 3.8), ("prefill_ms", 14.5), ("ttft_ms", 6.5)):
         rows = [r for r in predictions if r.kind == kind]
         assert np.mean([pct(predictions[r], r.measured_s) for r in rows]) <= pinned, kind
 
 
 def test_tp_comparisons_the_measurements_tell_apart_are_ordered_as_measured(predictions):
-    """186 of 196: the ten misordered pairs are measured within 6.2% of each other."""
+    """193 of 196: the three misordered pairs are measured within 6.2% of each other (two of them reverse
+    the order their neighbours in batch or ISL have; scripts/validate_cost_model.py lists them)."""
     groups: dict[tuple, list] = {}
     for r in predictions:
         if r.kind in STEP_KINDS:
@@ -86,7 +87,7 @@ def test_tp_comparisons_the_measurements_tell_apart_are_ordered_as_measured(pred
             if (predictions[a] < predictions[b]) != (a.measured_s < b.measured_s):
                 wrong += 1
                 assert abs(a.measured_s - b.measured_s) / min(a.measured_s, b.measured_s) < 0.065, (a.label, b.label)
-    assert pairs == 196 and wrong <= 10
+    assert pairs == 196 and wrong <= 3
 
 
 def test_tensorrt_llm_stack_leave_one_out():
@@ -129,10 +130,41 @@ def test_a_fresh_fit_reproduces_the_shipped_calibration():
         assert cal.attention.decode_memory_efficiency == pytest.approx(old.attention.decode_memory_efficiency, rel=0.01)
         for stack, fit in cal.steps.items():
             assert fit.sustained_compute == pytest.approx(old.steps[stack].sustained_compute, rel=0.01)
+            assert fit.sustained_memory == pytest.approx(old.steps[stack].sustained_memory, rel=0.01)
+            assert fit.sequence_overhead_us == pytest.approx(old.steps[stack].sequence_overhead_us, rel=0.02, abs=0.5)
     assert set(step_fits) == set(shipped.stacks)
 
 
 # --- the operator forms --------------------------------------------------------------------------------
+
+
+def test_step_parts_are_exact_for_every_step_parameter():
+    """The fit's shortcut (``StepParts``: the cost model tabulated once, the step parameters applied in
+    closed form) equals the cost model itself, for parameters off the tabulation grid."""
+    from optimizer.calibration import StepFit
+    from optimizer.measured import step_fit_time_s
+
+    cal = shipped_calibration()
+    fit = StepFit(sustained_compute=0.83, layer_overhead_us=12.0, step_overhead_us=300.0, collective_skew_us=40.0,
+                  sustained_memory=1.17, sequence_overhead_us=150.0)
+    for row in [r for r in reference_rows() if r.kind in STEP_KINDS][::37]:
+        base = cal.for_gpu(row.gpu, row.stack)
+        exact = predict_row(row, replace(cal, gpus={row.gpu: replace(base, steps={row.stack: fit})}))
+        assert step_fit_time_s(step_parts(row, base), fit) == pytest.approx(exact, rel=1e-9), row.label
+
+
+def test_sustained_memory_scales_memory_bound_terms_and_sequence_overhead_counts_sequences():
+    s = _scenario("Llama-3.1-8B", batch=1)
+    cal = shipped_calibration().for_gpu("h100-sxm")
+    gemm = Work("gemm", flops=2.0 * 1 * 4096 * 4096, bytes=2.0 * 4096 * 4096)  # a decode GEMV: memory bound
+    fit = cal.gemm_fit("bf16")
+    t1 = work_time_s(gemm, gpu=s.cluster.gpu, cluster=s.cluster, cal=replace(cal, step=replace(cal.step, sustained_memory=1.0)))
+    t2 = work_time_s(gemm, gpu=s.cluster.gpu, cluster=s.cluster, cal=replace(cal, step=replace(cal.step, sustained_memory=2.0)))
+    launch = fit.launch_us * 1e-6
+    assert (t2 - launch) == pytest.approx((t1 - launch) / 2)
+    seq = Work("overhead", dtype="sequence", repeat=np.asarray([1.0, 64.0]))
+    t = work_time_s(seq, gpu=s.cluster.gpu, cluster=s.cluster, cal=replace(cal, step=replace(cal.step, sequence_overhead_us=250.0)))
+    assert list(t) == pytest.approx([250e-6, 64 * 250e-6])
 
 
 def test_causal_pairs_full_and_windowed():
