@@ -501,16 +501,23 @@ def minimise_disaggregated(*, num_gpus: int, prefill: list[tuple[int, int, int, 
     m.add_multiplication_equality(pool_p, [r_p, g_p])
     m.add_multiplication_equality(pool_d, [r_d, g_d])
     m.add(pool_p + pool_d <= n)
-    # An upper bound on the optimum: the best single-instance pair that fits (r_p = r_d = 1).
+    # An upper bound on the optimum: the best single-instance pair that fits (r_p = r_d = 1). Its value
+    # max(A_p, B_d) grows with B_d, so each prefill candidate needs only the first fitting decode
+    # candidate in B order (exact, and not the P x D scan that cost as much as the solve).
+    by_b = sorted((-(-n * decode_steps * st // seqs), g_dj, recv) for g_dj, st, recv, seqs in decode)
     ub = None
     for g_pi, pf, send, reps in prefill:
         if ttft_bound_ns is not None and pf + send > ttft_bound_ns:
             continue
-        for g_dj, st, recv, seqs in decode:
-            if g_pi + g_dj > n or (ttft_bound_ns is not None and pf + recv > ttft_bound_ns):
-                continue
-            value = max(-(-n * pf // reps), -(-n * decode_steps * st // seqs))
-            ub = value if ub is None else min(ub, value)
+        a = -(-n * pf // reps)
+        if ub is not None and a >= ub:
+            continue
+        for b, g_dj, recv in by_b:
+            if ub is not None and b >= ub:
+                break
+            if g_pi + g_dj <= n and (ttft_bound_ns is None or pf + recv <= ttft_bound_ns):
+                ub = max(a, b) if ub is None else min(ub, max(a, b))
+                break
     if ub is None:
         return None
     widest = max(max(s for *_, s in decode), max(r for *_, r in prefill))
