@@ -352,6 +352,8 @@ def ffn_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _Grid, t
     if dense:
         # Over ``ffn_tp`` ranks; where that is wider than TP (SGLang's attention DP) each rank first gathers
         # the tokens of the ``ffn_tp / TP`` attention-DP ranks, and the output is reduced over ``ffn_tp``.
+        # Every rank is taken to bring as many tokens as this one: the loaded case (SGLang steps its DP
+        # ranks together), conservative for a lone prompt's prefill.
         w = model.dense_ffn_width / g.ffn_tp
         gathered = tokens * g.ffn_tp / g.tp
         works = {
