@@ -405,9 +405,8 @@ def layer_time(*, scenario: Scenario, g: _Grid, tokens, seqs, context, prefill: 
 def layer_works(*, scenario: Scenario, g: _Grid, tokens, seqs, context, prefill: bool, dense: bool) -> dict[str, Work]:
     """Every operator of one layer (attention block, FFN or MoE block, the per-layer overhead)."""
     model, workload, gpu = scenario.model, scenario.workload, scenario.cluster.gpu
-    own_ffn_reduce = dense and np.any(g.ffn_tp > g.tp)
     works = attention_works(model=model, workload=workload, gpu=gpu, g=g, tokens=tokens, seqs=seqs, context=context, prefill=prefill,
-                            tp_allreduces=np.where(g.ffn_tp > g.tp, 1.0, 2.0) if own_ffn_reduce else 2.0)
+                            tp_allreduces=np.where(g.ffn_tp > g.tp, 1.0, 2.0) if dense else 2.0)
     works.update(ffn_works(model=model, workload=workload, gpu=gpu, g=g, tokens=tokens, dense=dense,
                            routing_imbalance=workload.routing_imbalance))
     works["layer_overhead"] = Work("overhead", dtype="layer")

@@ -113,22 +113,18 @@ def usable_bytes(scenario: Scenario) -> int:
     """What a GPU's whole footprint must fit in when the limits hold: ``floor(memory x u)`` under vLLM's
     meaning (and Megatron's), the whole ``memory_bytes`` under SGLang's and TensorRT-LLM's, whose fraction
     splits the memory rather than capping it (their limits imply the total fits)."""
-    memory = scenario.cluster.gpu.memory_bytes
     if scenario.engine.name in (EngineName.SGLANG, EngineName.TENSORRT_LLM):
-        return memory
-    return _floor_times(memory, scenario.search.gpu_memory_utilization)
+        return scenario.cluster.gpu.memory_bytes
+    return memory_limits(scenario)[0].cap
 
 
 def weights_and_kv_room_bytes(scenario: Scenario) -> int:
     """An upper bound on the weights plus KV cache one GPU can hold under the limits, for sound lower
     bounds on GPU counts: ``floor(memory x u) - runtime`` (vLLM), ``floor(T x u)`` (SGLang), ``memory -
     runtime`` (TensorRT-LLM: ``q/p >= 1`` weighs the KV cache at least as much as the rest)."""
-    engine, memory = scenario.engine, scenario.cluster.gpu.memory_bytes
-    if engine.name is EngineName.SGLANG:
+    if scenario.engine.name is EngineName.SGLANG:
         return memory_limits(scenario)[0].cap
-    if engine.name is EngineName.TENSORRT_LLM:
-        return memory - engine.runtime_bytes
-    return _floor_times(memory, scenario.search.gpu_memory_utilization) - engine.runtime_bytes
+    return usable_bytes(scenario) - scenario.engine.runtime_bytes
 
 
 def memory_fraction_flag(scenario: Scenario) -> str:

@@ -16,7 +16,7 @@ Embedding, LM head, norms and router stay in BF16 when the weights are quantised
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from optimizer.engines import MemoryLimit, ffn_tp, memory_limits
 from optimizer.errors import OptimizerError
@@ -356,9 +356,7 @@ class MemoryTable:
             OptimizerError: the table was built for other limits (another engine or memory fraction).
         """
         limits = memory_limits(scenario)
-        key = [(t.limit.label, t.limit.weights, t.limit.kv_cache, t.limit.activations, t.limit.preload, t.limit.cuda_graphs)
-               for t in self.limits]
-        if key != [(m.label, m.weights, m.kv_cache, m.activations, m.preload, m.cuda_graphs) for m in limits]:
+        if [replace(t.limit, cap=0) for t in self.limits] != [replace(m, cap=0) for m in limits]:
             raise OptimizerError("internal error: memory table built for other memory limits than the scenario's")
         return [(t, m.cap) for t, m in zip(self.limits, limits)]
 

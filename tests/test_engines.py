@@ -8,6 +8,7 @@ import json
 from dataclasses import replace
 from fractions import Fraction
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -18,7 +19,7 @@ from optimizer.cost import grid, layer_works
 from optimizer.engines import ffn_tp, instances, memory_limits, usable_bytes, weights_and_kv_room_bytes
 from optimizer.errors import PlanError
 from optimizer.launch import sglang_commands
-from optimizer.loader import load_scenario
+from optimizer.loader import load_scenario, scenario_from_dict
 from optimizer.memory import StageMemory, ffn_weight_bytes, stage_memory
 from optimizer.parallel import Layout
 from optimizer.solve import optimize
@@ -132,7 +133,6 @@ ADP = Layout(tp=1, pp=1, dp=8, ep=8, etp=1, edp=1)  # SGLang --tp 8 --attn-dp-si
 
 
 def _dsv3(engine: str):
-    from optimizer.loader import scenario_from_dict
     return scenario_from_dict({"name": "t", **DSV3, "engine": {"name": engine}})
 
 
@@ -151,7 +151,6 @@ def test_sglang_dense_ffn_is_sharded_over_the_tp_size_group():
 
 def test_sglang_dense_layer_gathers_tokens_and_reduces_over_the_ffn_group():
     sg, vl = _dsv3("sglang"), _dsv3("vllm")
-    import numpy as np
     for sc, has_own in ((sg, True), (vl, False)):
         g = grid(sc, (ADP,))
         works = layer_works(scenario=sc, g=g, tokens=np.ones(1) * 8, seqs=np.ones(1) * 8, context=1024, prefill=False, dense=True)
