@@ -41,7 +41,8 @@ from optimizer.report import (
 )
 from optimizer.scenario import Objective, Scenario
 from optimizer.schema import plan_schema, scenario_schema
-from optimizer.solve import confirm_optimum, optimize
+from optimizer.certify import check_optimality
+from optimizer.solve import DEFAULT_BUDGET_S, Deadline, confirm_optimum, optimize
 from optimizer.sweep import EXECUTORS, atomic_write, expand_jobs, run_sweep
 from optimizer.verify import certify, plan_context, read_plan
 
@@ -110,8 +111,10 @@ def _scenario_inputs(name_or_path: str) -> list[Path]:
               help="Use this Hugging Face config.json as the scenario's model.")
 @click.option("--solver", type=click.Choice(["cp-sat", "exhaustive"]), default="cp-sat", show_default=True,
               help="CP-SAT with proof, or the enumeration oracle on the same rules and tables.")
-@click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
-              help="Stop CP-SAT after S seconds and return the best plan found, marked not proved, with its gap.")
+@click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_BUDGET_S,
+              show_default=True, metavar="S",
+              help="The command's budget (solve, conflict search, diagnosis): when it runs out, the best plan found is "
+                   "printed, marked not proved, with its gap; a diagnosis says where it stopped.")
 @click.option("--require-proof", is_flag=True, help="Exit 1 unless the plan is proved optimal.")
 @click.option("--double-check", is_flag=True,
               help="After a proof, re-solve with objective <= best - 1 and require INFEASIBLE.")
@@ -141,6 +144,7 @@ def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, m
                   "(use --json for its document)", EXIT_BAD_INPUT)
         ctx.invoke(capacity, scenario_name=scenario_name, rate=None, json_path=json_path, solver=solver)
         return
+    deadline = Deadline(time_limit_s)
     try:
         if solver == "exhaustive":
             solution = optimize_exhaustive(scenario)
@@ -148,9 +152,10 @@ def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, m
                 checked = confirm_optimum(scenario, solution.tables, solution.evidence.objective, time_limit_s=time_limit_s)
                 solution = replace(solution, evidence=replace(solution.evidence, double_check=checked))
         else:
-            solution = optimize(scenario, time_limit_s=time_limit_s, workers=workers, double_check=double_check)
+            solution = optimize(scenario, time_limit_s=time_limit_s, workers=workers, double_check=double_check, deadline=deadline)
     except Infeasible as exc:
-        _infeasible(scenario, exc, solver=solver, explain=explain, json_path=json_path, inputs=_scenario_inputs(scenario_name))
+        _infeasible(scenario, exc, solver=solver, explain=explain, json_path=json_path, inputs=_scenario_inputs(scenario_name),
+                    deadline=deadline)
         return
     except SolveIncomplete as exc:
         _fail(f"no plan for {scenario.name}: {exc}", EXIT_INFEASIBLE)
@@ -185,12 +190,12 @@ def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, m
 
 
 def _infeasible(scenario: Scenario, exc: Infeasible, *, solver: str, explain: bool, json_path: str | None,
-                inputs: list[Path]) -> None:
+                inputs: list[Path], deadline: Deadline | None = None) -> None:
     """Report a proved infeasibility: the independent conflicts, then (``explain``) the smallest changes."""
     lines = [f"no feasible plan for {scenario.name}."]
     if solver == "exhaustive":
         lines += ["The exhaustive search rejected every layout:", *(f"  - {r}" for r in exc.reasons)]
-    diagnosis = diagnose(scenario, exc.conflicts) if explain else None
+    diagnosis = diagnose(scenario, exc.conflicts, deadline=deadline) if explain else None
     conflicts = diagnosis.reasons if diagnosis else tuple(exc.reasons)
     if solver != "exhaustive" or diagnosis:
         lines.append("These rules cannot all hold (each line is an independent conflict; relax a rule of every one):")
@@ -236,8 +241,10 @@ def verify(plan_path: str | None, scenario_name: str, json_path: str | None, **s
     ...). Sizes can also be given as options, e.g. `optimize verify --scenario 16gpu-30b --tp 4 --pp 4
     --dp 2 --ep 16`. Missing sizes are derived as the scenario's engine would; an SGLang plan may give
     its --tp-size with --attn-dp-size (or --dp-size with enable_dp_attention: true), a TensorRT-LLM plan
-    its tp_size with enable_attention_dp: true. Exit 0 if every rule holds, 1 if any fails (one line per
-    failing rule), 2 for unreadable input.
+    its tp_size with enable_attention_dp: true. A plan JSON that carries an optimality certificate
+    (evidence.optimality_certificate) has it re-checked against the scenario, without CP-SAT. Exit 0 if
+    every rule (and the certificate) holds, 1 if any fails (one line per failing rule), 2 for unreadable
+    input.
     """
     scenario = _load(scenario_name)
     given = {key: value for key, value in sizes.items() if value is not None}
@@ -252,14 +259,33 @@ def verify(plan_path: str | None, scenario_name: str, json_path: str | None, **s
     certificate = certify(scenario, plan)
     document = plan_document(scenario=scenario, plan=plan, certificate=certificate, table=context.table,
                              index=context.index, evidence=None)
+    optimality = _optimality_claim(plan_path)
+    check = None if optimality is None else check_optimality(scenario, plan, optimality)
     if json_path:
         _write(json_path, to_json(document), inputs=[*([Path(plan_path)] if plan_path else []), *_scenario_inputs(scenario_name)])
     if json_path != "-":
         click.echo(model_summary(scenario))
         click.echo(render_table(document, title="Verified plan"))
+        if check is not None:
+            click.echo(f"Optimality certificate: {check.summary()}")
     if not certificate.holds:
         failing = "\n".join(f"  - {c.name}: {c.detail} ({c.lhs} {c.op} {c.rhs} is false)" for c in certificate.failing)
         _fail(f"the plan breaks {len(certificate.failing)} rule(s):\n{failing}", EXIT_INFEASIBLE)
+    if check is not None and not check.holds:
+        _fail(f"the plan's optimality certificate does not hold for this scenario: {check.summary()}", EXIT_INFEASIBLE)
+
+
+def _optimality_claim(plan_path: str | None) -> dict | None:
+    """The optimality certificate of a plan document written by ``optimize --json``, if it has one."""
+    if plan_path is None:
+        return None
+    try:
+        data = read_mapping(Path(plan_path))
+    except ScenarioError:
+        return None  # read_plan has already accepted the file; a plain mapping has no claim
+    evidence = data.get("evidence") if isinstance(data, dict) else None
+    claim = evidence.get("optimality_certificate") if isinstance(evidence, dict) else None
+    return claim if isinstance(claim, dict) else None
 
 
 @main.command()
@@ -476,8 +502,8 @@ def _csv(kind: type) -> Any:
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Parallel jobs [default: all cores].")
 @click.option("--ray-address", default=None, metavar="ADDR", help="Connect to this Ray cluster instead of starting a local one.")
 @click.option("--resume/--fresh", default=True, show_default=True, help="Keep and skip results already in DIR.")
-@click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
-              help="Per-scenario CP-SAT limit; plans then may be marked not proved.")
+@click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_BUDGET_S,
+              show_default=True, metavar="S", help="Each scenario's budget (solve and diagnosis), as for optimize --time-limit.")
 @click.option("--explain/--no-explain", default=False, show_default=True, help="Diagnose infeasible scenarios (slower).")
 def sweep(inputs: tuple[str, ...], out_dir: str, gpus: tuple[int, ...], gpu_names: tuple[str, ...], models: tuple[str, ...],
           model_configs: tuple[str, ...], isl: tuple[int, ...], osl: tuple[int, ...], executor: str, workers: int | None,

@@ -24,18 +24,18 @@ tried when it finds nothing.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 from optimizer.engines import weights_and_kv_room_bytes
 from optimizer.errors import Infeasible, OptimizerError
-from optimizer.exhaustive import optimize_exhaustive
 from optimizer.memory import stage_memory
 from optimizer.parallel import Layout, layout_grid
 from optimizer.result import build_tables
 from optimizer.rules import Rule, build_rules
 from optimizer.scenario import EngineName, Objective, Scenario
-from optimizer.solve import best_primary_ns, describe_conflict, disjoint_conflicts, is_feasible
+from optimizer.solve import Deadline, best_primary_ns, describe_conflict, disjoint_conflicts, is_feasible
 from optimizer.units import GIB
 
 LATENCY_TARGETS = ("ttft_target", "tpot_target")
@@ -99,8 +99,22 @@ def _with_memory(scenario: Scenario, memory_bytes: int) -> Scenario:
     return scenario.model_copy(update={"cluster": scenario.cluster.model_copy(update={"gpu": gpu})})
 
 
+class _OutOfTime(Exception):
+    """The command's budget ran out in the middle of a search."""
+
+
+_DEADLINE: ContextVar[Deadline | None] = ContextVar("diagnosis_deadline", default=None)
+
+
+def _check_time() -> None:
+    deadline = _DEADLINE.get()
+    if deadline is not None and deadline.expired():
+        raise _OutOfTime
+
+
 def _feasible(scenario: Scenario, lift: tuple[str, ...] = (), **kwargs: Any) -> bool:
     """Does ``scenario`` admit a plan with the rules named in ``lift`` set aside?"""
+    _check_time()
     try:
         return is_feasible(scenario, rules=_rules(scenario, lift), **kwargs)
     except OptimizerError:  # a change so large the cost model leaves the solver's range: not a fix
@@ -234,25 +248,15 @@ def largest_workload(scenario: Scenario, field: str, lift: tuple[str, ...] = ())
 
 
 _TARGET_FIELDS = {"ttft_target": "ttft_s", "tpot_target": "tpot_s", "throughput_target": "output_tokens_per_s"}
-HUGE_MEMORY_BYTES = 1 << 50  # 1 PiB per GPU: every memory constraint is then slack (rules._add_stage_cap)
 
 
 def _best_primary_ns(scenario: Scenario, lift: tuple[str, ...]) -> int | None:
     """The best primary objective (ns) with the rules in ``lift`` set aside, or None if none admit a plan.
-
-    Targets and the memory cap are set aside by changing the scenario (no target; 1 PiB per GPU), and the
-    optimum is found by enumeration: exact, and fast where CP-SAT can take minutes to prove an optimum
-    once targets no longer prune the grid. Other rules are set aside in the CP-SAT model.
-    """
-    changed = _with(scenario, "targets", **{_TARGET_FIELDS[t]: None for t in lift if t in _TARGET_FIELDS})
-    if "memory_cap" in lift:
-        changed = _with_memory(changed, HUGE_MEMORY_BYTES)
-    rest = tuple(name for name in lift if name not in _TARGET_FIELDS and name != "memory_cap")
+    A lifted memory cap lets every candidate take its fastest split regardless of memory; lifted targets
+    constrain nothing (``solve.best_primary_ns`` over the candidates' exact values)."""
+    _check_time()
     try:
-        if not rest:
-            solution = optimize_exhaustive(changed)
-            return solution.evidence.objective // solution.evidence.candidates
-        return best_primary_ns(changed, rules=_rules(changed, rest))
+        return best_primary_ns(scenario, rules=_rules(scenario, lift))
     except (Infeasible, OptimizerError):
         return None
 
@@ -307,44 +311,66 @@ def switches(scenario: Scenario, conflict: tuple[str, ...], lift: tuple[str, ...
     return found
 
 
-def diagnose(scenario: Scenario, conflicts: tuple[tuple[str, ...], ...] = ()) -> Diagnosis:
+def diagnose(scenario: Scenario, conflicts: tuple[tuple[str, ...], ...] = (), *, deadline: Deadline | None = None) -> Diagnosis:
     """The conflicts and the confirmed smallest changes for an infeasible ``scenario``.
 
     Args:
         conflicts: from ``Infeasible.conflicts``; computed with CP-SAT when empty (e.g. after the exhaustive
             solver, which reports rejection counts instead).
+        deadline: the command's budget; a search it stops is named in ``notes`` and the rest are skipped.
 
     Raises:
         OptimizerError: the scenario admits a plan after all (nothing to diagnose).
     """
+    token = _DEADLINE.set(deadline)
+    try:
+        return _diagnose(scenario, conflicts, deadline)
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _diagnose(scenario: Scenario, conflicts: tuple[tuple[str, ...], ...], deadline: Deadline | None) -> Diagnosis:
     rules = build_rules(scenario)
     if not conflicts:
-        conflicts = disjoint_conflicts(scenario, build_tables(scenario), rules)
+        conflicts = disjoint_conflicts(scenario, build_tables(scenario), rules, deadline=deadline)
         if not conflicts:
             raise OptimizerError(f"{scenario.name} admits a plan: there is nothing to diagnose")
     reasons = tuple(" + ".join(describe_conflict(c, rules)) for c in conflicts)
     changes: list[Change] = []
     notes: list[str] = []
 
-    def add(result: tuple[Change | None, str], lift: tuple[str, ...]) -> None:
-        change, note = result
+    def add(search: Any, lift: tuple[str, ...]) -> None:
+        if notes and notes[-1].startswith("the time budget ran out"):
+            return
+        try:
+            change, note = search()
+        except _OutOfTime:
+            notes.append(f"the time budget ran out ({deadline.seconds:g} s, --time-limit); the searches after this point were skipped")
+            return
         aside = f" (with {', '.join(lift)} set aside: that conflict needs its own change)" if lift else ""
         if change is not None:
             changes.append(Change(change.field, change.current, change.proposed, change.text + aside))
         elif note:
             notes.append(note + aside)
 
-    add(fewest_gpus(scenario), ())
+    add(lambda: fewest_gpus(scenario), ())
     for conflict in conflicts:
         lift = tuple(name for other in conflicts if other is not conflict for name in other)
         if "memory_cap" in conflict:
-            add(memory_needed(scenario, lift), lift)
+            add(lambda: memory_needed(scenario, lift), lift)
         if ("memory_cap" in conflict or any(t in conflict for t in LATENCY_TARGETS)) and "throughput_target" not in conflict:
-            add(largest_workload(scenario, "concurrent_sequences", lift), lift)
-            add(largest_workload(scenario, "input_tokens", lift), lift)
+            add(lambda: largest_workload(scenario, "concurrent_sequences", lift), lift)
+            add(lambda: largest_workload(scenario, "input_tokens", lift), lift)
         for target in TARGETS:
             if target in conflict:
-                add(best_target(scenario, target, conflict, lift), lift)
-        for change in switches(scenario, conflict, lift):
-            add((change, ""), lift)
+                add(lambda: best_target(scenario, target, conflict, lift), lift)
+        found: list[Change] = []
+
+        def flip(conflict=conflict, lift=lift) -> tuple[None, str]:
+            found.extend(switches(scenario, conflict, lift))
+            return None, ""
+
+        add(flip, lift)
+        for change in found:
+            add(lambda change=change: (change, ""), lift)
     return Diagnosis(conflicts=tuple(conflicts), reasons=reasons, changes=tuple(changes), notes=tuple(notes))

@@ -89,6 +89,9 @@ def plan_document(
             "candidates": evidence.candidates,
             "objective_encoding": "primary_ns x candidates + tie_break_rank",
             "objective_kind": scenario.search.objective.value,
+            "certificate_check": evidence.certificate_check,
+            "solver_fault": evidence.solver_fault,
+            "optimality_certificate": evidence.certificate,
         },
     }
 
@@ -372,6 +375,10 @@ def render_table(document: dict[str, Any], *, title: str = "Plan", timing: str |
             f"{ev['candidates']} layouts" + (f", {size['variables']} variables, {size['constraints']} constraints" if size else "")
             + (f"; {timing}" if timing else ""),
         ]
+        if ev.get("certificate_check"):
+            lines.append(f"Optimality certificate: {ev['certificate_check']}")
+        if ev.get("solver_fault"):
+            lines.append(f"SOLVER FAULT: {ev['solver_fault']}")
     return "\n".join(lines) + "\n"
 
 

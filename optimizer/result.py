@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from optimizer.cost import CostTable, integer_costs
@@ -22,6 +23,8 @@ class Evidence:
     objective of the returned plan, recomputed from the integer tables. ``best_bound`` is the solver's
     proved lower bound, read as an exact integer. ``double_check`` is the status of the re-solve with
     ``objective <= best - 1`` (INFEASIBLE confirms the proof), or None when not asked for.
+    ``certificate`` is the optimality certificate a proof rests on besides CP-SAT's status, re-checked
+    without CP-SAT (``certificate_check``); ``solver_fault`` says when that check refuted CP-SAT.
 
     ``wall_s``, ``solve_wall_s`` and ``workers`` describe the run, not the result: they are printed on
     the terminal but kept out of the JSON, which is byte-identical across runs and worker counts.
@@ -39,6 +42,9 @@ class Evidence:
     double_check: str | None = None
     workers: int = 1
     solve_wall_s: float = 0.0
+    certificate: dict | None = None  # the optimality certificate (``certify.py``), when CP-SAT claimed a proof
+    certificate_check: str | None = None  # what re-checking it without CP-SAT found
+    solver_fault: str | None = None  # CP-SAT's claim failed the check; the enumeration's plan was kept
 
     @property
     def gap(self) -> int | None:
@@ -91,12 +97,16 @@ class Tables:
     cost: CostTable
     memory: MemoryTable
 
+    @cached_property
+    def _positions(self) -> dict[tuple[Layout, int], int]:
+        positions: dict[tuple[Layout, int], int] = {}
+        for c, key in enumerate(zip(self.layouts, self.cost.batch)):
+            positions.setdefault(key, c)
+        return positions
+
     def index(self, layout: Layout, batch: int) -> int | None:
-        """The candidate with this layout and batch per replica, or None."""
-        for c, (lay, b) in enumerate(zip(self.layouts, self.cost.batch)):
-            if lay == layout and b == batch:
-                return c
-        return None
+        """The first candidate with this layout and batch per replica, or None."""
+        return self._positions.get((layout, batch))
 
 
 def build_tables(scenario: Scenario, layouts: tuple[Layout, ...] | None = None, batches: tuple[int, ...] | None = None) -> Tables:

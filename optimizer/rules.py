@@ -97,6 +97,11 @@ class LayoutRule(Rule):
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
         raise NotImplementedError
 
+    def holds(self, scenario: Scenario, layout: Layout) -> bool:
+        """``evaluate(...).holds`` without the sentence (the grid-wide verdicts of ``candidates.py``);
+        subclasses on hot paths override it with the same integer test, and a test keeps the two equal."""
+        return self.evaluate(scenario, layout).holds
+
     def check(self, ctx: PlanContext) -> list[Check]:
         return [self.evaluate(ctx.scenario, ctx.plan.layout)]
 
@@ -144,6 +149,9 @@ class Divisible(LayoutRule):
         self.name, self.field, self.size, self.numerator = name, field, size, numerator
         self.formula = f"{field} % {size} == 0"
 
+    def holds(self, scenario: Scenario, layout: Layout) -> bool:
+        return self.numerator % _size(scenario, layout, self.size) == 0
+
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
         size = _size(scenario, layout, self.size)
         rest = self.numerator % size
@@ -172,6 +180,10 @@ class BlockAligned(LayoutRule):
     def __init__(self, name: str, field: str, size: str, width: int, block: int):
         self.name, self.field, self.size, self.width, self.block = name, field, size, width, block
         self.formula = f"({field} / {size}) % {block} == 0"
+
+    def holds(self, scenario: Scenario, layout: Layout) -> bool:
+        size = _size(scenario, layout, self.size)
+        return not ((self.width % size) or ((self.width // size) % self.block))
 
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
         size = _size(scenario, layout, self.size)
@@ -418,10 +430,12 @@ def _ns_text(ns: int, unit: str) -> str:
     return f"{ns / 1e6:.3f} {unit}"
 
 
-def _target_ns(seconds) -> int:
-    """Largest whole nanosecond count within an exact target in seconds."""
+def target_bound_ns(seconds) -> int:
+    """Largest whole nanosecond count within an exact target in seconds (a ``Fraction``)."""
     value = seconds * NS_PER_S
     return value.numerator // value.denominator
+
+
 
 
 # Every latency variable of the CP-SAT model is bounded below this (solve.py checks it before building), so
@@ -443,10 +457,10 @@ class TtftTarget(Rule):
     formula = "ttft_ns <= floor(targets.ttft_s x 1e9)"
 
     def check(self, ctx: PlanContext) -> list[Check]:
-        return _latency_check(self, "TTFT", ctx.estimate.ttft_ns, _target_ns(ctx.scenario.targets.ttft_s))
+        return _latency_check(self, "TTFT", ctx.estimate.ttft_ns, target_bound_ns(ctx.scenario.targets.ttft_s))
 
     def add_to_model(self, view: SolverView, lit: Any) -> None:
-        bound = _target_ns(view.scenario.targets.ttft_s)
+        bound = target_bound_ns(view.scenario.targets.ttft_s)
         bad = [view.x[c] for c in range(len(view.layouts)) if view.table.ttft_ns(c) > bound]
         if bad:
             view.model.add(sum(bad) == 0).only_enforce_if(lit)
@@ -457,10 +471,10 @@ class TpotTarget(Rule):
     formula = "tpot_ns <= floor(targets.tpot_s x 1e9)"
 
     def check(self, ctx: PlanContext) -> list[Check]:
-        return _latency_check(self, "TPOT", ctx.estimate.tpot_ns, _target_ns(ctx.scenario.targets.tpot_s))
+        return _latency_check(self, "TPOT", ctx.estimate.tpot_ns, target_bound_ns(ctx.scenario.targets.tpot_s))
 
     def add_to_model(self, view: SolverView, lit: Any) -> None:
-        view.model.add(view.tpot_ns <= _solver_bound(_target_ns(view.scenario.targets.tpot_s))).only_enforce_if(lit)
+        view.model.add(view.tpot_ns <= _solver_bound(target_bound_ns(view.scenario.targets.tpot_s))).only_enforce_if(lit)
 
 
 class ThroughputTarget(Rule):

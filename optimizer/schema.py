@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from optimizer import catalog
 from optimizer.scenario import Scenario
 
-SCHEMA_VERSION = "3.1"
+SCHEMA_VERSION = "3.2"
 _STRICT = ConfigDict(extra="forbid")
 
 
@@ -149,6 +149,18 @@ class CertificateSection(BaseModel):
     checks: list[CheckEntry]
 
 
+class OptimalityCertificate(BaseModel):
+    model_config = _STRICT
+    format: Literal["optimality-certificate/1"]
+    candidates: int = Field(ge=1, description="the scenario's candidates (layout x batch), grid order")
+    optimum: int = Field(description="primary_ns x candidates + rank of the plan")
+    chosen: int = Field(ge=0, description="the plan's candidate index")
+    codes: list[str] = Field(description="legend: a rule name, `bound` or `optimum`")
+    runs: list[list[int]] = Field(description="[code index, count] runs in candidate order, covering every candidate")
+    witness_slowest_stage_ns: dict[str, int] = Field(
+        description="candidate index -> a lower bound of its slowest decode stage, checked: no split fits under it")
+
+
 class EvidenceSection(BaseModel):
     model_config = _STRICT
     status: str = Field(description="OPTIMAL | FEASIBLE (stopped at a limit)")
@@ -164,6 +176,11 @@ class EvidenceSection(BaseModel):
     candidates: int
     objective_encoding: str
     objective_kind: str
+    certificate_check: str | None = Field(default=None, description="what re-checking the optimality certificate without CP-SAT found")
+    solver_fault: str | None = Field(default=None, description="set when the check refuted CP-SAT; the enumeration's plan is kept")
+    optimality_certificate: OptimalityCertificate | None = Field(
+        default=None, description="for every candidate a rejecting rule or a lower bound above the optimum (certify.py); "
+                                  "`optimize verify PLAN.json` re-checks it")
 
 
 class ChangeEntry(BaseModel):
@@ -206,7 +223,7 @@ class PlanDocument(BaseModel):
     """A plan (``plan`` set, ``infeasible`` absent) or a proved infeasibility (``plan`` null)."""
 
     model_config = ConfigDict(extra="forbid", title=f"optimizer plan document, schema {SCHEMA_VERSION}")
-    schema_version: Literal["3.1"]
+    schema_version: Literal["3.2"]
     scenario: dict[str, Any] = Field(description="the validated scenario, every field explicit")
     plan: PlanSizes | None
     rank_map: RankMap | None = None

@@ -1,25 +1,44 @@
-"""CP-SAT model: one boolean per grid layout, the layer split, the latency variables, every rule behind
-its own enforcement literal; minimise the scenario objective with a lexicographic tie-break.
+"""CP-SAT for the single-scenario search: the chosen candidate linked to its exact cost, a certificate
+checked without CP-SAT, a second formulation for the double check, and the conflict search.
 
-Variables (all integers):
-- ``x[c]``: layout ``c`` of the grid is chosen (exactly one); ``tp, pp, dp, ep, etp, edp`` follow from it.
-- ``l_first, l_middle, l_last``: layers of the first stage, of the largest middle stage, of the last
-  stage (an exact encoding: any split with the same first/last counts and middle stages no larger than
-  ``l_middle`` has the same slowest stage and the same memory peak).
-- ``slowest_stage_ns``, ``tpot_ns``, ``ttft_ns``, ``request_latency_ns``: bounded below by the integer
-  cost tables (``tpot >= m x slowest + share``, ``tpot >= all stages + hops + share``).
-Objective, lexicographic in two solves: first minimise ``primary_ns`` (the scenario objective), then fix
-it at its optimum and minimise the layout's rank ``c`` in the grid's tie-break order. The reported
-objective is ``primary_ns x C + c`` (C layouts), computed in Python integers: a single CP-SAT objective of
-that form would overflow 64 bits on large grids (65,536 GPUs: 12,597 layouts x 1e15 ns).
+**The optimisation model** (``optimize``). Every candidate (a layout and a batch per replica) is
+evaluated first, exactly and for the whole grid at once (``candidates.CandidateValues``): the rules that
+reject it, and the smallest slowest decode stage over its layer splits, from which TTFT, TPOT, request
+latency and the primary objective follow (each grows with that one stage time). The model is one boolean
+per admissible candidate, exactly one true, and the linear objective ``sum((primary_c x C + c) x x_c)``
+(C candidates; the tie-break rank ``c`` inside the objective, so one solve gives the unique optimum).
+Where that would leave 62 bits, two solves: ``primary`` first, then the rank with ``primary`` fixed.
 
-Proof: both solves OPTIMAL with no gap limit, each objective equal to its exact bound
-(``inner_objective_lower_bound``, an integer; the API's ``objective_value`` is a double).
-Infeasible: the rules' literals become assumptions; CP-SAT returns a core, shrunk by deletion to a
-minimal set of rules that conflict, each deletion confirmed by a re-solve.
+Why this formulation (measured, see ``scripts/bench.py`` and the closing note of issue 12): the former
+model kept the layer split and the latency as variables bounded below through ``only_enforce_if``, so its
+linear relaxation was empty; the bound stayed at 0 until booleans were fixed and the search improved in
+nanosecond steps (Llama-3.1-70B on 8 H100 ran for 12 minutes; 14,057 improving plans in 30 s on 16). It
+also met a CP-SAT 9.15 presolve fault that returned OPTIMAL 42% above the optimum. With each candidate's
+exact cost on its boolean, the relaxation's optimum is the optimum: CP-SAT proves it at the root, and
+the whole build + solve costs less than the enumeration oracle's own per-candidate plan checks.
 
-Reference: OR-Tools CP-SAT Python API (``CpModel.add(...).only_enforce_if``, ``add_assumptions``,
-``CpSolver.sufficient_assumptions_for_infeasibility``), developers.google.com/optimization.
+**Never on CP-SAT's word alone.** A plan is called proved when CP-SAT says OPTIMAL with the objective
+equal to its exact bound *and* the optimality certificate (``certify.py``: for every candidate the rule
+that rejects it or a lower bound above the optimum) re-checks in exact integers without CP-SAT. The
+chosen candidate's value is also recomputed from its concrete split (``split.best_split`` and
+``cost.estimate``, another code path). When the certificate fails, the solve is marked a solver fault,
+the enumeration oracle's plan (checked rule by rule) is kept, and the disagreement is reported.
+
+**The double check** (``--double-check``) builds a fresh model of another formulation, the layer split
+as variables (``split_model``), with presolve off, and asks for any plan better than the claimed one in
+``(primary, rank)`` order: INFEASIBLE confirms the claim.
+
+**Infeasible**: candidates with the same set of rejecting rules are interchangeable, so the conflict model
+holds one boolean per distinct set (a few dozen); each relaxable rule's literal forbids the sets it is in.
+CP-SAT's assumption core, shrunk by deletion, is a minimal conflict. Relaxing the memory cap or the even
+split changes a candidate's best split, so each candidate appears once per variant of those two rules.
+
+**One budget**: ``time_limit_s`` bounds the whole call (solve, conflict search); when it runs out before a
+proof, the best plan found is returned, marked not proved, with its gap.
+
+Reference: OR-Tools CP-SAT Python API (``CpModel.add_exactly_one``, ``minimize``, ``add_assumptions``,
+``CpSolver.sufficient_assumptions_for_infeasibility``; parameter ``cp_model_presolve``),
+developers.google.com/optimization; the presolve fault: issue 12 of this project (fuzz-368).
 """
 
 from __future__ import annotations
@@ -31,19 +50,24 @@ from typing import Any
 import ortools
 from ortools.sat.python import cp_model
 
+from optimizer import certify as optimality
+from optimizer.candidates import CandidateValues, Variant, variant_for
 from optimizer.cost import estimate
 from optimizer.errors import Infeasible, OptimizerError, SolveIncomplete
 from optimizer.memory import layer_kinds
 from optimizer.parallel import Layout, Plan
 from optimizer.result import Evidence, Solution, Tables, build_tables, primary_ns
-from optimizer.rules import Rule, build_rules
+from optimizer.rules import EvenLayers, LayoutRule, MemoryCap, Rule, build_rules
 from optimizer.scenario import Objective, Scenario
 from optimizer.split import DENSE_FIRST_NOTE, best_split, leading_dense_layers
 from optimizer.units import NS_PER_S
 
 SOLVER_NAME = f"cp-sat {ortools.__version__}"
+DEFAULT_BUDGET_S = 60.0  # one wall-clock budget per command unless --time-limit says otherwise (DESIGN.md)
 _INT_LIMIT = 1 << 62
 
+
+# --- the split formulation: the layer split and the latencies as variables (the double check only) ----------
 
 @dataclass
 class _View:
@@ -189,13 +213,53 @@ def _add_costs(view: _View, tpot_ub: int) -> None:
             m.add(view.l_middle == 0).only_enforce_if(on)
 
 
-def _solver(*, time_limit_s: float | None, seed: int, workers: int) -> cp_model.CpSolver:
+class Deadline:
+    """One wall-clock budget for a whole command: ``remaining()`` seconds (None: unbounded)."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds
+        self.end = None if seconds is None else time.perf_counter() + seconds
+
+    def remaining(self) -> float | None:
+        return None if self.end is None else max(self.end - time.perf_counter(), 0.0)
+
+    def expired(self) -> bool:
+        return self.end is not None and time.perf_counter() >= self.end
+
+
+def _solver(*, time_limit_s: float | None, seed: int, workers: int, presolve: bool = True) -> cp_model.CpSolver:
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = workers
     solver.parameters.random_seed = seed
+    if not presolve:
+        solver.parameters.cp_model_presolve = False
     if time_limit_s is not None:
-        solver.parameters.max_time_in_seconds = time_limit_s
+        solver.parameters.max_time_in_seconds = max(time_limit_s, 0.01)
     return solver
+
+
+def _codes(scenario: Scenario, values: CandidateValues, rules: tuple[Rule, ...]) -> tuple[Variant, list[str | None]]:
+    """Per candidate, the first rule that rejects every plan of it (certificate order: layout rules, the
+    layer split, even layers, memory, targets), or None when it is admissible."""
+    variant = variant_for(rules)
+    codes: list[str | None] = [None] * values.n
+    order: list[tuple[str, Any]] = []
+    for rule in rules:
+        if isinstance(rule, LayoutRule):
+            order.append((rule.name, values.layout_fails(rule)))
+    order.append(("layer_split", ~values.exists(Variant(memory=False, even=False))))
+    if variant.even:
+        order.append(("even_layers", ~values.exists(Variant(memory=False, even=True))))
+    if variant.memory:
+        order.append(("memory_cap", ~values.exists(variant)))
+    for rule in rules:
+        if rule.name in optimality.TARGET_CODES:
+            order.append((rule.name, values.rejects(rule, variant)))
+    for name, mask in order:
+        for c in mask.nonzero()[0]:
+            if codes[c] is None:
+                codes[c] = name
+    return variant, codes
 
 
 def optimize(
@@ -208,118 +272,164 @@ def optimize(
     rules: tuple[Rule, ...] | None = None,
     double_check: bool = False,
     exclude: frozenset[Layout] = frozenset(),
+    deadline: Deadline | None = None,
 ) -> Solution:
-    """Find the plan that minimises the scenario's objective, with CP-SAT's evidence.
+    """Find the plan that minimises the scenario's objective, proved by CP-SAT and by a certificate
+    checked without it (see the module docstring).
 
-    One worker and a fixed seed by default: CP-SAT is then deterministic, and these models are small. With
-    more workers the proved optimum is the same (the objective includes the layout's rank, so it has one
-    minimiser), hence the same plan and the same JSON.
+    One worker and a fixed seed by default: the objective includes the layout's rank, so it has one
+    minimiser, hence the same plan and the same JSON for any worker count.
 
     Args:
-        time_limit_s: wall-clock limit; if it stops the search, the best plan found is returned with
-            ``proved_optimal=False`` and the gap ``objective - best_bound``.
-        rules: the rules to enforce (default: every rule of the scenario); ``diagnose`` drops some.
-        double_check: after a proof, re-solve with ``objective <= best - 1`` and record the status, which
-            must be INFEASIBLE (else ``OptimizerError``: the proof would be wrong).
-        exclude: layouts the plan may not use (``runner_up`` excludes the best one).
+        time_limit_s: the budget of the whole call (solve and, when infeasible, the conflict search); if it
+            stops the solve, the best plan found is returned with ``proved_optimal=False`` and its gap.
+        rules: the rules to enforce (default: every rule of the scenario).
+        double_check: after a proof, search the split formulation (fresh model, presolve off) for a better
+            plan and record the status, which must be INFEASIBLE (else ``OptimizerError``).
+        exclude: layouts the plan may not use.
+        deadline: a budget shared with the caller (overrides ``time_limit_s``).
 
     Raises:
-        Infeasible: no plan satisfies the rules; ``reasons`` names a minimal conflicting set of rules.
-        SolveIncomplete: the time limit ran out before a plan was found or infeasibility proved.
-        OptimizerError: the scenario's numbers would overflow the solver's 62-bit integers.
+        Infeasible: no plan satisfies the rules; ``reasons`` names minimal conflicting sets of rules.
+        SolveIncomplete: the budget ran out before a plan was found or infeasibility proved.
+        OptimizerError: the scenario's numbers leave the solver's 62-bit range, or the search's two
+            evaluations of the chosen plan disagree (a bug, reported, never hidden).
     """
     start = time.perf_counter()
+    deadline = deadline or Deadline(time_limit_s)
     tables = tables or build_tables(scenario)
     rules = build_rules(scenario) if rules is None else rules
-    view = enforced_model(scenario, tables, rules)
-    for c, layout in enumerate(view.layouts):
-        if layout in exclude:
-            view.model.add(view.x[c] == 0)
+    values = CandidateValues(scenario, tables)
+    variant, codes = _codes(scenario, values, rules)
     n = len(tables.layouts)
-    # Stage 1: the scenario objective.
-    status, solver, p_found, p_bound = _minimise(view, view.primary, time_limit_s=time_limit_s, seed=seed, workers=workers)
-    name = solver.status_name(status)
-    if status == cp_model.INFEASIBLE:
-        conflicts = disjoint_conflicts(scenario, tables, rules, time_limit_s=time_limit_s)
+    primary = values.metrics(variant)[3]
+    admissible = [c for c in range(n) if codes[c] is None and tables.layouts[c] not in exclude]
+    if not admissible:
+        conflicts = disjoint_conflicts(scenario, tables, rules, deadline=deadline, values=values)
         raise Infeasible([" + ".join(describe_conflict(c, rules)) for c in conflicts], conflicts=conflicts)
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        limit = f" (time limit {time_limit_s:g} s)" if time_limit_s is not None else ""
-        raise SolveIncomplete(f"CP-SAT stopped with status {name} after {solver.wall_time:.2f} s{limit} "
-                              "without a plan or a proof that none exists; allow more time")
-    c = next(i for i, xc in enumerate(view.x) if solver.value(xc))
-    solve_wall_s, rank_bound = solver.wall_time, 0
-    if status == cp_model.OPTIMAL and p_found == p_bound:
-        # Stage 2: among plans at the optimum, the first layout in tie-break order.
-        view.model.add(view.primary == p_found)
-        status, solver, c, rank_bound = _minimise(view, view.rank, time_limit_s=time_limit_s, seed=seed, workers=workers)
-        solve_wall_s += solver.wall_time
-        name = solver.status_name(status)
-        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):  # stage 1's plan is still a plan
-            raise SolveIncomplete(f"CP-SAT stopped with status {name} while breaking ties; allow more time")
+    status, c, p_found, bound, solve_wall_s, size, stages = _minimise_table(
+        admissible, primary, n, deadline=deadline, seed=seed, workers=workers)
+    if c is None:
+        raise SolveIncomplete(f"CP-SAT stopped with status {status} after {solve_wall_s:.2f} s (budget "
+                              f"{deadline.seconds:g} s) without a plan; allow more time")
     plan = _canonical_plan(scenario, tables, c)
     objective = plan_objective(scenario, tables, plan, c)
-    if objective > p_found * n + c or (status == cp_model.OPTIMAL and objective != p_found * n + c):
-        raise OptimizerError(f"internal error: the canonical split's objective {objective} differs from CP-SAT's "
-                             f"{p_found * n + c}")
-    bound = p_bound * n + rank_bound
-    proved = status == cp_model.OPTIMAL and objective == bound
+    if objective != p_found * n + c:
+        raise OptimizerError(f"internal error: candidate {c}'s objective is {objective} from its split and "
+                             f"{p_found * n + c} from the grid-wide evaluation")
+    cp_proved = status == "OPTIMAL" and objective == bound
+    fault, certificate, check = None, None, None
+    if cp_proved:
+        codes[c] = "optimum"
+        for i in range(n):
+            if codes[i] is None:
+                codes[i] = "bound"
+        for layout_excluded in (i for i in range(n) if tables.layouts[i] in exclude and codes[i] == "bound"):
+            codes[layout_excluded] = "bound"  # an excluded candidate must still be bounded: checked like any other
+        slowest = values.min_slowest_ns(variant)
+        certificate = optimality.build(scenario, tables, chosen=c, optimum=objective, codes=codes,
+                                       slowest_ns=[None if int(v) < 0 else int(v) for v in slowest])
+        check = optimality.check_optimality(scenario, plan, certificate, tables)
+        if not check.holds:
+            fault = (f"solver fault: CP-SAT claimed {objective} optimal, the certificate check failed "
+                     f"({check.failures[0]}); the enumeration oracle's plan is kept")
+    if fault is not None:
+        from optimizer.exhaustive import optimize_exhaustive  # exhaustive does not import this module
+
+        oracle = optimize_exhaustive(scenario, tables=tables, exclude=exclude)
+        plan, objective, bound, certificate = oracle.plan, oracle.evidence.objective, oracle.evidence.objective, None
+        status = "OPTIMAL"
     checked = None
+    proved = (cp_proved and check is not None and check.holds) or fault is not None
     if double_check and proved:
-        checked = _double_check(view, objective, n, time_limit_s=time_limit_s, seed=seed, workers=workers)
-    proto = view.model.proto
+        checked = _double_check(scenario, tables, rules, objective, deadline=deadline, seed=seed, workers=workers)
     evidence = Evidence(
-        status=name,
+        status=status,
         objective=objective,
         best_bound=bound,
         proved_optimal=proved,
-        solver=SOLVER_NAME,
+        solver=SOLVER_NAME if fault is None else f"{SOLVER_NAME} (fault) + exhaustive",
         wall_s=time.perf_counter() - start,
-        parameters={"random_seed": seed, "max_time_in_seconds": time_limit_s, "stages": "primary_ns, then tie_break_rank"},
-        model_size={"variables": len(proto.variables), "constraints": len(proto.constraints)},
+        parameters={"random_seed": seed, "max_time_in_seconds": time_limit_s, "stages": stages},
+        model_size=size,
         candidates=n,
         double_check=checked,
         workers=workers,
         solve_wall_s=solve_wall_s,
+        certificate=certificate,
+        certificate_check=None if check is None else check.summary(),
+        solver_fault=fault,
     )
     return Solution(scenario=scenario, plan=plan, tables=tables, evidence=evidence)
 
 
-def _minimise(view: _View, expr: Any, *, time_limit_s: float | None, seed: int, workers: int) -> tuple[int, Any, int, int]:
-    """Minimise ``expr``: (status, solver, value found, exact lower bound). Value and bound are read as
-    integers; the objective has no offset or scaling, so ``inner_objective_lower_bound`` is its bound."""
-    view.model.minimize(expr)
-    objective = view.model.proto.objective
-    if objective.offset != 0 or objective.scaling_factor not in (0, 1):
-        raise OptimizerError("internal error: the CP-SAT objective has an offset or a scaling factor")
-    solver = _solver(time_limit_s=time_limit_s, seed=seed, workers=workers)
-    status = solver.solve(view.model)
+def _minimise_table(admissible: list[int], primary: list[int], n: int, *, deadline: Deadline, seed: int, workers: int):
+    """Minimise ``primary[c] x n + c`` over the admissible candidates with CP-SAT. Returns (status name,
+    chosen candidate or None, its primary, the proved bound of the encoded objective, wall s, model size,
+    stages)."""
+    top = max(primary[c] for c in admissible)
+    m = cp_model.CpModel()
+    x = [m.new_bool_var(f"x[{c}]") for c in admissible]
+    m.add_exactly_one(x)
+    size = {"variables": len(x), "constraints": 1}
+    wall = 0.0
+    if (top + 1) * n < _INT_LIMIT:
+        m.minimize(sum((primary[c] * n + c) * xc for c, xc in zip(admissible, x)))
+        solver = _solver(time_limit_s=deadline.remaining(), seed=seed, workers=workers)
+        status = solver.solve(m)
+        wall += solver.wall_time
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            return solver.status_name(status), None, 0, 0, wall, size, "primary_ns x C + rank"
+        c = next(c for c, xc in zip(admissible, x) if solver.value(xc))
+        return (solver.status_name(status), c, primary[c], int(solver.response_proto.inner_objective_lower_bound), wall,
+                size, "primary_ns x C + rank")
+    # Two stages: the primary, then the rank among candidates at the optimum.
+    m.minimize(sum(primary[c] * xc for c, xc in zip(admissible, x)))
+    solver = _solver(time_limit_s=deadline.remaining(), seed=seed, workers=workers)
+    status = solver.solve(m)
+    wall += solver.wall_time
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return status, solver, 0, 0
-    return status, solver, int(solver.value(expr)), int(solver.response_proto.inner_objective_lower_bound)
+        return solver.status_name(status), None, 0, 0, wall, size, "primary_ns, then rank"
+    c = next(c for c, xc in zip(admissible, x) if solver.value(xc))
+    p_found, p_bound = primary[c], int(solver.response_proto.inner_objective_lower_bound)
+    if status != cp_model.OPTIMAL or p_found != p_bound:
+        return solver.status_name(status), c, p_found, p_bound * n, wall, size, "primary_ns, then rank"
+    m.add(sum(primary[c] * xc for c, xc in zip(admissible, x)) == p_found)
+    m.minimize(sum(c * xc for c, xc in zip(admissible, x)))
+    solver = _solver(time_limit_s=deadline.remaining(), seed=seed, workers=workers)
+    status = solver.solve(m)
+    wall += solver.wall_time
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):  # stage 1's plan is still a plan, not proved
+        return "FEASIBLE", c, p_found, p_bound * n, wall, size, "primary_ns, then rank"
+    c = next(c for c, xc in zip(admissible, x) if solver.value(xc))
+    return (solver.status_name(status), c, p_found, p_bound * n + int(solver.response_proto.inner_objective_lower_bound),
+            wall, size, "primary_ns, then rank")
 
 
 def confirm_optimum(scenario: Scenario, tables: Tables, objective: int, *, time_limit_s: float | None = None) -> str:
-    """Double-check a claimed optimum (from either solver): build the CP-SAT model with every rule and
-    ``objective <= claimed - 1``; returns the status name, INFEASIBLE when the claim holds.
+    """Double-check a claimed optimum (from either solver) on the split formulation, fresh and without
+    presolve; returns the status name, INFEASIBLE when the claim holds.
 
     Raises:
         OptimizerError: a plan with a smaller objective exists (the claim is wrong).
     """
-    view = enforced_model(scenario, tables, build_rules(scenario))
-    return _double_check(view, objective, len(tables.layouts), time_limit_s=time_limit_s, seed=0, workers=1)
+    return _double_check(scenario, tables, build_rules(scenario), objective, deadline=Deadline(time_limit_s), seed=0, workers=1)
 
 
-def _double_check(view: _View, objective: int, n: int, *, time_limit_s: float | None, seed: int, workers: int) -> str:
-    """Re-solve for a plan with ``primary x n + rank <= objective - 1``, written without the product
-    (which could overflow 64 bits) as the lexicographic "(primary, rank) < (p, c)"; returns the status
-    name, which must be INFEASIBLE."""
+def _double_check(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...], objective: int, *, deadline: Deadline,
+                  seed: int, workers: int) -> str:
+    """Search the split formulation (a fresh model: the layer split and the latencies as variables, no
+    presolve, nothing shared with the solve it checks) for a plan with ``(primary, rank) < (p, c)``,
+    ``objective = p x C + c``; returns the status name, which must be INFEASIBLE (UNKNOWN if the budget
+    ran out first)."""
+    n = len(tables.layouts)
     p, c = divmod(objective, n)
-    view.model.clear_objective()
+    view = enforced_model(scenario, tables, rules)
     better_primary = view.model.new_bool_var("double_check_better_primary")
     view.model.add(view.primary <= p - 1).only_enforce_if(better_primary)
     view.model.add(view.primary == p).only_enforce_if(better_primary.Not())
     view.model.add(view.rank <= c - 1).only_enforce_if(better_primary.Not())
-    solver = _solver(time_limit_s=time_limit_s, seed=seed, workers=workers)
+    solver = _solver(time_limit_s=deadline.remaining(), seed=seed, workers=workers, presolve=False)
     status = solver.solve(view.model)
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         found = int(solver.value(view.primary)) * n + int(solver.value(view.rank))
@@ -346,94 +456,135 @@ def plan_objective(scenario: Scenario, tables: Tables, plan: Plan, c: int) -> in
 
 
 def is_feasible(scenario: Scenario, *, tables: Tables | None = None, rules: tuple[Rule, ...] | None = None) -> bool:
-    """Does any plan satisfy ``rules`` (default: all of the scenario's)? The same CP-SAT model as
-    ``optimize`` with the objective removed: a feasibility proof, not an optimisation.
+    """Does any plan satisfy ``rules`` (default: all of the scenario's)? Every candidate evaluated against
+    them, as the optimisation model is built (``candidates.CandidateValues.admissible``).
 
     Raises:
-        SolveIncomplete: never expected without a time limit; kept for an UNKNOWN status.
         OptimizerError: the scenario's numbers would overflow the solver's integers.
     """
     tables = tables or build_tables(scenario)
     rules = build_rules(scenario) if rules is None else rules
-    view = enforced_model(scenario, tables, rules)
-    status = _solver(time_limit_s=None, seed=0, workers=1).solve(view.model)
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE, cp_model.INFEASIBLE):
-        raise SolveIncomplete(f"CP-SAT returned {cp_model.CpSolver().status_name(status)} on a feasibility check")
-    return status != cp_model.INFEASIBLE
+    _, ok = CandidateValues(scenario, tables).admissible(rules)
+    return bool(ok.any())
 
 
 def best_primary_ns(scenario: Scenario, *, rules: tuple[Rule, ...] | None = None) -> int | None:
     """The proved optimum of the scenario's primary objective (ns) under ``rules``, or None if none admit
-    a plan. Unlike ``optimize`` it builds no concrete plan, so ``rules`` may leave out any rule (the
-    diagnosis lifts memory or targets to see how far they must move).
+    a plan. ``rules`` may leave out any rule (the diagnosis lifts memory or targets to see how far they
+    must move): a lifted memory cap or even split lets each candidate take its best split without it.
 
     Raises:
-        SolveIncomplete: CP-SAT did not prove the optimum (never expected without a time limit).
+        SolveIncomplete: CP-SAT did not prove the optimum (never expected: the model proves at the root).
         OptimizerError: the scenario's numbers would overflow the solver's integers.
     """
     tables = build_tables(scenario)
     rules = build_rules(scenario) if rules is None else rules
-    view = enforced_model(scenario, tables, rules)
-    status, solver, found, bound = _minimise(view, view.primary, time_limit_s=None, seed=0, workers=1)
-    if status == cp_model.INFEASIBLE:
+    values = CandidateValues(scenario, tables)
+    variant, ok = values.admissible(rules)
+    admissible = [int(c) for c in ok.nonzero()[0]]
+    if not admissible:
         return None
-    if status != cp_model.OPTIMAL or found != bound:
-        raise SolveIncomplete(f"CP-SAT returned {solver.status_name(status)} without a proof")
+    primary = values.metrics(variant)[3]
+    n = len(tables.layouts)
+    status, c, found, bound, *_ = _minimise_table(admissible, primary, n, deadline=Deadline(None), seed=0, workers=1)
+    if status != "OPTIMAL" or c is None or found * n + c != bound:
+        raise SolveIncomplete(f"CP-SAT returned {status} without a proof")
     return found
 
 
+def _conflict_model(values: CandidateValues, rules: tuple[Rule, ...]) -> tuple[Any, dict[str, Any]]:
+    """The feasibility model over rejection signatures (see the module docstring): one boolean per distinct
+    set of relaxable rules that reject some (candidate, variant), exactly one true, and each rule's
+    literal forbidding the sets it belongs to. Returns the model and ``{rule name: literal}``."""
+    fixed = [r for r in rules if not r.relaxable]
+    relaxable = [r for r in rules if r.relaxable]
+    has_memory = any(isinstance(r, MemoryCap) for r in relaxable)
+    has_even = any(isinstance(r, EvenLayers) for r in relaxable)
+    base = None
+    for rule in fixed:
+        if isinstance(rule, LayoutRule):
+            bad = values.layout_fails(rule)
+            base = ~bad if base is None else base & ~bad
+    signatures: set[tuple[int, ...]] = set()
+    for memory in ((True, False) if has_memory else (False,)):
+        for even in ((True, False) if has_even else (False,)):
+            variant = Variant(memory=memory, even=even)
+            alive = values.exists(variant) if base is None else values.exists(variant) & base
+            if not alive.any():
+                continue
+            masks = [values.rejects(r, variant) for r in relaxable]
+            for c in alive.nonzero()[0]:
+                signatures.add(tuple(i for i, mask in enumerate(masks) if mask[c]))
+    m = cp_model.CpModel()
+    literals = {r.name: m.new_bool_var(f"enforce[{r.name}]") for r in relaxable}
+    chosen = {sig: m.new_bool_var(f"signature{list(sig)}") for sig in sorted(signatures)}
+    if chosen:
+        m.add_exactly_one(list(chosen.values()))
+    else:
+        m.add_bool_or([])  # no candidate at all: infeasible whatever is relaxed
+    for i, rule in enumerate(relaxable):
+        members = [var for sig, var in chosen.items() if i in sig]
+        if members:
+            m.add(sum(members) == 0).only_enforce_if(literals[rule.name])
+    return m, literals
+
+
 def minimal_conflict(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...], *,
-                     time_limit_s: float | None = None) -> tuple[str, ...]:
+                     time_limit_s: float | None = None, deadline: Deadline | None = None,
+                     values: CandidateValues | None = None) -> tuple[str, ...]:
     """A minimal set of rule names that together admit no plan: CP-SAT's assumption core, then deletion
     (drop one rule, re-solve; keep it out if still infeasible). One worker, so the core is reproducible.
     Rules that are not ``relaxable`` (they define what a plan is) are always enforced and never named.
-    Empty when those alone admit no plan, in rule order otherwise. With ``time_limit_s`` each solve is
-    bounded: a step that runs out keeps its rule (the set still conflicts, it may just not be minimal),
-    and a first solve that runs out names every relaxable rule.
+    Empty when those alone admit no plan, in rule order otherwise. Within the budget: a step that runs
+    out keeps its rule (the set still conflicts, it may just not be minimal), and a first solve that runs
+    out names every relaxable rule.
 
     Raises:
         OptimizerError: the rules admit a plan (there is no conflict to explain).
     """
-    view, literals = build_model(scenario, tables, rules)
-    view.model.clear_objective()
-    fixed = {r.name for r in rules if not r.relaxable}
-    for name in fixed:
-        view.model.add(literals[name] == 1)
-    literals = {name: lit for name, lit in literals.items() if name not in fixed}
+    deadline = deadline or Deadline(time_limit_s)
+    values = values or CandidateValues(scenario, tables)
+    model, literals = _conflict_model(values, rules)
     by_index = {lit.index: name for name, lit in literals.items()}
-    solver = _solver(time_limit_s=time_limit_s, seed=0, workers=1)
-    view.model.add_assumptions(list(literals.values()))
-    first = solver.solve(view.model)
+    order = [r.name for r in rules]
+    model.add_assumptions(list(literals.values()))
+    solver = _solver(time_limit_s=deadline.remaining(), seed=0, workers=1)
+    first = solver.solve(model)
     if first in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise OptimizerError("the rules admit a plan: there is no conflict to explain")
-    order = [r.name for r in rules]
     if first != cp_model.INFEASIBLE:  # out of time: every relaxable rule together is still a conflict
         return tuple(sorted(literals, key=order.index))
     core = [by_index[i] for i in solver.sufficient_assumptions_for_infeasibility()]
     needed = list(core)
     for name in core:
+        if deadline.expired():
+            break
         trial = [r for r in needed if r != name]
-        view.model.clear_assumptions()
-        view.model.add_assumptions([literals[r] for r in trial])
-        if solver.solve(view.model) == cp_model.INFEASIBLE:
+        model.clear_assumptions()
+        model.add_assumptions([literals[r] for r in trial])
+        solver = _solver(time_limit_s=deadline.remaining(), seed=0, workers=1)
+        if solver.solve(model) == cp_model.INFEASIBLE:
             needed = trial
     return tuple(sorted(needed, key=order.index))
 
 
 def disjoint_conflicts(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...], *,
-                       time_limit_s: float | None = None) -> tuple[tuple[str, ...], ...]:
+                       time_limit_s: float | None = None, deadline: Deadline | None = None,
+                       values: CandidateValues | None = None) -> tuple[tuple[str, ...], ...]:
     """Minimal conflicts with no rule in common: find one, set its rules aside, look again among the
     rest, until the rest admit a plan. A plan needs at least one rule of every conflict relaxed, so this
     names every independent reason (e.g. the weights do not fit *and*, separately, TPOT is out of reach)."""
+    deadline = deadline or Deadline(time_limit_s)
+    values = values or CandidateValues(scenario, tables)
     conflicts: list[tuple[str, ...]] = []
     remaining = rules
     while True:
         try:
-            conflict = minimal_conflict(scenario, tables, remaining, time_limit_s=time_limit_s)
+            conflict = minimal_conflict(scenario, tables, remaining, deadline=deadline, values=values)
         except OptimizerError:
             break
         conflicts.append(conflict)
-        if not conflict:
+        if not conflict or deadline.expired():
             break
         remaining = tuple(r for r in remaining if r.name not in conflict)
     return tuple(conflicts)

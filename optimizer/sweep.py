@@ -34,7 +34,7 @@ from optimizer.exhaustive import runner_up
 from optimizer.loader import read_mapping, scenario_from_dict, shipped_scenarios
 from optimizer.report import infeasible_document, render_markdown, solution_document, to_json
 from optimizer.scenario import Scenario
-from optimizer.solve import optimize
+from optimizer.solve import DEFAULT_BUDGET_S, Deadline, optimize
 
 EXECUTORS = ("process", "ray")
 SUMMARY_COLUMNS = (
@@ -236,17 +236,18 @@ def validate(job: Job) -> Scenario | str:
         return str(exc)
 
 
-def run_job(job: Job, *, time_limit_s: float | None = None, explain: bool = False) -> Outcome:
+def run_job(job: Job, *, time_limit_s: float | None = DEFAULT_BUDGET_S, explain: bool = False) -> Outcome:
     """Plan one job: the same documents ``optimize --json/--markdown`` writes. Never raises for a bad
     scenario or a failed solve: the outcome records it (a sweep goes on)."""
     start = time.perf_counter()
     scenario = validate(job)
     if isinstance(scenario, str):
         return Outcome(job.name, "error", error=scenario, seconds=time.perf_counter() - start)
+    deadline = Deadline(time_limit_s)
     try:
-        solution = optimize(scenario, time_limit_s=time_limit_s)
+        solution = optimize(scenario, time_limit_s=time_limit_s, deadline=deadline)
     except Infeasible as exc:
-        diagnosis = diagnose(scenario, exc.conflicts) if explain else None
+        diagnosis = diagnose(scenario, exc.conflicts, deadline=deadline) if explain else None
         reasons = diagnosis.reasons if diagnosis else tuple(exc.reasons)
         document = infeasible_document(scenario=scenario, reasons=reasons, diagnosis=diagnosis)
         return Outcome(job.name, "infeasible", to_json(document), _infeasible_markdown(document),
@@ -313,7 +314,7 @@ def run_sweep(
     executor: str = "process",
     workers: int | None = None,
     resume: bool = True,
-    time_limit_s: float | None = None,
+    time_limit_s: float | None = DEFAULT_BUDGET_S,
     explain: bool = False,
     ray_address: str | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,

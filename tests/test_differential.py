@@ -17,6 +17,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from conftest import BASE, deep_merge
+from optimizer.candidates import NONE, CandidateValues, Variant
+from optimizer.certify import check_optimality
 from optimizer.cost import stage_ns
 from optimizer.engines import memory_limits
 from optimizer.errors import Infeasible
@@ -30,7 +32,8 @@ from optimizer.solve import optimize
 from optimizer.split import best_split, leading_dense_layers
 from optimizer.verify import certify
 
-GPU_COUNTS = [1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 16]  # products of 2, 3 and 5 up to 16
+GPU_COUNTS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 16, 27, 30]  # primes, odd (27) and composite (30) counts
+LARGE_GPU_COUNTS = [720]  # highly composite: a grid of thousands of candidates, drawn now and then
 MEMORY_FACTORS = [0.25, 0.5, 0.75, 1.1, 1000, 1000]  # x the one-GPU footprint: tight to ample
 
 
@@ -68,8 +71,8 @@ def models(draw, max_layers=12):
 
 
 @st.composite
-def scenarios(draw, max_layers=12):
-    n = draw(st.sampled_from(GPU_COUNTS))
+def scenarios(draw, max_layers=12, large=False):
+    n = draw(st.sampled_from(GPU_COUNTS + (LARGE_GPU_COUNTS if large and draw(st.integers(0, 19)) == 0 else [])))
     model = draw(models(max_layers))
     workload = {
         "concurrent_sequences": draw(st.integers(1, 64)),
@@ -130,7 +133,7 @@ def solve_both(scenario):
 
 
 @settings(max_examples=int(os.environ.get("OPTIMIZER_DIFF_EXAMPLES", "200")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenarios())
+@given(scenarios(large=True))
 def test_cp_sat_matches_exhaustive(scenario):
     cp, ex = solve_both(scenario)
     event(f"objective {scenario.search.objective.value}")
@@ -141,7 +144,11 @@ def test_cp_sat_matches_exhaustive(scenario):
     event(f"feasible, PP = {cp.plan.layout.pp}" if cp.plan.layout.pp < 3 else "feasible, PP >= 3")
     assert cp.evidence.objective == ex.evidence.objective
     assert cp.plan == ex.plan
-    assert cp.evidence.proved_optimal
+    assert cp.evidence.proved_optimal and cp.evidence.solver_fault is None
+    assert cp.evidence.certificate_check.startswith("checked without CP-SAT")
+    assert check_optimality(scenario, cp.plan, cp.evidence.certificate).holds  # again, on fresh tables
+    event(f"{len(cp.evidence.certificate['witness_slowest_stage_ns'])} witnesses" if cp.evidence.certificate["witness_slowest_stage_ns"]
+          else "no witness needed")
     cert = certify(scenario, cp.plan, cp.tables)
     assert cert.holds, [(c.name, c.lhs, c.op, c.rhs) for c in cert.failing]
 
@@ -153,8 +160,9 @@ def compositions(total, parts):
         yield tuple(b - a for a, b in zip(bounds, bounds[1:]))
 
 
-def brute_force_split(scenario, tables, c):
-    """(smallest slowest decode stage, fits) over every admissible composition; None if none fits."""
+def brute_force_split(scenario, tables, c, *, memory=True):
+    """The smallest slowest decode stage over every admissible composition (within memory unless
+    ``memory`` is false); None if none fits."""
     layout, cap = tables.layouts[c], MemoryCap.cap_bytes(scenario)
     total, k = scenario.model.num_hidden_layers, leading_dense_layers(scenario)
     best = None
@@ -163,7 +171,7 @@ def brute_force_split(scenario, tables, c):
             continue
         if not scenario.search.allow_uneven_layers and len(set(split)) > 1:
             continue
-        if not fits(scenario, tables, c, split, cap):
+        if memory and not fits(scenario, tables, c, split, cap):
             continue
         slowest = slowest_stage(scenario, tables, c, split)
         best = slowest if best is None else min(best, slowest)
@@ -203,3 +211,19 @@ def test_best_split_is_the_brute_force_optimum(scenario):
         assert scenario.search.allow_uneven_layers or len(set(split)) == 1
         assert fits(scenario, tables, c, split, cap), (layout, split)
         assert slowest_stage(scenario, tables, c, split) == expected, (layout, split)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(max_layers=8))
+def test_grid_wide_slowest_stage_is_the_brute_force_optimum(scenario):
+    """``candidates.CandidateValues`` (closed-form caps, bisection on the stage time, all candidates at once)
+    against every composition, with and without the memory cap."""
+    tables = build_tables(scenario)
+    values = CandidateValues(scenario, tables)
+    even = not scenario.search.allow_uneven_layers
+    for memory in (True, False):
+        slowest = values.min_slowest_ns(Variant(memory=memory, even=even))
+        for c, layout in enumerate(tables.layouts):
+            expected = brute_force_split(scenario, tables, c, memory=memory)
+            assert (None if int(slowest[c]) == NONE else int(slowest[c])) == expected, (layout, memory)
+            event("memory binds" if memory and expected is None and brute_force_split(scenario, tables, c, memory=False) else "-")

@@ -18,7 +18,7 @@ LAYERS = [
     {"sweep", "pareto"},
     {"report"},
     {"diagnose", "disagg"},
-    {"verify", "solve", "exhaustive"},
+    {"verify", "solve", "exhaustive", "certify", "candidates"},
     {"result", "split", "rules", "schema", "measured", "launch"},
     {"cost", "memory"},
     {"engines", "parallel"},
@@ -30,6 +30,10 @@ RANK = {module: rank for rank, layer in enumerate(LAYERS) for module in layer}
 # (importer, imported) inside one layer, as the code has them now.
 SAME_LAYER = {
     ("exhaustive", "verify"),
+    ("solve", "candidates"),
+    ("solve", "certify"),
+    ("solve", "exhaustive"),  # the oracle's plan when a certificate refutes CP-SAT
+    ("certify", "verify"),  # the plan's own certificate
     ("cost", "memory"),
     ("engines", "parallel"),
     ("loader", "catalog"),

@@ -126,8 +126,8 @@ def test_infeasible_json_names_conflicts_and_changes(tmp_path):
     out = tmp_path / "plan.json"
     assert run("--scenario", "llama-3.1-405b-4xh100", "--json", str(out)).exit_code == 1
     doc = json.loads(out.read_text())
-    assert doc["plan"] is None and doc["schema_version"] == "3.1"
-    assert doc["infeasible"]["conflicts"] == [["tpot_target"], ["memory_cap"]]
+    assert doc["plan"] is None and doc["schema_version"] == "3.2"
+    assert doc["infeasible"]["conflicts"] == [["memory_cap"], ["tpot_target"]]
     assert {"field": "cluster.num_gpus", "current": 4, "proposed": 16}.items() <= doc["infeasible"]["changes"][0].items()
 
 
@@ -250,8 +250,14 @@ def test_a_model_of_absurd_width_is_infeasible_not_a_crash(tmp_path):
     assert result.exit_code == 1 and "memory_cap" in result.output and "at least 1,085,662" in result.output
 
 
+def test_a_vocabulary_of_2_to_the_60_is_infeasible_in_exact_integers(tmp_path):
+    """Python integers carry the byte counts exactly: the embedding alone cannot fit, and that is the answer."""
+    path = _write_scenario(make_scenario(model={"vocab_size": 1 << 60}), tmp_path)
+    result = CliRunner().invoke(main, ["--scenario", str(path), "--no-explain"])
+    assert result.exit_code == 1 and "memory_cap" in result.output and "Traceback" not in result.output
+
+
 @pytest.mark.parametrize("override", [
-    {"model": {"vocab_size": 1 << 60}},
     {"cluster": {"gpu": {"hbm_bytes_per_s": 1}}, "workload": {"output_tokens": 1 << 24}},  # ~1e22 ns
 ])
 def test_numbers_beyond_the_solver_range_are_bad_input(override, tmp_path):
@@ -266,12 +272,15 @@ def test_numbers_beyond_the_solver_range_are_bad_input(override, tmp_path):
 
 @pytest.fixture
 def first_solution_only(monkeypatch):
-    """CP-SAT stops at its first solution: a deterministic stand-in for a time limit that ran out."""
+    """CP-SAT stops at its first solution, found before presolve or the LP see the objective: a
+    deterministic stand-in for a budget that ran out (the model otherwise proves at the root)."""
     original = solve._solver
 
     def stopping(**kwargs):
         solver = original(**kwargs)
         solver.parameters.stop_after_first_solution = True
+        solver.parameters.cp_model_presolve = False
+        solver.parameters.linearization_level = 0
         return solver
 
     monkeypatch.setattr(solve, "_solver", stopping)

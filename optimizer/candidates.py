@@ -1,0 +1,284 @@
+"""Every candidate's exact verdict and objective, vectorised over the grid: what the CP-SAT model links to
+its choice, so that its relaxation sees each candidate's true cost and proves the optimum at the root.
+
+For candidate ``c`` (a layout and a batch per replica, grid order) and a *variant* (memory cap enforced or
+not; even layer split enforced or not), the smallest slowest decode stage over every layer split of that
+variant (``min_slowest_ns``), and from it TTFT, TPOT, request latency and the primary objective, exactly as
+``cost.estimate`` and ``result.primary_ns`` compute them for a concrete split. Every objective and every
+service target is monotone in the slowest stage (TTFT and the sum of the stages do not depend on the
+split; ``cost.estimate``), so that one number decides the candidate.
+
+The minimum is found by bisection on the stage-time limit ``T`` for all candidates at once (numpy), with
+the largest layer count each stage class holds within ``T`` and within memory in closed form:
+``floor((T - extra) / per_layer_ns)`` and ``floor((cap - fixed) / per_layer_bytes)``; ``T`` is feasible
+when every stage reaches its minimum and the stages together hold every layer. This is a different code
+path from ``split.best_split`` (a scalar bisection over the achievable stage times, then water-filling),
+which builds the reported plan; ``solve.optimize`` checks that the two agree on the chosen candidate, and
+``certify.py`` re-checks the bound of every other candidate in scalar integers.
+
+Arrays hold int64 when every sum fits in 62 bits, Python ints (numpy ``object``) otherwise: never a
+wrapped integer, never a float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from optimizer.result import Tables, primary_ns
+from optimizer.rules import (EvenLayers, LayerSplit, LayoutRule, MemoryCap, Rule, ThroughputTarget, TpotTarget, TtftTarget,
+                             target_bound_ns)
+from optimizer.scenario import Objective, Scenario
+from optimizer.split import leading_dense_layers
+
+_SAFE = 1 << 62
+NONE = -1  # "no split of this variant exists" in a slowest-stage array
+
+
+def _ints(values, scale: int = 1) -> np.ndarray:
+    """``values`` as int64 if ``max |v| x scale`` stays below 2^62, else as Python ints (object)."""
+    arr = np.asarray([int(v) for v in values], dtype=object)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if max(abs(int(arr.max())), abs(int(arr.min()))) * max(scale, 1) < _SAFE:
+        return arr.astype(np.int64)
+    return arr
+
+
+def _floor_div(num: np.ndarray, den: np.ndarray, *, zero_value: int) -> np.ndarray:
+    """``num // den`` elementwise (floor); where ``den == 0``: ``zero_value`` if ``num >= 0`` else -1."""
+    safe = np.where(den == 0, 1, den)
+    out = num // safe
+    if np.any(den == 0):
+        out = np.where(den == 0, np.where(num >= 0, zero_value, -1), out)
+    return out
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Which split-shaping rules hold: ``memory`` (every stage within the memory limits) and ``even``
+    (every stage the same layer count)."""
+
+    memory: bool
+    even: bool
+
+
+class CandidateValues:
+    """Exact per-candidate numbers for one scenario and its tables (grid order). Lazy: each variant's
+    slowest stages are computed on first use."""
+
+    def __init__(self, scenario: Scenario, tables: Tables):
+        self.scenario, self.tables = scenario, tables
+        self.n = len(tables.layouts)
+        self._slowest: dict[Variant, np.ndarray] = {}
+        self._metrics: dict[Variant, tuple[list, list, list, list]] = {}
+        self._layout_fail: dict[str, np.ndarray] = {}
+
+    # --- the split -------------------------------------------------------------------------------------
+
+    @cached_property
+    def _arrays(self):
+        t, s = self.tables, self.scenario
+        dec = t.cost.decode
+        total = s.model.num_hidden_layers
+        scale = total + 8
+        k = leading_dense_layers(s)
+        pp = np.asarray([lay.pp for lay in t.layouts], dtype=np.int64)
+        dd, dm = _ints(dec.dense_layer_ns, scale), _ints(dec.moe_layer_ns, scale)
+        fe, le = _ints(dec.first_extra_ns, scale), _ints(dec.last_extra_ns, scale)
+        return dict(total=total, k=k, pp=pp, dd=dd, dm=dm, fe=fe, le=le)
+
+    @cached_property
+    def _memory_caps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Most layers the first, a middle and the last stage hold within every memory limit (clamped to
+        ``[-1, total]``; -1: not even the stage's fixed charge fits), and whether PP = 1 fits at all."""
+        s, total, k = self.scenario, self._arrays["total"], self._arrays["k"]
+        n = self.n
+        first = np.full(n, total, dtype=object)
+        middle = np.full(n, total, dtype=object)
+        last = np.full(n, total, dtype=object)
+        only = np.ones(n, dtype=bool)
+        for t, cap in self.tables.memory.with_caps(s):
+            dl, ml = _ints(t.dense_layer, total + 8), _ints(t.moe_layer, total + 8)
+            if np.any(ml < 0) or np.any(dl < 0):
+                raise ValueError("internal error: a negative per-layer memory charge")
+            whole = k * dl + (total - k) * ml + _ints(t.fixed_only)
+            only &= np.asarray(whole <= cap, dtype=bool)
+            for arr, fixed, dense in ((first, t.fixed_first, k), (middle, t.fixed_middle, 0), (last, t.fixed_last, 0)):
+                room = cap - _ints(fixed, 1) - dense * dl + dense * ml  # l x ml <= room (l counts the dense ones)
+                most = _floor_div(room, ml, zero_value=total)
+                np.minimum(arr, np.minimum(most, total), out=arr, casting="unsafe")
+        return tuple(np.maximum(a, -1).astype(np.int64) for a in (first, middle, last)) + (only,)
+
+    def min_slowest_ns(self, variant: Variant) -> np.ndarray:
+        """The smallest slowest decode stage (ns) over the variant's splits, per candidate; ``NONE`` (-1)
+        where the variant has no split (too few layers for PP, uneven layers when ``even``, or, with
+        ``memory``, no split within the memory limits)."""
+        if variant not in self._slowest:
+            self._slowest[variant] = self._compute_slowest(variant)
+        return self._slowest[variant]
+
+    def _compute_slowest(self, variant: Variant) -> np.ndarray:
+        a = self._arrays
+        total, k, pp, dd, dm, fe, le = (a[key] for key in ("total", "k", "pp", "dd", "dm", "fe", "le"))
+        n = self.n
+        low_first = max(1, k)
+        if variant.memory:
+            m_first, m_mid, m_last, only_fits = self._memory_caps
+        else:
+            m_first = m_mid = m_last = np.full(n, total, dtype=np.int64)
+            only_fits = np.ones(n, dtype=bool)
+        single = k * dd + (total - k) * dm + fe + le  # PP = 1: the one stage
+        out = np.full(n, NONE, dtype=object)
+        is_one = pp == 1
+        out[is_one & only_fits] = single[is_one & only_fits]
+        multi = ~is_one & (pp - 1 + low_first <= total)
+        if variant.even:
+            share = np.where(pp > 0, total // pp, 0)
+            even_ok = multi & (total % pp == 0) & (share >= low_first)
+            even_ok &= (m_first >= share) & (m_last >= share) & ((pp < 3) | (m_mid >= share))
+            t_first = k * dd + (share - k) * dm + fe
+            t_last = share * dm + le
+            t_mid = np.where(pp >= 3, share * dm, 0)
+            slow = np.maximum(np.maximum(t_first, t_last), t_mid)
+            out[even_ok] = slow[even_ok]
+            return self._as_ints(out)
+        idx = np.nonzero(multi)[0]
+        if idx.size:
+            out[idx] = self._bisect(idx, total, k, low_first, pp[idx], dd[idx], dm[idx], fe[idx], le[idx],
+                                    m_first[idx], m_mid[idx], m_last[idx])
+        return self._as_ints(out)
+
+    @staticmethod
+    def _as_ints(out: np.ndarray) -> np.ndarray:
+        try:
+            if out.size and max(abs(int(v)) for v in out) < _SAFE:
+                return out.astype(np.int64)
+        except ValueError:
+            pass
+        return out
+
+    @staticmethod
+    def _bisect(idx, total, k, low_first, pp, dd, dm, fe, le, m_first, m_mid, m_last) -> np.ndarray:
+        """Smallest integer T at which a split exists, per candidate (``NONE`` if none at any T)."""
+        base_first = k * dd - k * dm + fe  # first stage with l layers: base_first + l x dm (l >= k)
+        mid_n = np.maximum(pp - 2, 0)
+
+        def caps(limit):
+            c_first = np.minimum(_floor_div(limit - base_first, dm, zero_value=total), m_first)
+            c_first = np.where(limit - base_first - low_first * dm < 0, -1, c_first)  # not even its minimum
+            c_mid = np.minimum(_floor_div(limit, dm, zero_value=total), m_mid)
+            c_last = np.minimum(_floor_div(limit - le, dm, zero_value=total), m_last)
+            c_first, c_mid, c_last = (np.minimum(np.maximum(c, -1), total) for c in (c_first, c_mid, c_last))
+            ok = (c_first >= low_first) & (c_last >= 1) & ((pp < 3) | (c_mid >= 1))
+            return ok & (c_first + mid_n * c_mid + c_last >= total)
+
+        hi = np.maximum(base_first + total * dm, total * dm + le)  # every stage may take every layer
+        hi = np.maximum(hi, 0)
+        feasible = caps(hi)
+        lo = np.full(len(idx), -1, dtype=hi.dtype)  # infeasible: no stage takes time < 0
+        active = feasible.copy()
+        while np.any(active):
+            mid = lo + (hi - lo) // 2
+            ok = caps(mid)
+            hi = np.where(active & ok, mid, hi)
+            lo = np.where(active & ~ok, mid, lo)
+            active = feasible & (hi - lo > 1)
+        return np.where(feasible, hi, NONE)
+
+    # --- the estimate and the objective ------------------------------------------------------------------
+
+    def metrics(self, variant: Variant) -> tuple[list, list, list, list]:
+        """``(ttft_ns, tpot_ns, request_latency_ns, primary)`` per candidate as Python ints (None where the
+        variant has no split), with ``cost.estimate``'s formulas at the smallest slowest stage."""
+        if variant in self._metrics:
+            return self._metrics[variant]
+        s, cost = self.scenario, self.tables.cost
+        slow = self.min_slowest_ns(variant)
+        steps = max(s.workload.output_tokens - 1, 0)
+        objective = s.search.objective
+        ttft, tpot, lat, prim = [], [], [], []
+        dec_total = [cost.phase_total_ns(cost.decode, c) for c in range(self.n)]
+        for c in range(self.n):
+            t = int(slow[c])
+            if t == NONE:
+                ttft.append(None), tpot.append(None), lat.append(None), prim.append(None)
+                continue
+            a = cost.ttft_ns(c)
+            b = max(cost.microbatches[c] * t, dec_total[c]) + cost.prefill_share_ns[c]
+            r = a + steps * b
+            layout = self.tables.layouts[c]
+            ttft.append(a), tpot.append(b), lat.append(r)
+            prim.append(primary_ns(objective, ttft_ns=a, tpot_ns=b, request_latency_ns=r, gpus=layout.gpus,
+                                   sequences=layout.dp * cost.batch[c]))
+        self._metrics[variant] = (ttft, tpot, lat, prim)
+        return self._metrics[variant]
+
+    # --- rules -------------------------------------------------------------------------------------------
+
+    def layout_fails(self, rule: LayoutRule) -> np.ndarray:
+        """Per candidate: does ``rule`` reject its layout (``rule.holds``, once per distinct layout)?"""
+        if rule.name not in self._layout_fail:
+            seen: dict = {}
+            out = np.zeros(self.n, dtype=bool)
+            for c, layout in enumerate(self.tables.layouts):
+                bad = seen.get(layout)
+                if bad is None:
+                    bad = seen[layout] = not rule.holds(self.scenario, layout)
+                out[c] = bad
+            self._layout_fail[rule.name] = out
+        return self._layout_fail[rule.name]
+
+    def rejects(self, rule: Rule, variant: Variant) -> np.ndarray:
+        """Per candidate: does ``rule`` reject every plan of this variant? (The variant's own split rules,
+        memory and even layers, are the variant; ``exists`` says whether it has a split at all.)"""
+        if isinstance(rule, LayoutRule):
+            return self.layout_fails(rule)
+        if isinstance(rule, MemoryCap):
+            return np.full(self.n, not variant.memory)
+        if isinstance(rule, EvenLayers):
+            return np.full(self.n, not variant.even)
+        if isinstance(rule, LayerSplit):
+            return np.zeros(self.n, dtype=bool)  # every variant's split covers the model (``exists``)
+        ttft, tpot, lat, _ = self.metrics(variant)
+        if isinstance(rule, TtftTarget):
+            bound = target_bound_ns(self.scenario.targets.ttft_s)
+            return np.asarray([v is not None and v > bound for v in ttft], dtype=bool)
+        if isinstance(rule, TpotTarget):
+            bound = target_bound_ns(self.scenario.targets.tpot_s)
+            return np.asarray([v is not None and v > bound for v in tpot], dtype=bool)
+        if isinstance(rule, ThroughputTarget):
+            chooses = self.scenario.search.objective.chooses_batch
+            out = np.zeros(self.n, dtype=bool)
+            fixed = None if chooses else ThroughputTarget.bound_ns(self.scenario)
+            for c, v in enumerate(lat):
+                if v is None:
+                    continue
+                layout = self.tables.layouts[c]
+                bound = fixed if fixed is not None else ThroughputTarget.bound_ns(self.scenario, layout.dp * self.tables.cost.batch[c])
+                out[c] = v > bound
+            return out
+        raise TypeError(f"internal error: no candidate verdict for rule {rule.name}")
+
+    def exists(self, variant: Variant) -> np.ndarray:
+        """Per candidate: does the variant have a split (``min_slowest_ns`` is not ``NONE``)?"""
+        return np.asarray([int(v) != NONE for v in self.min_slowest_ns(variant)], dtype=bool)
+
+    def admissible(self, rules: tuple[Rule, ...]) -> tuple[Variant, np.ndarray]:
+        """The variant ``rules`` ask for and, per candidate, whether some plan of it satisfies every rule."""
+        variant = variant_for(rules)
+        ok = self.exists(variant)
+        for rule in rules:
+            ok &= ~self.rejects(rule, variant)
+        return variant, ok
+
+
+def variant_for(rules: tuple[Rule, ...]) -> Variant:
+    """The variant in which every split-shaping rule of ``rules`` holds."""
+    return Variant(memory=any(isinstance(r, MemoryCap) for r in rules), even=any(isinstance(r, EvenLayers) for r in rules))
+
+
+def chooses_batch(scenario: Scenario) -> bool:
+    return scenario.search.objective is Objective.THROUGHPUT_PER_GPU

@@ -1,0 +1,303 @@
+"""The optimality certificate: a claim that a plan is optimal, written so that anyone can re-check it
+without CP-SAT, in exact integers. Never imports ortools, and never the search's own per-candidate
+arithmetic (``candidates.py``) nor its split search (``split.py``).
+
+A certificate covers every candidate of the scenario's space (``result.build_tables``: every layout of the
+grid, with its batch per replica), in grid order, each with one *code*:
+
+- a layout rule's name (``attention_heads_divisible``, ``engine_folding``, ...): that rule's own
+  ``evaluate`` rejects the layout;
+- ``layer_split``: PP stages cannot each hold their minimum layers (the first also holds the dense ones);
+- ``even_layers``: the layers do not split evenly (only when ``search.allow_uneven_layers`` is false);
+- ``memory_cap``: no split keeps every stage within the memory limits, shown by the most layers each stage
+  class can hold by memory alone, ``floor((cap - fixed) / per_layer)``, which sum to fewer than the model's;
+- ``ttft_target``, ``tpot_target``, ``throughput_target``: a lower bound of that figure over every split
+  already misses the target;
+- ``bound``: a lower bound of the objective over every split is above the claimed optimum;
+- ``optimum``: the plan itself, whose own certificate (``verify.certify``) must hold and whose objective
+  must equal the claim.
+
+Lower bounds come from the slowest decode stage, which every figure grows with (``cost.estimate``): for
+PP = 1 or an even split it is exact; otherwise it is ``max(ceil(all stages / PP), the first stage at its
+fewest layers, the last stage at one layer)``, or a *witness* ``T`` the certificate names, checked by
+showing that no split fits with every stage under ``T - 1`` ns: the most layers each stage holds within
+``T - 1`` ns and within memory, in closed form, sum to fewer than the model's layers.
+
+Compressed as runs of equal codes in candidate order, plus the witnesses by candidate index, it stays
+small: a few hundred runs for 171,500 candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from optimizer.parallel import Plan
+from optimizer.result import Tables, build_tables, primary_ns
+from optimizer.rules import LayoutRule, ThroughputTarget, build_rules, target_bound_ns
+from optimizer.scenario import Scenario
+from optimizer.split import leading_dense_layers
+
+FORMAT = "optimality-certificate/1"
+TARGET_CODES = ("ttft_target", "tpot_target", "throughput_target")
+
+
+@dataclass(frozen=True)
+class OptimalityCheck:
+    """The result of re-checking a certificate: ``holds`` iff every candidate's code was confirmed;
+    ``failures`` names the first few that were not, with their numbers."""
+
+    holds: bool
+    candidates: int
+    failures: tuple[str, ...]
+    codes: dict[str, int]  # how many candidates each code covers
+
+    def summary(self) -> str:
+        if self.holds:
+            parts = ", ".join(f"{count} {code}" for code, count in sorted(self.codes.items(), key=lambda kv: -kv[1]))
+            return f"checked without CP-SAT: all {self.candidates} candidates ({parts})"
+        return f"FAILED on {len(self.failures)} candidate(s): " + "; ".join(self.failures[:3])
+
+
+class _Space:
+    """Scalar integer facts about candidate ``c`` read from the tables (the definitions of cost and memory)."""
+
+    def __init__(self, scenario: Scenario, tables: Tables):
+        self.scenario, self.tables = scenario, tables
+        self.total = scenario.model.num_hidden_layers
+        self.k = leading_dense_layers(scenario)
+        self.low_first = max(1, self.k)
+        self.even = not scenario.search.allow_uneven_layers
+        self.limits = tables.memory.with_caps(scenario)
+
+    def times(self, c: int) -> tuple[int, int, int, int]:
+        dec = self.tables.cost.decode
+        return int(dec.dense_layer_ns[c]), int(dec.moe_layer_ns[c]), int(dec.first_extra_ns[c]), int(dec.last_extra_ns[c])
+
+    def layer_split_impossible(self, c: int) -> bool:
+        pp = self.tables.layouts[c].pp
+        return pp > 1 and self.low_first + (pp - 1) > self.total
+
+    def even_impossible(self, c: int) -> bool:
+        pp = self.tables.layouts[c].pp
+        return self.even and pp > 1 and (self.total % pp != 0 or self.total // pp < self.low_first)
+
+    def _stage_bytes(self, c: int, layers: int, where: str) -> list[tuple[int, int]]:
+        """(charge, cap) per memory limit for a stage of ``layers`` layers (``where``: first/middle/last/only)."""
+        dense = self.k if where in ("first", "only") else 0
+        out = []
+        for t, cap in self.limits:
+            fixed = {"first": t.fixed_first, "middle": t.fixed_middle, "last": t.fixed_last, "only": t.fixed_only}[where][c]
+            out.append((dense * t.dense_layer[c] + (layers - dense) * t.moe_layer[c] + fixed, cap))
+        return out
+
+    def most_layers_by_memory(self, c: int, where: str) -> int:
+        """The most layers (<= total; -1 if none) a stage holds within every memory limit."""
+        dense = self.k if where == "first" else 0
+        most = self.total
+        for t, cap in self.limits:
+            fixed = {"first": t.fixed_first, "middle": t.fixed_middle, "last": t.fixed_last}[where][c]
+            room = cap - fixed - dense * t.dense_layer[c] + dense * t.moe_layer[c]
+            per = t.moe_layer[c]
+            most = min(most, (room // per) if per > 0 else (self.total if room >= 0 else -1))
+        return max(most, -1)
+
+    def split_fits_memory(self, c: int, caps: tuple[int, int, int] | None = None) -> bool:
+        """Can some split (of the scenario's kind) keep every stage within memory, and, with ``caps``
+        (most layers per first / middle / last stage by time), within those too?"""
+        pp = self.tables.layouts[c].pp
+        if pp == 1:
+            return all(charge <= cap for charge, cap in self._stage_bytes(c, self.total, "only"))
+        first, middle, last = (self.most_layers_by_memory(c, w) for w in ("first", "middle", "last"))
+        if caps is not None:
+            first, middle, last = min(first, caps[0]), min(middle, caps[1]), min(last, caps[2])
+        if self.even:
+            share = self.total // pp
+            return first >= share and last >= share and (pp < 3 or middle >= share)
+        if first < self.low_first or last < 1 or (pp >= 3 and middle < 1):
+            return False
+        return first + (pp - 2) * middle + last >= self.total
+
+    def exact_slowest(self, c: int) -> int | None:
+        """The slowest stage where the split is fixed: PP = 1, or an even split."""
+        pp = self.tables.layouts[c].pp
+        dd, dm, fe, le = self.times(c)
+        if pp == 1:
+            return self.k * dd + (self.total - self.k) * dm + fe + le
+        if self.even:
+            share = self.total // pp
+            return max(self.k * dd + (share - self.k) * dm + fe, share * dm + le, share * dm if pp >= 3 else 0)
+        return None
+
+    def trivial_slowest(self, c: int) -> int:
+        """A lower bound of the slowest stage over every split: the average stage, the first stage at its
+        fewest layers, the last stage at one layer."""
+        pp = self.tables.layouts[c].pp
+        dd, dm, fe, le = self.times(c)
+        whole = self.k * dd + (self.total - self.k) * dm + fe + le
+        return max(-(-whole // pp), self.k * dd + (self.low_first - self.k) * dm + fe, dm + le)
+
+    def witness_holds(self, c: int, witness: int) -> bool:
+        """No split keeps every stage within memory and within ``witness - 1`` ns."""
+        dd, dm, fe, le = self.times(c)
+        limit = witness - 1
+        base_first = self.k * dd - self.k * dm + fe
+
+        def by_time(extra: int) -> int:
+            room = limit - extra
+            if dm == 0:
+                return self.total if room >= 0 else -1
+            return room // dm
+
+        caps = (by_time(base_first), by_time(0), by_time(le))
+        return not self.split_fits_memory(c, caps)
+
+    def figures(self, c: int, slowest: int) -> tuple[int, int, int, int]:
+        """``(ttft, tpot, request latency, primary)`` for a slowest decode stage of ``slowest`` ns, by
+        ``cost.estimate``'s formulas: every one grows with ``slowest``."""
+        cost, s = self.tables.cost, self.scenario
+        layout = self.tables.layouts[c]
+        ttft = cost.ttft_ns(c)
+        tpot = max(cost.microbatches[c] * slowest, cost.phase_total_ns(cost.decode, c)) + cost.prefill_share_ns[c]
+        latency = ttft + max(s.workload.output_tokens - 1, 0) * tpot
+        primary = primary_ns(s.search.objective, ttft_ns=ttft, tpot_ns=tpot, request_latency_ns=latency, gpus=layout.gpus,
+                             sequences=layout.dp * cost.batch[c])
+        return ttft, tpot, latency, primary
+
+    def misses_target(self, c: int, code: str, figures: tuple[int, int, int, int]) -> bool:
+        targets = self.scenario.targets
+        ttft, tpot, latency, _ = figures
+        if code == "ttft_target" and targets.ttft_s is not None:
+            return ttft > target_bound_ns(targets.ttft_s)
+        if code == "tpot_target" and targets.tpot_s is not None:
+            return tpot > target_bound_ns(targets.tpot_s)
+        if code == "throughput_target" and targets.output_tokens_per_s is not None:
+            layout = self.tables.layouts[c]
+            sequences = layout.dp * self.tables.cost.batch[c] if self.scenario.search.objective.chooses_batch else None
+            return latency > ThroughputTarget.bound_ns(self.scenario, sequences)
+        return False
+
+
+def _slowest_lower_bound(space: _Space, c: int, witness: int | None) -> tuple[int | None, str | None]:
+    """A checked lower bound of candidate ``c``'s slowest stage, or (None, why not)."""
+    exact = space.exact_slowest(c)
+    if exact is not None:
+        return exact, None
+    if witness is None:
+        return space.trivial_slowest(c), None
+    if not space.witness_holds(c, witness):
+        return None, f"candidate {c}: a split fits with every stage under {witness} ns, so the witness is no lower bound"
+    return max(witness, space.trivial_slowest(c)), None
+
+
+def _confirm(space: _Space, rules_by_name: dict, c: int, code: str, witness: int | None, optimum: int, chosen: int) -> str | None:
+    """None if ``code`` holds for candidate ``c``, else why not."""
+    n, layout = len(space.tables.layouts), space.tables.layouts[c]
+    if code == "optimum":
+        return None if c == chosen else f"candidate {c} is marked optimum but the plan is candidate {chosen}"
+    if c == chosen:
+        return f"candidate {c} is the plan but is marked {code}"
+    rule = rules_by_name.get(code)
+    if isinstance(rule, LayoutRule):
+        return None if not rule.evaluate(space.scenario, layout).holds else f"candidate {c}: {code} holds for {layout}"
+    if code == "layer_split":
+        return None if space.layer_split_impossible(c) else f"candidate {c}: a layer split exists"
+    if space.layer_split_impossible(c):
+        return None if code in ("memory_cap", "even_layers") else f"candidate {c}: no layer split, yet marked {code}"
+    if code == "even_layers":
+        return None if space.even_impossible(c) else f"candidate {c}: the layers split evenly"
+    if space.even_impossible(c):
+        return f"candidate {c}: no even split, yet marked {code}"
+    if code == "memory_cap":
+        return None if "memory_cap" in rules_by_name and not space.split_fits_memory(c) else f"candidate {c}: a split fits in memory"
+    slowest, why = _slowest_lower_bound(space, c, witness)
+    if slowest is None:
+        return why
+    figures = space.figures(c, slowest)
+    if code in TARGET_CODES:
+        return None if code in rules_by_name and space.misses_target(c, code, figures) else \
+            f"candidate {c}: {code} is met at the lower bound {slowest} ns"
+    if code == "bound":
+        value = figures[3] * n + c
+        return None if value > optimum else f"candidate {c}: its lower bound {value} is not above the optimum {optimum}"
+    return f"candidate {c}: unknown code {code!r}"
+
+
+def check_optimality(scenario: Scenario, plan: Plan, certificate: dict, tables: Tables | None = None) -> OptimalityCheck:
+    """Re-check ``certificate`` (as ``build`` writes it, or read back from a plan's JSON) for ``plan``:
+    every candidate covered once, each code confirmed, the plan's own certificate holding and its
+    objective equal to the claimed optimum. Never raises for a wrong certificate: the result says.
+
+    ``tables`` must be ``build_tables(scenario)`` (the default builds them)."""
+    from optimizer.verify import certify as certify_plan  # verify imports result, not this module
+
+    tables = tables or build_tables(scenario)
+    n = len(tables.layouts)
+    failures: list[str] = []
+    try:
+        codes, runs = list(certificate["codes"]), [(int(i), int(k)) for i, k in certificate["runs"]]
+        witnesses = {int(c): int(t) for c, t in certificate.get("witness_slowest_stage_ns", {}).items()}
+        optimum, chosen = int(certificate["optimum"]), int(certificate["chosen"])
+        declared = int(certificate["candidates"])
+    except (KeyError, TypeError, ValueError) as exc:
+        return OptimalityCheck(False, n, (f"malformed certificate ({exc})",), {})
+    if certificate.get("format") != FORMAT:
+        failures.append(f"unknown format {certificate.get('format')!r}, expected {FORMAT}")
+    if declared != n or sum(k for _, k in runs) != n:
+        failures.append(f"the certificate covers {sum(k for _, k in runs)} candidates; the scenario has {n}")
+    c_plan = tables.index(plan.layout, plan.batch_per_replica)
+    if c_plan != chosen:
+        failures.append(f"the plan is candidate {c_plan}, the certificate's optimum is candidate {chosen}")
+    if failures:
+        return OptimalityCheck(False, n, tuple(failures), {})
+    plan_cert = certify_plan(scenario, plan, tables)
+    est = plan_cert.estimate
+    value = primary_ns(scenario.search.objective, ttft_ns=est.ttft_ns, tpot_ns=est.tpot_ns,
+                       request_latency_ns=est.request_latency_ns, gpus=plan.layout.gpus,
+                       sequences=plan.layout.dp * plan.batch_per_replica) * n + chosen
+    if not plan_cert.holds:
+        failures.append("the plan's own certificate fails: " + ", ".join(ch.name for ch in plan_cert.failing))
+    if value != optimum:
+        failures.append(f"the plan's objective is {value}, the certificate claims {optimum}")
+    space = _Space(scenario, tables)
+    rules_by_name = {r.name: r for r in build_rules(scenario)}
+    counts: dict[str, int] = {}
+    c = 0
+    for index, count in runs:
+        if not 0 <= index < len(codes):
+            failures.append(f"code index {index} out of range")
+            break
+        code = codes[index]
+        counts[code] = counts.get(code, 0) + count
+        for _ in range(count):
+            why = _confirm(space, rules_by_name, c, code, witnesses.get(c), optimum, chosen)
+            if why is not None:
+                failures.append(why)
+                if len(failures) >= 10:
+                    return OptimalityCheck(False, n, tuple(failures), counts)
+            c += 1
+    return OptimalityCheck(not failures, n, tuple(failures), counts)
+
+
+def build(scenario: Scenario, tables: Tables, *, chosen: int, optimum: int, codes: list[str],
+          slowest_ns: list[int | None]) -> dict:
+    """A certificate from the search's per-candidate verdicts: ``codes[c]`` is the first rule that rejects
+    candidate ``c`` (or ``bound``/``optimum``), ``slowest_ns[c]`` the search's smallest slowest stage. A
+    witness is written only where the split-free lower bound does not already confirm the code."""
+    space = _Space(scenario, tables)
+    rules_by_name = {r.name: r for r in build_rules(scenario)}
+    legend: list[str] = []
+    runs: list[list[int]] = []
+    witnesses: dict[str, int] = {}
+    for c, code in enumerate(codes):
+        if code in TARGET_CODES or code == "bound":
+            if _confirm(space, rules_by_name, c, code, None, optimum, chosen) is not None and slowest_ns[c] is not None:
+                witnesses[str(c)] = int(slowest_ns[c])
+        if code not in legend:
+            legend.append(code)
+        i = legend.index(code)
+        if runs and runs[-1][0] == i:
+            runs[-1][1] += 1
+        else:
+            runs.append([i, 1])
+    return {"format": FORMAT, "candidates": len(codes), "optimum": optimum, "chosen": chosen, "codes": legend,
+            "runs": runs, "witness_slowest_stage_ns": witnesses}
