@@ -27,9 +27,9 @@ from functools import cached_property
 
 import numpy as np
 
-from optimizer.result import Tables, primary_ns
-from optimizer.rules import (EvenLayers, LayerSplit, LayoutRule, MemoryCap, Rule, ThroughputTarget, TpotTarget, TtftTarget,
-                             target_bound_ns)
+from optimizer.result import Tables
+from optimizer.rules import (EvenLayers, LayerSplit, LayoutRule, MemoryCap, Rule, SizeArrays, ThroughputTarget, TpotTarget,
+                             TtftTarget, target_bound_ns)
 from optimizer.scenario import Objective, Scenario
 from optimizer.split import leading_dense_layers
 
@@ -165,22 +165,29 @@ class CandidateValues:
         """Smallest integer T at which a split exists, per candidate (``NONE`` if none at any T)."""
         base_first = k * dd - k * dm + fe  # first stage with l layers: base_first + l x dm (l >= k)
         mid_n = np.maximum(pp - 2, 0)
+        flat = dm == 0  # a layer that takes no time: a stage holds every layer once its fixed part fits
+        per = np.where(flat, 1, dm)
+        cap_first, cap_mid, cap_last = (np.minimum(m, total) for m in (m_first, m_mid, m_last))
+        three = pp >= 3
+
+        def by_time(room):
+            return np.where(flat, np.where(room >= 0, total, -1), room // per)
 
         def caps(limit):
-            c_first = np.minimum(_floor_div(limit - base_first, dm, zero_value=total), m_first)
-            c_first = np.where(limit - base_first - low_first * dm < 0, -1, c_first)  # not even its minimum
-            c_mid = np.minimum(_floor_div(limit, dm, zero_value=total), m_mid)
-            c_last = np.minimum(_floor_div(limit - le, dm, zero_value=total), m_last)
-            c_first, c_mid, c_last = (np.minimum(np.maximum(c, -1), total) for c in (c_first, c_mid, c_last))
-            ok = (c_first >= low_first) & (c_last >= 1) & ((pp < 3) | (c_mid >= 1))
+            c_first = np.minimum(by_time(limit - base_first), cap_first)
+            c_mid = np.minimum(by_time(limit), cap_mid)
+            c_last = np.minimum(by_time(limit - le), cap_last)
+            ok = (c_first >= low_first) & (c_last >= 1) & (~three | (c_mid >= 1))
             return ok & (c_first + mid_n * c_mid + c_last >= total)
 
-        hi = np.maximum(base_first + total * dm, total * dm + le)  # every stage may take every layer
-        hi = np.maximum(hi, 0)
+        hi = np.maximum(np.maximum(base_first + total * dm, total * dm + le), 0)  # every stage may take every layer
         feasible = caps(hi)
-        lo = np.full(len(idx), -1, dtype=hi.dtype)  # infeasible: no stage takes time < 0
-        active = feasible.copy()
-        while np.any(active):
+        # Below the average stage (and the first stage at its fewest layers) nothing fits: start there.
+        whole = base_first + total * dm + le
+        lo = np.maximum(-(-whole // pp), base_first + low_first * dm) - 1
+        lo = np.minimum(np.maximum(lo, -1), hi - 1)
+        active = feasible & (hi - lo > 1)
+        while active.any():
             mid = lo + (hi - lo) // 2
             ok = caps(mid)
             hi = np.where(active & ok, mid, hi)
@@ -192,43 +199,50 @@ class CandidateValues:
 
     def metrics(self, variant: Variant) -> tuple[list, list, list, list]:
         """``(ttft_ns, tpot_ns, request_latency_ns, primary)`` per candidate as Python ints (None where the
-        variant has no split), with ``cost.estimate``'s formulas at the smallest slowest stage."""
+        variant has no split), with ``cost.estimate``'s formulas at the smallest slowest stage. Computed on
+        arrays of Python ints (numpy ``object``): exact whatever the magnitudes."""
         if variant in self._metrics:
             return self._metrics[variant]
         s, cost = self.scenario, self.tables.cost
-        slow = self.min_slowest_ns(variant)
+        slow = np.asarray(self.min_slowest_ns(variant), dtype=object)
+        missing = slow == NONE
         steps = max(s.workload.output_tokens - 1, 0)
+        pp = np.asarray([lay.pp for lay in self.tables.layouts], dtype=object)
+
+        def total(phase) -> np.ndarray:  # cost.CostTable.phase_total_ns for every candidate
+            col = lambda a: np.asarray(a, dtype=np.int64).astype(object)  # noqa: E731
+            return (cost.num_dense_layers * col(phase.dense_layer_ns) + cost.num_moe_layers * col(phase.moe_layer_ns)
+                    + col(phase.first_extra_ns) + col(phase.last_extra_ns) + (pp - 1) * col(phase.boundary_ns))
+
+        ttft = total(cost.prefill)
+        micro = np.asarray(cost.microbatches, dtype=object)
+        tpot = np.maximum(micro * np.where(missing, 0, slow), total(cost.decode)) + np.asarray(cost.prefill_share_ns, dtype=object)
+        latency = ttft + steps * tpot
         objective = s.search.objective
-        ttft, tpot, lat, prim = [], [], [], []
-        dec_total = [cost.phase_total_ns(cost.decode, c) for c in range(self.n)]
-        for c in range(self.n):
-            t = int(slow[c])
-            if t == NONE:
-                ttft.append(None), tpot.append(None), lat.append(None), prim.append(None)
-                continue
-            a = cost.ttft_ns(c)
-            b = max(cost.microbatches[c] * t, dec_total[c]) + cost.prefill_share_ns[c]
-            r = a + steps * b
-            layout = self.tables.layouts[c]
-            ttft.append(a), tpot.append(b), lat.append(r)
-            prim.append(primary_ns(objective, ttft_ns=a, tpot_ns=b, request_latency_ns=r, gpus=layout.gpus,
-                                   sequences=layout.dp * cost.batch[c]))
-        self._metrics[variant] = (ttft, tpot, lat, prim)
-        return self._metrics[variant]
+        if objective is Objective.TTFT:
+            primary = ttft
+        elif objective is Objective.TPOT:
+            primary = tpot
+        elif objective is Objective.THROUGHPUT_PER_GPU:
+            gpus = np.asarray([lay.gpus for lay in self.tables.layouts], dtype=object)
+            sequences = np.asarray([lay.dp * b for lay, b in zip(self.tables.layouts, cost.batch)], dtype=object)
+            primary = -((-latency * gpus) // sequences)  # result.primary_ns: ceil(latency x GPUs / sequences)
+        else:
+            primary = latency
+        out = tuple([None if gone else int(v) for v, gone in zip(arr, missing)] for arr in (ttft, tpot, latency, primary))
+        self._metrics[variant] = out
+        return out
 
     # --- rules -------------------------------------------------------------------------------------------
 
+    @cached_property
+    def sizes(self) -> SizeArrays:
+        return SizeArrays.of(self.tables.layouts)
+
     def layout_fails(self, rule: LayoutRule) -> np.ndarray:
-        """Per candidate: does ``rule`` reject its layout (``rule.holds``, once per distinct layout)?"""
+        """Per candidate: does ``rule`` reject its layout (``rule.holds_grid``)?"""
         if rule.name not in self._layout_fail:
-            seen: dict = {}
-            out = np.zeros(self.n, dtype=bool)
-            for c, layout in enumerate(self.tables.layouts):
-                bad = seen.get(layout)
-                if bad is None:
-                    bad = seen[layout] = not rule.holds(self.scenario, layout)
-                out[c] = bad
-            self._layout_fail[rule.name] = out
+            self._layout_fail[rule.name] = ~np.asarray(rule.holds_grid(self.scenario, self.sizes), dtype=bool)
         return self._layout_fail[rule.name]
 
     def rejects(self, rule: Rule, variant: Variant) -> np.ndarray:
@@ -263,8 +277,16 @@ class CandidateValues:
         raise TypeError(f"internal error: no candidate verdict for rule {rule.name}")
 
     def exists(self, variant: Variant) -> np.ndarray:
-        """Per candidate: does the variant have a split (``min_slowest_ns`` is not ``NONE``)?"""
-        return np.asarray([int(v) != NONE for v in self.min_slowest_ns(variant)], dtype=bool)
+        """Per candidate: does the variant have a split (``min_slowest_ns`` is not ``NONE``)? Without the
+        memory cap that is the layer counts alone, with no search."""
+        if variant.memory or variant in self._slowest:
+            return np.asarray(self.min_slowest_ns(variant) != NONE, dtype=bool)
+        pp, total, k = self._arrays["pp"], self._arrays["total"], self._arrays["k"]
+        low_first = max(1, k)
+        ok = (pp == 1) | (pp - 1 + low_first <= total)
+        if variant.even:
+            ok &= (pp == 1) | ((total % pp == 0) & (total // pp >= low_first))
+        return ok
 
     def admissible(self, rules: tuple[Rule, ...]) -> tuple[Variant, np.ndarray]:
         """The variant ``rules`` ask for and, per candidate, whether some plan of it satisfies every rule."""

@@ -5,8 +5,9 @@ arithmetic (``candidates.py``) nor its split search (``split.py``).
 A certificate covers every candidate of the scenario's space (``result.build_tables``: every layout of the
 grid, with its batch per replica), in grid order, each with one *code*:
 
-- a layout rule's name (``attention_heads_divisible``, ``engine_folding``, ...): that rule's own
-  ``evaluate`` rejects the layout;
+- a layout rule's name (``attention_heads_divisible``, ``engine_folding``, ...): that rule's scalar test
+  (``holds``, kept equal to the ``evaluate`` the plan's certificate prints) rejects the layout; the search
+  uses the rule's vectorised ``holds_grid`` instead;
 - ``layer_split``: PP stages cannot each hold their minimum layers (the first also holds the dense ones);
 - ``even_layers``: the layers do not split evenly (only when ``search.allow_uneven_layers`` is false);
 - ``memory_cap``: no split keeps every stage within the memory limits, shown by the most layers each stage
@@ -198,7 +199,7 @@ def _confirm(space: _Space, rules_by_name: dict, c: int, code: str, witness: int
         return f"candidate {c} is the plan but is marked {code}"
     rule = rules_by_name.get(code)
     if isinstance(rule, LayoutRule):
-        return None if not rule.evaluate(space.scenario, layout).holds else f"candidate {c}: {code} holds for {layout}"
+        return None if not rule.holds(space.scenario, layout) else f"candidate {c}: {code} holds for {layout}"
     if code == "layer_split":
         return None if space.layer_split_impossible(c) else f"candidate {c}: a layer split exists"
     if space.layer_split_impossible(c):

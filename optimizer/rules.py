@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+
 from optimizer.cost import CostTable, Estimate
 from optimizer.engines import MemoryLimit, ffn_tp, memory_fraction_flag, memory_limits, usable_bytes
 from optimizer.memory import MemoryTable, StageMemory
@@ -90,6 +92,31 @@ class Rule:
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class SizeArrays:
+    """The sizes of many layouts as int64 arrays (``tp``, ``pp``, ...), for the rules' grid-wide tests."""
+
+    layouts: tuple[Layout, ...]
+    tp: np.ndarray
+    pp: np.ndarray
+    dp: np.ndarray
+    ep: np.ndarray
+    etp: np.ndarray
+    edp: np.ndarray
+
+    @classmethod
+    def of(cls, layouts: tuple[Layout, ...]) -> SizeArrays:
+        n = len(layouts)
+        return cls(layouts, *(np.fromiter((getattr(lay, k) for lay in layouts), dtype=np.int64, count=n)
+                              for k in ("tp", "pp", "dp", "ep", "etp", "edp")))
+
+    def size(self, scenario: Scenario, name: str) -> np.ndarray:
+        """A size by name, or ``ffn_tp`` (``engines.ffn_tp``, per layout)."""
+        if name == "ffn_tp":
+            return np.fromiter((ffn_tp(scenario, lay) for lay in self.layouts), dtype=np.int64, count=len(self.layouts))
+        return getattr(self, name)
+
+
 class LayoutRule(Rule):
     """A rule on the sizes alone. In the solver it forbids, behind its literal, every grid layout its own
     ``evaluate`` rejects, so solver and certificate cannot disagree."""
@@ -98,9 +125,14 @@ class LayoutRule(Rule):
         raise NotImplementedError
 
     def holds(self, scenario: Scenario, layout: Layout) -> bool:
-        """``evaluate(...).holds`` without the sentence (the grid-wide verdicts of ``candidates.py``);
-        subclasses on hot paths override it with the same integer test, and a test keeps the two equal."""
+        """``evaluate(...).holds`` without the sentence: the certificate checker's test. Subclasses override
+        it with the same integer test; a test keeps the two equal on random grids."""
         return self.evaluate(scenario, layout).holds
+
+    def holds_grid(self, scenario: Scenario, grid: SizeArrays) -> np.ndarray:
+        """``holds`` for every layout of ``grid`` at once (bool array): the search's test
+        (``candidates.py``). Subclasses vectorise it; a test keeps it equal to ``evaluate``."""
+        return np.fromiter((self.holds(scenario, layout) for layout in grid.layouts), dtype=bool, count=len(grid.layouts))
 
     def check(self, ctx: PlanContext) -> list[Check]:
         return [self.evaluate(ctx.scenario, ctx.plan.layout)]
@@ -116,6 +148,12 @@ class GpuProduct(LayoutRule):
     formula = "tp x pp x dp == num_gpus"
     relaxable = False
 
+    def holds(self, scenario: Scenario, layout: Layout) -> bool:
+        return layout.tp * layout.pp * layout.dp == scenario.cluster.num_gpus
+
+    def holds_grid(self, scenario: Scenario, grid: SizeArrays) -> np.ndarray:
+        return grid.tp * grid.pp * grid.dp == scenario.cluster.num_gpus
+
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
         n = scenario.cluster.num_gpus
         t, p, d = layout.tp, layout.pp, layout.dp
@@ -128,6 +166,12 @@ class MoeProduct(LayoutRule):
     name = "moe_product"
     formula = "etp x ep x edp x pp == num_gpus"
     relaxable = False
+
+    def holds(self, scenario: Scenario, layout: Layout) -> bool:
+        return layout.etp * layout.ep * layout.edp * layout.pp == scenario.cluster.num_gpus
+
+    def holds_grid(self, scenario: Scenario, grid: SizeArrays) -> np.ndarray:
+        return grid.etp * grid.ep * grid.edp * grid.pp == scenario.cluster.num_gpus
 
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
         n = scenario.cluster.num_gpus
@@ -152,6 +196,9 @@ class Divisible(LayoutRule):
     def holds(self, scenario: Scenario, layout: Layout) -> bool:
         return self.numerator % _size(scenario, layout, self.size) == 0
 
+    def holds_grid(self, scenario: Scenario, grid: SizeArrays) -> np.ndarray:
+        return self.numerator % grid.size(scenario, self.size) == 0
+
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
         size = _size(scenario, layout, self.size)
         rest = self.numerator % size
@@ -165,6 +212,14 @@ class Divisible(LayoutRule):
 class KvHeadsDivisible(LayoutRule):
     name = "kv_heads_divisible"
     formula = "num_key_value_heads % tp == 0 or tp % num_key_value_heads == 0"
+
+    def holds(self, scenario: Scenario, layout: Layout) -> bool:
+        kv, tp = scenario.model.kv_heads, layout.tp
+        return (kv % tp if tp <= kv else tp % kv) == 0
+
+    def holds_grid(self, scenario: Scenario, grid: SizeArrays) -> np.ndarray:
+        kv = scenario.model.kv_heads
+        return np.where(grid.tp <= kv, kv % grid.tp, grid.tp % kv) == 0
 
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
         kv, tp = scenario.model.kv_heads, layout.tp
@@ -185,6 +240,10 @@ class BlockAligned(LayoutRule):
         size = _size(scenario, layout, self.size)
         return not ((self.width % size) or ((self.width // size) % self.block))
 
+    def holds_grid(self, scenario: Scenario, grid: SizeArrays) -> np.ndarray:
+        size = grid.size(scenario, self.size)
+        return (self.width % size == 0) & ((self.width // size) % self.block == 0)
+
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
         size = _size(scenario, layout, self.size)
         rest = (self.width % size) or ((self.width // size) % self.block)
@@ -195,6 +254,15 @@ class BlockAligned(LayoutRule):
 class TpWithinNode(LayoutRule):
     name = "tp_within_node"
     formula = "gpus_per_node % tp == 0"
+
+    def holds(self, scenario: Scenario, layout: Layout) -> bool:
+        g, tp = scenario.cluster.gpus_per_node, layout.tp
+        return (tp % g if scenario.cluster.allow_tp_across_nodes and tp > g else g % tp) == 0
+
+    def holds_grid(self, scenario: Scenario, grid: SizeArrays) -> np.ndarray:
+        g, tp = scenario.cluster.gpus_per_node, grid.tp
+        across = scenario.cluster.allow_tp_across_nodes & (tp > g)
+        return np.where(across, tp % g, g % tp) == 0
 
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
         g, tp = scenario.cluster.gpus_per_node, layout.tp
@@ -215,6 +283,16 @@ class VllmFolding(LayoutRule):
     def __init__(self, expert_parallel: bool):
         self.expert_parallel = expert_parallel
         self.formula = "etp == 1 and ep % tp == 0" if expert_parallel else "ep == 1 and etp % tp == 0"
+
+    def holds(self, scenario: Scenario, layout: Layout) -> bool:
+        if self.expert_parallel:
+            return layout.etp == 1 and layout.ep % layout.tp == 0
+        return layout.ep == 1 and layout.etp % layout.tp == 0
+
+    def holds_grid(self, scenario: Scenario, grid: SizeArrays) -> np.ndarray:
+        if self.expert_parallel:
+            return (grid.etp == 1) & (grid.ep % grid.tp == 0)
+        return (grid.ep == 1) & (grid.etp % grid.tp == 0)
 
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
         if self.expert_parallel:
@@ -240,6 +318,12 @@ class SglangFolding(LayoutRule):
     name = "engine_folding"
     formula = "(etp x ep) % tp == 0  (ETP x EP = SGLang's --tp-size = TP x attention DP; EDP = instances)"
 
+    def holds(self, scenario: Scenario, layout: Layout) -> bool:
+        return (layout.etp * layout.ep) % layout.tp == 0
+
+    def holds_grid(self, scenario: Scenario, grid: SizeArrays) -> np.ndarray:
+        return (grid.etp * grid.ep) % grid.tp == 0
+
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
         group = layout.etp * layout.ep
         rest = group % layout.tp
@@ -259,6 +343,14 @@ class TrtllmFolding(LayoutRule):
 
     name = "engine_folding"
     formula = "(etp x ep) % tp == 0 and (tp == 1 or dp == edp)  (attention DP all or nothing per instance)"
+
+    def holds(self, scenario: Scenario, layout: Layout) -> bool:
+        group = layout.etp * layout.ep
+        return group % layout.tp == 0 and not (layout.tp > 1 and group // layout.tp > 1)
+
+    def holds_grid(self, scenario: Scenario, grid: SizeArrays) -> np.ndarray:
+        group = grid.etp * grid.ep
+        return (group % grid.tp == 0) & ~((grid.tp > 1) & (group // grid.tp > 1))
 
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
         group = layout.etp * layout.ep

@@ -47,6 +47,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import ortools
 from ortools.sat.python import cp_model
 
@@ -55,9 +56,9 @@ from optimizer.candidates import CandidateValues, Variant, variant_for
 from optimizer.cost import estimate
 from optimizer.errors import Infeasible, OptimizerError, SolveIncomplete
 from optimizer.memory import layer_kinds
-from optimizer.parallel import Layout, Plan
+from optimizer.parallel import Layout, Plan, batch_ladder, layout_grid
 from optimizer.result import Evidence, Solution, Tables, build_tables, primary_ns
-from optimizer.rules import EvenLayers, LayoutRule, MemoryCap, Rule, build_rules
+from optimizer.rules import EvenLayers, LayoutRule, MemoryCap, Rule, SizeArrays, build_rules
 from optimizer.scenario import Objective, Scenario
 from optimizer.split import DENSE_FIRST_NOTE, best_split, leading_dense_layers
 from optimizer.units import NS_PER_S
@@ -462,10 +463,29 @@ def is_feasible(scenario: Scenario, *, tables: Tables | None = None, rules: tupl
     Raises:
         OptimizerError: the scenario's numbers would overflow the solver's integers.
     """
-    tables = tables or build_tables(scenario)
     rules = build_rules(scenario) if rules is None else rules
+    tables = tables or structural_tables(scenario, rules)
+    if not tables.layouts:
+        return False
     _, ok = CandidateValues(scenario, tables).admissible(rules)
     return bool(ok.any())
+
+
+def structural_tables(scenario: Scenario, rules: tuple[Rule, ...]) -> Tables:
+    """The tables of only the candidates whose layout passes every layout rule of ``rules`` (the grid-wide
+    ``holds_grid``): what a feasibility question or a primary optimum needs, at a fraction of the cost of
+    the whole grid's memory tables. Indices are not the grid's: never use them as tie-break ranks."""
+    grid = layout_grid(num_gpus=scenario.cluster.num_gpus, is_moe=scenario.model.is_moe)
+    arrays = SizeArrays.of(grid)
+    keep = np.ones(len(grid), dtype=bool)
+    for rule in rules:
+        if isinstance(rule, LayoutRule):
+            keep &= np.asarray(rule.holds_grid(scenario, arrays), dtype=bool)
+    layouts = tuple(layout for layout, kept in zip(grid, keep) if kept)
+    if scenario.search.objective.chooses_batch:
+        ladder = batch_ladder(scenario.engine.max_num_seqs)
+        return build_tables(scenario, tuple(lay for lay in layouts for _ in ladder), tuple(b for _ in layouts for b in ladder))
+    return build_tables(scenario, layouts)
 
 
 def best_primary_ns(scenario: Scenario, *, rules: tuple[Rule, ...] | None = None) -> int | None:
@@ -477,8 +497,10 @@ def best_primary_ns(scenario: Scenario, *, rules: tuple[Rule, ...] | None = None
         SolveIncomplete: CP-SAT did not prove the optimum (never expected: the model proves at the root).
         OptimizerError: the scenario's numbers would overflow the solver's integers.
     """
-    tables = build_tables(scenario)
     rules = build_rules(scenario) if rules is None else rules
+    tables = structural_tables(scenario, rules)
+    if not tables.layouts:
+        return None
     values = CandidateValues(scenario, tables)
     variant, ok = values.admissible(rules)
     admissible = [int(c) for c in ok.nonzero()[0]]

@@ -1,21 +1,32 @@
-"""Benchmark: for every shipped scenario, the candidate layouts, CP-SAT time (tables + model + solve, and
-the solve alone), the exhaustive oracle's time, and the whole-process time of `optimize --scenario NAME`.
-Then the disaggregated search (``optimize disagg``) on Qwen3-235B-A22B over 64, 256, 1024 and 4096 H100s:
-CP-SAT with proof against the enumeration oracle on the very same candidate lists, both on the raw lists
-and on the lists after dominance pruning (what ``optimize disagg`` solves). Prints Markdown tables.
-Median of --repeat runs.
+"""Benchmark: the single-scenario search, CP-SAT against the enumeration oracle on the same tables, and
+the disaggregated search. Prints Markdown tables; median of --repeat runs.
 
-    python scripts/bench.py [--repeat 3] [--only disagg]
+Per case (every shipped scenario; the cases of issue 12; Qwen3-235B-A22B on 720, 5,040 and 65,536 H100s),
+each in its own process so that its peak memory is its own: candidates, tables s (the cost and memory
+tables both searches read), CP-SAT s (grid-wide evaluation + model + solve + the certificate built and
+checked), enumeration s (``optimize_exhaustive`` on the same tables), their ratio, the whole process of
+``optimize --scenario`` (import floor included; ``python -c "import optimizer.cli"`` is printed as the
+floor), and peak MiB of the case's process.
+
+Then the disaggregated search (``optimize disagg``) on Qwen3-235B-A22B over 64, 256, 1024 and 4096 H100s:
+CP-SAT with proof against the enumeration oracle on the very same candidate lists, raw and pruned.
+
+    python scripts/bench.py [--repeat 3] [--only shipped|issue|large|disagg] [--case PATH_OR_NAME]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -23,7 +34,91 @@ sys.path.insert(0, str(ROOT))
 from optimizer.errors import Infeasible  # noqa: E402
 from optimizer.exhaustive import optimize_exhaustive  # noqa: E402
 from optimizer.loader import load_scenario, shipped_scenarios  # noqa: E402
+from optimizer.result import build_tables  # noqa: E402
 from optimizer.solve import optimize  # noqa: E402
+
+QWEN = {"cluster": {"gpu": "h100-sxm", "gpus_per_node": 8}, "model": "Qwen3-235B-A22B",
+        "workload": {"concurrent_sequences": 256, "input_tokens": 2048, "output_tokens": 512},
+        "targets": {"ttft_s": 3, "tpot_s": 0.1}, "engine": {"name": "vllm", "enable_expert_parallel": True},
+        "search": {"objective": "request_latency", "gpu_memory_utilization": 0.9}}
+LLAMA_70B = {"cluster": {"gpu": "h100-sxm", "num_nodes": 1, "gpus_per_node": 8}, "model": "Llama-3.1-70B",
+             "workload": {"concurrent_sequences": 128, "input_tokens": 4000, "output_tokens": 500},
+             "targets": {"ttft_s": 2, "tpot_s": 0.04}, "engine": {"name": "vllm"},
+             "search": {"objective": "output_tokens_per_s_per_gpu"}}
+ISSUE_CASES = {
+    "fuzz-368": {"cluster": {"gpu": "l40s", "num_nodes": 27, "gpus_per_node": 1}, "model": "Llama-3.1-70B",
+                 "workload": {"concurrent_sequences": 8, "input_tokens": 32768, "output_tokens": 1, "weight_dtype": "int8",
+                              "kv_cache_dtype": "bf16"},
+                 "targets": {}, "engine": {"name": "sglang"},
+                 "search": {"objective": "output_tokens_per_s_per_gpu", "gpu_memory_utilization": 0.85, "allow_uneven_layers": True}},
+    "qwen3-235b-8xh100-throughput": {**QWEN, "cluster": {**QWEN["cluster"], "num_nodes": 1},
+                                     "search": {**QWEN["search"], "objective": "output_tokens_per_s_per_gpu"}},
+    "llama-3.1-70b-8xh100-throughput": LLAMA_70B,
+    "llama-3.1-70b-16xh100-throughput": {**LLAMA_70B, "cluster": {**LLAMA_70B["cluster"], "num_nodes": 2}},
+    "llama-3.1-70b-8xh100-infeasible": {**LLAMA_70B, "targets": {"ttft_s": 2, "tpot_s": 1e-6}},
+}
+LARGE_CASES = {f"qwen3-235b-{g}xh100": {**QWEN, "cluster": {**QWEN["cluster"], "num_nodes": g // 8}} for g in (720, 5040, 65536)}
+
+
+def case_files(only: str | None, folder: Path) -> list[tuple[str, str]]:
+    """(label, scenario path or shipped name) for every case of the selection."""
+    out = []
+    if only in (None, "shipped"):
+        out += [(name, name) for name in shipped_scenarios()]
+    for group, cases in (("issue", ISSUE_CASES), ("large", LARGE_CASES)):
+        if only in (None, group):
+            for name, data in cases.items():
+                path = folder / f"{name}.yaml"
+                path.write_text(yaml.safe_dump({"name": name, **data}))
+                out.append((name, str(path)))
+    return out
+
+
+def run_case(target: str, repeat: int) -> dict:
+    """Timings of one case in this process (called with --case)."""
+    scenario = load_scenario(target)
+    start = time.perf_counter()
+    tables = build_tables(scenario)
+    tables_s = time.perf_counter() - start
+    cp_t, ex_t, cp, ex = [], [], None, None
+    for _ in range(repeat):
+        t, cp = timed(lambda: optimize(scenario, tables=tables))
+        cp_t.append(t)
+        t, ex = timed(lambda: optimize_exhaustive(scenario, tables=tables))
+        ex_t.append(t)
+    if isinstance(cp, Infeasible) != isinstance(ex, Infeasible):
+        same = "NO"
+    elif isinstance(cp, Infeasible):
+        same = "both infeasible"
+    else:
+        same = "yes" if cp.evidence.objective == ex.evidence.objective and cp.plan == ex.plan and cp.evidence.proved_optimal else "NO"
+    return {"candidates": len(tables.layouts), "tables_s": tables_s, "cp_s": statistics.median(cp_t),
+            "ex_s": statistics.median(ex_t), "same": same,
+            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "certificate": getattr(getattr(cp, "evidence", None), "certificate_check", None)}
+
+
+def bench_cases(only: str | None, repeat: int) -> None:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import optimizer.cli"], check=True)
+    floor = time.perf_counter() - start
+    print(f"Import floor (python -c 'import optimizer.cli'): {floor:.2f} s\n")
+    print("| case | candidates | tables (s) | CP-SAT (s) | enumeration (s) | CP-SAT / enumeration | process (s) | peak MiB | same optimum |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    worst = 0.0
+    with tempfile.TemporaryDirectory() as folder:
+        for label, target in case_files(only, Path(folder)):
+            proc = subprocess.run([sys.executable, __file__, "--case", target, "--repeat", str(repeat)], capture_output=True,
+                                  text=True, check=True)
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "optimizer.cli", "--scenario", target], capture_output=True, check=False)
+            whole = time.perf_counter() - start
+            ratio = r["cp_s"] / r["ex_s"] if r["ex_s"] else float("inf")
+            worst = max(worst, ratio)
+            print(f"| {label} | {r['candidates']:,} | {r['tables_s']:.3f} | {r['cp_s']:.3f} | {r['ex_s']:.3f} | {ratio:.2f} "
+                  f"| {whole:.2f} | {r['peak_mib']:.0f} | {r['same']} |")
+    print(f"\nWorst CP-SAT / enumeration ratio: {worst:.2f}")
 
 
 def timed(fn) -> tuple[float, object]:
@@ -71,39 +166,16 @@ def bench_disaggregated(repeat: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", choices=["shipped", "disagg"], default=None)
+    parser.add_argument("--only", choices=["shipped", "issue", "large", "disagg"], default=None)
+    parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # one case, in a child process
     args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case, args.repeat)))
+        return
     if args.only != "disagg":
-        bench_shipped(args.repeat)
-    if args.only != "shipped":
+        bench_cases(args.only, args.repeat)
+    if args.only in (None, "disagg"):
         bench_disaggregated(args.repeat)
-
-
-def bench_shipped(repeat: int) -> None:
-    print("| scenario | layouts | CP-SAT total (s) | CP-SAT solve (s) | exhaustive (s) | process (s) | result |")
-    print("|---|---:|---:|---:|---:|---:|---|")
-    for name in shipped_scenarios():
-        scenario = load_scenario(name)
-        cp, ex, proc, solve_only = [], [], [], []
-        result = None
-        for _ in range(repeat):
-            t, result = timed(lambda: optimize(scenario))
-            cp.append(t)
-            if not isinstance(result, Infeasible):
-                solve_only.append(result.evidence.solve_wall_s)
-            ex.append(timed(lambda: optimize_exhaustive(scenario))[0])
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "optimizer.cli", "--scenario", name], capture_output=True, check=False)
-            proc.append(time.perf_counter() - start)
-        if isinstance(result, Infeasible):
-            outcome, layouts = "infeasible: " + ", ".join(r.split(":")[0] for r in result.reasons), "-"
-        else:
-            lay = result.plan.layout
-            outcome = f"{result.evidence.status} TP{lay.tp} PP{lay.pp} DP{lay.dp} EP{lay.ep} ETP{lay.etp}"
-            layouts = str(result.evidence.candidates)
-        solve = f"{statistics.median(solve_only):.3f}" if solve_only else "-"
-        print(f"| {name} | {layouts} | {statistics.median(cp):.3f} | {solve} | {statistics.median(ex):.3f} "
-              f"| {statistics.median(proc):.2f} | {outcome} |")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from optimizer.errors import Infeasible
 from optimizer.exhaustive import optimize_exhaustive
 from optimizer.loader import scenario_from_dict
 from optimizer.parallel import layout_grid
-from optimizer.rules import LayoutRule, build_rules
+from optimizer.rules import LayoutRule, SizeArrays, build_rules
 
 FUZZ_368 = {
     "name": "fuzz-368",
@@ -232,21 +232,27 @@ def test_a_refuted_solver_is_reported_and_the_oracles_plan_kept(tmp_path, monkey
     assert result.exit_code == 0 and "SOLVER FAULT" in result.output
 
 
-# --- the rules' fast verdicts ---------------------------------------------------------------------------
+# --- the rules' fast verdicts (scalar for the checker, vectorised for the search) ---------------------------------------------------------------------------
 
 
 @settings(max_examples=40, deadline=None)
 @given(gpus=st.sampled_from([1, 6, 8, 12, 16, 27, 30, 64]), heads=st.sampled_from([6, 8, 12, 64]),
        experts=st.sampled_from([0, 6, 8, 60]), engine=st.sampled_from(["vllm", "sglang", "tensorrt-llm", "megatron"]),
-       weight=st.sampled_from(["bf16", "fp8-block"]))
-def test_layout_rules_fast_verdicts_equal_their_checks(gpus, heads, experts, engine, weight):
+       weight=st.sampled_from(["bf16", "fp8-block"]), across=st.booleans(), per_node=st.sampled_from([1, 2, 8]))
+def test_layout_rules_fast_verdicts_equal_their_checks(gpus, heads, experts, engine, weight, across, per_node):
     model = {"num_attention_heads": heads, "num_key_value_heads": heads // 2, "num_experts": experts,
              "num_experts_per_tok": min(2, experts)}
     if not experts:
         model.update(moe_intermediate_size=None, n_shared_experts=0, first_k_dense_replace=0)
-    scenario = make_scenario(model=model, cluster={"num_nodes": 1, "gpus_per_node": gpus}, engine={"name": engine},
+    per_node = per_node if gpus % per_node == 0 else 1
+    scenario = make_scenario(model=model, cluster={"num_nodes": gpus // per_node, "gpus_per_node": per_node,
+                                                   "allow_tp_across_nodes": across}, engine={"name": engine},
                              workload={"weight_dtype": weight})
+    grid = layout_grid(num_gpus=gpus, is_moe=scenario.model.is_moe)
+    arrays = SizeArrays.of(grid)
     for rule in build_rules(scenario):
         if isinstance(rule, LayoutRule):
-            for layout in layout_grid(num_gpus=gpus, is_moe=scenario.model.is_moe):
-                assert rule.holds(scenario, layout) == rule.evaluate(scenario, layout).holds, (rule.name, layout)
+            vectorised = rule.holds_grid(scenario, arrays)
+            for layout, fast in zip(grid, vectorised):
+                expected = rule.evaluate(scenario, layout).holds
+                assert rule.holds(scenario, layout) == expected == bool(fast), (rule.name, layout)
