@@ -25,7 +25,7 @@ chosen candidate's value is also recomputed from its concrete split (``split.bes
 the enumeration oracle's plan (checked rule by rule) is kept, and the disagreement is reported.
 
 **The double check** (``--double-check``) builds a fresh model of another formulation, the layer split
-as variables (``split_model``), with presolve off, and asks for any plan better than the claimed one in
+as variables (``build_model``, the former formulation), with presolve off, and asks for any plan better than the claimed one in
 ``(primary, rank)`` order: INFEASIBLE confirms the claim.
 
 **Infeasible**: candidates with the same set of rejecting rules are interchangeable, so the conflict model
@@ -367,44 +367,37 @@ def optimize(
 def _minimise_table(admissible: list[int], primary: list[int], n: int, *, deadline: Deadline, seed: int, workers: int):
     """Minimise ``primary[c] x n + c`` over the admissible candidates with CP-SAT. Returns (status name,
     chosen candidate or None, its primary, the proved bound of the encoded objective, wall s, model size,
-    stages)."""
-    top = max(primary[c] for c in admissible)
+    stages). One solve when the encoded objective fits 62 bits, else the primary and then the rank."""
     m = cp_model.CpModel()
     x = [m.new_bool_var(f"x[{c}]") for c in admissible]
     m.add_exactly_one(x)
     size = {"variables": len(x), "constraints": 1}
-    wall = 0.0
-    if (top + 1) * n < _INT_LIMIT:
-        m.minimize(sum((primary[c] * n + c) * xc for c, xc in zip(admissible, x)))
+    wall = [0.0]
+
+    def solve(weights: list[int]) -> tuple[str, int | None, int]:
+        """Minimise ``sum(weights x x)``: (status, chosen candidate, exact bound)."""
+        m.minimize(sum(w * xc for w, xc in zip(weights, x)))
         solver = _solver(time_limit_s=deadline.remaining(), seed=seed, workers=workers)
         status = solver.solve(m)
-        wall += solver.wall_time
+        wall[0] += solver.wall_time
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            return solver.status_name(status), None, 0, 0, wall, size, "primary_ns x C + rank"
+            return solver.status_name(status), None, 0
         c = next(c for c, xc in zip(admissible, x) if solver.value(xc))
-        return (solver.status_name(status), c, primary[c], int(solver.response_proto.inner_objective_lower_bound), wall,
-                size, "primary_ns x C + rank")
-    # Two stages: the primary, then the rank among candidates at the optimum.
-    m.minimize(sum(primary[c] * xc for c, xc in zip(admissible, x)))
-    solver = _solver(time_limit_s=deadline.remaining(), seed=seed, workers=workers)
-    status = solver.solve(m)
-    wall += solver.wall_time
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return solver.status_name(status), None, 0, 0, wall, size, "primary_ns, then rank"
-    c = next(c for c, xc in zip(admissible, x) if solver.value(xc))
-    p_found, p_bound = primary[c], int(solver.response_proto.inner_objective_lower_bound)
-    if status != cp_model.OPTIMAL or p_found != p_bound:
-        return solver.status_name(status), c, p_found, p_bound * n, wall, size, "primary_ns, then rank"
-    m.add(sum(primary[c] * xc for c, xc in zip(admissible, x)) == p_found)
-    m.minimize(sum(c * xc for c, xc in zip(admissible, x)))
-    solver = _solver(time_limit_s=deadline.remaining(), seed=seed, workers=workers)
-    status = solver.solve(m)
-    wall += solver.wall_time
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):  # stage 1's plan is still a plan, not proved
-        return "FEASIBLE", c, p_found, p_bound * n, wall, size, "primary_ns, then rank"
-    c = next(c for c, xc in zip(admissible, x) if solver.value(xc))
-    return (solver.status_name(status), c, p_found, p_bound * n + int(solver.response_proto.inner_objective_lower_bound),
-            wall, size, "primary_ns, then rank")
+        return solver.status_name(status), c, int(solver.response_proto.inner_objective_lower_bound)
+
+    if (max(primary[c] for c in admissible) + 1) * n < _INT_LIMIT:
+        status, c, bound = solve([primary[c] * n + c for c in admissible])
+        return status, c, 0 if c is None else primary[c], bound, wall[0], size, "primary_ns x C + rank"
+    stages = "primary_ns, then rank"
+    status, c, p_bound = solve([primary[c] for c in admissible])
+    if c is None or status != "OPTIMAL" or primary[c] != p_bound:
+        return status, c, 0 if c is None else primary[c], p_bound * n, wall[0], size, stages
+    p_found = primary[c]
+    m.add(sum(primary[a] * xa for a, xa in zip(admissible, x)) == p_found)
+    status, c2, rank_bound = solve(list(admissible))
+    if c2 is None:  # stage 1's plan is still a plan, not proved
+        return "FEASIBLE", c, p_found, p_bound * n, wall[0], size, stages
+    return status, c2, p_found, p_bound * n + rank_bound, wall[0], size, stages
 
 
 def confirm_optimum(scenario: Scenario, tables: Tables, objective: int, *, time_limit_s: float | None = None) -> str:

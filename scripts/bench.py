@@ -41,22 +41,7 @@ QWEN = {"cluster": {"gpu": "h100-sxm", "gpus_per_node": 8}, "model": "Qwen3-235B
         "workload": {"concurrent_sequences": 256, "input_tokens": 2048, "output_tokens": 512},
         "targets": {"ttft_s": 3, "tpot_s": 0.1}, "engine": {"name": "vllm", "enable_expert_parallel": True},
         "search": {"objective": "request_latency", "gpu_memory_utilization": 0.9}}
-LLAMA_70B = {"cluster": {"gpu": "h100-sxm", "num_nodes": 1, "gpus_per_node": 8}, "model": "Llama-3.1-70B",
-             "workload": {"concurrent_sequences": 128, "input_tokens": 4000, "output_tokens": 500},
-             "targets": {"ttft_s": 2, "tpot_s": 0.04}, "engine": {"name": "vllm"},
-             "search": {"objective": "output_tokens_per_s_per_gpu"}}
-ISSUE_CASES = {
-    "fuzz-368": {"cluster": {"gpu": "l40s", "num_nodes": 27, "gpus_per_node": 1}, "model": "Llama-3.1-70B",
-                 "workload": {"concurrent_sequences": 8, "input_tokens": 32768, "output_tokens": 1, "weight_dtype": "int8",
-                              "kv_cache_dtype": "bf16"},
-                 "targets": {}, "engine": {"name": "sglang"},
-                 "search": {"objective": "output_tokens_per_s_per_gpu", "gpu_memory_utilization": 0.85, "allow_uneven_layers": True}},
-    "qwen3-235b-8xh100-throughput": {**QWEN, "cluster": {**QWEN["cluster"], "num_nodes": 1},
-                                     "search": {**QWEN["search"], "objective": "output_tokens_per_s_per_gpu"}},
-    "llama-3.1-70b-8xh100-throughput": LLAMA_70B,
-    "llama-3.1-70b-16xh100-throughput": {**LLAMA_70B, "cluster": {**LLAMA_70B["cluster"], "num_nodes": 2}},
-    "llama-3.1-70b-8xh100-infeasible": {**LLAMA_70B, "targets": {"ttft_s": 2, "tpot_s": 1e-6}},
-}
+CASES_DIR = ROOT / "tests" / "data" / "core"  # the cases of issue 12: fuzz-368, the throughput questions, an infeasible one
 LARGE_CASES = {f"qwen3-235b-{g}xh100": {**QWEN, "cluster": {**QWEN["cluster"], "num_nodes": g // 8}} for g in (720, 5040, 65536)}
 
 
@@ -65,12 +50,13 @@ def case_files(only: str | None, folder: Path) -> list[tuple[str, str]]:
     out = []
     if only in (None, "shipped"):
         out += [(name, name) for name in shipped_scenarios()]
-    for group, cases in (("issue", ISSUE_CASES), ("large", LARGE_CASES)):
-        if only in (None, group):
-            for name, data in cases.items():
-                path = folder / f"{name}.yaml"
-                path.write_text(yaml.safe_dump({"name": name, **data}))
-                out.append((name, str(path)))
+    if only in (None, "issue"):
+        out += [(path.stem, str(path)) for path in sorted(CASES_DIR.glob("*.yaml"))]
+    if only in (None, "large"):
+        for name, data in LARGE_CASES.items():
+            path = folder / f"{name}.yaml"
+            path.write_text(yaml.safe_dump({"name": name, **data}))
+            out.append((name, str(path)))
     return out
 
 
