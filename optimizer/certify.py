@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from optimizer.parallel import Plan
-from optimizer.result import Tables, build_tables, primary_ns
+from optimizer.result import Tables, build_tables, candidate_grid, primary_ns
 from optimizer.rules import LayoutRule, ThroughputTarget, build_rules, target_bound_ns
 from optimizer.scenario import Scenario
 from optimizer.split import leading_dense_layers
@@ -60,10 +60,13 @@ class OptimalityCheck:
 
 
 class _Space:
-    """Scalar integer facts about candidate ``c`` read from the tables (the definitions of cost and memory)."""
+    """Scalar integer facts about one candidate, read from its row ``c`` of the tables (the definitions of
+    cost and memory); ``grid`` is every candidate's layout in grid order."""
 
     def __init__(self, scenario: Scenario, tables: Tables):
         self.scenario, self.tables = scenario, tables
+        self.grid = candidate_grid(scenario)[0]
+        self.row_of = {tables.rank(r): r for r in range(len(tables.layouts))}
         self.total = scenario.model.num_hidden_layers
         self.k = leading_dense_layers(scenario)
         self.low_first = max(1, self.k)
@@ -186,41 +189,44 @@ def _slowest_lower_bound(space: _Space, c: int, witness: int | None) -> tuple[in
     if witness is None:
         return space.trivial_slowest(c), None
     if not space.witness_holds(c, witness):
-        return None, f"candidate {c}: a split fits with every stage under {witness} ns, so the witness is no lower bound"
+        return None, f"row {c}: a split fits with every stage under {witness} ns, so the witness is no lower bound"
     return max(witness, space.trivial_slowest(c)), None
 
 
-def _confirm(space: _Space, rules_by_name: dict, c: int, code: str, witness: int | None, optimum: int, chosen: int) -> str | None:
-    """None if ``code`` holds for candidate ``c``, else why not."""
-    n, layout = len(space.tables.layouts), space.tables.layouts[c]
+def _confirm(space: _Space, rules_by_name: dict, g: int, code: str, witness: int | None, optimum: int, chosen: int) -> str | None:
+    """None if ``code`` holds for grid candidate ``g``, else why not."""
+    n, layout = len(space.grid), space.grid[g]
     if code == "optimum":
-        return None if c == chosen else f"candidate {c} is marked optimum but the plan is candidate {chosen}"
-    if c == chosen:
-        return f"candidate {c} is the plan but is marked {code}"
+        return None if g == chosen else f"candidate {g} is marked optimum but the plan is candidate {chosen}"
+    if g == chosen:
+        return f"candidate {g} is the plan but is marked {code}"
     rule = rules_by_name.get(code)
     if isinstance(rule, LayoutRule):
-        return None if not rule.holds(space.scenario, layout) else f"candidate {c}: {code} holds for {layout}"
+        return None if not rule.holds(space.scenario, layout) else f"candidate {g}: {code} holds for {layout}"
+    c = space.row_of.get(g)
+    if c is None:
+        return f"candidate {g}: marked {code}, but the tables have no row for it"
     if code == "layer_split":
-        return None if space.layer_split_impossible(c) else f"candidate {c}: a layer split exists"
+        return None if space.layer_split_impossible(c) else f"candidate {g}: a layer split exists"
     if space.layer_split_impossible(c):
-        return None if code in ("memory_cap", "even_layers") else f"candidate {c}: no layer split, yet marked {code}"
+        return None if code in ("memory_cap", "even_layers") else f"candidate {g}: no layer split, yet marked {code}"
     if code == "even_layers":
-        return None if space.even_impossible(c) else f"candidate {c}: the layers split evenly"
+        return None if space.even_impossible(c) else f"candidate {g}: the layers split evenly"
     if space.even_impossible(c):
-        return f"candidate {c}: no even split, yet marked {code}"
+        return f"candidate {g}: no even split, yet marked {code}"
     if code == "memory_cap":
-        return None if "memory_cap" in rules_by_name and not space.split_fits_memory(c) else f"candidate {c}: a split fits in memory"
+        return None if "memory_cap" in rules_by_name and not space.split_fits_memory(c) else f"candidate {g}: a split fits in memory"
     slowest, why = _slowest_lower_bound(space, c, witness)
     if slowest is None:
         return why
     figures = space.figures(c, slowest)
     if code in TARGET_CODES:
         return None if code in rules_by_name and space.misses_target(c, code, figures) else \
-            f"candidate {c}: {code} is met at the lower bound {slowest} ns"
+            f"candidate {g}: {code} is met at the lower bound {slowest} ns"
     if code == "bound":
-        value = figures[3] * n + c
-        return None if value > optimum else f"candidate {c}: its lower bound {value} is not above the optimum {optimum}"
-    return f"candidate {c}: unknown code {code!r}"
+        value = figures[3] * n + g
+        return None if value > optimum else f"candidate {g}: its lower bound {value} is not above the optimum {optimum}"
+    return f"candidate {g}: unknown code {code!r}"
 
 
 def check_optimality(scenario: Scenario, plan: Plan, certificate: dict, tables: Tables | None = None) -> OptimalityCheck:
@@ -228,11 +234,12 @@ def check_optimality(scenario: Scenario, plan: Plan, certificate: dict, tables: 
     every candidate covered once, each code confirmed, the plan's own certificate holding and its
     objective equal to the claimed optimum. Never raises for a wrong certificate: the result says.
 
-    ``tables`` must be ``build_tables(scenario)`` (the default builds them)."""
+    ``tables`` are the scenario's (``build_tables``, the whole grid or the part with ``ranks``); by
+    default they are built for the candidates whose code is not a layout rule."""
     from optimizer.verify import certify as certify_plan  # verify imports result, not this module
 
-    tables = tables or build_tables(scenario)
-    n = len(tables.layouts)
+    grid, batches = candidate_grid(scenario)
+    n = len(grid)
     failures: list[str] = []
     try:
         codes, runs = list(certificate["codes"]), [(int(i), int(k)) for i, k in certificate["runs"]]
@@ -245,7 +252,15 @@ def check_optimality(scenario: Scenario, plan: Plan, certificate: dict, tables: 
         failures.append(f"unknown format {certificate.get('format')!r}, expected {FORMAT}")
     if declared != n or sum(k for _, k in runs) != n:
         failures.append(f"the certificate covers {sum(k for _, k in runs)} candidates; the scenario has {n}")
-    c_plan = tables.index(plan.layout, plan.batch_per_replica)
+    if failures or any(not 0 <= i < len(codes) for i, _ in runs):
+        return OptimalityCheck(False, n, tuple(failures) or ("a run names a code index out of range",), {})
+    if tables is None:
+        rules = {r.name for r in build_rules(scenario) if isinstance(r, LayoutRule)}
+        rows = tuple(g for g, code in enumerate(codes[i] for i, k in runs for _ in range(k)) if code not in rules)
+        tables = build_tables(scenario, tuple(grid[g] for g in rows), None if batches is None else tuple(batches[g] for g in rows),
+                              ranks=rows, grid_size=n)
+    row = tables.index(plan.layout, plan.batch_per_replica)
+    c_plan = None if row is None else tables.rank(row)
     if c_plan != chosen:
         failures.append(f"the plan is candidate {c_plan}, the certificate's optimum is candidate {chosen}")
     if failures:
@@ -255,6 +270,8 @@ def check_optimality(scenario: Scenario, plan: Plan, certificate: dict, tables: 
     value = primary_ns(scenario.search.objective, ttft_ns=est.ttft_ns, tpot_ns=est.tpot_ns,
                        request_latency_ns=est.request_latency_ns, gpus=plan.layout.gpus,
                        sequences=plan.layout.dp * plan.batch_per_replica) * n + chosen
+    if tables.candidates != n:
+        failures.append(f"the tables are for {tables.candidates} candidates, the scenario has {n}")
     if not plan_cert.holds:
         failures.append("the plan's own certificate fails: " + ", ".join(ch.name for ch in plan_cert.failing))
     if value != optimum:
@@ -264,9 +281,6 @@ def check_optimality(scenario: Scenario, plan: Plan, certificate: dict, tables: 
     counts: dict[str, int] = {}
     c = 0
     for index, count in runs:
-        if not 0 <= index < len(codes):
-            failures.append(f"code index {index} out of range")
-            break
         code = codes[index]
         counts[code] = counts.get(code, 0) + count
         for _ in range(count):
@@ -281,9 +295,10 @@ def check_optimality(scenario: Scenario, plan: Plan, certificate: dict, tables: 
 
 def build(scenario: Scenario, tables: Tables, *, chosen: int, optimum: int, codes: list[str],
           slowest_ns: list[int | None]) -> dict:
-    """A certificate from the search's per-candidate verdicts: ``codes[c]`` is the first rule that rejects
-    candidate ``c`` (or ``bound``/``optimum``), ``slowest_ns[c]`` the search's smallest slowest stage. A
-    witness is written only where the split-free lower bound does not already confirm the code."""
+    """A certificate from the search's per-candidate verdicts, in grid order: ``codes[g]`` is the first
+    rule that rejects candidate ``g`` (or ``bound``/``optimum``), ``slowest_ns[g]`` the search's smallest
+    slowest stage. A witness is written only where the split-free lower bound does not already confirm
+    the code."""
     space = _Space(scenario, tables)
     rules_by_name = {r.name: r for r in build_rules(scenario)}
     legend: list[str] = []

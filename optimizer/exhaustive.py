@@ -54,7 +54,7 @@ def plan_value(scenario: Scenario, tables: Tables, plan: Plan, ctx) -> int:
     """``primary_ns x C + c``: the objective encoding CP-SAT's evidence uses, for a concrete plan."""
     est = ctx.estimate
     return primary_ns(scenario.search.objective, ttft_ns=est.ttft_ns, tpot_ns=est.tpot_ns, request_latency_ns=est.request_latency_ns,
-                      gpus=plan.layout.gpus, sequences=plan.layout.dp * plan.batch_per_replica) * len(tables.layouts) + ctx.index
+                      gpus=plan.layout.gpus, sequences=plan.layout.dp * plan.batch_per_replica) * tables.candidates + tables.rank(ctx.index)
 
 
 def optimize_exhaustive(scenario: Scenario, *, tables: Tables | None = None, exclude: frozenset[Layout] = frozenset()) -> Solution:
@@ -66,7 +66,7 @@ def optimize_exhaustive(scenario: Scenario, *, tables: Tables | None = None, exc
     """
     start = time.perf_counter()
     tables = tables or build_tables(scenario)
-    n = len(tables.layouts)
+    n = tables.candidates
     rejected: dict[str, int] = {}
     best: tuple[int, Plan] | None = None
     for plan, ctx, _ in feasible_plans(scenario, tables, exclude=exclude, rejected=rejected):

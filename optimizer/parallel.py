@@ -12,7 +12,7 @@ rank is ``rank // gpus_per_node``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 
 from optimizer.units import ceil_div
 
@@ -57,12 +57,14 @@ class Layout:
         return {"tp": self.tp, "pp": self.pp, "dp": self.dp, "ep": self.ep, "etp": self.etp, "edp": self.edp}
 
 
+@lru_cache(maxsize=64)
 def layout_grid(*, num_gpus: int, is_moe: bool) -> tuple[Layout, ...]:
     """Every layout that uses all ``num_gpus`` GPUs in both foldings: ``tp x pp x dp = N`` and, for MoE,
     ``etp x ep x edp = tp x dp``. Sorted by the tie-break order (see ``tie_break_key``).
 
     The grid is the solver's domain; every other rule (divisibility, memory, targets) is a constraint on
-    it, so that a rule that blocks every layout can be named.
+    it, so that a rule that blocks every layout can be named. Cached (an immutable tuple of frozen
+    layouts): the search, its certificate and the diagnosis ask for the same grid several times.
     """
     layouts = []
     for tp in divisors(num_gpus):

@@ -305,7 +305,7 @@ def _model_line(scenario: Scenario) -> str:
 def alternatives_section(solution: Solution, ranked: list[tuple[int, Plan]]) -> list[dict[str, Any]]:
     """``--top K``: each plan's sizes, objective, gap to the best (primary units and percent) and estimate."""
     scenario, tables = solution.scenario, solution.tables
-    n = len(tables.layouts)
+    n = tables.candidates
     best = ranked[0][0] // n if ranked else 0
     out = []
     for rank, (value, plan) in enumerate(ranked, start=1):

@@ -90,12 +90,27 @@ def primary_ns(objective: Objective, *, ttft_ns: int, tpot_ns: int, request_late
 
 @dataclass(frozen=True)
 class Tables:
-    """The candidate grid (a layout and a batch per replica each) and its integer cost and memory tables,
-    in tie-break order. A layout appears once per batch when the objective chooses the batch."""
+    """Candidates (a layout and a batch per replica each) and their integer cost and memory tables, in
+    tie-break order. A layout appears once per batch when the objective chooses the batch.
+
+    Usually the whole grid. Tables of part of it (``ranks`` set: the grid position of each row, and
+    ``grid_size`` the grid's candidates) serve where the rest is rejected by a rule on the sizes alone:
+    the objective's tie-break rank is then ``rank(row)``, never the row, and ``candidates`` the grid's."""
 
     layouts: tuple[Layout, ...]
     cost: CostTable
     memory: MemoryTable
+    ranks: tuple[int, ...] | None = None
+    grid_size: int | None = None
+
+    @property
+    def candidates(self) -> int:
+        """Candidates of the whole grid: the ``C`` of the objective encoding ``primary x C + rank``."""
+        return len(self.layouts) if self.grid_size is None else self.grid_size
+
+    def rank(self, c: int) -> int:
+        """Row ``c``'s position in the whole grid (its tie-break rank)."""
+        return c if self.ranks is None else self.ranks[c]
 
     @cached_property
     def _positions(self) -> dict[tuple[Layout, int], int]:
@@ -109,17 +124,24 @@ class Tables:
         return self._positions.get((layout, batch))
 
 
-def build_tables(scenario: Scenario, layouts: tuple[Layout, ...] | None = None, batches: tuple[int, ...] | None = None) -> Tables:
-    """Tables for ``layouts`` (default: the whole grid of the scenario's cluster and model) with their
-    ``batches`` (default: ``ceil(concurrent_sequences / DP)``, or, when the objective chooses the batch,
-    every layout once per value of ``batch_ladder(engine.max_num_seqs)``)."""
+def candidate_grid(scenario: Scenario) -> tuple[tuple[Layout, ...], tuple[int, ...] | None]:
+    """The scenario's candidates in tie-break order, without their tables: every layout of the grid, once
+    per value of ``batch_ladder(engine.max_num_seqs)`` when the objective chooses the batch (then the
+    batches too; else None: ``ceil(concurrent_sequences / DP)``)."""
+    grid = layout_grid(num_gpus=scenario.cluster.num_gpus, is_moe=scenario.model.is_moe)
+    if scenario.search.objective.chooses_batch:
+        ladder = batch_ladder(scenario.engine.max_num_seqs)
+        return tuple(lay for lay in grid for _ in ladder), tuple(b for _ in grid for b in ladder)
+    return grid, None
+
+
+def build_tables(scenario: Scenario, layouts: tuple[Layout, ...] | None = None, batches: tuple[int, ...] | None = None, *,
+                 ranks: tuple[int, ...] | None = None, grid_size: int | None = None) -> Tables:
+    """Tables for ``layouts`` (default: ``candidate_grid``) with their ``batches`` (default:
+    ``ceil(concurrent_sequences / DP)``); ``ranks`` and ``grid_size`` when they are part of the grid."""
     if layouts is None:
-        grid = layout_grid(num_gpus=scenario.cluster.num_gpus, is_moe=scenario.model.is_moe)
-        if scenario.search.objective.chooses_batch and batches is None:
-            ladder = batch_ladder(scenario.engine.max_num_seqs)
-            layouts = tuple(lay for lay in grid for _ in ladder)
-            batches = tuple(b for _ in grid for b in ladder)
-        else:
-            layouts = grid
+        layouts, grid_batches = candidate_grid(scenario)
+        batches = grid_batches if batches is None else batches
     cost = integer_costs(scenario=scenario, layouts=layouts, batches=batches)
-    return Tables(layouts=layouts, cost=cost, memory=memory_table(scenario=scenario, layouts=layouts, batches=cost.batch))
+    return Tables(layouts=layouts, cost=cost, memory=memory_table(scenario=scenario, layouts=layouts, batches=cost.batch),
+                  ranks=ranks, grid_size=grid_size)

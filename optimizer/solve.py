@@ -56,8 +56,8 @@ from optimizer.candidates import CandidateValues, Variant, variant_for
 from optimizer.cost import estimate
 from optimizer.errors import Infeasible, OptimizerError, SolveIncomplete
 from optimizer.memory import layer_kinds
-from optimizer.parallel import Layout, Plan, batch_ladder, layout_grid
-from optimizer.result import Evidence, Solution, Tables, build_tables, primary_ns
+from optimizer.parallel import Layout, Plan
+from optimizer.result import Evidence, Solution, Tables, build_tables, candidate_grid, primary_ns
 from optimizer.rules import EvenLayers, LayoutRule, MemoryCap, Rule, SizeArrays, build_rules
 from optimizer.scenario import Objective, Scenario
 from optimizer.split import DENSE_FIRST_NOTE, best_split, leading_dense_layers
@@ -131,7 +131,7 @@ def build_model(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...]) -> 
         l_first=m.new_int_var(0, total, "l_first"), l_middle=m.new_int_var(0, total, "l_middle"),
         l_last=m.new_int_var(0, total, "l_last"), tpot_ns=m.new_int_var(0, tpot_ub, "tpot_ns"),
         request_latency_ns=m.new_int_var(0, latency_ub, "request_latency_ns"),
-        ttft_ns=m.new_int_var(0, ttft_ub, "ttft_ns"), primary=None, rank=sum(c * xc for c, xc in enumerate(x)),
+        ttft_ns=m.new_int_var(0, ttft_ub, "ttft_ns"), primary=None, rank=sum(tables.rank(c) * xc for c, xc in enumerate(x)),
     )
     _add_costs(view, tpot_ub)
     literals = {}
@@ -298,38 +298,42 @@ def optimize(
     """
     start = time.perf_counter()
     deadline = deadline or Deadline(time_limit_s)
-    tables = tables or build_tables(scenario)
     rules = build_rules(scenario) if rules is None else rules
+    if tables is None:
+        tables, grid_codes = structural_tables(scenario, rules)
+    else:
+        grid_codes = [None] * tables.candidates
     values = CandidateValues(scenario, tables)
     variant, codes = _codes(scenario, values, rules)
-    n = len(tables.layouts)
+    n, rank = tables.candidates, tables.rank
     primary = values.metrics(variant)[3]
-    admissible = [c for c in range(n) if codes[c] is None and tables.layouts[c] not in exclude]
+    admissible = [c for c in range(len(tables.layouts)) if codes[c] is None and tables.layouts[c] not in exclude]
     if not admissible:
+        if tables.ranks is not None:  # a relaxed layout rule may be part of a conflict: every candidate, then
+            tables = build_tables(scenario)
+            values = CandidateValues(scenario, tables)
         conflicts = disjoint_conflicts(scenario, tables, rules, deadline=deadline, values=values)
         raise Infeasible([" + ".join(describe_conflict(c, rules)) for c in conflicts], conflicts=conflicts)
     status, c, p_found, bound, solve_wall_s, size, stages = _minimise_table(
-        admissible, primary, n, deadline=deadline, seed=seed, workers=workers)
+        admissible, primary, tables, deadline=deadline, seed=seed, workers=workers)
     if c is None:
         raise SolveIncomplete(f"CP-SAT stopped with status {status} after {solve_wall_s:.2f} s (budget "
                               f"{deadline.seconds:g} s) without a plan; allow more time")
     plan = _canonical_plan(scenario, tables, c)
     objective = plan_objective(scenario, tables, plan, c)
-    if objective != p_found * n + c:
-        raise OptimizerError(f"internal error: candidate {c}'s objective is {objective} from its split and "
-                             f"{p_found * n + c} from the grid-wide evaluation")
+    if objective != p_found * n + rank(c):
+        raise OptimizerError(f"internal error: candidate {rank(c)}'s objective is {objective} from its split and "
+                             f"{p_found * n + rank(c)} from the grid-wide evaluation")
     cp_proved = status == "OPTIMAL" and objective == bound
     fault, certificate, check = None, None, None
     if cp_proved:
-        codes[c] = "optimum"
-        for i in range(n):
-            if codes[i] is None:
-                codes[i] = "bound"
-        for layout_excluded in (i for i in range(n) if tables.layouts[i] in exclude and codes[i] == "bound"):
-            codes[layout_excluded] = "bound"  # an excluded candidate must still be bounded: checked like any other
         slowest = values.min_slowest_ns(variant)
-        certificate = optimality.build(scenario, tables, chosen=c, optimum=objective, codes=codes,
-                                       slowest_ns=[None if int(v) < 0 else int(v) for v in slowest])
+        full_slowest: list[int | None] = [None] * n
+        for row in range(len(tables.layouts)):
+            grid_codes[rank(row)] = "optimum" if row == c else codes[row] or "bound"  # excluded layouts: bounded too
+            full_slowest[rank(row)] = None if int(slowest[row]) < 0 else int(slowest[row])
+        certificate = optimality.build(scenario, tables, chosen=rank(c), optimum=objective, codes=grid_codes,
+                                       slowest_ns=full_slowest)
         check = optimality.check_optimality(scenario, plan, certificate, tables)
         if not check.holds:
             fault = (f"solver fault: CP-SAT claimed {objective} optimal, the certificate check failed "
@@ -364,8 +368,8 @@ def optimize(
     return Solution(scenario=scenario, plan=plan, tables=tables, evidence=evidence)
 
 
-def _minimise_table(admissible: list[int], primary: list[int], n: int, *, deadline: Deadline, seed: int, workers: int):
-    """Minimise ``primary[c] x n + c`` over the admissible candidates with CP-SAT. Returns (status name,
+def _minimise_table(admissible: list[int], primary: list[int], tables: Tables, *, deadline: Deadline, seed: int, workers: int):
+    """Minimise ``primary[c] x C + rank(c)`` over the admissible rows with CP-SAT. Returns (status name,
     chosen candidate or None, its primary, the proved bound of the encoded objective, wall s, model size,
     stages). One solve when the encoded objective fits 62 bits, else the primary and then the rank."""
     m = cp_model.CpModel()
@@ -385,8 +389,9 @@ def _minimise_table(admissible: list[int], primary: list[int], n: int, *, deadli
         c = next(c for c, xc in zip(admissible, x) if solver.value(xc))
         return solver.status_name(status), c, int(solver.response_proto.inner_objective_lower_bound)
 
+    n, rank = tables.candidates, tables.rank
     if (max(primary[c] for c in admissible) + 1) * n < _INT_LIMIT:
-        status, c, bound = solve([primary[c] * n + c for c in admissible])
+        status, c, bound = solve([primary[c] * n + rank(c) for c in admissible])
         return status, c, 0 if c is None else primary[c], bound, wall[0], size, "primary_ns x C + rank"
     stages = "primary_ns, then rank"
     status, c, p_bound = solve([primary[c] for c in admissible])
@@ -394,7 +399,7 @@ def _minimise_table(admissible: list[int], primary: list[int], n: int, *, deadli
         return status, c, 0 if c is None else primary[c], p_bound * n, wall[0], size, stages
     p_found = primary[c]
     m.add(sum(primary[a] * xa for a, xa in zip(admissible, x)) == p_found)
-    status, c2, rank_bound = solve(list(admissible))
+    status, c2, rank_bound = solve([rank(c) for c in admissible])
     if c2 is None:  # stage 1's plan is still a plan, not proved
         return "FEASIBLE", c, p_found, p_bound * n, wall[0], size, stages
     return status, c2, p_found, p_bound * n + rank_bound, wall[0], size, stages
@@ -415,8 +420,10 @@ def _double_check(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...], o
     """Search the split formulation (a fresh model: the layer split and the latencies as variables, no
     presolve, nothing shared with the solve it checks) for a plan with ``(primary, rank) < (p, c)``,
     ``objective = p x C + c``; returns the status name, which must be INFEASIBLE (UNKNOWN if the budget
-    ran out first)."""
-    n = len(tables.layouts)
+    ran out first). Always on the whole grid, so that the layout rules are re-applied by this model too."""
+    if tables.ranks is not None:
+        tables = build_tables(scenario)
+    n = tables.candidates
     p, c = divmod(objective, n)
     view = enforced_model(scenario, tables, rules)
     better_primary = view.model.new_bool_var("double_check_better_primary")
@@ -446,7 +453,7 @@ def plan_objective(scenario: Scenario, tables: Tables, plan: Plan, c: int) -> in
                    concurrent_sequences=w.concurrent_sequences, output_tokens=w.output_tokens)
     primary = primary_ns(scenario.search.objective, ttft_ns=est.ttft_ns, tpot_ns=est.tpot_ns, request_latency_ns=est.request_latency_ns,
                          gpus=plan.layout.gpus, sequences=plan.layout.dp * plan.batch_per_replica)
-    return primary * len(tables.layouts) + c
+    return primary * tables.candidates + tables.rank(c)
 
 
 def is_feasible(scenario: Scenario, *, tables: Tables | None = None, rules: tuple[Rule, ...] | None = None) -> bool:
@@ -457,28 +464,30 @@ def is_feasible(scenario: Scenario, *, tables: Tables | None = None, rules: tupl
         OptimizerError: the scenario's numbers would overflow the solver's integers.
     """
     rules = build_rules(scenario) if rules is None else rules
-    tables = tables or structural_tables(scenario, rules)
+    tables = tables or structural_tables(scenario, rules)[0]
     if not tables.layouts:
         return False
     _, ok = CandidateValues(scenario, tables).admissible(rules)
     return bool(ok.any())
 
 
-def structural_tables(scenario: Scenario, rules: tuple[Rule, ...]) -> Tables:
-    """The tables of only the candidates whose layout passes every layout rule of ``rules`` (the grid-wide
-    ``holds_grid``): what a feasibility question or a primary optimum needs, at a fraction of the cost of
-    the whole grid's memory tables. Indices are not the grid's: never use them as tie-break ranks."""
-    grid = layout_grid(num_gpus=scenario.cluster.num_gpus, is_moe=scenario.model.is_moe)
+def structural_tables(scenario: Scenario, rules: tuple[Rule, ...]) -> tuple[Tables, list[str | None]]:
+    """Tables of only the candidates whose layout passes every layout rule of ``rules`` (the grid-wide
+    ``holds_grid``; ``Tables.ranks`` keeps their grid positions), and for every candidate of the grid the
+    first layout rule that rejects it (None for those kept). The memory tables of the rest are never
+    built: at 5,040 GPUs 22,400 of 171,500 candidates remain."""
+    grid, batches = candidate_grid(scenario)
     arrays = SizeArrays.of(grid)
-    keep = np.ones(len(grid), dtype=bool)
+    codes: list[str | None] = [None] * len(grid)
     for rule in rules:
         if isinstance(rule, LayoutRule):
-            keep &= np.asarray(rule.holds_grid(scenario, arrays), dtype=bool)
-    layouts = tuple(layout for layout, kept in zip(grid, keep) if kept)
-    if scenario.search.objective.chooses_batch:
-        ladder = batch_ladder(scenario.engine.max_num_seqs)
-        return build_tables(scenario, tuple(lay for lay in layouts for _ in ladder), tuple(b for _ in layouts for b in ladder))
-    return build_tables(scenario, layouts)
+            for c in (~np.asarray(rule.holds_grid(scenario, arrays), dtype=bool)).nonzero()[0]:
+                if codes[c] is None:
+                    codes[c] = rule.name
+    kept = tuple(c for c, code in enumerate(codes) if code is None)
+    tables = build_tables(scenario, tuple(grid[c] for c in kept), None if batches is None else tuple(batches[c] for c in kept),
+                          ranks=kept, grid_size=len(grid))
+    return tables, codes
 
 
 def best_primary_ns(scenario: Scenario, *, rules: tuple[Rule, ...] | None = None) -> int | None:
@@ -491,7 +500,7 @@ def best_primary_ns(scenario: Scenario, *, rules: tuple[Rule, ...] | None = None
         OptimizerError: the scenario's numbers would overflow the solver's integers.
     """
     rules = build_rules(scenario) if rules is None else rules
-    tables = structural_tables(scenario, rules)
+    tables = structural_tables(scenario, rules)[0]
     if not tables.layouts:
         return None
     values = CandidateValues(scenario, tables)
@@ -500,9 +509,8 @@ def best_primary_ns(scenario: Scenario, *, rules: tuple[Rule, ...] | None = None
     if not admissible:
         return None
     primary = values.metrics(variant)[3]
-    n = len(tables.layouts)
-    status, c, found, bound, *_ = _minimise_table(admissible, primary, n, deadline=Deadline(None), seed=0, workers=1)
-    if status != "OPTIMAL" or c is None or found * n + c != bound:
+    status, c, found, bound, *_ = _minimise_table(admissible, primary, tables, deadline=Deadline(None), seed=0, workers=1)
+    if status != "OPTIMAL" or c is None or found * tables.candidates + tables.rank(c) != bound:
         raise SolveIncomplete(f"CP-SAT returned {status} without a proof")
     return found
 

@@ -27,6 +27,7 @@ from optimizer.errors import Infeasible
 from optimizer.exhaustive import optimize_exhaustive
 from optimizer.loader import scenario_from_dict
 from optimizer.parallel import layout_grid
+from optimizer.result import candidate_grid
 from optimizer.rules import LayoutRule, SizeArrays, build_rules
 
 CASES_DIR = Path(__file__).parent / "data" / "core"
@@ -142,7 +143,7 @@ def test_a_bound_claimed_for_a_better_candidate_fails(proved):
     """Mark the oracle's runner-up as the optimum: the true optimum, marked ``bound``, is then below it."""
     scenario, sol = proved
     second = optimize_exhaustive(scenario, tables=sol.tables, exclude=frozenset({sol.plan.layout}))
-    c2 = sol.tables.index(second.plan.layout, second.plan.batch_per_replica)
+    c2 = sol.tables.rank(sol.tables.index(second.plan.layout, second.plan.batch_per_replica))
     codes = _codes(sol.evidence.certificate)
     codes[sol.evidence.certificate["chosen"]], codes[c2] = "bound", "optimum"
     cert = _recoded(sol.evidence.certificate, codes, chosen=c2, optimum=second.evidence.objective)
@@ -153,7 +154,8 @@ def test_a_bound_claimed_for_a_better_candidate_fails(proved):
 def test_a_witness_above_the_true_slowest_stage_fails(proved):
     scenario, sol = proved
     cert = copy.deepcopy(sol.evidence.certificate)
-    c = next(i for i, code in enumerate(_codes(cert)) if code == "bound" and sol.tables.layouts[i].pp > 1)
+    grid = candidate_grid(scenario)[0]
+    c = next(i for i, code in enumerate(_codes(cert)) if code == "bound" and grid[i].pp > 1)
     cert["witness_slowest_stage_ns"][str(c)] = 1 << 50  # "every split of c is slower than 13 days"
     check = check_optimality(scenario, sol.plan, cert)
     assert not check.holds and any("no lower bound" in f for f in check.failures)
@@ -185,10 +187,11 @@ def test_a_refuted_solver_is_reported_and_the_oracles_plan_kept(tmp_path, monkey
     admissible candidate with a bound equal to it. The certificate refutes it; the oracle's plan stands."""
     real = solve._minimise_table
 
-    def wrong(admissible, primary, n, **kwargs):
-        c = max(admissible, key=lambda i: primary[i] * n + i)
-        status, *_rest = real(admissible, primary, n, **kwargs)
-        return "OPTIMAL", c, primary[c], primary[c] * n + c, 0.0, {"variables": 1, "constraints": 1}, "stand-in"
+    def wrong(admissible, primary, tables, **kwargs):
+        n = tables.candidates
+        c = max(admissible, key=lambda i: primary[i] * n + tables.rank(i))
+        real(admissible, primary, tables, **kwargs)
+        return "OPTIMAL", c, primary[c], primary[c] * n + tables.rank(c), 0.0, {"variables": 1, "constraints": 1}, "stand-in"
 
     monkeypatch.setattr(solve, "_minimise_table", wrong)
     scenario = scenario_from_dict(copy.deepcopy(FUZZ_368))
