@@ -153,11 +153,9 @@ class CandidateValues:
 
     @staticmethod
     def _as_ints(out: np.ndarray) -> np.ndarray:
-        try:
-            if out.size and max(abs(int(v)) for v in out) < _SAFE:
-                return out.astype(np.int64)
-        except ValueError:
-            pass
+        """int64 when every value fits, else the Python ints as they are."""
+        if out.size and max(abs(int(v)) for v in out) < _SAFE:
+            return out.astype(np.int64)
         return out
 
     @staticmethod
@@ -300,7 +298,3 @@ class CandidateValues:
 def variant_for(rules: tuple[Rule, ...]) -> Variant:
     """The variant in which every split-shaping rule of ``rules`` holds."""
     return Variant(memory=any(isinstance(r, MemoryCap) for r in rules), even=any(isinstance(r, EvenLayers) for r in rules))
-
-
-def chooses_batch(scenario: Scenario) -> bool:
-    return scenario.search.objective is Objective.THROUGHPUT_PER_GPU

@@ -16,7 +16,9 @@ grid, with its batch per replica), in grid order, each with one *code*:
   already misses the target;
 - ``bound``: a lower bound of the objective over every split is above the claimed optimum;
 - ``optimum``: the plan itself, whose own certificate (``verify.certify``) must hold and whose objective
-  must equal the claim.
+  must equal the claim;
+- ``excluded``: a layout the question set aside (``excluded`` lists them: "the best plan on any other
+  layout", as the review's runner-up asks); the claim is then optimality among the rest.
 
 Lower bounds come from the slowest decode stage, which every figure grows with (``cost.estimate``): for
 PP = 1 or an even split it is exact; otherwise it is ``max(ceil(all stages / PP), the first stage at its
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from optimizer.parallel import Plan
+from optimizer.parallel import Layout, Plan, tie_break_key
 from optimizer.result import Tables, build_tables, candidate_grid, primary_ns
 from optimizer.rules import LayoutRule, ThroughputTarget, build_rules, target_bound_ns
 from optimizer.scenario import Scenario
@@ -193,9 +195,12 @@ def _slowest_lower_bound(space: _Space, c: int, witness: int | None) -> tuple[in
     return max(witness, space.trivial_slowest(c)), None
 
 
-def _confirm(space: _Space, rules_by_name: dict, g: int, code: str, witness: int | None, optimum: int, chosen: int) -> str | None:
+def _confirm(space: _Space, rules_by_name: dict, g: int, code: str, witness: int | None, optimum: int, chosen: int,
+             excluded: frozenset = frozenset()) -> str | None:
     """None if ``code`` holds for grid candidate ``g``, else why not."""
     n, layout = len(space.grid), space.grid[g]
+    if code == "excluded":
+        return None if layout in excluded and g != chosen else f"candidate {g}: {layout} is not among the excluded layouts"
     if code == "optimum":
         return None if g == chosen else f"candidate {g} is marked optimum but the plan is candidate {chosen}"
     if g == chosen:
@@ -246,6 +251,7 @@ def check_optimality(scenario: Scenario, plan: Plan, certificate: dict, tables: 
         witnesses = {int(c): int(t) for c, t in certificate.get("witness_slowest_stage_ns", {}).items()}
         optimum, chosen = int(certificate["optimum"]), int(certificate["chosen"])
         declared = int(certificate["candidates"])
+        excluded = frozenset(Layout(**{k: int(v) for k, v in lay.items()}) for lay in certificate.get("excluded", []))
     except (KeyError, TypeError, ValueError) as exc:
         return OptimalityCheck(False, n, (f"malformed certificate ({exc})",), {})
     if certificate.get("format") != FORMAT:
@@ -284,7 +290,7 @@ def check_optimality(scenario: Scenario, plan: Plan, certificate: dict, tables: 
         code = codes[index]
         counts[code] = counts.get(code, 0) + count
         for _ in range(count):
-            why = _confirm(space, rules_by_name, c, code, witnesses.get(c), optimum, chosen)
+            why = _confirm(space, rules_by_name, c, code, witnesses.get(c), optimum, chosen, excluded)
             if why is not None:
                 failures.append(why)
                 if len(failures) >= 10:
@@ -294,7 +300,7 @@ def check_optimality(scenario: Scenario, plan: Plan, certificate: dict, tables: 
 
 
 def build(scenario: Scenario, tables: Tables, *, chosen: int, optimum: int, codes: list[str],
-          slowest_ns: list[int | None]) -> dict:
+          slowest_ns: list[int | None], excluded: frozenset[Layout] = frozenset()) -> dict:
     """A certificate from the search's per-candidate verdicts, in grid order: ``codes[g]`` is the first
     rule that rejects candidate ``g`` (or ``bound``/``optimum``), ``slowest_ns[g]`` the search's smallest
     slowest stage. A witness is written only where the split-free lower bound does not already confirm
@@ -316,4 +322,5 @@ def build(scenario: Scenario, tables: Tables, *, chosen: int, optimum: int, code
         else:
             runs.append([i, 1])
     return {"format": FORMAT, "candidates": len(codes), "optimum": optimum, "chosen": chosen, "codes": legend,
-            "runs": runs, "witness_slowest_stage_ns": witnesses}
+            "runs": runs, "witness_slowest_stage_ns": witnesses,
+            "excluded": [lay.as_dict() for lay in sorted(excluded, key=tie_break_key)]}

@@ -159,6 +159,8 @@ class OptimalityCertificate(BaseModel):
     runs: list[list[int]] = Field(description="[code index, count] runs in candidate order, covering every candidate")
     witness_slowest_stage_ns: dict[str, int] = Field(
         description="candidate index -> a lower bound of its slowest decode stage, checked: no split fits under it")
+    excluded: list[dict[str, int]] = Field(default_factory=list,
+                                           description="layouts the question set aside (code `excluded`); empty for a plan")
 
 
 class EvidenceSection(BaseModel):

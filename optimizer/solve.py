@@ -301,6 +301,8 @@ def optimize(
     rules = build_rules(scenario) if rules is None else rules
     if tables is None:
         tables, grid_codes = structural_tables(scenario, rules)
+    elif tables.ranks is not None:  # part of the grid (a caller's structural tables): the rest is rejected by layout rules
+        grid_codes = _layout_codes(scenario, rules)[2]
     else:
         grid_codes = [None] * tables.candidates
     values = CandidateValues(scenario, tables)
@@ -330,10 +332,11 @@ def optimize(
         slowest = values.min_slowest_ns(variant)
         full_slowest: list[int | None] = [None] * n
         for row in range(len(tables.layouts)):
-            grid_codes[rank(row)] = "optimum" if row == c else codes[row] or "bound"  # excluded layouts: bounded too
+            grid_codes[rank(row)] = ("optimum" if row == c else codes[row]
+                                     or ("excluded" if tables.layouts[row] in exclude else "bound"))
             full_slowest[rank(row)] = None if int(slowest[row]) < 0 else int(slowest[row])
         certificate = optimality.build(scenario, tables, chosen=rank(c), optimum=objective, codes=grid_codes,
-                                       slowest_ns=full_slowest)
+                                       slowest_ns=full_slowest, excluded=exclude)
         check = optimality.check_optimality(scenario, plan, certificate, tables)
         if not check.holds:
             fault = (f"solver fault: CP-SAT claimed {objective} optimal, the certificate check failed "
@@ -471,11 +474,9 @@ def is_feasible(scenario: Scenario, *, tables: Tables | None = None, rules: tupl
     return bool(ok.any())
 
 
-def structural_tables(scenario: Scenario, rules: tuple[Rule, ...]) -> tuple[Tables, list[str | None]]:
-    """Tables of only the candidates whose layout passes every layout rule of ``rules`` (the grid-wide
-    ``holds_grid``; ``Tables.ranks`` keeps their grid positions), and for every candidate of the grid the
-    first layout rule that rejects it (None for those kept). The memory tables of the rest are never
-    built: at 5,040 GPUs 22,400 of 171,500 candidates remain."""
+def _layout_codes(scenario: Scenario, rules: tuple[Rule, ...]) -> tuple[tuple[Layout, ...], tuple[int, ...] | None, list[str | None]]:
+    """The candidate grid (layouts, batches) and, per candidate, the first layout rule of ``rules`` that
+    rejects it (``holds_grid``), None where none does."""
     grid, batches = candidate_grid(scenario)
     arrays = SizeArrays.of(grid)
     codes: list[str | None] = [None] * len(grid)
@@ -484,6 +485,15 @@ def structural_tables(scenario: Scenario, rules: tuple[Rule, ...]) -> tuple[Tabl
             for c in (~np.asarray(rule.holds_grid(scenario, arrays), dtype=bool)).nonzero()[0]:
                 if codes[c] is None:
                     codes[c] = rule.name
+    return grid, batches, codes
+
+
+def structural_tables(scenario: Scenario, rules: tuple[Rule, ...]) -> tuple[Tables, list[str | None]]:
+    """Tables of only the candidates whose layout passes every layout rule of ``rules`` (the grid-wide
+    ``holds_grid``; ``Tables.ranks`` keeps their grid positions), and for every candidate of the grid the
+    first layout rule that rejects it (None for those kept). The memory tables of the rest are never
+    built: at 5,040 GPUs 22,400 of 171,500 candidates remain."""
+    grid, batches, codes = _layout_codes(scenario, rules)
     kept = tuple(c for c, code in enumerate(codes) if code is None)
     tables = build_tables(scenario, tuple(grid[c] for c in kept), None if batches is None else tuple(batches[c] for c in kept),
                           ranks=kept, grid_size=len(grid))

@@ -36,7 +36,9 @@ def test_the_runner_up_is_the_next_best_other_layout(name):
     assert second.evidence.objective > best.evidence.objective and second.evidence.proved_optimal
     # CP-SAT on the same exclusion agrees (slow on DeepSeek's grid, so checked on the small one).
     if name == "16gpu-30b":
-        assert optimize(s, tables=best.tables, exclude=frozenset({best.plan.layout})).evidence.objective == second.evidence.objective
+        other = optimize(s, tables=best.tables, exclude=frozenset({best.plan.layout}))
+        assert other.evidence.objective == second.evidence.objective and other.evidence.solver_fault is None
+        assert other.evidence.certificate["excluded"] == [best.plan.layout.as_dict()]
     # Nothing else lies between them: excluding both leaves only worse plans.
     third = optimize_exhaustive(s, tables=best.tables, exclude=frozenset({best.plan.layout, second.plan.layout}))
     assert third.evidence.objective > second.evidence.objective
