@@ -125,6 +125,10 @@ def main() -> None:
     from test_differential import scenarios  # noqa: E402  (tests/ on the path above)
     from test_fuzz import valid_scenarios  # noqa: E402
 
+    from conftest import make_scenario  # noqa: E402
+
+    optimize(make_scenario())  # warm up: the first solve of a process pays the libraries' one-time start-up
+    optimize_exhaustive(make_scenario())
     tally = Tally()
     common = dict(derandomize=True, database=None, deadline=None, phases=[Phase.generate],
                   suppress_health_check=list(HealthCheck))

@@ -71,8 +71,9 @@ def models(draw, max_layers=12):
 
 
 @st.composite
-def scenarios(draw, max_layers=12, large=False):
+def scenarios(draw, max_layers=12, large=False, memory_factors=MEMORY_FACTORS, targets=True):
     n = draw(st.sampled_from(GPU_COUNTS + (LARGE_GPU_COUNTS if large and draw(st.integers(0, 19)) == 0 else [])))
+    event(f"{n} GPUs" if n in (1, 27, 30, 720) else "other GPU counts")
     model = draw(models(max_layers))
     workload = {
         "concurrent_sequences": draw(st.integers(1, 64)),
@@ -101,7 +102,7 @@ def scenarios(draw, max_layers=12, large=False):
             "ttft_s": draw(st.sampled_from([None, None, 5e-5, 3e-4, 3e-3])),
             "tpot_s": draw(st.sampled_from([None, None, 5e-5, 3e-4, 3e-3])),
             "output_tokens_per_s": draw(st.sampled_from([None, None, None, 1e3, 1e4])),
-        },
+        } if targets else {},
         "search": {
             "objective": draw(st.sampled_from(["request_latency", "ttft", "tpot", "output_tokens_per_s",
                                                "output_tokens_per_s_per_gpu"])),
@@ -118,7 +119,7 @@ def scenarios(draw, max_layers=12, large=False):
     single = Layout(tp=1, pp=1, dp=1, ep=1, etp=1, edp=1)
     [whole] = stage_memory(scenario=scenario, layout=single, layers_per_stage=(model["num_hidden_layers"],),
                            batch=workload["concurrent_sequences"])
-    data["cluster"]["gpu"]["memory_bytes"] = max(1, int(whole.total_bytes * draw(st.sampled_from(MEMORY_FACTORS))))
+    data["cluster"]["gpu"]["memory_bytes"] = max(1, int(whole.total_bytes * draw(st.sampled_from(memory_factors))))
     return scenario_from_dict(data)
 
 
