@@ -29,7 +29,7 @@ and rate matching; vLLM's and SGLang's disaggregated prefill docs for KV transfe
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from optimizer.calibration import shipped_calibration
@@ -147,6 +147,7 @@ class DisaggregatedPlan:
     proved_optimal: bool
     solver: str
     wall_s: float
+    solver_fault: str | None = None  # CP-SAT's proof refuted by the enumeration, whose split this is
 
     @property
     def gpus(self) -> int:
@@ -162,42 +163,66 @@ def _ttft_bound(scenario: Scenario) -> int | None:
     return None if ttft is None else (ttft * 10**9).numerator // (ttft * 10**9).denominator
 
 
-def solve_disaggregated(scenario: Scenario, pools=None, *, solver: str = "cp-sat", time_limit_s: float | None = None) -> DisaggregatedPlan | None:
-    """The best disaggregated split (CP-SAT with proof, or the enumeration oracle), None if none is feasible."""
+def _enumerate_disaggregated(prefill: list[PoolCandidate], decode: list[PoolCandidate], n: int, steps: int,
+                             bound: int | None) -> tuple[int, int, int, int, int] | None:
+    """The enumeration oracle: ``(primary, i, j, r_p, -r_d)`` of the best split, in the tie-break order
+    CP-SAT uses; None if none fits."""
+    best = None
+    for i, p in enumerate(prefill):
+        if bound is not None and p.time_ns + p.kv_ns > bound:
+            continue
+        for j, d in enumerate(decode):
+            if p.gpus + d.gpus > n or (bound is not None and p.time_ns + d.kv_ns > bound):
+                continue
+            for r_p in range(1, (n - d.gpus) // p.gpus + 1):
+                r_d = (n - r_p * p.gpus) // d.gpus
+                key = (_primary(n, steps, p, r_p, d, r_d), i, j, r_p, -r_d)
+                if best is None or key < best:
+                    best = key
+    return best
+
+
+def solve_disaggregated(scenario: Scenario, pools=None, *, solver: str = "cp-sat", time_limit_s: float | None = None,
+                        check: bool = True) -> DisaggregatedPlan | None:
+    """The best disaggregated split (CP-SAT with proof, or the enumeration oracle), None if none is feasible.
+
+    CP-SAT's proof is never taken alone: with ``check`` (the default) the enumeration re-derives the
+    optimum on the same candidate lists; a different answer is a solver fault, reported in
+    ``solver_fault``, and the enumeration's split is kept. (``check=False`` is for benchmarks timing the
+    solver on its own.)"""
     start = time.perf_counter()
     prefill, decode = pools or candidates(scenario)
     n, steps = scenario.cluster.num_gpus, max(scenario.workload.output_tokens - 1, 1)
     bound = _ttft_bound(scenario)
-    if solver == "exhaustive":
-        best = None
-        for i, p in enumerate(prefill):
-            if bound is not None and p.time_ns + p.kv_ns > bound:
-                continue
-            for j, d in enumerate(decode):
-                if p.gpus + d.gpus > n or (bound is not None and p.time_ns + d.kv_ns > bound):
-                    continue
-                for r_p in range(1, (n - d.gpus) // p.gpus + 1):
-                    r_d = (n - r_p * p.gpus) // d.gpus
-                    key = (_primary(n, steps, p, r_p, d, r_d), i, j, r_p, -r_d)
-                    if best is None or key < best:
-                        best = key
-        if best is None:
-            return None
+
+    def plan_of(best: tuple[int, int, int, int, int], proved: bool, name: str, fault: str | None = None) -> DisaggregatedPlan:
         primary, i, j, r_p, neg = best
         return DisaggregatedPlan(prefill[i], decode[j], r_p, -neg, primary,
-                                 prefill[i].time_ns + max(prefill[i].kv_ns, decode[j].kv_ns), True, "exhaustive",
-                                 time.perf_counter() - start)
+                                 prefill[i].time_ns + max(prefill[i].kv_ns, decode[j].kv_ns), proved, name,
+                                 time.perf_counter() - start, fault)
+
+    if solver == "exhaustive":
+        best = _enumerate_disaggregated(prefill, decode, n, steps, bound)
+        return None if best is None else plan_of(best, True, "exhaustive")
     result = minimise_disaggregated(
         num_gpus=n, prefill=[(c.gpus, c.time_ns, c.kv_ns, c.in_flight) for c in prefill],
         decode=[(c.gpus, c.time_ns, c.kv_ns, c.in_flight) for c in decode], decode_steps=steps, ttft_bound_ns=bound,
         time_limit_s=time_limit_s)
+    oracle = _enumerate_disaggregated(prefill, decode, n, steps, bound) if check else None
     if result is None:
+        if oracle is not None:
+            return plan_of(oracle, True, f"{SOLVER_NAME} (fault) + exhaustive",
+                           f"solver fault: CP-SAT found no split, the enumeration found {oracle[0]} GPU-ns per request")
         return None
     p, d = prefill[result.prefill], decode[result.decode]
     if _primary(n, steps, p, result.prefill_instances, d, result.decode_instances) != result.primary:
         raise OptimizerError("internal error: CP-SAT's disaggregated objective disagrees with its own split")
-    return DisaggregatedPlan(p, d, result.prefill_instances, result.decode_instances, result.primary,
-                             p.time_ns + max(p.kv_ns, d.kv_ns), result.proved_optimal, SOLVER_NAME, time.perf_counter() - start)
+    key = (result.primary, result.prefill, result.decode, result.prefill_instances, -result.decode_instances)
+    if oracle is not None and result.proved_optimal and oracle != key:
+        return plan_of(oracle, True, f"{SOLVER_NAME} (fault) + exhaustive",
+                       f"solver fault: CP-SAT proved {key}, the enumeration finds {oracle}; the enumeration's split is kept")
+    name = SOLVER_NAME + (", checked by enumeration" if oracle is not None and result.proved_optimal else "")
+    return plan_of(key, result.proved_optimal, name)
 
 
 @dataclass(frozen=True)
@@ -257,7 +282,8 @@ def comparison_document(scenario: Scenario, comparison: ServingComparison) -> di
             "layers_per_stage": list(agg.plan.layers_per_stage), "gpu_ns_per_request": comparison.aggregated_primary,
             "output_tokens_per_s_per_gpu": tokens_per_s_per_gpu(scenario, comparison.aggregated_primary),
             "ttft_s": est.ttft_ns / 1e9, "tpot_s": est.tpot_ns / 1e9, "proved_optimal": agg.evidence.proved_optimal,
-            "solver": agg.evidence.solver}
+            "solver": agg.evidence.solver, "certificate_check": agg.evidence.certificate_check,
+            "solver_fault": agg.evidence.solver_fault}
     else:
         out["aggregated"] = None
     if d is not None:
@@ -267,7 +293,8 @@ def comparison_document(scenario: Scenario, comparison: ServingComparison) -> di
             "prefill": {**d.prefill.as_dict(), "instances": d.prefill_instances, "requests_per_s": prefill_rate},
             "decode": {**d.decode.as_dict(), "instances": d.decode_instances, "requests_per_s": decode_rate},
             "gpus_used": d.gpus, "gpu_ns_per_request": d.primary, "output_tokens_per_s_per_gpu": tokens_per_s_per_gpu(scenario, d.primary),
-            "ttft_s": d.ttft_ns / 1e9, "tpot_s": d.decode.time_ns / 1e9, "proved_optimal": d.proved_optimal, "solver": d.solver}
+            "ttft_s": d.ttft_ns / 1e9, "tpot_s": d.decode.time_ns / 1e9, "proved_optimal": d.proved_optimal, "solver": d.solver,
+            "solver_fault": d.solver_fault}
     else:
         out["disaggregated"] = None
     return out
@@ -293,8 +320,15 @@ def render_comparison(document: dict) -> str:
         lines.append(f"                 rates: prefill {p['requests_per_s']:,.2f} req/s, decode {q['requests_per_s']:,.2f} req/s")
     else:
         lines.append("  disaggregated: no split meets the targets")
+    lines += _faults(document)
     lines.append(f"  winner: {document['winner']}")
     return "\n".join(lines) + "\n"
+
+
+def _faults(document: dict) -> list[str]:
+    """One line per search whose CP-SAT proof the enumeration refuted (the document keeps the enumeration's answer)."""
+    return [f"  SOLVER FAULT ({mode}): {document[mode]['solver_fault']}" for mode in ("aggregated", "disaggregated")
+            if document.get(mode) and document[mode].get("solver_fault")]
 
 
 # --- fewest GPUs for a request rate -------------------------------------------------------------------
@@ -330,6 +364,7 @@ class CapacityPlan:
     gpus: int
     proved_optimal: bool
     solver: str
+    solver_fault: str | None = None  # CP-SAT's proof refuted by the enumeration, whose plan this is
 
 
 def _needed(rate, work_ns: int, in_flight: int) -> int:
@@ -353,26 +388,9 @@ def fewest_gpus(scenario: Scenario, *, solver: str = "cp-sat") -> tuple[Capacity
     prefill, decode = candidates(scenario)
     decode_work = [steps * d.time_ns for d in decode]
     bound = _ttft_bound(scenario)
+    oracle = _enumerate_capacity(agg, prefill, decode, decode_work, rate, n, bound)
     if solver == "exhaustive":
-        best_agg = min(((c.gpus * _needed(rate, c.time_ns, c.in_flight), i, _needed(rate, c.time_ns, c.in_flight))
-                        for i, c in enumerate(agg)), default=None)
-        agg_plan = None if best_agg is None or best_agg[0] > n else CapacityPlan(
-            "aggregated", ((agg[best_agg[1]], best_agg[2]),), best_agg[0], True, "exhaustive")
-        best = None
-        for i, p in enumerate(prefill):
-            if bound is not None and p.time_ns + p.kv_ns > bound:
-                continue
-            r_p = _needed(rate, p.time_ns, p.in_flight)
-            for j, d in enumerate(decode):
-                if bound is not None and p.time_ns + d.kv_ns > bound:
-                    continue
-                r_d = _needed(rate, decode_work[j], d.in_flight)
-                key = (r_p * p.gpus + r_d * d.gpus, i, r_p, j, r_d)
-                if best is None or key < best:
-                    best = key
-        disagg_plan = None if best is None or best[0] > n else CapacityPlan(
-            "disaggregated", ((prefill[best[1]], best[2]), (decode[best[3]], best[4])), best[0], True, "exhaustive")
-        return agg_plan, disagg_plan
+        return oracle
     num, den = rate.numerator, rate.denominator
     a = minimise_gpus_for_rate(num_gpus=n, rate_num=num, rate_den=den, pools=[[(c.gpus, c.time_ns, c.in_flight) for c in agg]])
     agg_plan = None if a is None else CapacityPlan("aggregated", ((agg[a.choice[0]], a.instances[0]),), a.gpus, a.proved_optimal,
@@ -384,6 +402,42 @@ def fewest_gpus(scenario: Scenario, *, solver: str = "cp-sat") -> tuple[Capacity
     disagg_plan = None if d is None else CapacityPlan(
         "disaggregated", ((prefill[d.choice[0]], d.instances[0]), (decode[d.choice[1]], d.instances[1])), d.gpus, d.proved_optimal,
         SOLVER_NAME)
+    return tuple(_checked(cp, ex) for cp, ex in zip((agg_plan, disagg_plan), oracle))  # type: ignore[return-value]
+
+
+def _checked(cp: CapacityPlan | None, oracle: CapacityPlan | None) -> CapacityPlan | None:
+    """CP-SAT's capacity plan, never on its proof alone: the enumeration's GPU count must be the same
+    (their tie-breaks differ, so only the count is compared); else a solver fault and the enumeration's plan."""
+    if cp is None and oracle is None:
+        return None
+    if cp is None or oracle is None or (cp.proved_optimal and cp.gpus != oracle.gpus):
+        found = "no plan" if cp is None else f"{cp.gpus} GPUs"
+        return replace(oracle, solver=f"{SOLVER_NAME} (fault) + exhaustive",
+                       solver_fault=f"solver fault: CP-SAT found {found}, the enumeration {oracle.gpus} GPUs; its plan is kept") \
+            if oracle is not None else replace(cp, proved_optimal=False, solver_fault="solver fault: the enumeration finds no plan")
+    return replace(cp, solver=cp.solver + (", checked by enumeration" if cp.proved_optimal else ""))
+
+
+def _enumerate_capacity(agg, prefill, decode, decode_work, rate, n: int, bound: int | None):
+    """The enumeration oracle of ``fewest_gpus``: (aggregated plan, disaggregated plan), each None if none fits."""
+    best_agg = min(((c.gpus * _needed(rate, c.time_ns, c.in_flight), i, _needed(rate, c.time_ns, c.in_flight))
+                    for i, c in enumerate(agg)), default=None)
+    agg_plan = None if best_agg is None or best_agg[0] > n else CapacityPlan(
+        "aggregated", ((agg[best_agg[1]], best_agg[2]),), best_agg[0], True, "exhaustive")
+    best = None
+    for i, p in enumerate(prefill):
+        if bound is not None and p.time_ns + p.kv_ns > bound:
+            continue
+        r_p = _needed(rate, p.time_ns, p.in_flight)
+        for j, d in enumerate(decode):
+            if bound is not None and p.time_ns + d.kv_ns > bound:
+                continue
+            r_d = _needed(rate, decode_work[j], d.in_flight)
+            key = (r_p * p.gpus + r_d * d.gpus, i, r_p, j, r_d)
+            if best is None or key < best:
+                best = key
+    disagg_plan = None if best is None or best[0] > n else CapacityPlan(
+        "disaggregated", ((prefill[best[1]], best[2]), (decode[best[3]], best[4])), best[0], True, "exhaustive")
     return agg_plan, disagg_plan
 
 
@@ -396,7 +450,7 @@ def capacity_document(scenario: Scenario, plans: tuple[CapacityPlan | None, Capa
     def one(plan: CapacityPlan | None):
         if plan is None:
             return None
-        return {"gpus": plan.gpus, "proved_optimal": plan.proved_optimal, "solver": plan.solver,
+        return {"gpus": plan.gpus, "proved_optimal": plan.proved_optimal, "solver": plan.solver, "solver_fault": plan.solver_fault,
                 "pools": [{"role": c.role, "instances": r, **c.as_dict()} for c, r in plan.pools]}
 
     return {"kind": "capacity", "scenario": scenario.name, "request_rate_per_s": float(scenario.targets.request_rate_per_s),
@@ -415,5 +469,6 @@ def render_capacity(document: dict) -> str:
                            + (f", batch {p['batch_per_replica']}" if p["role"] != "prefill" else "") + "]" for p in plan["pools"])
         lines.append(f"  {mode}: {plan['gpus']} GPUs = {pools} ({'proved optimal' if plan['proved_optimal'] else 'NOT proved'}, "
                      f"{plan['solver']})")
+    lines += _faults(document)
     lines.append(f"  winner: {document['winner']}")
     return "\n".join(lines) + "\n"

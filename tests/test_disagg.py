@@ -190,3 +190,50 @@ def test_capacity_cli_and_the_fewest_gpus_objective(tmp_path):
     given.write_text(json.dumps({**scenario, "targets": {"request_rate_per_s": 5, "tpot_s": 0.05}}))
     ok = CliRunner().invoke(main, ["--scenario", str(given)])
     assert ok.exit_code == 0 and "Fewest GPUs for 5 requests/s" in ok.output
+
+
+def test_a_refuted_disaggregated_proof_is_a_solver_fault(monkeypatch):
+    """A stand-in for a wrong CP-SAT proof: the solve claims the last candidates, proved. The enumeration
+    on the same lists refutes it; the enumeration's split is kept and the fault named."""
+    import optimizer.disagg as disagg
+    from optimizer.solve import DisaggregatedOptimum
+
+    s = load_scenario("deepseek-v3-64xh200")
+    prefill, decode = candidates(s)
+    honest = solve_disaggregated(s, (prefill, decode))
+    assert honest.solver_fault is None and "checked by enumeration" in honest.solver
+
+    def wrong(**kw):
+        p, d = kw["prefill"], kw["decode"]
+        n, steps = kw["num_gpus"], kw["decode_steps"]
+        i, j = len(p) - 1, len(d) - 1
+        primary = disagg._primary(n, steps, prefill[i], 1, decode[j], 1)
+        return DisaggregatedOptimum(i, j, 1, 1, primary, primary, "OPTIMAL", True, 0.0, {})
+
+    monkeypatch.setattr(disagg, "minimise_disaggregated", wrong)
+    faulty = solve_disaggregated(s, (prefill, decode))
+    assert faulty.solver_fault and faulty.primary == honest.primary and faulty.proved_optimal
+    assert (faulty.prefill, faulty.decode) == (honest.prefill, honest.decode)
+
+
+def test_a_refuted_capacity_proof_is_a_solver_fault(monkeypatch):
+    import optimizer.disagg as disagg
+    from optimizer.solve import CapacityOptimum
+
+    s = load_scenario("qwen3-235b-a22b-16xh100")
+    s = s.model_copy(update={"targets": s.targets.model_copy(update={"request_rate_per_s": 3})})
+    honest = disagg.fewest_gpus(s)
+    real = disagg.minimise_gpus_for_rate
+
+    def wrong(**kw):
+        found = real(**kw)  # the true optimum, then one more GPU per pool claimed as proved
+        return None if found is None else CapacityOptimum(found.choice, found.instances, found.gpus + 1, True, 0.0)
+
+    monkeypatch.setattr(disagg, "minimise_gpus_for_rate", wrong)
+    faulty = disagg.fewest_gpus(s)
+    for h, f in zip(honest, faulty):
+        assert (h is None) == (f is None)
+        if f is not None:
+            assert f.solver_fault and f.gpus == h.gpus
+    document = disagg.capacity_document(s, faulty)
+    assert "SOLVER FAULT" in disagg.render_capacity(document)
