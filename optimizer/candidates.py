@@ -16,8 +16,10 @@ path from ``split.best_split`` (a scalar bisection over the achievable stage tim
 which builds the reported plan; ``solve.optimize`` checks that the two agree on the chosen candidate, and
 ``certify.py`` re-checks the bound of every other candidate in scalar integers.
 
-Arrays hold int64 when every sum fits in 62 bits, Python ints (numpy ``object``) otherwise: never a
-wrapped integer, never a float.
+Time arrays hold int64 when every sum fits in 62 bits (``_ints`` scales the check by the layer count),
+Python ints (numpy ``object``) otherwise; byte arithmetic is always in Python ints (a cap such as
+TensorRT-LLM's ``u x memory_bytes`` need not fit int64); the metrics too. Never a wrapped integer, never
+a float.
 """
 
 from __future__ import annotations
@@ -100,14 +102,15 @@ class CandidateValues:
         middle = np.full(n, total, dtype=object)
         last = np.full(n, total, dtype=object)
         only = np.ones(n, dtype=bool)
+        py = lambda values: np.asarray([int(v) for v in values], dtype=object)  # noqa: E731  Python ints: caps need not fit int64
         for t, cap in self.tables.memory.with_caps(s):
-            dl, ml = _ints(t.dense_layer, total + 8), _ints(t.moe_layer, total + 8)
-            if np.any(ml < 0) or np.any(dl < 0):
+            dl, ml = py(t.dense_layer), py(t.moe_layer)
+            if any(v < 0 for v in ml) or any(v < 0 for v in dl):
                 raise ValueError("internal error: a negative per-layer memory charge")
-            whole = k * dl + (total - k) * ml + _ints(t.fixed_only)
+            whole = k * dl + (total - k) * ml + py(t.fixed_only)
             only &= np.asarray(whole <= cap, dtype=bool)
             for arr, fixed, dense in ((first, t.fixed_first, k), (middle, t.fixed_middle, 0), (last, t.fixed_last, 0)):
-                room = cap - _ints(fixed, 1) - dense * dl + dense * ml  # l x ml <= room (l counts the dense ones)
+                room = cap - py(fixed) - dense * dl + dense * ml  # l x ml <= room (l counts the dense ones)
                 most = _floor_div(room, ml, zero_value=total)
                 np.minimum(arr, np.minimum(most, total), out=arr, casting="unsafe")
         return tuple(np.maximum(a, -1).astype(np.int64) for a in (first, middle, last)) + (only,)

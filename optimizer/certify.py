@@ -8,8 +8,10 @@ grid, with its batch per replica), in grid order, each with one *code*:
 - a layout rule's name (``attention_heads_divisible``, ``engine_folding``, ...): that rule's scalar test
   (``holds``, kept equal to the ``evaluate`` the plan's certificate prints) rejects the layout; the search
   uses the rule's vectorised ``holds_grid`` instead;
-- ``layer_split``: PP stages cannot each hold their minimum layers (the first also holds the dense ones);
+- ``layer_split``: more pipeline stages than layers (``LayerSplit``);
 - ``even_layers``: the layers do not split evenly (only when ``search.allow_uneven_layers`` is false);
+- ``dense_first_stage``: outside the search space: the first stage cannot hold every dense layer
+  (``first_k_dense_replace``) with one layer left for each later stage;
 - ``memory_cap``: no split keeps every stage within the memory limits, shown by the most layers each stage
   class can hold by memory alone, ``floor((cap - fixed) / per_layer)``, which sum to fewer than the model's;
 - ``ttft_target``, ``tpot_target``, ``throughput_target``: a lower bound of that figure over every split
@@ -28,17 +30,25 @@ showing that no split fits with every stage under ``T - 1`` ns: the most layers 
 
 Compressed as runs of equal codes in candidate order, plus the witnesses by candidate index, it stays
 small: a few hundred runs for 171,500 candidates.
+
+**What it proves** is optimality within the search space, which the certificate states in ``scope`` and
+the checker re-derives from the scenario (a mismatch fails): with two or more leading dense layers, every
+dense layer sits in the first pipeline stage (``split.DENSE_FIRST_NOTE``; the rules alone would also let
+them spill into the second stage); when the objective chooses the batch, the batch per replica comes
+from ``parallel.batch_ladder`` (powers of two and ``max_num_seqs``), not every integer up to it. A
+certificate that sets layouts aside (``excluded``, the runner-up question) proves the plan best among
+the rest only, and checks only when the caller sets aside the same layouts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from optimizer.parallel import Layout, Plan, tie_break_key
+from optimizer.parallel import Layout, Plan, batch_ladder, tie_break_key
 from optimizer.result import Tables, build_tables, candidate_grid, primary_ns
 from optimizer.rules import LayoutRule, ThroughputTarget, build_rules, target_bound_ns
 from optimizer.scenario import Scenario
-from optimizer.split import leading_dense_layers
+from optimizer.split import DENSE_FIRST_NOTE, leading_dense_layers
 
 FORMAT = "optimality-certificate/1"
 TARGET_CODES = ("ttft_target", "tpot_target", "throughput_target")
@@ -53,12 +63,17 @@ class OptimalityCheck:
     candidates: int
     failures: tuple[str, ...]
     codes: dict[str, int]  # how many candidates each code covers
+    scope: tuple[str, ...] = ()  # the search space the claim is about, beyond the rules
+    excluded: int = 0  # layouts the question set aside
 
     def summary(self) -> str:
         if self.holds:
             parts = ", ".join(f"{count} {code}" for code, count in sorted(self.codes.items(), key=lambda kv: -kv[1]))
-            return f"checked without CP-SAT: all {self.candidates} candidates ({parts})"
-        return f"FAILED on {len(self.failures)} candidate(s): " + "; ".join(self.failures[:3])
+            within = ("; within the search space: " + "; ".join(t.removeprefix("search space: ") for t in self.scope)
+                      if self.scope else "")
+            among = f"; best among the layouts other than the {self.excluded} set aside" if self.excluded else ""
+            return f"checked without CP-SAT: all {self.candidates} candidates ({parts}){within}{among}"
+        return f"FAILED ({len(self.failures)} problem(s)): " + "; ".join(self.failures[:3])
 
 
 class _Space:
@@ -67,7 +82,7 @@ class _Space:
 
     def __init__(self, scenario: Scenario, tables: Tables):
         self.scenario, self.tables = scenario, tables
-        self.grid = candidate_grid(scenario)[0]
+        self.grid, self.batches = candidate_grid(scenario)
         self.row_of = {tables.rank(r): r for r in range(len(tables.layouts))}
         self.total = scenario.model.num_hidden_layers
         self.k = leading_dense_layers(scenario)
@@ -79,13 +94,19 @@ class _Space:
         dec = self.tables.cost.decode
         return int(dec.dense_layer_ns[c]), int(dec.moe_layer_ns[c]), int(dec.first_extra_ns[c]), int(dec.last_extra_ns[c])
 
-    def layer_split_impossible(self, c: int) -> bool:
-        pp = self.tables.layouts[c].pp
-        return pp > 1 and self.low_first + (pp - 1) > self.total
+    def too_many_stages(self, pp: int) -> bool:
+        return pp > self.total
 
-    def even_impossible(self, c: int) -> bool:
-        pp = self.tables.layouts[c].pp
-        return self.even and pp > 1 and (self.total % pp != 0 or self.total // pp < self.low_first)
+    def uneven(self, pp: int) -> bool:
+        return self.even and self.total % pp != 0
+
+    def dense_first_impossible(self, pp: int) -> bool:
+        """No split of the search space: the first stage cannot hold every dense layer and leave a layer
+        for each later stage (or, with an even split, the even share is below the dense layers)."""
+        return pp > 1 and (self.low_first + (pp - 1) > self.total or (self.even and self.total // pp < self.low_first))
+
+    def no_split(self, pp: int) -> bool:
+        return self.too_many_stages(pp) or self.uneven(pp) or self.dense_first_impossible(pp)
 
     def _stage_bytes(self, c: int, layers: int, where: str) -> list[tuple[int, int]]:
         """(charge, cap) per memory limit for a stage of ``layers`` layers (``where``: first/middle/last/only)."""
@@ -208,17 +229,17 @@ def _confirm(space: _Space, rules_by_name: dict, g: int, code: str, witness: int
     rule = rules_by_name.get(code)
     if isinstance(rule, LayoutRule):
         return None if not rule.holds(space.scenario, layout) else f"candidate {g}: {code} holds for {layout}"
+    pp = layout.pp
+    split_codes = {"layer_split": space.too_many_stages, "dense_first_stage": space.dense_first_impossible}
+    if "even_layers" in rules_by_name:
+        split_codes["even_layers"] = space.uneven
+    if code in split_codes:
+        return None if split_codes[code](pp) else f"candidate {g}: {code} does not rule out PP = {pp}"
+    if space.no_split(pp):
+        return f"candidate {g}: no split of the search space, yet marked {code}"
     c = space.row_of.get(g)
-    if c is None:
+    if c is None or space.tables.layouts[c] != layout or (space.batches is not None and space.tables.cost.batch[c] != space.batches[g]):
         return f"candidate {g}: marked {code}, but the tables have no row for it"
-    if code == "layer_split":
-        return None if space.layer_split_impossible(c) else f"candidate {g}: a layer split exists"
-    if space.layer_split_impossible(c):
-        return None if code in ("memory_cap", "even_layers") else f"candidate {g}: no layer split, yet marked {code}"
-    if code == "even_layers":
-        return None if space.even_impossible(c) else f"candidate {g}: the layers split evenly"
-    if space.even_impossible(c):
-        return f"candidate {g}: no even split, yet marked {code}"
     if code == "memory_cap":
         return None if "memory_cap" in rules_by_name and not space.split_fits_memory(c) else f"candidate {g}: a split fits in memory"
     slowest, why = _slowest_lower_bound(space, c, witness)
@@ -234,13 +255,26 @@ def _confirm(space: _Space, rules_by_name: dict, g: int, code: str, witness: int
     return f"candidate {g}: unknown code {code!r}"
 
 
-def check_optimality(scenario: Scenario, plan: Plan, certificate: dict, tables: Tables | None = None) -> OptimalityCheck:
+def scope(scenario: Scenario) -> list[str]:
+    """The search space a certificate's claim is about, beyond the rules (see the module docstring)."""
+    out = []
+    if leading_dense_layers(scenario) >= 2 and scenario.model.num_hidden_layers >= 2:
+        out.append(DENSE_FIRST_NOTE)
+    if scenario.search.objective.chooses_batch:
+        ladder = batch_ladder(scenario.engine.max_num_seqs)
+        out.append(f"search space: batch per replica from {', '.join(map(str, ladder))} (powers of two and engine.max_num_seqs)")
+    return out
+
+
+def check_optimality(scenario: Scenario, plan: Plan, certificate: dict, tables: Tables | None = None, *,
+                     excluded: frozenset[Layout] = frozenset()) -> OptimalityCheck:
     """Re-check ``certificate`` (as ``build`` writes it, or read back from a plan's JSON) for ``plan``:
     every candidate covered once, each code confirmed, the plan's own certificate holding and its
     objective equal to the claimed optimum. Never raises for a wrong certificate: the result says.
 
     ``tables`` are the scenario's (``build_tables``, the whole grid or the part with ``ranks``); by
-    default they are built for the candidates whose code is not a layout rule."""
+    default they are built for the candidates whose code is not a layout rule. ``excluded``: the layouts
+    the caller set aside (the certificate must name exactly these; a plan file's claim names none)."""
     from optimizer.verify import certify as certify_plan  # verify imports result, not this module
 
     grid, batches = candidate_grid(scenario)
@@ -251,11 +285,18 @@ def check_optimality(scenario: Scenario, plan: Plan, certificate: dict, tables: 
         witnesses = {int(c): int(t) for c, t in certificate.get("witness_slowest_stage_ns", {}).items()}
         optimum, chosen = int(certificate["optimum"]), int(certificate["chosen"])
         declared = int(certificate["candidates"])
-        excluded = frozenset(Layout(**{k: int(v) for k, v in lay.items()}) for lay in certificate.get("excluded", []))
+        declared_excluded = frozenset(Layout(**{k: int(v) for k, v in lay.items()}) for lay in certificate.get("excluded", []))
+        declared_scope = list(certificate.get("scope", []))
     except (KeyError, TypeError, ValueError) as exc:
         return OptimalityCheck(False, n, (f"malformed certificate ({exc})",), {})
     if certificate.get("format") != FORMAT:
         failures.append(f"unknown format {certificate.get('format')!r}, expected {FORMAT}")
+    if declared_excluded != excluded:
+        names = ", ".join(f"TP{x.tp} PP{x.pp} DP{x.dp} EP{x.ep} ETP{x.etp}" for x in sorted(declared_excluded, key=tie_break_key))
+        failures.append(f"the certificate sets aside {names or 'no layout'}: it proves the plan best among the rest, not optimal"
+                        if declared_excluded else "the certificate sets aside no layout, the question did")
+    if declared_scope != scope(scenario):
+        failures.append(f"the certificate's scope {declared_scope} is not the scenario's search space {scope(scenario)}")
     if declared != n or sum(k for _, k in runs) != n:
         failures.append(f"the certificate covers {sum(k for _, k in runs)} candidates; the scenario has {n}")
     if failures or any(not 0 <= i < len(codes) for i, _ in runs):
@@ -296,7 +337,7 @@ def check_optimality(scenario: Scenario, plan: Plan, certificate: dict, tables: 
                 if len(failures) >= 10:
                     return OptimalityCheck(False, n, tuple(failures), counts)
             c += 1
-    return OptimalityCheck(not failures, n, tuple(failures), counts)
+    return OptimalityCheck(not failures, n, tuple(failures), counts, tuple(declared_scope), len(excluded))
 
 
 def build(scenario: Scenario, tables: Tables, *, chosen: int, optimum: int, codes: list[str],
@@ -312,7 +353,7 @@ def build(scenario: Scenario, tables: Tables, *, chosen: int, optimum: int, code
     witnesses: dict[str, int] = {}
     for c, code in enumerate(codes):
         if code in TARGET_CODES or code == "bound":
-            if _confirm(space, rules_by_name, c, code, None, optimum, chosen) is not None and slowest_ns[c] is not None:
+            if _confirm(space, rules_by_name, c, code, None, optimum, chosen, excluded) is not None and slowest_ns[c] is not None:
                 witnesses[str(c)] = int(slowest_ns[c])
         if code not in legend:
             legend.append(code)
@@ -323,4 +364,4 @@ def build(scenario: Scenario, tables: Tables, *, chosen: int, optimum: int, code
             runs.append([i, 1])
     return {"format": FORMAT, "candidates": len(codes), "optimum": optimum, "chosen": chosen, "codes": legend,
             "runs": runs, "witness_slowest_stage_ns": witnesses,
-            "excluded": [lay.as_dict() for lay in sorted(excluded, key=tie_break_key)]}
+            "excluded": [lay.as_dict() for lay in sorted(excluded, key=tie_break_key)], "scope": scope(scenario)}

@@ -149,7 +149,7 @@ def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, m
         if solver == "exhaustive":
             solution = optimize_exhaustive(scenario)
             if double_check:
-                checked = confirm_optimum(scenario, solution.tables, solution.evidence.objective, time_limit_s=time_limit_s)
+                checked = confirm_optimum(scenario, solution.tables, solution.evidence.objective, deadline=deadline)
                 solution = replace(solution, evidence=replace(solution.evidence, double_check=checked))
         else:
             solution = optimize(scenario, time_limit_s=time_limit_s, workers=workers, double_check=double_check, deadline=deadline)

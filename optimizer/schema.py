@@ -160,7 +160,10 @@ class OptimalityCertificate(BaseModel):
     witness_slowest_stage_ns: dict[str, int] = Field(
         description="candidate index -> a lower bound of its slowest decode stage, checked: no split fits under it")
     excluded: list[dict[str, int]] = Field(default_factory=list,
-                                           description="layouts the question set aside (code `excluded`); empty for a plan")
+                                           description="layouts the question set aside (code `excluded`): then the plan is "
+                                                       "best among the rest only, and `verify` refuses it as a proof of optimality")
+    scope: list[str] = Field(default_factory=list, description="the search space the claim is about, beyond the rules "
+                                                               "(dense layers in the first stage; the batch ladder)")
 
 
 class EvidenceSection(BaseModel):

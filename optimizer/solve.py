@@ -240,24 +240,28 @@ def _solver(*, time_limit_s: float | None, seed: int, workers: int, presolve: bo
 
 
 def _codes(scenario: Scenario, values: CandidateValues, rules: tuple[Rule, ...]) -> tuple[Variant, list[str | None]]:
-    """Per candidate, the first rule that rejects every plan of it (certificate order: layout rules, the
-    layer split, even layers, memory, targets), or None when it is admissible."""
+    """Per candidate, the first reason that rules out every plan of it, in certificate order (``certify``):
+    layout rules, more stages than layers, an uneven split where even ones are required, the dense-first
+    search space, memory, targets; None when it is admissible."""
     variant = variant_for(rules)
     codes: list[str | None] = [None] * values.n
+    pp = values.sizes.pp
+    total = scenario.model.num_hidden_layers
     order: list[tuple[str, Any]] = []
     for rule in rules:
         if isinstance(rule, LayoutRule):
             order.append((rule.name, values.layout_fails(rule)))
-    order.append(("layer_split", ~values.exists(Variant(memory=False, even=False))))
+    order.append(("layer_split", pp > total))
     if variant.even:
-        order.append(("even_layers", ~values.exists(Variant(memory=False, even=True))))
+        order.append(("even_layers", total % pp != 0))
+    order.append(("dense_first_stage", ~values.exists(Variant(memory=False, even=variant.even))))
     if variant.memory:
         order.append(("memory_cap", ~values.exists(variant)))
     for rule in rules:
         if rule.name in optimality.TARGET_CODES:
             order.append((rule.name, values.rejects(rule, variant)))
     for name, mask in order:
-        for c in mask.nonzero()[0]:
+        for c in np.asarray(mask, dtype=bool).nonzero()[0]:
             if codes[c] is None:
                 codes[c] = name
     return variant, codes
@@ -311,6 +315,8 @@ def optimize(
     primary = values.metrics(variant)[3]
     admissible = [c for c in range(len(tables.layouts)) if codes[c] is None and tables.layouts[c] not in exclude]
     if not admissible:
+        if exclude and any(codes[c] is None for c in range(len(tables.layouts))):
+            raise Infeasible(["every layout that admits a plan is among the excluded ones"])
         if tables.ranks is not None:  # a relaxed layout rule may be part of a conflict: every candidate, then
             tables = build_tables(scenario)
             values = CandidateValues(scenario, tables)
@@ -319,15 +325,16 @@ def optimize(
     status, c, p_found, bound, solve_wall_s, size, stages = _minimise_table(
         admissible, primary, tables, deadline=deadline, seed=seed, workers=workers)
     if c is None:
-        raise SolveIncomplete(f"CP-SAT stopped with status {status} after {solve_wall_s:.2f} s (budget "
-                              f"{deadline.seconds:g} s) without a plan; allow more time")
+        budget = "no budget" if deadline.seconds is None else f"budget {deadline.seconds:g} s"
+        raise SolveIncomplete(f"CP-SAT stopped with status {status} after {solve_wall_s:.2f} s ({budget}) without a plan; "
+                              "allow more time")
     plan = _canonical_plan(scenario, tables, c)
     objective = plan_objective(scenario, tables, plan, c)
-    if objective != p_found * n + rank(c):
-        raise OptimizerError(f"internal error: candidate {rank(c)}'s objective is {objective} from its split and "
-                             f"{p_found * n + rank(c)} from the grid-wide evaluation")
-    cp_proved = status == "OPTIMAL" and objective == bound
     fault, certificate, check = None, None, None
+    if objective != p_found * n + rank(c):
+        fault = (f"search fault: candidate {rank(c)}'s objective is {objective} from its split and {p_found * n + rank(c)} "
+                 "from the grid-wide evaluation; the enumeration oracle's plan is kept")
+    cp_proved = fault is None and status == "OPTIMAL" and objective == bound
     if cp_proved:
         slowest = values.min_slowest_ns(variant)
         full_slowest: list[int | None] = [None] * n
@@ -337,9 +344,9 @@ def optimize(
             full_slowest[rank(row)] = None if int(slowest[row]) < 0 else int(slowest[row])
         certificate = optimality.build(scenario, tables, chosen=rank(c), optimum=objective, codes=grid_codes,
                                        slowest_ns=full_slowest, excluded=exclude)
-        check = optimality.check_optimality(scenario, plan, certificate, tables)
+        check = optimality.check_optimality(scenario, plan, certificate, tables, excluded=exclude)
         if not check.holds:
-            fault = (f"solver fault: CP-SAT claimed {objective} optimal, the certificate check failed "
+            fault = (f"solver fault: CP-SAT's optimum {objective} over the search's exact values failed the certificate check "
                      f"({check.failures[0]}); the enumeration oracle's plan is kept")
     if fault is not None:
         from optimizer.exhaustive import optimize_exhaustive  # exhaustive does not import this module
@@ -350,7 +357,7 @@ def optimize(
     checked = None
     proved = (cp_proved and check is not None and check.holds) or fault is not None
     if double_check and proved:
-        checked = _double_check(scenario, tables, rules, objective, deadline=deadline, seed=seed, workers=workers)
+        checked = _double_check(scenario, tables, rules, objective, deadline=deadline, seed=seed, workers=workers, exclude=exclude)
     evidence = Evidence(
         status=status,
         objective=objective,
@@ -373,8 +380,13 @@ def optimize(
 
 def _minimise_table(admissible: list[int], primary: list[int], tables: Tables, *, deadline: Deadline, seed: int, workers: int):
     """Minimise ``primary[c] x C + rank(c)`` over the admissible rows with CP-SAT. Returns (status name,
-    chosen candidate or None, its primary, the proved bound of the encoded objective, wall s, model size,
-    stages). One solve when the encoded objective fits 62 bits, else the primary and then the rank."""
+    chosen row or None, its primary, the proved bound of the encoded objective, wall s, model size,
+    stages).
+
+    The weights are shifted by the smallest primary (the minimiser does not change; the bound is shifted
+    back), and CP-SAT requires the sum of the objective's weights to stay in 64 bits: one solve when that
+    sum is below 2^62; else the primary's dense rank among its distinct values first (an order-preserving
+    relabelling, small whatever the magnitudes), then the tie-break rank at the optimum."""
     m = cp_model.CpModel()
     x = [m.new_bool_var(f"x[{c}]") for c in admissible]
     m.add_exactly_one(x)
@@ -382,44 +394,53 @@ def _minimise_table(admissible: list[int], primary: list[int], tables: Tables, *
     wall = [0.0]
 
     def solve(weights: list[int]) -> tuple[str, int | None, int]:
-        """Minimise ``sum(weights x x)``: (status, chosen candidate, exact bound)."""
+        """Minimise ``sum(weights x x)``: (status, chosen row, exact bound)."""
         m.minimize(sum(w * xc for w, xc in zip(weights, x)))
         solver = _solver(time_limit_s=deadline.remaining(), seed=seed, workers=workers)
         status = solver.solve(m)
         wall[0] += solver.wall_time
+        if status == cp_model.MODEL_INVALID:
+            raise OptimizerError(f"internal error: CP-SAT rejected the selection model ({m.validate().strip()})")
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             return solver.status_name(status), None, 0
         c = next(c for c, xc in zip(admissible, x) if solver.value(xc))
         return solver.status_name(status), c, int(solver.response_proto.inner_objective_lower_bound)
 
     n, rank = tables.candidates, tables.rank
-    if (max(primary[c] for c in admissible) + 1) * n < _INT_LIMIT:
-        status, c, bound = solve([primary[c] * n + rank(c) for c in admissible])
-        return status, c, 0 if c is None else primary[c], bound, wall[0], size, "primary_ns x C + rank"
-    stages = "primary_ns, then rank"
-    status, c, p_bound = solve([primary[c] for c in admissible])
+    low = min(primary[c] for c in admissible)
+    weights = [(primary[c] - low) * n + rank(c) for c in admissible]
+    if sum(weights) < _INT_LIMIT:
+        status, c, bound = solve(weights)
+        return status, c, 0 if c is None else primary[c], bound + low * n, wall[0], size, "primary_ns x C + rank"
+    stages = "dense rank of primary_ns, then rank"
+    levels = sorted({primary[c] for c in admissible})
+    level = {value: i for i, value in enumerate(levels)}
+    status, c, level_bound = solve([level[primary[c]] for c in admissible])
+    p_bound = levels[min(level_bound, len(levels) - 1)] if level_bound >= 0 else low
     if c is None or status != "OPTIMAL" or primary[c] != p_bound:
         return status, c, 0 if c is None else primary[c], p_bound * n, wall[0], size, stages
     p_found = primary[c]
-    m.add(sum(primary[a] * xa for a, xa in zip(admissible, x)) == p_found)
+    m.add(sum(xa for a, xa in zip(admissible, x) if primary[a] == p_found) == 1)
     status, c2, rank_bound = solve([rank(c) for c in admissible])
     if c2 is None:  # stage 1's plan is still a plan, not proved
         return "FEASIBLE", c, p_found, p_bound * n, wall[0], size, stages
     return status, c2, p_found, p_bound * n + rank_bound, wall[0], size, stages
 
 
-def confirm_optimum(scenario: Scenario, tables: Tables, objective: int, *, time_limit_s: float | None = None) -> str:
+def confirm_optimum(scenario: Scenario, tables: Tables, objective: int, *, time_limit_s: float | None = None,
+                    deadline: Deadline | None = None) -> str:
     """Double-check a claimed optimum (from either solver) on the split formulation, fresh and without
     presolve; returns the status name, INFEASIBLE when the claim holds.
 
     Raises:
         OptimizerError: a plan with a smaller objective exists (the claim is wrong).
     """
-    return _double_check(scenario, tables, build_rules(scenario), objective, deadline=Deadline(time_limit_s), seed=0, workers=1)
+    return _double_check(scenario, tables, build_rules(scenario), objective, deadline=deadline or Deadline(time_limit_s), seed=0,
+                         workers=1)
 
 
 def _double_check(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...], objective: int, *, deadline: Deadline,
-                  seed: int, workers: int) -> str:
+                  seed: int, workers: int, exclude: frozenset[Layout] = frozenset()) -> str:
     """Search the split formulation (a fresh model: the layer split and the latencies as variables, no
     presolve, nothing shared with the solve it checks) for a plan with ``(primary, rank) < (p, c)``,
     ``objective = p x C + c``; returns the status name, which must be INFEASIBLE (UNKNOWN if the budget
@@ -429,6 +450,9 @@ def _double_check(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...], o
     n = tables.candidates
     p, c = divmod(objective, n)
     view = enforced_model(scenario, tables, rules)
+    for row, layout in enumerate(tables.layouts):
+        if layout in exclude:
+            view.model.add(view.x[row] == 0)
     better_primary = view.model.new_bool_var("double_check_better_primary")
     view.model.add(view.primary <= p - 1).only_enforce_if(better_primary)
     view.model.add(view.primary == p).only_enforce_if(better_primary.Not())

@@ -276,3 +276,66 @@ def test_a_highly_composite_count_matches_the_oracle(moe, objective):
     cp, ex = solve.optimize(scenario), optimize_exhaustive(scenario)
     assert cp.plan == ex.plan and cp.evidence.objective == ex.evidence.objective
     assert cp.evidence.proved_optimal and cp.evidence.solver_fault is None and cp.evidence.candidates > 1000
+
+
+# --- what a certificate claims: its scope, and layouts set aside (review findings) -------------------------
+
+
+def test_a_runner_up_certificate_is_not_a_proof_of_optimality(tmp_path):
+    """``optimize(exclude=...)`` proves the best plan among the other layouts; ``verify`` must not read that
+    as optimality (a certificate could otherwise set aside every better layout)."""
+    s = scenario_from_dict(copy.deepcopy(FUZZ_368))
+    best = solve.optimize(s)
+    second = solve.optimize(s, exclude=frozenset({best.plan.layout}))
+    assert second.evidence.solver_fault is None and "best among the layouts other than the 1 set aside" in second.evidence.certificate_check
+    check = check_optimality(s, second.plan, second.evidence.certificate)
+    assert not check.holds and "best among the rest, not optimal" in check.failures[0]
+    assert check_optimality(s, second.plan, second.evidence.certificate, excluded=frozenset({best.plan.layout})).holds
+
+
+def test_the_dense_first_search_space_is_stated_and_checked():
+    """Two leading dense layers: the claim covers splits with both in the first stage, and says so; a
+    certificate that drops the statement fails."""
+    s = make_scenario(model={"num_hidden_layers": 6, "first_k_dense_replace": 2}, cluster={"num_nodes": 1, "gpus_per_node": 6})
+    sol = solve.optimize(s)
+    assert any("first pipeline stage" in line for line in sol.evidence.certificate["scope"])
+    assert "within the search space: the dense layers" in sol.evidence.certificate_check
+    assert not check_optimality(s, sol.plan, _tamper(sol.evidence.certificate, scope=[])).holds
+
+
+def test_the_batch_ladder_is_stated():
+    s = scenario_from_dict(copy.deepcopy(QWEN_8XH100_THROUGHPUT))
+    sol = solve.optimize(s)
+    assert "batch per replica from 1, 2, 4" in sol.evidence.certificate_check
+
+
+def test_tensorrt_llm_caps_beyond_64_bits_are_exact():
+    """TensorRT-LLM's cap is u x memory_bytes, a Python int that may exceed int64 while the charges fit."""
+    for u, memory in (("0.1234567891", 64_000_000_000), ("0.123456789", ((1 << 63) - 1) // 123456789)):
+        s = make_scenario(engine={"name": "tensorrt-llm", "reserve_bytes": 0, "cuda_graph_bytes": 0, "comm_buffer_bytes": 0},
+                          search={"gpu_memory_utilization": u}, cluster={"gpu": {"memory_bytes": memory}})
+        cp, ex = solve.optimize(s), optimize_exhaustive(s)
+        assert cp.plan == ex.plan and cp.evidence.solver_fault is None and cp.evidence.proved_optimal
+
+
+class _Rows:
+    """A stand-in for Tables in ``_minimise_table``: ``candidates`` and ``rank``."""
+
+    def __init__(self, n):
+        self.candidates = n
+
+    def rank(self, c):
+        return c
+
+
+@pytest.mark.parametrize("primary", [
+    [5, 3, 9, 3],  # one solve; the tie goes to the lower rank
+    [(1 << 61) + 7, (1 << 61) + 2, 1 << 61, (1 << 61) + 2],  # the shift keeps one solve
+    [1 << 61, 1, 1 << 60, 1],  # the weights' sum leaves 62 bits: dense ranks, then the rank
+])
+def test_the_selection_is_the_lexicographic_minimum_whatever_the_magnitudes(primary):
+    n = len(primary)
+    status, c, found, bound, *_ = solve._minimise_table(list(range(n)), primary, _Rows(n), deadline=solve.Deadline(None),
+                                                        seed=0, workers=1)
+    best = min(range(n), key=lambda i: (primary[i], i))
+    assert status == "OPTIMAL" and c == best and found == primary[best] and bound == primary[best] * n + best

@@ -292,7 +292,7 @@ def test_a_stopped_search_returns_its_plan_not_proved_with_the_gap(first_solutio
     assert result.exit_code == 0 and "NOT proved optimal" in result.output
     ev = json.loads(out.read_text())["evidence"]
     assert ev["status"] == "FEASIBLE" and not ev["proved_optimal"]
-    assert ev["gap"] == ev["objective"] - ev["best_bound"] > 0 and ev["gap_ns"] > 0
+    assert ev["gap"] == ev["objective"] - ev["best_bound"] > 0 and ev["gap_ns"] >= 0  # the primary may already be the best
     assert json.loads(out.read_text())["certificate"]["holds"]  # not proved optimal, but still a valid plan
 
 
