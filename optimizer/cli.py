@@ -97,16 +97,36 @@ def _emit(document: dict[str, Any], render: Any, *, json_path: str | None, input
         click.echo(render(document))
 
 
-def _scenario_inputs(name_or_path: str) -> list[Path]:
+def _output_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An output path option: an empty one is refused (it would silently write nothing)."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("an empty path; give a file name (or - for stdout)")
+    return value
+
+
+def _scenario_inputs(name_or_path: str, model_config: str | None = None) -> list[Path]:
+    """Every file a scenario reads, which no output may overwrite: the scenario file, the config.json its
+    ``model.config_json`` names (relative to the scenario's folder) and a ``--model-config``."""
     shipped = shipped_scenarios()
-    return [shipped.get(name_or_path, Path(name_or_path))]
+    path = shipped.get(name_or_path, Path(name_or_path))
+    inputs = [path]
+    try:
+        model = read_mapping(path).get("model")
+    except ScenarioError:
+        model = None
+    if isinstance(model, dict) and isinstance(model.get("config_json"), str):
+        config = Path(model["config_json"])
+        inputs.append(config if config.is_absolute() else path.parent / config)
+    if model_config:
+        inputs.append(Path(model_config))
+    return inputs
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--scenario", "scenario_name", metavar="NAME|PATH", help="A shipped scenario name or a scenario YAML file.")
-@click.option("--json", "json_path", metavar="PATH", help="Write the plan as JSON (- for stdout).")
-@click.option("--markdown", "markdown_path", metavar="PATH", help="Write the plan as Markdown (- for stdout).")
-@click.option("--dag", "dag_path", metavar="PATH", help="Write the deployment graph as Graphviz DOT (- for stdout).")
+@click.option("--json", "json_path", metavar="PATH", callback=_output_path, help="Write the plan as JSON (- for stdout).")
+@click.option("--markdown", "markdown_path", metavar="PATH", callback=_output_path, help="Write the plan as Markdown (- for stdout).")
+@click.option("--dag", "dag_path", metavar="PATH", callback=_output_path, help="Write the deployment graph as Graphviz DOT (- for stdout).")
 @click.option("--model-config", "model_config", type=click.Path(dir_okay=False), metavar="PATH",
               help="Use this Hugging Face config.json as the scenario's model.")
 @click.option("--solver", type=click.Choice(["cp-sat", "exhaustive"]), default="cp-sat", show_default=True,
@@ -154,7 +174,7 @@ def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, m
         else:
             solution = optimize(scenario, time_limit_s=time_limit_s, workers=workers, double_check=double_check, deadline=deadline)
     except Infeasible as exc:
-        _infeasible(scenario, exc, solver=solver, explain=explain, json_path=json_path, inputs=_scenario_inputs(scenario_name),
+        _infeasible(scenario, exc, solver=solver, explain=explain, json_path=json_path, inputs=_scenario_inputs(scenario_name, model_config),
                     deadline=deadline)
         return
     except SolveIncomplete as exc:
@@ -166,7 +186,7 @@ def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, m
     document = solution_document(solution)
     if top_k:
         document["alternatives"] = alternatives_section(solution, top_plans(solution, top_k))
-    inputs = _scenario_inputs(scenario_name)
+    inputs = _scenario_inputs(scenario_name, model_config)
     if json_path:
         _write(json_path, to_json(document), inputs=inputs)
     if markdown_path:
@@ -224,7 +244,7 @@ def _layers(ctx: click.Context, param: click.Parameter, value: str | None) -> li
 @main.command()
 @click.argument("plan_path", metavar="[PLAN]", required=False)
 @click.option("--scenario", "scenario_name", required=True, metavar="NAME|PATH", help="Scenario to check against.")
-@click.option("--json", "json_path", metavar="PATH", help="Write the verdict as plan JSON (- for stdout).")
+@click.option("--json", "json_path", metavar="PATH", callback=_output_path, help="Write the verdict as plan JSON (- for stdout).")
 @click.option("--tp", "--tensor-parallel-size", "tp", type=int, help="Tensor-parallel size.")
 @click.option("--pp", "--pipeline-parallel-size", "pp", type=int, help="Pipeline-parallel size.")
 @click.option("--dp", "--data-parallel-size", "dp", type=int, help="Data-parallel size.")
@@ -291,7 +311,7 @@ def _optimality_claim(plan_path: str | None) -> dict | None:
 @main.command()
 @click.argument("plan_path", metavar="[PLAN]", required=False)
 @click.option("--scenario", "scenario_name", required=True, metavar="NAME|PATH", help="The scenario the plan serves.")
-@click.option("--json", "json_path", metavar="PATH", help="Write the estimate as JSON (- for stdout).")
+@click.option("--json", "json_path", metavar="PATH", callback=_output_path, help="Write the estimate as JSON (- for stdout).")
 @click.option("--tp", "--tensor-parallel-size", "tp", type=int, help="Tensor-parallel size.")
 @click.option("--pp", "--pipeline-parallel-size", "pp", type=int, help="Pipeline-parallel size.")
 @click.option("--dp", "--data-parallel-size", "dp", type=int, help="Data-parallel size.")
@@ -332,7 +352,7 @@ def estimate(plan_path: str | None, scenario_name: str, json_path: str | None, *
 @main.command()
 @click.option("--scenario", "scenario_names", required=True, multiple=True, metavar="NAME|PATH",
               help="Scenario(s) to sweep (repeatable).")
-@click.option("--out", "out_dir", required=True, metavar="DIR", help="Folder for <scenario>-pareto.csv and .png (created).")
+@click.option("--out", "out_dir", required=True, metavar="DIR", callback=_output_path, help="Folder for <scenario>-pareto.csv and .png (created).")
 def pareto(scenario_names: tuple[str, ...], out_dir: str) -> None:
     """The latency/throughput trade-off: every feasible layout and batch as output tokens/s per user
     against output tokens/s per GPU, the Pareto front, and the plan `optimize` picks marked.
@@ -377,7 +397,7 @@ def pareto(scenario_names: tuple[str, ...], out_dir: str) -> None:
 
 @main.command()
 @click.option("--scenario", "scenario_name", required=True, metavar="NAME|PATH", help="The scenario (its TTFT and TPOT targets apply).")
-@click.option("--json", "json_path", metavar="PATH", help="Write the comparison as JSON (- for stdout).")
+@click.option("--json", "json_path", metavar="PATH", callback=_output_path, help="Write the comparison as JSON (- for stdout).")
 @click.option("--solver", type=click.Choice(["cp-sat", "exhaustive"]), default="cp-sat", show_default=True,
               help="CP-SAT with proof, or the enumeration oracle on the same candidates.")
 def disagg(scenario_name: str, json_path: str | None, solver: str) -> None:
@@ -446,7 +466,7 @@ def launch(plan_path: str | None, scenario_name: str, engines: tuple[str, ...], 
 @click.option("--scenario", "scenario_name", required=True, metavar="NAME|PATH", help="The scenario (its TTFT and TPOT targets apply).")
 @click.option("--rate", "rate", type=click.FloatRange(min=0, min_open=True), default=None, metavar="REQ/S",
               help="Requests per second to carry [default: the scenario's targets.request_rate_per_s].")
-@click.option("--json", "json_path", metavar="PATH", help="Write the answer as JSON (- for stdout).")
+@click.option("--json", "json_path", metavar="PATH", callback=_output_path, help="Write the answer as JSON (- for stdout).")
 @click.option("--solver", type=click.Choice(["cp-sat", "exhaustive"]), default="cp-sat", show_default=True)
 def capacity(scenario_name: str, rate: float | None, json_path: str | None, solver: str) -> None:
     """The fewest GPUs of the scenario's kind that carry a request rate within its TTFT and TPOT targets:
@@ -488,7 +508,7 @@ def _csv(kind: type) -> Any:
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, metavar="SCENARIO...")
-@click.option("--out", "out_dir", required=True, metavar="DIR", help="Output folder (created; kept results are resumed).")
+@click.option("--out", "out_dir", required=True, metavar="DIR", callback=_output_path, help="Output folder (created; kept results are resumed).")
 @click.option("--gpus", multiple=True, callback=_csv(int), metavar="N,N,...", help="Total GPU counts, e.g. 8,16,32,64.")
 @click.option("--gpu", "gpu_names", multiple=True, callback=_csv(str), metavar="NAME,...", help="Catalog GPU kinds, e.g. h100-sxm,h200-sxm.")
 @click.option("--model", "models", multiple=True, callback=_csv(str), metavar="NAME|PATH,...",

@@ -6,6 +6,7 @@ naming the file, the field, what is wrong and what would be right.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,47 +42,155 @@ def shipped_scenarios() -> dict[str, Path]:
     return {p.stem: p for p in sorted(SCENARIO_DIR.glob("*.yaml"))}
 
 
+MAX_INPUT_BYTES = 4 << 20  # a scenario, a plan or a config.json is a few KiB; anything past this is not one
+MAX_INPUT_VALUES = 100_000  # values once YAML anchors and aliases are expanded (a "billion laughs" stops here)
+MAX_INPUT_DEPTH = 32  # levels of nesting (a scenario is four deep)
+
+
 def read_mapping(path: Path, *, error: type[ScenarioError] = ScenarioError) -> dict[str, Any]:
-    """Parse a YAML or JSON file that must hold a mapping.
+    """Parse a YAML or JSON file that must hold a mapping: a regular file of at most ``MAX_INPUT_BYTES``,
+    UTF-8, no duplicate keys, at most ``MAX_INPUT_DEPTH`` levels and ``MAX_INPUT_VALUES`` values once
+    YAML aliases are expanded. YAML is read as YAML 1.2 reads numbers: ``1:0`` is text, not 60 (YAML 1.1's
+    base 60).
 
     Raises:
-        ScenarioError (or ``error``): missing or unreadable file, bad syntax, not a mapping.
+        ScenarioError (or ``error``): missing, unreadable, not a regular file, too large, bad syntax,
+            duplicate keys, too deep or too many values, not a mapping. The message never repeats the input.
     """
     source = str(path)
     try:
-        raw = path.read_bytes()
+        info = path.stat()
     except FileNotFoundError:
         raise error("file not found", source=source) from None
-    except IsADirectoryError:
-        raise error("is a directory, expected a YAML or JSON file", source=source) from None
     except OSError as exc:
         raise error(f"cannot read: {exc.strerror}", source=source) from None
+    if path.is_dir():
+        raise error("is a directory, expected a YAML or JSON file", source=source)
+    if not path.is_file():
+        raise error("not a regular file (a device, pipe or socket); expected a YAML or JSON file", source=source)
+    if info.st_size > MAX_INPUT_BYTES:
+        raise error(f"{info.st_size:,} bytes; a scenario, plan or config.json is a few KiB (at most {MAX_INPUT_BYTES:,} read)",
+                    source=source)
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_INPUT_BYTES + 1)
+    except OSError as exc:
+        raise error(f"cannot read: {exc.strerror}", source=source) from None
+    if len(raw) > MAX_INPUT_BYTES:
+        raise error(f"more than {MAX_INPUT_BYTES:,} bytes; a scenario, plan or config.json is a few KiB", source=source)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise error("not UTF-8 text (is it a binary file?)", source=source) from None
     try:
         data = _parse(text)
+    except _DuplicateKey as exc:
+        raise error(f"the key {str(exc)[:80]!r} appears twice in one mapping; keep one", source=source) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise error(f"invalid YAML{where}: {problem}", source=source) from None
-    except RecursionError:  # PyYAML's parser recurses once per level of nesting
-        raise error("nested too deeply to read (hundreds of levels); a scenario or plan is a few levels deep",
+        raise error(f"invalid YAML{where}: {problem[:200]}", source=source) from None
+    except RecursionError:  # PyYAML's pure-Python parser recurses once per level of nesting
+        raise error(f"nested too deeply to read; a scenario or plan is a few levels deep (at most {MAX_INPUT_DEPTH})",
                     source=source) from None
+    problem = _shape_problem(data)
+    if problem:
+        raise error(problem, source=source)
     if not isinstance(data, dict):
         raise error(f"expected a mapping of fields at the top level, got {_kind(data)}", source=source)
     return data
 
 
+class _DuplicateKey(Exception):
+    """A mapping names one key twice (YAML and JSON both allow it silently: the last one would win)."""
+
+
+def _no_duplicates(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(str(key))
+        out[key] = value
+    return out
+
+
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser where PyYAML was built with it
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+
+
+class _StrictLoader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """``yaml.safe_load`` with two differences: a key given twice in one mapping is an error, and numbers
+    are YAML 1.2's (no base 60: ``1:0`` stays text, as every YAML 1.2 reader and JSON see it)."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN201 (PyYAML's signature)
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(str(key))
+                    seen.add(key)
+                except TypeError:  # an unhashable key: SafeConstructor reports it
+                    pass
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in _BaseLoader.yaml_implicit_resolvers.items()
+}
+# PyYAML's own int and float patterns (resolver.py) less their base-60 alternatives.
+_StrictLoader.add_implicit_resolver(_INT, re.compile(r"""^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)
+    |[-+]?0x[0-9a-fA-F_]+)$""", re.X), list("-+0123456789"))
+_StrictLoader.add_implicit_resolver(_FLOAT, re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
+
+
 def _parse(text: str) -> Any:
-    """JSON first, then YAML (``yaml.safe_load``). JSON is YAML 1.2, but PyYAML reads the escaped pair of
+    """JSON first, then YAML (``_StrictLoader``). JSON is YAML 1.2, but PyYAML reads the escaped pair of
     one character beyond U+FFFF (``"\\ud83d\\ude80"``, as ``json.dumps`` writes it) as two lone surrogates."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a safe loader: SafeConstructor's types only)
+
+
+def _shape_problem(data: Any) -> str | None:
+    """Too deep or too many values (aliases expanded), said without walking an expansion: shared
+    subtrees (YAML aliases) are measured once and counted as often as they appear."""
+    sizes: dict[int, int] = {}
+
+    def size(value: Any, depth: int) -> int:
+        if depth > MAX_INPUT_DEPTH:
+            raise _TooBig(f"nested more than {MAX_INPUT_DEPTH} levels deep; a scenario or plan is a few levels deep")
+        if not isinstance(value, (dict, list)):
+            return 1
+        known = sizes.get(id(value))
+        if known is not None:
+            return known
+        children = value.items() if isinstance(value, dict) else enumerate(value)
+        total = 1
+        for _, child in children:
+            total += size(child, depth + 1)
+            if total > MAX_INPUT_VALUES:
+                raise _TooBig(f"more than {MAX_INPUT_VALUES:,} values once YAML anchors and aliases are expanded; "
+                              "a scenario or plan holds a few hundred")
+        sizes[id(value)] = total
+        return total
+
+    try:
+        size(data, 0)
+    except _TooBig as exc:
+        return str(exc)
+    return None
+
+
+class _TooBig(Exception):
+    pass
 
 
 def load_scenario(name_or_path: str | Path) -> Scenario:
@@ -237,7 +346,8 @@ def _scenario_error(exc: ValidationError, *, source: str) -> ScenarioError:
             message = "required field is missing"
         given = err.get("input")
         if err["type"] not in ("missing", "extra_forbidden") and not isinstance(given, dict):
-            message += f" (got {given!r})"
+            shown = repr(given)
+            message += f" (got {shown if len(shown) <= 120 else shown[:100] + f'... ({len(shown):,} characters)'})"
         problems.append((field, message))
     first_field, first_message = problems[0]
     more = "".join(f"; {f}: {m}" for f, m in problems[1:])

@@ -281,16 +281,28 @@ def _status_of(document: dict[str, Any]) -> str:
 
 def atomic_write(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temp file in the same folder and a rename: a reader sees the
-    old file or the new one, never half of one. Raises OSError (the temp file is removed)."""
+    old file or the new one, never half of one. A path that is a symbolic link is written through (its
+    target is replaced, the link stays). The file gets the mode a plain ``open`` would give: ``0o666``
+    less the umask (``mkstemp`` alone leaves 0600). Raises OSError (the temp file is removed)."""
+    if path.is_symlink():
+        path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and setting it back: the only portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _done(out: Path, job: Job, scenario: Scenario | str) -> Outcome | None:

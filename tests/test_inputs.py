@@ -1,0 +1,110 @@
+"""Inputs and outputs a user can trust (issue 14, items 8 and 9): hostile YAML fails fast with exit 2 and a
+short message naming the file, and no output ever replaces an input, leaves a 0600 file or silently
+replaces a symbolic link."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from optimizer.cli import main
+from optimizer.loader import MAX_INPUT_BYTES, read_mapping
+from optimizer.errors import ScenarioError
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIO = ROOT / "scenarios" / "16gpu-30b.yaml"
+CONFIG = ROOT / "tests" / "data" / "Qwen3-30B-A3B" / "config.json"
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def _bomb(levels: int) -> str:
+    """A "billion laughs": each level nine aliases of the one before (324 bytes for 9^9 values)."""
+    text, previous = 'a: &a ["x","x","x","x","x","x","x","x","x"]\n', "a"
+    for name in "bcdefghijklmnop"[:levels - 1]:
+        text += f"{name}: &{name} [" + ",".join([f"*{previous}"] * 9) + "]\n"
+        previous = name
+    return text
+
+
+@pytest.mark.parametrize("content, says", [
+    (_bomb(9), "more than 100,000 values once YAML anchors and aliases are expanded"),
+    ("cluster: " + "[" * 40 + "]" * 40 + "\n", "nested"),
+    (SCENARIO.read_text() + "\nname: twice\n", "the key 'name' appears twice"),
+    ('{"name": "a", "name": "b"}', "the key 'name' appears twice"),
+    (SCENARIO.read_text().replace("input_tokens:", "input_tokens: 1:0 #", 1), "got '1:0'"),
+])
+def test_hostile_yaml_fails_fast_and_short(tmp_path, content, says):
+    path = tmp_path / "hostile.yaml"
+    path.write_text(content)
+    start = time.perf_counter()
+    result = run("--scenario", str(path))
+    assert time.perf_counter() - start < 1.0
+    assert result.exit_code == 2 and says in result.output and str(path) in result.output
+    assert len(result.output) < 1000 and "Traceback" not in result.output
+
+
+def test_base_60_is_text_not_a_number():
+    """YAML 1.1 reads 1:0 as 60; YAML 1.2 and JSON as text. The loader follows 1.2."""
+    assert yaml.safe_load("x: 1:0") == {"x": 60}  # what PyYAML alone would do
+    path = Path(__file__).parent / "data" / "core" / "fuzz-368.yaml"
+    assert read_mapping(path)["workload"]["input_tokens"] == 32768
+
+
+def test_a_device_and_a_huge_file_are_refused(tmp_path):
+    result = run("--scenario", "/dev/zero")
+    assert result.exit_code == 2 and "not a regular file" in result.output
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"# " + b"x" * MAX_INPUT_BYTES + b"\n")
+    with pytest.raises(ScenarioError, match="a few KiB"):
+        read_mapping(big)
+
+
+def test_an_empty_output_path_is_refused():
+    result = run("--scenario", "16gpu-30b", "--json", "")
+    assert result.exit_code == 2 and "empty path" in result.output
+
+
+def test_no_output_replaces_the_model_config(tmp_path):
+    config = tmp_path / "config.json"
+    shutil.copy(CONFIG, config)
+    before = config.read_bytes()
+    result = run("--scenario", "qwen3-30b-a3b-8xh100", "--model-config", str(config), "--json", str(config))
+    assert result.exit_code == 2 and "refusing to overwrite the input file" in result.output
+    assert config.read_bytes() == before
+
+
+def test_no_output_replaces_the_config_json_a_scenario_names(tmp_path):
+    config = tmp_path / "config.json"
+    shutil.copy(CONFIG, config)
+    data = yaml.safe_load((ROOT / "scenarios" / "qwen3-30b-a3b-8xh100.yaml").read_text())
+    data["model"] = {"config_json": "config.json"}
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(yaml.safe_dump(data))
+    before = config.read_bytes()
+    result = run("--scenario", str(scenario), "--json", str(config))
+    assert result.exit_code == 2 and "refusing to overwrite the input file" in result.output
+    assert config.read_bytes() == before
+
+
+def test_outputs_follow_the_umask_and_write_through_links(tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "plan.json"
+        assert run("--scenario", "16gpu-30b", "--json", str(out)).exit_code == 0
+        assert out.stat().st_mode & 0o777 == 0o644
+        target, link = tmp_path / "real.json", tmp_path / "link.json"
+        target.write_text("{}")
+        link.symlink_to(target)
+        assert run("--scenario", "16gpu-30b", "--json", str(link)).exit_code == 0
+        assert link.is_symlink() and '"schema_version"' in target.read_text()
+    finally:
+        os.umask(old)
