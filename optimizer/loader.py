@@ -248,12 +248,14 @@ def _resolve_cluster(cluster: Any, *, source: str) -> Any:
         entry = catalog.gpu_entry(gpu)
         if entry is None:
             raise ScenarioError(
-                f"unknown GPU {gpu!r}; known: {', '.join(catalog.gpu_names())}, or give the spec inline",
+                f"unknown GPU {gpu!r}{catalog.did_you_mean(gpu, catalog.gpu_names())}; known: {', '.join(catalog.gpu_names())}, "
+                "or give the spec inline",
                 source=source,
                 field="cluster.gpu",
             )
     elif isinstance(gpu, dict) and isinstance(gpu.get("name"), str) and catalog.gpu_entry(gpu["name"]):
-        entry = {**catalog.gpu_entry(gpu["name"]), **gpu}  # type: ignore[dict-item]
+        base = catalog.gpu_entry(gpu["name"])  # an alias ("H100") keeps the catalog's name: the calibration is by name
+        entry = {**base, **gpu, "name": base["name"]}  # type: ignore[dict-item]
     elif isinstance(gpu, dict):
         entry = dict(gpu)
     if entry is not None:
@@ -271,8 +273,8 @@ def resolve_model(model: Any, *, source: str, base_dir: Path) -> Any:
         entry = catalog.model_entry(model)
         if entry is None:
             raise ScenarioError(
-                f"unknown model {model!r}; known: {', '.join(catalog.model_names())}, "
-                "or give config.json fields inline, or config_json: PATH",
+                f"unknown model {model!r}{catalog.did_you_mean(model, catalog.model_names())}; known: "
+                f"{', '.join(catalog.model_names())}, or give config.json fields inline, or config_json: PATH",
                 source=source,
                 field="model",
             )

@@ -40,7 +40,8 @@ class Tally:
     def run(self, scenario, budget: float, source: str) -> None:
         if scenario.search.objective is Objective.FEWEST_GPUS:  # answered by `optimize capacity`, not this core
             return
-        row = {"name": scenario.name, "source": source, "gpus": scenario.cluster.num_gpus}
+        row = {"name": scenario.name, "source": source, "gpus": scenario.cluster.num_gpus, "index": len(self.rows),
+               "objective": scenario.search.objective.value}
         start = time.perf_counter()
         deadline = Deadline(budget)
         try:
@@ -101,6 +102,7 @@ class Tally:
                 continue
             worst = max(ratios, key=lambda x: x[0])
             print(f"{label}: worst CP-SAT / enumeration time ratio {worst[0]:.2f} ({worst[1]['candidates']} candidates, "
+                  f"{worst[1]['gpus']} GPUs, {worst[1]['source']} #{worst[1]['index']}, "
                   f"CP-SAT {worst[1]['cp_s'] * 1e3:.1f} ms, enumeration {worst[1]['ex_s'] * 1e3:.1f} ms); "
                   f"over 1.5x: {sum(1 for q, _ in ratios if q > 1.5)} of {len(ratios)}, of which enumeration under 5 ms: "
                   f"{sum(1 for q, r in ratios if q > 1.5 and r['ex_s'] < 0.005)}")
@@ -133,7 +135,7 @@ def main() -> None:
     common = dict(derandomize=True, database=None, deadline=None, phases=[Phase.generate],
                   suppress_health_check=list(HealthCheck))
 
-    @settings(max_examples=args.fuzz, **common)
+    @settings(max_examples=max(args.fuzz, 1), **common)
     @given(valid_scenarios())
     def fuzz(doc):
         try:
@@ -142,7 +144,7 @@ def main() -> None:
             return
         tally.run(scenario, args.budget, "fuzz")
 
-    @settings(max_examples=args.differential, **common)
+    @settings(max_examples=max(args.differential, 1), **common)
     @given(scenarios(large=True))
     def differential(scenario):
         tally.run(scenario, args.budget, "differential")

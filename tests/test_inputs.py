@@ -108,3 +108,32 @@ def test_outputs_follow_the_umask_and_write_through_links(tmp_path):
         assert link.is_symlink() and '"schema_version"' in target.read_text()
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize("gpu, expected", [("H100", "h100-sxm"), ("h100", "h100-sxm"), ("H100-SXM5-80GB", "h100-sxm"),
+                                           ("NVIDIA H100 80GB HBM3", "h100-sxm"), ("H200", "h200-sxm"), ("A100 40GB", "a100-sxm-40gb")])
+@pytest.mark.parametrize("model, expected_model", [("Qwen/Qwen3-30B-A3B", "Qwen3-30B-A3B"), ("meta-llama/Llama-3.1-70B", "Llama-3.1-70B"),
+                                                   ("llama-3.1-70b", "Llama-3.1-70B")])
+def test_names_people_type_resolve_to_the_catalog(gpu, expected, model, expected_model):
+    """Issue 14 item 2: Hugging Face repo ids and the GPU spellings of vendor pages and nvidia-smi."""
+    from optimizer.loader import scenario_from_dict
+
+    s = scenario_from_dict({"name": "n", "cluster": {"gpu": gpu, "num_nodes": 1}, "model": model,
+                            "workload": {"concurrent_sequences": 1, "input_tokens": 16, "output_tokens": 16}})
+    assert s.cluster.gpu.name == expected and s.model.name == expected_model
+    inline = scenario_from_dict({"name": "n", "cluster": {"gpu": {"name": gpu, "memory_bytes": 10**11}, "num_nodes": 1},
+                                 "model": model, "workload": {"concurrent_sequences": 1, "input_tokens": 16, "output_tokens": 16}})
+    assert inline.cluster.gpu.name == expected and inline.cluster.gpu.memory_bytes == 10**11
+
+
+def test_an_unknown_name_gets_did_you_mean(tmp_path):
+    data = yaml.safe_load(SCENARIO.read_text())
+    data["cluster"]["gpu"] = "H20"
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = run("--scenario", str(path))
+    assert result.exit_code == 2 and "unknown GPU 'H20' (did you mean" in result.output and "h200-sxm" in result.output
+    data["cluster"]["gpu"], data["model"] = "h100", "Qwen3-32B"
+    path.write_text(yaml.safe_dump(data))
+    result = run("--scenario", str(path))
+    assert result.exit_code == 2 and "(did you mean Qwen3-235B-A22B or Qwen3-30B-A3B?)" in result.output
