@@ -135,19 +135,42 @@ def min_gpus_lower_bound(scenario: Scenario) -> int | None:
     return max(1, -(-(stage.weights_bytes + stage.kv_cache_bytes) // room))
 
 
+COMMON_NODE_GPUS = 8  # the HGX / DGX node (8 GPUs on NVLink): tried as well when the scenario's nodes differ
+
+
 def fewest_gpus(scenario: Scenario, *, max_checks: int = 40, max_layouts: int = 50_000) -> tuple[Change | None, str]:
     """The fewest GPUs of the scenario's kind that admit a plan, and a note on what was searched.
 
-    Candidates in increasing order: ``1..gpus_per_node - 1`` on one node, then whole nodes; every count is
-    tried up to ``max_checks`` candidates, then node counts double (up to 65,536 GPUs). The search stops
-    when the grids it has solved reach ``max_layouts`` layouts in all (a deterministic stand-in for a time
-    budget: solve time grows with the grid). The note says whether the answer is exactly the fewest, only
-    the fewest found, or where the search stopped.
-    """
+    First in nodes of the scenario's size (``_fewest_on_nodes``); then, when those are not nodes of 8,
+    in nodes of 8 too (TP is bounded by the node, so 1-GPU nodes can need far more GPUs than an 8-GPU
+    node, or admit no plan at all): the answer names the node shape it varied, and a node shape that
+    needs fewer GPUs is proposed as ``cluster.gpus_per_node``."""
+    per_node = scenario.cluster.gpus_per_node
+    change, note = _fewest_on_nodes(scenario, per_node, scenario.cluster.num_gpus, max_checks=max_checks, max_layouts=max_layouts)
+    if per_node == COMMON_NODE_GPUS:
+        return change, note
+    _check_time()
+    eight = _with(scenario, "cluster", num_nodes=1, gpus_per_node=COMMON_NODE_GPUS)
+    other, other_note = _fewest_on_nodes(eight, COMMON_NODE_GPUS, None, max_checks=max_checks, max_layouts=max_layouts)
+    if other is not None and (change is None or other.proposed < change.proposed):
+        text = (f"nodes of {COMMON_NODE_GPUS} GPUs instead of {per_node}: " + other.text
+                + (f"; {note}" if change is None else f"; in nodes of {per_node}: {change.proposed}"))
+        return Change("cluster.gpus_per_node", per_node, COMMON_NODE_GPUS, text), note
+    return change, "; ".join(n for n in (note, other_note) if n)
+
+
+def _fewest_on_nodes(scenario: Scenario, per_node: int, current: int | None, *, max_checks: int,
+                     max_layouts: int) -> tuple[Change | None, str]:
+    """The fewest GPUs in nodes of ``per_node`` that admit a plan (``current``, the scenario's own count,
+    is not tried again). Candidates in increasing order: ``1..per_node - 1`` on one node, then whole
+    nodes; every count is tried up to ``max_checks`` candidates, then node counts double (up to 65,536
+    GPUs). The search stops when the grids it has solved reach ``max_layouts`` layouts in all (a
+    deterministic stand-in for a time budget: solve time grows with the grid). The note says whether the
+    answer is exactly the fewest, only the fewest found, or where the search stopped."""
     lower = min_gpus_lower_bound(scenario)
+    shape_of = f"in nodes of {per_node} GPU{'s' if per_node > 1 else ''}"
     if lower is None:
         return None, "no GPU count helps: the memory cap does not even hold the runtime's own memory (reserve, CUDA graphs, buffers)"
-    per_node, current = scenario.cluster.gpus_per_node, scenario.cluster.num_gpus
     counts = [n for n in range(lower, per_node)]
     nodes = max(1, -(-lower // per_node))
     exact_until = None
@@ -164,7 +187,7 @@ def fewest_gpus(scenario: Scenario, *, max_checks: int = 40, max_layouts: int = 
             continue
         spent += len(layout_grid(num_gpus=n, is_moe=scenario.model.is_moe))
         if spent > max_layouts:
-            return None, (f"no GPU count from {counts[0]:,} to {n:,} admits a plan; the search stopped there "
+            return None, (f"no GPU count from {counts[0]:,} to {n:,} {shape_of} admits a plan; the search stopped there "
                           f"(its budget of {max_layouts:,} layouts solved)")
         if _feasible(_with_gpus(scenario, n)):
             shape = f"{n // per_node} node(s) x {per_node}" if n >= per_node else f"one node of {n}"
@@ -172,16 +195,17 @@ def fewest_gpus(scenario: Scenario, *, max_checks: int = 40, max_layouts: int = 
             reasons = [f"fewer than {lower} cannot hold the weights and KV cache"] if lower > 1 else []
             tried = [m for m in counts if m < n and m != current]
             if tried:
-                reasons.append(f"{len(tried)} smaller count(s) from {tried[0]} were tried and fail"
+                reasons.append(f"{len(tried)} smaller count(s) from {tried[0]} {shape_of} were tried and fail"
                                + ("" if exact else f"; above {exact_until} only doubled node counts were tried"))
             searched = "; ".join(reasons) or "no smaller count exists"
             fewest = "is the fewest that admits" if exact else "is the fewest found that admits"
+            has = f"has {current}; " if current is not None else ""
             return Change("cluster.num_gpus", current, n,
-                          f"GPUs: {n} x {scenario.cluster.gpu.name} ({shape}) {fewest} a plan (has {current}; {searched})"), ""
+                          f"GPUs: {n} x {scenario.cluster.gpu.name} ({shape}) {fewest} a plan ({has}{searched})"), ""
     if lower > MAX_GPUS:
         return None, (f"no GPU count up to {MAX_GPUS:,} helps: the weights and KV cache alone need at least "
                       f"{lower:,} x {scenario.cluster.gpu.name}")
-    return None, f"no GPU count from {lower:,} to {MAX_GPUS:,} of {scenario.cluster.gpu.name} admits a plan"
+    return None, f"no GPU count from {lower:,} to {MAX_GPUS:,} of {scenario.cluster.gpu.name} {shape_of} admits a plan"
 
 
 def _largest(check: Any, low: int, high: int) -> int | None:

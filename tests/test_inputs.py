@@ -137,3 +137,20 @@ def test_an_unknown_name_gets_did_you_mean(tmp_path):
     path.write_text(yaml.safe_dump(data))
     result = run("--scenario", str(path))
     assert result.exit_code == 2 and "(did you mean Qwen3-235B-A22B or Qwen3-30B-A3B?)" in result.output
+
+
+def test_the_fewest_gpu_answer_tries_nodes_of_8_and_says_what_it_varied(tmp_path):
+    """Issue 14 item 6: Llama-3.1-70B on 1-GPU nodes cannot meet its TPOT at any count (TP stays 1), one
+    node of 8 can: the diagnosis proposes the node shape and says what it varied."""
+    data = {"name": "llama70-1gpu-nodes", "cluster": {"gpu": "h100-sxm", "num_nodes": 4, "gpus_per_node": 1},
+            "model": "Llama-3.1-70B", "workload": {"concurrent_sequences": 64, "input_tokens": 2048, "output_tokens": 256},
+            "targets": {"tpot_s": 0.05}, "engine": {"name": "vllm"}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = tmp_path / "plan.json"
+    result = run("--scenario", str(path), "--json", str(out))
+    assert result.exit_code == 1
+    assert "nodes of 8 GPUs instead of 1: GPUs: 8 x h100-sxm" in result.output and "in nodes of 1 GPU admits a plan" in result.output
+    import json
+    change = json.loads(out.read_text())["infeasible"]["changes"][0]
+    assert change["field"] == "cluster.gpus_per_node" and change["proposed"] == 8
