@@ -42,7 +42,9 @@ from optimizer.report import (
 from optimizer.scenario import Objective, Scenario
 from optimizer.schema import plan_schema, scenario_schema
 from optimizer.certify import check_optimality
-from optimizer.solve import DEFAULT_BUDGET_S, Deadline, confirm_optimum, optimize
+from optimizer.result import build_tables
+from optimizer.rules import build_rules
+from optimizer.solve import DEFAULT_BUDGET_S, Deadline, confirm_optimum, disjoint_conflicts, is_feasible, optimize
 from optimizer.sweep import EXECUTORS, atomic_write, expand_jobs, run_sweep
 from optimizer.verify import certify, plan_context, read_plan
 
@@ -576,13 +578,28 @@ def schema(kind: str) -> None:
 
 @main.command()
 def scenarios() -> None:
-    """List the shipped scenarios: name, then description."""
+    """List the shipped scenarios: name, description, and for a scenario that admits no plan as shipped
+    (an example of the diagnosis), which rules conflict, in one line."""
     for name in shipped_scenarios():
         try:
-            description = load_scenario(name).description
+            scenario = load_scenario(name)
         except ScenarioError as exc:
-            description = f"(does not load: {exc})"
-        click.echo(f"{name}\t{description}")
+            click.echo(f"{name}\t(does not load: {exc})")
+            continue
+        click.echo(f"{name}\t{scenario.description}" + _no_plan_note(scenario))
+
+
+def _no_plan_note(scenario: Scenario) -> str:
+    """``\tNO PLAN as shipped: ...`` naming the conflicting rules (see ``optimize --scenario NAME``), or nothing."""
+    try:
+        rules = build_rules(scenario)
+        if is_feasible(scenario, rules=rules):
+            return ""
+        conflicts = disjoint_conflicts(scenario, build_tables(scenario), rules, time_limit_s=10)
+    except OptimizerError as exc:
+        return f"\t(cannot be planned: {exc})"
+    named = "; ".join(" + ".join(c) or "the search space" for c in conflicts)
+    return f"\tNO PLAN as shipped ({named}): `optimize --scenario {scenario.name}` shows the smallest changes that admit one"
 
 
 if __name__ == "__main__":  # pragma: no cover

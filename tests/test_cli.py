@@ -70,6 +70,8 @@ def test_scenarios_lists_names_first(run):
     assert result.exit_code == 0
     names = [line.split("\t")[0] for line in result.output.splitlines()]
     assert "16gpu-30b" in names and "3gpu-32gb" in names
+    marked = {line.split("\t")[0]: line for line in result.output.splitlines() if "NO PLAN as shipped" in line}
+    assert "throughput_target" in marked["4gpu-10b"] and "16gpu-30b" not in marked  # issue 14 item 7
 
 
 def test_infeasible_scenario_exits_1_naming_the_rule(run):
