@@ -146,12 +146,15 @@ def fewest_gpus(scenario: Scenario, *, max_checks: int = 40, max_layouts: int = 
     node, or admit no plan at all): the answer names the node shape it varied, and a node shape that
     needs fewer GPUs is proposed as ``cluster.gpus_per_node``."""
     per_node = scenario.cluster.gpus_per_node
-    change, note = _fewest_on_nodes(scenario, per_node, scenario.cluster.num_gpus, max_checks=max_checks, max_layouts=max_layouts)
+    budget = [max_layouts]  # layouts left to solve, shared by both node shapes
+    change, note = _fewest_on_nodes(scenario, per_node, scenario.cluster.num_gpus, max_checks=max_checks, budget=budget)
     if per_node == COMMON_NODE_GPUS:
         return change, note
+    if budget[0] <= 0:
+        return change, note + (f"; nodes of {COMMON_NODE_GPUS} GPUs were not tried" if note else "")
     _check_time()
     eight = _with(scenario, "cluster", num_nodes=1, gpus_per_node=COMMON_NODE_GPUS)
-    other, other_note = _fewest_on_nodes(eight, COMMON_NODE_GPUS, None, max_checks=max_checks, max_layouts=max_layouts)
+    other, other_note = _fewest_on_nodes(eight, COMMON_NODE_GPUS, None, max_checks=max_checks, budget=budget)
     if other is not None and (change is None or other.proposed < change.proposed):
         text = (f"nodes of {COMMON_NODE_GPUS} GPUs instead of {per_node}: " + other.text
                 + (f"; {note}" if change is None else f"; in nodes of {per_node}: {change.proposed}"))
@@ -160,13 +163,13 @@ def fewest_gpus(scenario: Scenario, *, max_checks: int = 40, max_layouts: int = 
 
 
 def _fewest_on_nodes(scenario: Scenario, per_node: int, current: int | None, *, max_checks: int,
-                     max_layouts: int) -> tuple[Change | None, str]:
+                     budget: list[int]) -> tuple[Change | None, str]:
     """The fewest GPUs in nodes of ``per_node`` that admit a plan (``current``, the scenario's own count,
     is not tried again). Candidates in increasing order: ``1..per_node - 1`` on one node, then whole
     nodes; every count is tried up to ``max_checks`` candidates, then node counts double (up to 65,536
-    GPUs). The search stops when the grids it has solved reach ``max_layouts`` layouts in all (a
-    deterministic stand-in for a time budget: solve time grows with the grid). The note says whether the
-    answer is exactly the fewest, only the fewest found, or where the search stopped."""
+    GPUs). The search stops when the grids it has solved use up ``budget[0]`` layouts (a deterministic
+    stand-in for a time budget, shared by the node shapes tried: solve time grows with the grid). The note
+    says whether the answer is exactly the fewest, only the fewest found, or where the search stopped."""
     lower = min_gpus_lower_bound(scenario)
     shape_of = f"in nodes of {per_node} GPU{'s' if per_node > 1 else ''}"
     if lower is None:
@@ -181,14 +184,13 @@ def _fewest_on_nodes(scenario: Scenario, per_node: int, current: int | None, *, 
         else:
             exact_until = exact_until or nodes * per_node
             nodes *= 2
-    spent = 0
     for n in counts:
         if n == current:
             continue
-        spent += len(layout_grid(num_gpus=n, is_moe=scenario.model.is_moe))
-        if spent > max_layouts:
+        budget[0] -= len(layout_grid(num_gpus=n, is_moe=scenario.model.is_moe))
+        if budget[0] < 0:
             return None, (f"no GPU count from {counts[0]:,} to {n:,} {shape_of} admits a plan; the search stopped there "
-                          f"(its budget of {max_layouts:,} layouts solved)")
+                          "(its budget of layouts solved ran out)")
         if _feasible(_with_gpus(scenario, n)):
             shape = f"{n // per_node} node(s) x {per_node}" if n >= per_node else f"one node of {n}"
             exact = exact_until is None or n <= exact_until
