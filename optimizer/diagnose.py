@@ -146,7 +146,7 @@ def fewest_gpus(scenario: Scenario, *, max_checks: int = 40, max_layouts: int = 
     node, or admit no plan at all): the answer names the node shape it varied, and a node shape that
     needs fewer GPUs is proposed as ``cluster.gpus_per_node``."""
     per_node = scenario.cluster.gpus_per_node
-    budget = [max_layouts]  # layouts left to solve, shared by both node shapes
+    budget = [max_layouts, max_layouts]  # layouts left to solve (shared by both node shapes), and the whole budget
     change, note = _fewest_on_nodes(scenario, per_node, scenario.cluster.num_gpus, max_checks=max_checks, budget=budget)
     if per_node == COMMON_NODE_GPUS:
         return change, note
@@ -190,7 +190,7 @@ def _fewest_on_nodes(scenario: Scenario, per_node: int, current: int | None, *, 
         budget[0] -= len(layout_grid(num_gpus=n, is_moe=scenario.model.is_moe))
         if budget[0] < 0:
             return None, (f"no GPU count from {counts[0]:,} to {n:,} {shape_of} admits a plan; the search stopped there "
-                          "(its budget of layouts solved ran out)")
+                          f"(its budget of {budget[1]:,} layouts solved)")
         if _feasible(_with_gpus(scenario, n)):
             shape = f"{n // per_node} node(s) x {per_node}" if n >= per_node else f"one node of {n}"
             exact = exact_until is None or n <= exact_until
