@@ -30,12 +30,12 @@ from functools import cached_property
 import numpy as np
 
 from optimizer.result import Tables
-from optimizer.rules import (EvenLayers, LayerSplit, LayoutRule, MemoryCap, Rule, SizeArrays, ThroughputTarget, TpotTarget,
-                             TtftTarget, target_bound_ns)
+from optimizer.rules import (SOLVER_INT_LIMIT, EvenLayers, LayerSplit, LayoutRule, MemoryCap, Rule, SizeArrays, ThroughputTarget,
+                             TpotTarget, TtftTarget, target_bound_ns)
 from optimizer.scenario import Objective, Scenario
 from optimizer.split import leading_dense_layers
 
-_SAFE = 1 << 62
+_SAFE = SOLVER_INT_LIMIT  # every integer the solver sees stays below 2^62
 NONE = -1  # "no split of this variant exists" in a slowest-stage array
 
 
@@ -137,11 +137,10 @@ class CandidateValues:
         out = np.full(n, NONE, dtype=object)
         is_one = pp == 1
         out[is_one & only_fits] = single[is_one & only_fits]
-        multi = ~is_one & (pp - 1 + low_first <= total)
+        multi = ~is_one & self.exists(Variant(memory=False, even=variant.even))
         if variant.even:
-            share = np.where(pp > 0, total // pp, 0)
-            even_ok = multi & (total % pp == 0) & (share >= low_first)
-            even_ok &= (m_first >= share) & (m_last >= share) & ((pp < 3) | (m_mid >= share))
+            share = total // pp
+            even_ok = multi & (m_first >= share) & (m_last >= share) & ((pp < 3) | (m_mid >= share))
             t_first = k * dd + (share - k) * dm + fe
             t_last = share * dm + le
             t_mid = np.where(pp >= 3, share * dm, 0)
@@ -277,17 +276,32 @@ class CandidateValues:
             return out
         raise TypeError(f"internal error: no candidate verdict for rule {rule.name}")
 
-    def exists(self, variant: Variant) -> np.ndarray:
-        """Per candidate: does the variant have a split (``min_slowest_ns`` is not ``NONE``)? Without the
-        memory cap that is the layer counts alone, with no search."""
-        if variant.memory or variant in self._slowest:
-            return np.asarray(self.min_slowest_ns(variant) != NONE, dtype=bool)
+    def split_shape_fails(self, even: bool) -> dict[str, np.ndarray]:
+        """Per candidate, what its PP alone rules out, before any time or memory: ``layer_split`` (more
+        stages than layers), ``even_layers`` (with ``even``: the layers do not divide by PP) and
+        ``dense_first_stage`` (the search space: the first stage holds every dense layer and each later
+        stage at least one; with ``even``, the even share must hold them). Certificate order."""
         pp, total, k = self._arrays["pp"], self._arrays["total"], self._arrays["k"]
         low_first = max(1, k)
-        ok = (pp == 1) | (pp - 1 + low_first <= total)
-        if variant.even:
-            ok &= (pp == 1) | ((total % pp == 0) & (total // pp >= low_first))
-        return ok
+        multi = pp > 1
+        out = {"layer_split": pp > total}
+        if even:
+            out["even_layers"] = total % pp != 0
+        dense_first = multi & (pp - 1 + low_first > total)
+        if even:
+            dense_first |= multi & (total // pp < low_first)
+        out["dense_first_stage"] = dense_first
+        return out
+
+    def exists(self, variant: Variant) -> np.ndarray:
+        """Per candidate: does the variant have a split (``min_slowest_ns`` is not ``NONE``)? Without the
+        memory cap that is the layer counts alone (``split_shape_fails``), with no search."""
+        if variant.memory or variant in self._slowest:
+            return np.asarray(self.min_slowest_ns(variant) != NONE, dtype=bool)
+        fails = np.zeros(self.n, dtype=bool)
+        for mask in self.split_shape_fails(variant.even).values():
+            fails |= mask
+        return ~fails
 
     def admissible(self, rules: tuple[Rule, ...]) -> tuple[Variant, np.ndarray]:
         """The variant ``rules`` ask for and, per candidate, whether some plan of it satisfies every rule."""

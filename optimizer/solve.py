@@ -6,8 +6,9 @@ evaluated first, exactly and for the whole grid at once (``candidates.CandidateV
 reject it, and the smallest slowest decode stage over its layer splits, from which TTFT, TPOT, request
 latency and the primary objective follow (each grows with that one stage time). The model is one boolean
 per admissible candidate, exactly one true, and the linear objective ``sum((primary_c x C + c) x x_c)``
-(C candidates; the tie-break rank ``c`` inside the objective, so one solve gives the unique optimum).
-Where that would leave 62 bits, two solves: ``primary`` first, then the rank with ``primary`` fixed.
+(C candidates; the tie-break rank ``c`` inside the objective, so one solve gives the unique optimum),
+shifted by the smallest primary. Where the weights' sum would still leave 62 bits, two solves: the
+primary's dense rank among its distinct values first, then the tie-break rank at the optimum.
 
 Why this formulation (measured, see ``scripts/bench.py`` and the closing note of issue 12): the former
 model kept the layer split and the latency as variables bounded below through ``only_enforce_if``, so its
@@ -245,16 +246,11 @@ def _codes(scenario: Scenario, values: CandidateValues, rules: tuple[Rule, ...])
     search space, memory, targets; None when it is admissible."""
     variant = variant_for(rules)
     codes: list[str | None] = [None] * values.n
-    pp = values.sizes.pp
-    total = scenario.model.num_hidden_layers
     order: list[tuple[str, Any]] = []
     for rule in rules:
         if isinstance(rule, LayoutRule):
             order.append((rule.name, values.layout_fails(rule)))
-    order.append(("layer_split", pp > total))
-    if variant.even:
-        order.append(("even_layers", total % pp != 0))
-    order.append(("dense_first_stage", ~values.exists(Variant(memory=False, even=variant.even))))
+    order += list(values.split_shape_fails(variant.even).items())
     if variant.memory:
         order.append(("memory_cap", ~values.exists(variant)))
     for rule in rules:
@@ -297,8 +293,10 @@ def optimize(
     Raises:
         Infeasible: no plan satisfies the rules; ``reasons`` names minimal conflicting sets of rules.
         SolveIncomplete: the budget ran out before a plan was found or infeasibility proved.
-        OptimizerError: the scenario's numbers leave the solver's 62-bit range, or the search's two
-            evaluations of the chosen plan disagree (a bug, reported, never hidden).
+        OptimizerError: the scenario's numbers leave the solver's 62-bit range, or CP-SAT rejects the
+            selection model. (A disagreement between the search's two evaluations of the chosen plan, or
+            a certificate that fails, is not raised: ``evidence.solver_fault`` says it and the
+            enumeration oracle's plan is returned.)
     """
     start = time.perf_counter()
     deadline = deadline or Deadline(time_limit_s)
