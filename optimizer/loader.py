@@ -18,7 +18,9 @@ from optimizer.calibration import shipped_calibration
 from optimizer.errors import OptimizerError, ScenarioError
 from optimizer.scenario import ModelSpec, Objective, Scenario
 
-SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+# The shipped scenarios: scenarios/ at the repository root, reached through the package's link
+# optimizer/scenarios (so a wheel carries them as package data); resolved, so messages name scenarios/.
+SCENARIO_DIR = (Path(__file__).resolve().parent / "scenarios").resolve()
 
 # Architectures whose config.json fields ModelSpec reads completely (Hugging Face transformers names).
 SUPPORTED_ARCHITECTURES = (
