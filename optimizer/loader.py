@@ -284,6 +284,8 @@ def resolve_model(model: Any, *, source: str, base_dir: Path) -> Any:
     if not isinstance(model, dict):
         return model
     model = dict(model)
+    if _is_config_json(model):  # a config.json pasted inline reads exactly as the file does
+        return model_fields_from_config(model, source=source, field="model")
     if "config_json" in model:
         path = Path(str(model.pop("config_json")))
         path = path if path.is_absolute() else base_dir / path
@@ -309,33 +311,61 @@ def _follow_layer_count(merged: dict[str, Any], overrides: dict[str, Any]) -> di
 
 
 def model_fields_from_config_json(path: Path) -> dict[str, Any]:
-    """Read the ModelSpec fields from a Hugging Face ``config.json``; other keys (rope, dropout, ...)
-    do not change memory or cost here and are ignored.
+    """Read the ModelSpec fields from a Hugging Face ``config.json`` file (see ``model_fields_from_config``).
 
     Raises:
-        ScenarioError: unreadable file, an unsupported ``architectures`` value, or layer patterns
-            (``decoder_sparse_step`` > 1, ``mlp_only_layers``) the planner does not model.
+        ScenarioError: unreadable file, or what ``model_fields_from_config`` refuses.
     """
     data = read_mapping(path)
-    source = str(path)
+    fields = model_fields_from_config(data, source=str(path), field="")
+    fields.setdefault("name", str(data.get("_name_or_path") or path.parent.name or path.stem))
+    return fields
+
+
+# The keys that make a model mapping a Hugging Face config.json rather than our own ModelSpec form: every
+# config.json that transformers writes has both (PretrainedConfig.to_dict).
+CONFIG_JSON_MARKERS = ("architectures", "model_type")
+
+
+def _is_config_json(model: dict[str, Any]) -> bool:
+    return any(key in model for key in CONFIG_JSON_MARKERS)
+
+
+def model_fields_from_config(data: dict[str, Any], *, source: str, field: str) -> dict[str, Any]:
+    """The ModelSpec fields of a Hugging Face ``config.json`` mapping, read the same way whether it came
+    from a file (``config_json: PATH``, ``--model-config``) or was pasted inline under ``model:``. Keys the
+    planner does not read (``model_type``, ``torch_dtype``, ``rope_theta``, dropout, token ids, ...) do
+    not change memory or cost here; they are kept, sorted, in ``ignored_config_fields`` for the plan's
+    notes. ``field`` is the dotted place of the mapping in the scenario (``""`` for a file of its own).
+
+    Raises:
+        ScenarioError: an unsupported ``architectures`` value, or layer patterns (``decoder_sparse_step``
+            > 1, ``mlp_only_layers``) the planner does not model.
+    """
+    where = f"{field}." if field else ""
     archs = data.get("architectures") or []
     arch = archs[0] if isinstance(archs, list) and archs else None
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ScenarioError(
-            f"architectures={archs!r} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}",
+            f"architectures={str(archs)[:200]} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}",
             source=source,
-            field="architectures",
+            field=f"{where}architectures",
         )
     if data.get("decoder_sparse_step", 1) not in (1, None) or data.get("mlp_only_layers"):
         raise ScenarioError(
             "interleaved dense/MoE layers (decoder_sparse_step > 1 or mlp_only_layers) are not modelled",
             source=source,
-            field="decoder_sparse_step",
+            field=f"{where}decoder_sparse_step",
         )
-    known = set(ModelSpec.model_fields) | {"num_local_experts", "n_routed_experts"}
+    known = (set(ModelSpec.model_fields) - {"ignored_config_fields"}) | {"num_local_experts", "n_routed_experts"}
     fields = {k: v for k, v in data.items() if k in known and v is not None}
     fields["architecture"] = arch
-    fields.setdefault("name", str(data.get("_name_or_path") or path.parent.name or path.stem))
+    if "name" not in fields and isinstance(data.get("_name_or_path"), str) and data["_name_or_path"]:
+        fields["name"] = data["_name_or_path"]
+    elif "name" not in fields and field:  # pasted inline without a name: the architecture names the model
+        fields["name"] = arch
+    checked = {"architectures", "decoder_sparse_step", "mlp_only_layers"}  # read above: refused unless plain
+    fields["ignored_config_fields"] = tuple(sorted(str(k) for k in data if k not in known and k not in checked))
     return fields
 
 

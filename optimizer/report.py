@@ -28,6 +28,18 @@ def instances(scenario: Scenario, plan: Plan) -> int:
     return engine_instances(scenario, plan.layout)
 
 
+def input_notes(scenario: Scenario) -> list[str]:
+    """What the scenario's inputs said that the plan does not use: the keys of a Hugging Face config.json
+    (a file or pasted inline) that do not change memory or cost here."""
+    ignored = scenario.model.ignored_config_fields
+    if not ignored:
+        return []
+    shown = ", ".join(ignored)
+    dtype = (" (the weights are counted in workload.weight_dtype, "
+             f"{scenario.workload.weight_dtype.value})") if {"torch_dtype", "quantization_config"} & set(ignored) else ""
+    return [f"config.json fields that do not change memory or cost here, ignored: {shown}{dtype}"]
+
+
 def plan_document(
     *, scenario: Scenario, plan: Plan, certificate: Certificate, table: CostTable, index: int, evidence: Evidence | None
 ) -> dict[str, Any]:
@@ -44,7 +56,7 @@ def plan_document(
             "batch_per_replica": plan.batch_per_replica,
             "layers_per_stage": list(plan.layers_per_stage),
             "engine": scenario.engine.name.value,
-            "notes": list(plan.notes),
+            "notes": [*plan.notes, *input_notes(scenario)],
         },
         "rank_map": rank_map(scenario, plan),
         "memory": memory_section(scenario, certificate),

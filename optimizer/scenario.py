@@ -210,6 +210,10 @@ class ModelSpec(_Frozen):
     use_sliding_window: bool | None = Field(default=None, description="Qwen2/3: false turns sliding_window off")
     source: str = ""
     published_params: str | None = Field(default=None, description='total parameters as published, e.g. "46.7B"')
+    ignored_config_fields: tuple[str, ...] = Field(
+        default=(), exclude=True,
+        description="keys of a Hugging Face config.json (a file or pasted inline) that do not change memory or cost "
+                    "here; set by the loader and listed in the plan's notes, never written back")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:

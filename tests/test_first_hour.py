@@ -47,3 +47,76 @@ def test_a_non_editable_install_lists_and_plans_shipped_scenarios(wheel: Path, t
                              capture_output=True, text=True, timeout=120)
     assert planned.returncode == 0, planned.stderr
     assert "proved optimal" in planned.stdout.lower() or "optimal" in planned.stdout
+
+
+# --- item 3: a config.json pasted inline reads as the file does -------------------------------------------------
+
+QWEN_CONFIG = ROOT / "tests" / "data" / "Qwen3-30B-A3B" / "config.json"
+
+
+def _scenario_with_model(model: object) -> dict:
+    import yaml
+
+    data = yaml.safe_load((ROOT / "scenarios" / "qwen3-30b-a3b-8xh100.yaml").read_text())
+    data["model"] = model
+    return data
+
+
+def _plan(tmp_path: Path, data: dict, name: str) -> dict:
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from optimizer.cli import main
+
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(main, ["--scenario", str(path), "--json", "-"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_a_config_json_pasted_inline_plans_as_the_file_does(tmp_path: Path) -> None:
+    import json
+
+    pasted = json.loads(QWEN_CONFIG.read_text())
+    assert {"architectures", "model_type", "torch_dtype", "rope_theta"} <= set(pasted)
+    inline = _plan(tmp_path, _scenario_with_model(pasted), "inline")
+    by_file = _plan(tmp_path, _scenario_with_model({"config_json": str(QWEN_CONFIG)}), "file")
+    assert inline["plan"] == by_file["plan"]
+    assert inline["estimate"] == by_file["estimate"]
+    (note,) = [n for n in inline["plan"]["notes"] if n.startswith("config.json fields")]
+    for key in ("model_type", "rope_theta", "torch_dtype", "bos_token_id"):
+        assert key in note
+    assert "workload.weight_dtype" in note  # torch_dtype is not how the weights are counted: said so
+    assert "hidden_size" not in note and "architectures" not in note  # read, so not listed as ignored
+
+
+def test_our_own_model_form_stays_strict_about_unknown_fields(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    import yaml
+
+    from optimizer.cli import main
+
+    data = _scenario_with_model({"name": "Qwen3-30B-A3B", "num_hiden_layers": 12})
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(main, ["--scenario", str(path)])
+    assert result.exit_code == 2 and "num_hiden_layers" in result.output and "unknown field" in result.output
+
+
+def test_an_unsupported_architecture_pasted_inline_names_the_field(tmp_path: Path) -> None:
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from optimizer.cli import main
+
+    pasted = {**json.loads(QWEN_CONFIG.read_text()), "architectures": ["MambaForCausalLM"]}
+    path = tmp_path / "mamba.yaml"
+    path.write_text(yaml.safe_dump(_scenario_with_model(pasted)))
+    result = CliRunner().invoke(main, ["--scenario", str(path)])
+    assert result.exit_code == 2 and "model.architectures" in result.output and "MambaForCausalLM" in result.output
