@@ -46,7 +46,7 @@ from optimizer.result import build_tables
 from optimizer.rules import build_rules
 from optimizer.solve import DEFAULT_BUDGET_S, Deadline, confirm_optimum, disjoint_conflicts, is_feasible, optimize
 from optimizer.sweep import EXECUTORS, atomic_write, expand_jobs, run_sweep
-from optimizer.verify import certify, plan_context, read_plan
+from optimizer.verify import certify, plan_context, read_plan, scenario_for_plan
 
 EXIT_OK, EXIT_INFEASIBLE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -243,18 +243,39 @@ def _layers(ctx: click.Context, param: click.Parameter, value: str | None) -> li
         raise click.BadParameter(f"expected comma-separated layer counts such as 31,30, got {value!r}") from None
 
 
+def _plan_size_options(command: Any) -> Any:
+    """The sizes and engine switches of a hand-written plan as options, spelled as the engines spell them:
+    vLLM ``--tensor-parallel-size``, ``--data-parallel-size``, ``--enable-expert-parallel``
+    (docs.vllm.ai, engine arguments); SGLang ``--tp-size``, ``--dp-size``, ``--ep-size``,
+    ``--attn-dp-size``, ``--enable-dp-attention`` (docs.sglang.io, server arguments); TensorRT-LLM
+    ``enable_attention_dp`` as ``--enable-attention-dp``; Megatron-Core's ``--expert-tensor-parallel-size``."""
+    options = [
+        click.option("--tp", "--tensor-parallel-size", "--tp-size", "tp", type=int, help="Tensor-parallel size (SGLang: --tp-size)."),
+        click.option("--pp", "--pipeline-parallel-size", "--pp-size", "pp", type=int, help="Pipeline-parallel size."),
+        click.option("--dp", "--data-parallel-size", "--dp-size", "dp", type=int, help="Data-parallel size."),
+        click.option("--ep", "--expert-parallel-size", "--ep-size", "ep", type=int, help="Expert-parallel size."),
+        click.option("--etp", "--expert-tensor-parallel-size", "etp", type=int, help="Expert tensor-parallel size."),
+        click.option("--edp", "edp", type=int, help="Expert data-parallel size."),
+        click.option("--attn-dp-size", "attn_dp_size", type=int, help="SGLang: attention data-parallel size within --tp-size."),
+        click.option("--enable-dp-attention", "enable_dp_attention", is_flag=True, default=None,
+                     help="SGLang (<= 0.5.21): --dp-size is the attention DP within --tp-size."),
+        click.option("--enable-attention-dp", "enable_attention_dp", is_flag=True, default=None,
+                     help="TensorRT-LLM: attention DP over tp_size (attention TP 1)."),
+        click.option("--enable-expert-parallel", "enable_expert_parallel", is_flag=True, default=None,
+                     help="vLLM: experts sharded by EP = TP x DP (sets the scenario's engine.enable_expert_parallel)."),
+        click.option("--batch", "batch_per_replica", type=int, help="Sequences per replica."),
+        click.option("--layers", "layers_per_stage", callback=_layers, metavar="N,N,...", help="Layers per pipeline stage."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.argument("plan_path", metavar="[PLAN]", required=False)
 @click.option("--scenario", "scenario_name", required=True, metavar="NAME|PATH", help="Scenario to check against.")
 @click.option("--json", "json_path", metavar="PATH", callback=_output_path, help="Write the verdict as plan JSON (- for stdout).")
-@click.option("--tp", "--tensor-parallel-size", "tp", type=int, help="Tensor-parallel size.")
-@click.option("--pp", "--pipeline-parallel-size", "pp", type=int, help="Pipeline-parallel size.")
-@click.option("--dp", "--data-parallel-size", "dp", type=int, help="Data-parallel size.")
-@click.option("--ep", "--expert-parallel-size", "ep", type=int, help="Expert-parallel size.")
-@click.option("--etp", "--expert-tensor-parallel-size", "etp", type=int, help="Expert tensor-parallel size.")
-@click.option("--edp", "edp", type=int, help="Expert data-parallel size.")
-@click.option("--batch", "batch_per_replica", type=int, help="Sequences per replica.")
-@click.option("--layers", "layers_per_stage", callback=_layers, metavar="N,N,...", help="Layers per pipeline stage.")
+@_plan_size_options
 def verify(plan_path: str | None, scenario_name: str, json_path: str | None, **sizes: object) -> None:
     """Check a hand-written plan: every rule with its integers, and the estimate.
 
@@ -269,10 +290,13 @@ def verify(plan_path: str | None, scenario_name: str, json_path: str | None, **s
     input.
     """
     scenario = _load(scenario_name)
-    given = {key: value for key, value in sizes.items() if value is not None}
+    given = {key: value for key, value in sizes.items() if value is not None}  # an unset switch is None
     if plan_path is None and not given:
         _fail("give a PLAN file or the sizes as options (--tp, --pp, --dp, --ep, ...)", EXIT_BAD_INPUT)
     try:
+        switched = scenario_for_plan(None if plan_path is None else Path(plan_path), scenario, given)
+        _note_switch(scenario, switched)
+        scenario = switched
         plan = read_plan(None if plan_path is None else Path(plan_path), scenario, given)
     except ScenarioError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
@@ -297,6 +321,14 @@ def verify(plan_path: str | None, scenario_name: str, json_path: str | None, **s
         _fail(f"the plan's optimality certificate does not hold for this scenario: {check.summary()}", EXIT_INFEASIBLE)
 
 
+def _note_switch(scenario: Scenario, switched: Scenario) -> None:
+    """Say on stderr when the plan's own engine switch replaced the scenario's."""
+    if switched.engine != scenario.engine:
+        click.echo(f"note: checked with engine.enable_expert_parallel {str(switched.engine.enable_expert_parallel).lower()} as "
+                   f"the plan states (the scenario {scenario.name} says {str(scenario.engine.enable_expert_parallel).lower()})",
+                   err=True)
+
+
 def _optimality_claim(plan_path: str | None) -> dict | None:
     """The optimality certificate of a plan document written by ``optimize --json``, if it has one."""
     if plan_path is None:
@@ -314,14 +346,7 @@ def _optimality_claim(plan_path: str | None) -> dict | None:
 @click.argument("plan_path", metavar="[PLAN]", required=False)
 @click.option("--scenario", "scenario_name", required=True, metavar="NAME|PATH", help="The scenario the plan serves.")
 @click.option("--json", "json_path", metavar="PATH", callback=_output_path, help="Write the estimate as JSON (- for stdout).")
-@click.option("--tp", "--tensor-parallel-size", "tp", type=int, help="Tensor-parallel size.")
-@click.option("--pp", "--pipeline-parallel-size", "pp", type=int, help="Pipeline-parallel size.")
-@click.option("--dp", "--data-parallel-size", "dp", type=int, help="Data-parallel size.")
-@click.option("--ep", "--expert-parallel-size", "ep", type=int, help="Expert-parallel size.")
-@click.option("--etp", "--expert-tensor-parallel-size", "etp", type=int, help="Expert tensor-parallel size.")
-@click.option("--edp", "edp", type=int, help="Expert data-parallel size.")
-@click.option("--batch", "batch_per_replica", type=int, help="Sequences per replica.")
-@click.option("--layers", "layers_per_stage", callback=_layers, metavar="N,N,...", help="Layers per pipeline stage.")
+@_plan_size_options
 def estimate(plan_path: str | None, scenario_name: str, json_path: str | None, **sizes: object) -> None:
     """Estimate one plan: prefill and decode step, TTFT, TPOT, throughput, and every operator and
     collective with its speed of light (datasheet peak) beside it.
@@ -332,7 +357,7 @@ def estimate(plan_path: str | None, scenario_name: str, json_path: str | None, *
     feasible plan to pick, 2 for unreadable input.
     """
     scenario = _load(scenario_name)
-    given = {key: value for key, value in sizes.items() if value is not None}
+    given = {key: value for key, value in sizes.items() if value is not None}  # an unset switch is None
     if plan_path is None and not given:
         try:
             plan = optimize(scenario).plan
@@ -341,6 +366,9 @@ def estimate(plan_path: str | None, scenario_name: str, json_path: str | None, *
             return
     else:
         try:
+            switched = scenario_for_plan(None if plan_path is None else Path(plan_path), scenario, given)
+            _note_switch(scenario, switched)
+            scenario = switched
             plan = read_plan(None if plan_path is None else Path(plan_path), scenario, given)
         except ScenarioError as exc:
             _fail(str(exc), EXIT_BAD_INPUT)

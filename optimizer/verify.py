@@ -110,6 +110,7 @@ SWITCHES = {
     "attn_dp_size": ("attn_dp_size", "attention_data_parallel_size"),
     "enable_dp_attention": ("enable_dp_attention",),
     "enable_attention_dp": ("enable_attention_dp",),
+    "enable_expert_parallel": ("enable_expert_parallel",),  # vLLM --enable-expert-parallel: EP = TP x DP, ETP = 1
 }
 _KEY_OF = {alias: key for key, aliases in (ALIASES | SWITCHES).items() for alias in aliases}
 _INFORMATIVE = {"instances", "dp_per_instance", "engine", "notes"}  # fields of a plan JSON, not sizes
@@ -118,6 +119,31 @@ _INFORMATIVE = {"instances", "dp_per_instance", "engine", "notes"}  # fields of 
 def normalise_key(name: object) -> str:
     """``--Tensor-Parallel-Size`` -> ``tensor_parallel_size``: how every alias is matched."""
     return str(name).strip().lstrip("-").lower().replace("-", "_")
+
+
+def scenario_for_plan(path: Path | None, scenario: Scenario, sizes: dict[str, Any] | None = None) -> Scenario:
+    """``scenario`` with the engine switches a hand-written plan states applied: vLLM's
+    ``enable_expert_parallel`` (a file's key, or ``--enable-expert-parallel``) is how the deployment runs,
+    so the rules and the estimate follow it rather than the scenario's ``engine.enable_expert_parallel``.
+
+    Raises:
+        PlanError: the switch given for another engine, or not true/false.
+    """
+    values = dict(sizes or {})
+    if path is not None:
+        data = read_mapping(path, error=PlanError)
+        data = data["plan"] if isinstance(data.get("plan"), dict) else data
+        values.update({"enable_expert_parallel": v for k, v in data.items() if _KEY_OF.get(normalise_key(k)) == "enable_expert_parallel"})
+    if values.get("enable_expert_parallel") is None:
+        return scenario
+    source = "<options>" if path is None else str(path)
+    wanted = _flag(values["enable_expert_parallel"], source, "enable_expert_parallel")
+    if scenario.engine.name is not EngineName.VLLM:
+        raise PlanError(f"vLLM's --enable-expert-parallel, but the scenario's engine is {scenario.engine.name.value}",
+                        source=source, field="enable_expert_parallel")
+    if wanted == scenario.engine.enable_expert_parallel:
+        return scenario
+    return scenario.model_copy(update={"engine": scenario.engine.model_copy(update={"enable_expert_parallel": wanted})})
 
 
 def read_plan(path: Path | None, scenario: Scenario, sizes: dict[str, Any] | None = None) -> Plan:
@@ -170,6 +196,11 @@ def plan_from_mapping(data: dict[str, Any], scenario: Scenario, *, source: str =
         if key in values:
             raise PlanError(f"given twice (also as {key})", source=source, field=str(name))
         values[key] = value
+    if "enable_expert_parallel" in values and values["enable_expert_parallel"] is not None and (
+            scenario.engine.name is not EngineName.VLLM
+            or _flag(values["enable_expert_parallel"], source, "enable_expert_parallel") != scenario.engine.enable_expert_parallel):
+        raise PlanError("states vLLM's enable_expert_parallel unlike the scenario's engine; read it with scenario_for_plan "
+                        "first", source=source, field="enable_expert_parallel")
     sizes = {k: _positive_int(values[k], source, k) for k in ("tp", "pp", "dp", "ep", "etp", "edp", "batch_per_replica",
                                                              "attn_dp_size") if k in values}
     n = scenario.cluster.num_gpus

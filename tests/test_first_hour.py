@@ -120,3 +120,63 @@ def test_an_unsupported_architecture_pasted_inline_names_the_field(tmp_path: Pat
     path.write_text(yaml.safe_dump(_scenario_with_model(pasted)))
     result = CliRunner().invoke(main, ["--scenario", str(path)])
     assert result.exit_code == 2 and "model.architectures" in result.output and "MambaForCausalLM" in result.output
+
+
+# --- item 4: engine switches in flag form -------------------------------------------------------------------------
+
+
+def _invoke(*args: str):
+    from click.testing import CliRunner
+
+    from optimizer.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+def _sizes(output: str) -> str:
+    (line,) = [ln for ln in output.splitlines() if ln.strip().startswith("TP ")]
+    return " ".join(line.split())
+
+
+def test_sglang_dp_attention_flags_read_as_its_plan_file(tmp_path: Path) -> None:
+    plan = tmp_path / "sglang.yaml"
+    plan.write_text("--tp-size: 8\n--dp-size: 8\nenable_dp_attention: true\n")
+    by_file = _invoke("verify", str(plan), "--scenario", "deepseek-v3-8xh200-sglang")
+    by_flags = _invoke("verify", "--scenario", "deepseek-v3-8xh200-sglang", "--tp-size", "8", "--enable-dp-attention", "--dp-size", "8")
+    assert by_flags.exit_code == by_file.exit_code == 0, by_flags.output
+    assert _sizes(by_flags.output) == _sizes(by_file.output) == "TP 1 PP 1 DP 8 | EP 1 ETP 8 EDP 1 | instances 1"
+    newer = _invoke("verify", "--scenario", "deepseek-v3-8xh200-sglang", "--tp-size", "8", "--attn-dp-size", "8")
+    assert _sizes(newer.output) == _sizes(by_flags.output)
+
+
+def test_tensorrt_llm_attention_dp_flag(tmp_path: Path) -> None:
+    result = _invoke("estimate", "--scenario", "deepseek-v3-8xb200-trtllm", "--tp-size", "8", "--enable-attention-dp", "--json", "-")
+    assert result.exit_code == 0, result.output
+    import json
+
+    plan = json.loads(result.stdout)["plan"]
+    assert (plan["tp"], plan["dp"], plan["etp"] * plan["ep"]) == (1, 8, 8)
+
+
+def test_vllm_enable_expert_parallel_flag_sets_the_engine_switch(tmp_path: Path) -> None:
+    import yaml
+
+    data = yaml.safe_load((ROOT / "scenarios" / "mixtral-8x7b-8xh100.yaml").read_text())
+    data["engine"]["enable_expert_parallel"] = False
+    path = tmp_path / "mixtral-no-ep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    without = _invoke("verify", "--scenario", str(path), "--tp", "8")
+    with_ep = _invoke("verify", "--scenario", str(path), "--tensor-parallel-size", "8", "--enable-expert-parallel")
+    assert "EP 1 ETP 8" in _sizes(without.output)
+    assert "EP 8 ETP 1" in _sizes(with_ep.output)
+    assert "enable_expert_parallel true as the plan states" in with_ep.stderr
+    plan = tmp_path / "vllm-plan.yaml"
+    plan.write_text("tensor_parallel_size: 8\nenable_expert_parallel: true\n")
+    assert _sizes(_invoke("verify", str(plan), "--scenario", str(path)).output) == _sizes(with_ep.output)
+
+
+def test_an_engine_switch_for_another_engine_is_bad_input() -> None:
+    result = _invoke("verify", "--scenario", "deepseek-v3-8xh200-sglang", "--tp-size", "8", "--enable-expert-parallel")
+    assert result.exit_code == 2 and "enable_expert_parallel" in result.output and "sglang" in result.output
+    result = _invoke("verify", "--scenario", "qwen3-30b-a3b-8xh100", "--tp", "8", "--enable-dp-attention")
+    assert result.exit_code == 2 and "enable_dp_attention" in result.output
