@@ -263,6 +263,7 @@ def _plan_size_options(command: Any) -> Any:
                      help="TensorRT-LLM: attention DP over tp_size (attention TP 1)."),
         click.option("--enable-expert-parallel", "enable_expert_parallel", is_flag=True, default=None,
                      help="vLLM: experts sharded by EP = TP x DP (sets the scenario's engine.enable_expert_parallel)."),
+        click.option("--nnodes", "nnodes", type=int, help="SGLang: nodes one engine instance spans (checked against the plan)."),
         click.option("--batch", "batch_per_replica", type=int, help="Sequences per replica."),
         click.option("--layers", "layers_per_stage", callback=_layers, metavar="N,N,...", help="Layers per pipeline stage."),
     ]

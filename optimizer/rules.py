@@ -257,11 +257,11 @@ class TpWithinNode(LayoutRule):
 
     def holds(self, scenario: Scenario, layout: Layout) -> bool:
         g, tp = scenario.cluster.gpus_per_node, layout.tp
-        return (tp % g if scenario.cluster.allow_tp_across_nodes and tp > g else g % tp) == 0
+        return (tp % g if tp > g and scenario.cluster.allow_tp_across_nodes else g % tp) == 0
 
     def holds_grid(self, scenario: Scenario, grid: SizeArrays) -> np.ndarray:
         g, tp = scenario.cluster.gpus_per_node, grid.tp
-        across = scenario.cluster.allow_tp_across_nodes & (tp > g)
+        across = bool(scenario.cluster.allow_tp_across_nodes) & (tp > g)
         return np.where(across, tp % g, g % tp) == 0
 
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
@@ -269,8 +269,11 @@ class TpWithinNode(LayoutRule):
         if scenario.cluster.allow_tp_across_nodes and tp > g:
             return make_check(self.name, "tp % gpus_per_node == 0 (TP across nodes allowed)", tp % g, "==", 0,
                               f"TP = {tp} must span whole nodes of {g} GPUs")
-        return make_check(self.name, self.formula, g % tp, "==", 0,
-                          f"TP = {tp} {'fits' if g % tp == 0 else 'does not fit'} evenly in a node of {g} GPUs")
+        if g % tp == 0:
+            return make_check(self.name, self.formula, 0, "==", 0, f"TP = {tp} fits evenly in a node of {g} GPUs")
+        why = (" (cluster.allow_tp_across_nodes is false; set it true to let TP span whole nodes on the inter-node link)"
+               if tp > g else "")
+        return make_check(self.name, self.formula, g % tp, "==", 0, f"TP = {tp} does not fit evenly in a node of {g} GPUs{why}")
 
 
 class VllmFolding(LayoutRule):

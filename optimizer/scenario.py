@@ -13,7 +13,7 @@ from fractions import Fraction
 from functools import cached_property
 from math import isfinite
 from types import UnionType
-from typing import Annotated, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     AliasChoices,
@@ -165,7 +165,10 @@ class Cluster(_Frozen):
     gpus_per_node: int = Field(gt=0, le=1 << 10)
     intra_node_link: Link
     inter_node_link: Link
-    allow_tp_across_nodes: bool = False
+    allow_tp_across_nodes: bool | None = Field(
+        default=None,
+        description="may a TP group span nodes (costed on inter_node_link)? Default: as the scenario's engine runs "
+                    "(TP_ACROSS_NODES_BY_ENGINE: vLLM, SGLang and TensorRT-LLM yes, Megatron-Core no)")
 
     @property
     def num_gpus(self) -> int:
@@ -413,8 +416,21 @@ class Search(_Frozen):
         return self
 
 
+# Whether TP may span nodes when the scenario does not say (``cluster.allow_tp_across_nodes``), per engine:
+# - vLLM: "setting tensor_parallel_size to the total number of GPUs across all machines" (docs.vllm.ai,
+#   serving/distributed_serving; the launcher runs it on a Ray cluster);
+# - SGLang: the documented two-node recipes run ``--tp 16 --nnodes 2`` (docs.sglang.io,
+#   references/multi_node_deployment: Llama-3.1-405B; basic_usage/deepseek: DeepSeek-V3 on two nodes);
+# - TensorRT-LLM: ``tp_size`` over every rank of an MPI launch (trtllm-llmapi-launch / mpirun), any node;
+# - Megatron-Core: kept inside a node, its documented practice (TP is bandwidth-bound; TP across nodes
+#   is possible but we do not search it unless asked).
+TP_ACROSS_NODES_BY_ENGINE = {"vllm": True, "sglang": True, "tensorrt-llm": True, "megatron": False}
+
+
 class Scenario(BaseModel):
-    """A whole planning problem: cluster + model + workload + targets + engine + search."""
+    """A whole planning problem: cluster + model + workload + targets + engine + search.
+
+    ``cluster.allow_tp_across_nodes`` left unset takes its engine's default (``TP_ACROSS_NODES_BY_ENGINE``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", ignored_types=(cached_property,))
     name: str = Field(min_length=1)
@@ -425,3 +441,19 @@ class Scenario(BaseModel):
     targets: Targets = Targets()
     engine: Engine = Engine()
     search: Search = Search()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_defaults(cls, data: Any) -> Any:
+        """Fill ``cluster.allow_tp_across_nodes`` from the engine when the scenario leaves it unset."""
+        if not isinstance(data, dict) or not isinstance(data.get("cluster"), dict):
+            return data
+        cluster = data["cluster"]
+        if cluster.get("allow_tp_across_nodes") is not None:
+            return data
+        engine = data.get("engine")
+        name = engine.get("name", "megatron") if isinstance(engine, dict) else getattr(engine, "name", "megatron")
+        default = TP_ACROSS_NODES_BY_ENGINE.get(str(getattr(name, "value", name)))
+        if default is None:
+            return data  # an unknown engine: its own validation error says so
+        return {**data, "cluster": {**cluster, "allow_tp_across_nodes": default}}

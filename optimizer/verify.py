@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from optimizer.cost import Estimate, estimate
+from optimizer.engines import instances
 from optimizer.errors import PlanError
 from optimizer.loader import read_mapping
 from optimizer.memory import StageMemory, layer_kinds, stage_memory
@@ -111,6 +112,7 @@ SWITCHES = {
     "enable_dp_attention": ("enable_dp_attention",),
     "enable_attention_dp": ("enable_attention_dp",),
     "enable_expert_parallel": ("enable_expert_parallel",),  # vLLM --enable-expert-parallel: EP = TP x DP, ETP = 1
+    "nnodes": ("nnodes",),  # SGLang --nnodes (and torchrun's): the nodes one engine instance spans, checked
 }
 _KEY_OF = {alias: key for key, aliases in (ALIASES | SWITCHES).items() for alias in aliases}
 _INFORMATIVE = {"instances", "dp_per_instance", "engine", "notes"}  # fields of a plan JSON, not sizes
@@ -222,6 +224,8 @@ def plan_from_mapping(data: dict[str, Any], scenario: Scenario, *, source: str =
         ep, etp = sizes.get("ep", ep_default), sizes.get("etp", etp_default)
         edp = sizes.get("edp", max(1, tp * dp // (ep * etp)))
     layout = Layout(tp=tp, pp=pp, dp=dp, ep=ep, etp=etp, edp=edp)
+    if "nnodes" in values:
+        _check_nnodes(scenario, layout, _positive_int(values["nnodes"], source, "nnodes"), source)
     layers = values.get("layers_per_stage")
     if layers is None:
         split = even_split(num_layers=scenario.model.num_hidden_layers, pp=pp)
@@ -233,6 +237,22 @@ def plan_from_mapping(data: dict[str, Any], scenario: Scenario, *, source: str =
                         source=source, field="layers_per_stage")
     batch = sizes.get("batch_per_replica", batch_per_replica(concurrent_sequences=scenario.workload.concurrent_sequences, dp=dp))
     return Plan(layout=layout, layers_per_stage=split, batch_per_replica=batch)
+
+
+def _check_nnodes(scenario: Scenario, layout: Layout, nnodes: int, source: str) -> None:
+    """``--nnodes`` as SGLang means it: the nodes one engine instance spans, ``GPUs per instance /
+    gpus_per_node`` (at least 1). A different count is a plan that does not describe this cluster.
+
+    Raises:
+        PlanError: ``nnodes`` is not the count the plan's instances span.
+    """
+    cluster = scenario.cluster
+    n_inst = instances(scenario, layout)
+    per_instance = cluster.num_gpus // n_inst if n_inst and cluster.num_gpus % n_inst == 0 else cluster.num_gpus
+    spans = max(1, -(-per_instance // cluster.gpus_per_node))
+    if nnodes != spans:
+        raise PlanError(f"--nnodes {nnodes}, but each of the plan's {n_inst} instance(s) has {per_instance} GPUs = {spans} "
+                        f"node(s) of {cluster.gpus_per_node}", source=source, field="nnodes")
 
 
 def _flag(value: Any, source: str, field: str) -> bool:

@@ -180,3 +180,54 @@ def test_an_engine_switch_for_another_engine_is_bad_input() -> None:
     assert result.exit_code == 2 and "enable_expert_parallel" in result.output and "sglang" in result.output
     result = _invoke("verify", "--scenario", "qwen3-30b-a3b-8xh100", "--tp", "8", "--enable-dp-attention")
     assert result.exit_code == 2 and "enable_dp_attention" in result.output
+
+
+# --- item 5: TP across nodes follows the engine -------------------------------------------------------------------
+
+
+def _two_node(tmp_path: Path, base: str, *, engine: dict | None = None, inter_node_bytes_per_s: int | None = None,
+              name: str = "two-node") -> Path:
+    import yaml
+
+    data = yaml.safe_load((ROOT / "scenarios" / f"{base}.yaml").read_text())
+    data["cluster"]["num_nodes"] = 2
+    data["targets"] = {}  # the structural rules are the question here, not this scenario's SLA
+    if engine is not None:
+        data["engine"] = engine
+    if inter_node_bytes_per_s is not None:
+        data["cluster"]["inter_node_link"] = {"bandwidth_bytes_per_s": inter_node_bytes_per_s, "latency_us": 6.0}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_sglang_two_node_tp16_recipe_verifies_on_the_inter_node_link(tmp_path: Path) -> None:
+    import json
+
+    # SGLang's documented two-node DeepSeek-V3 launch: --tp 16 --nnodes 2 (docs.sglang.io, basic_usage/deepseek).
+    slow = _two_node(tmp_path, "deepseek-v3-8xh200-sglang", inter_node_bytes_per_s=50_000_000_000, name="slow")
+    fast = _two_node(tmp_path, "deepseek-v3-8xh200-sglang", inter_node_bytes_per_s=400_000_000_000, name="fast")
+    result = _invoke("verify", "--scenario", str(slow), "--tp", "16", "--nnodes", "2")
+    assert result.exit_code == 0, result.output
+    assert "TP = 16 must span whole nodes of 8 GPUs" in result.output
+    tpot = {}
+    for name, path in (("slow", slow), ("fast", fast)):
+        out = _invoke("estimate", "--scenario", str(path), "--tp", "16", "--json", "-")
+        tpot[name] = json.loads(out.stdout)["tpot_s"]
+    assert tpot["fast"] < tpot["slow"]  # the TP all-reduce crosses the inter-node link
+    wrong = _invoke("verify", "--scenario", str(slow), "--tp", "16", "--nnodes", "1")
+    assert wrong.exit_code == 2 and "nnodes" in wrong.output
+
+
+def test_where_tp_may_not_span_nodes_the_message_names_the_switch(tmp_path: Path) -> None:
+    megatron = _two_node(tmp_path, "deepseek-v3-8xh200-sglang", engine={"name": "megatron"})
+    result = _invoke("verify", "--scenario", str(megatron), "--tp", "16")
+    assert result.exit_code == 1
+    assert "tp_within_node" in result.output and "cluster.allow_tp_across_nodes" in result.output
+
+
+def test_the_engine_default_for_tp_across_nodes_is_written_into_the_plan() -> None:
+    from optimizer.loader import load_scenario
+
+    assert load_scenario("deepseek-v3-8xh200-sglang").cluster.allow_tp_across_nodes is True
+    assert load_scenario("16gpu-30b").cluster.allow_tp_across_nodes is False  # Megatron-Core
