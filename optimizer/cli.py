@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 
 from optimizer.diagnose import diagnose
 from optimizer.disagg import capacity_document, fewest_gpus, render_capacity
@@ -24,7 +25,7 @@ from optimizer.errors import Infeasible, OptimizerError, ScenarioError, SolveInc
 from optimizer.exhaustive import optimize_exhaustive, runner_up, top_plans
 from optimizer.pareto import plot as plot_pareto, pareto_points, points_csv
 from optimizer.launch import NotExpressible, launch_commands
-from optimizer.loader import load_scenario, read_mapping, scenario_from_dict, shipped_scenarios
+from optimizer.loader import load_scenario, read_mapping, scenario_from_dict, scenario_from_flags, shipped_scenarios
 from optimizer.report import (
     alternatives_section,
     render_alternatives,
@@ -56,9 +57,106 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+class _FlagScenario(str):
+    """A scenario asked in one line (``--model --gpu --gpus --isl --osl ...``): its name, carrying the
+    mapping ``scenario_from_flags`` built, so every command loads it where it would load a file."""
+
+    data: dict[str, Any]
+
+    def __new__(cls, data: dict[str, Any]) -> _FlagScenario:
+        made = super().__new__(cls, data["name"])
+        made.data = data
+        return made
+
+
+_ONE_LINE = ("model", "gpu", "gpus", "gpus_per_node", "isl", "osl", "concurrency", "ttft_ms", "tpot_ms", "engine_name",
+             "objective", "weight_dtype")
+
+
+def _one_line_options(*, name_param: str = "scenario_name", print_scenario: bool = False) -> Any:
+    """Add the one-line question to a command: ``--model --gpu --gpus --isl --osl`` with ``--ttft-ms``,
+    ``--tpot-ms``, ``--engine``, ``--concurrency``, ``--objective``, ``--weight-dtype``, ``--gpus-per-node``
+    (defaults in ``loader.ONE_LINE_DEFAULTS``), in place of ``--scenario``. The wrapped command receives the
+    built scenario in ``name_param`` (appended when that is a tuple of names)."""
+    from functools import wraps
+
+    def decorate(command: Any) -> Any:
+        @wraps(command)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            flags = {key: kwargs.pop(key) for key in _ONE_LINE}
+            show = kwargs.pop("print_scenario", False)
+            given = {key: value for key, value in flags.items() if value is not None}
+            named = kwargs.get(name_param)
+            if given:
+                if named:
+                    _fail("give --scenario or the one-line flags (--model, --gpu, ...), not both; `--print-scenario` "
+                          "writes the flags' scenario as YAML to edit", EXIT_BAD_INPUT)
+                missing = [f"--{key.replace('_', '-')}" for key in ("model", "gpu", "gpus", "isl", "osl") if key not in given]
+                if missing:
+                    _fail(f"a one-line question needs {', '.join(missing)} too (e.g. --model Qwen3-30B-A3B --gpu h100-sxm "
+                          "--gpus 8 --isl 2048 --osl 512)", EXIT_BAD_INPUT)
+                try:
+                    data = scenario_from_flags(
+                        model=given["model"], gpu=given["gpu"], gpus=given["gpus"], isl=given["isl"], osl=given["osl"],
+                        gpus_per_node=given.get("gpus_per_node"), concurrency=given.get("concurrency"),
+                        ttft_ms=given.get("ttft_ms"), tpot_ms=given.get("tpot_ms"), engine=given.get("engine_name"),
+                        objective=given.get("objective"), weight_dtype=given.get("weight_dtype"),
+                        rate=kwargs.get("rate"))
+                    scenario_from_dict(dict(data), source="<command line>")  # bad flags fail here, before any work
+                except ScenarioError as exc:
+                    _fail(str(exc), EXIT_BAD_INPUT)
+                    return None
+                if show:
+                    click.echo(f"# optimize {' '.join(sys.argv[1:])}\n"
+                               "# Built from the command line (defaults: optimizer/loader.py ONE_LINE_DEFAULTS); edit and "
+                               "pass with --scenario FILE.\n" + yaml.safe_dump(data, sort_keys=False), nl=False)
+                    return None
+                built = _FlagScenario(data)
+                kwargs[name_param] = (*named, built) if isinstance(named, tuple) else built
+            elif show:
+                _fail("--print-scenario writes the scenario the one-line flags build: give --model, --gpu, --gpus, --isl "
+                      "and --osl", EXIT_BAD_INPUT)
+            elif not named and not print_scenario:  # (the top-level command answers no question with its help)
+                _fail("give --scenario NAME|PATH or a one-line question (--model M --gpu G --gpus N --isl I --osl O)",
+                      EXIT_BAD_INPUT)
+            return command(*args, **kwargs)
+
+        options = [
+            click.option("--model", "model", metavar="NAME|REPO|PATH", help="One line: a catalog model, a Hugging Face repo id or a config.json."),
+            click.option("--gpu", "gpu", metavar="NAME", help="One line: a catalog GPU (H100, h200-sxm, ...)."),
+            click.option("--gpus", "gpus", type=click.IntRange(min=1), help="One line: total GPUs (whole nodes)."),
+            click.option("--gpus-per-node", "gpus_per_node", type=click.IntRange(min=1),
+                         help="One line: GPUs per node [default: the catalog's, or --gpus when fewer]."),
+            click.option("--isl", "isl", type=click.IntRange(min=1), help="One line: input tokens per request."),
+            click.option("--osl", "osl", type=click.IntRange(min=0), help="One line: output tokens per request."),
+            click.option("--concurrency", "concurrency", type=click.IntRange(min=1),
+                         help="One line: sequences in flight [default: 64; chosen when the objective chooses the batch]."),
+            click.option("--ttft-ms", "ttft_ms", type=click.FloatRange(min=0, min_open=True), help="One line: TTFT target, ms."),
+            click.option("--tpot-ms", "tpot_ms", type=click.FloatRange(min=0, min_open=True), help="One line: TPOT target, ms."),
+            click.option("--engine", "engine_name", type=click.Choice(["vllm", "sglang", "tensorrt-llm", "megatron"]),
+                         help="One line: the engine [default: vllm]."),
+            click.option("--objective", "objective", type=click.Choice([o.value for o in Objective]),
+                         help="One line [default: output_tokens_per_s_per_gpu with a target, else request_latency]."),
+            click.option("--weight-dtype", "weight_dtype", metavar="DTYPE", help="One line: weight dtype [default: bf16]."),
+        ]
+        if print_scenario:
+            options.append(click.option("--print-scenario", "print_scenario", is_flag=True,
+                                        help="Write the scenario the one-line flags build, as YAML, and stop."))
+        for option in reversed(options):
+            run = option(run)
+        return run
+
+    return decorate
+
+
 def _load(name_or_path: str, *, model_config: str | None = None) -> Scenario:
     """The scenario, with its model replaced by a Hugging Face config.json when one is given."""
     try:
+        if isinstance(name_or_path, _FlagScenario):
+            data = dict(name_or_path.data)
+            if model_config is not None:
+                data["model"] = {"config_json": str(Path(model_config).resolve())}
+            return scenario_from_dict(data, source="<command line>")
         if model_config is None:
             return load_scenario(name_or_path)
         path = Path(name_or_path) if Path(name_or_path).exists() else shipped_scenarios().get(name_or_path, Path(name_or_path))
@@ -106,9 +204,18 @@ def _output_path(ctx: click.Context, param: click.Parameter, value: str | None) 
     return value
 
 
+def _source_of(name_or_path: str) -> str:
+    """Where a scenario came from, for an error message: its file, or the command line."""
+    return "<command line>" if isinstance(name_or_path, _FlagScenario) else str(_scenario_inputs(name_or_path)[0])
+
+
 def _scenario_inputs(name_or_path: str, model_config: str | None = None) -> list[Path]:
     """Every file a scenario reads, which no output may overwrite: the scenario file, the config.json its
     ``model.config_json`` names (relative to the scenario's folder) and a ``--model-config``."""
+    if isinstance(name_or_path, _FlagScenario):  # no scenario file; a config.json it names is still an input
+        model = name_or_path.data.get("model")
+        config = [Path(model["config_json"])] if isinstance(model, dict) and "config_json" in model else []
+        return [*config, *([Path(model_config)] if model_config else [])]
     shipped = shipped_scenarios()
     path = shipped.get(name_or_path, Path(name_or_path))
     inputs = [path]
@@ -147,6 +254,7 @@ def _scenario_inputs(name_or_path: str, model_config: str | None = None) -> list
 @click.option("--workers", type=click.IntRange(min=1, max=64), default=1, show_default=True,
               help="CP-SAT worker threads; the proved plan and its JSON are the same for any count.")
 @click.pass_context
+@_one_line_options(print_scenario=True)
 def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, markdown_path: str | None,
          dag_path: str | None, model_config: str | None, solver: str, time_limit_s: float | None, require_proof: bool, double_check: bool, explain: bool,
          top_k: int | None, workers: int) -> None:
@@ -183,7 +291,7 @@ def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, m
         _fail(f"no plan for {scenario.name}: {exc}", EXIT_INFEASIBLE)
         return
     except OptimizerError as exc:
-        _fail(f"{_scenario_inputs(scenario_name)[0]}: {exc}", EXIT_BAD_INPUT)
+        _fail(f"{_source_of(scenario_name)}: {exc}", EXIT_BAD_INPUT)
         return
     document = solution_document(solution)
     if top_k:
@@ -274,9 +382,10 @@ def _plan_size_options(command: Any) -> Any:
 
 @main.command()
 @click.argument("plan_path", metavar="[PLAN]", required=False)
-@click.option("--scenario", "scenario_name", required=True, metavar="NAME|PATH", help="Scenario to check against.")
+@click.option("--scenario", "scenario_name", metavar="NAME|PATH", help="Scenario to check against.")
 @click.option("--json", "json_path", metavar="PATH", callback=_output_path, help="Write the verdict as plan JSON (- for stdout).")
 @_plan_size_options
+@_one_line_options()
 def verify(plan_path: str | None, scenario_name: str, json_path: str | None, **sizes: object) -> None:
     """Check a hand-written plan: every rule with its integers, and the estimate.
 
@@ -345,9 +454,10 @@ def _optimality_claim(plan_path: str | None) -> dict | None:
 
 @main.command()
 @click.argument("plan_path", metavar="[PLAN]", required=False)
-@click.option("--scenario", "scenario_name", required=True, metavar="NAME|PATH", help="The scenario the plan serves.")
+@click.option("--scenario", "scenario_name", metavar="NAME|PATH", help="The scenario the plan serves.")
 @click.option("--json", "json_path", metavar="PATH", callback=_output_path, help="Write the estimate as JSON (- for stdout).")
 @_plan_size_options
+@_one_line_options()
 def estimate(plan_path: str | None, scenario_name: str, json_path: str | None, **sizes: object) -> None:
     """Estimate one plan: prefill and decode step, TTFT, TPOT, throughput, and every operator and
     collective with its speed of light (datasheet peak) beside it.
@@ -381,9 +491,10 @@ def estimate(plan_path: str | None, scenario_name: str, json_path: str | None, *
 
 
 @main.command()
-@click.option("--scenario", "scenario_names", required=True, multiple=True, metavar="NAME|PATH",
+@click.option("--scenario", "scenario_names", multiple=True, metavar="NAME|PATH",
               help="Scenario(s) to sweep (repeatable).")
 @click.option("--out", "out_dir", required=True, metavar="DIR", callback=_output_path, help="Folder for <scenario>-pareto.csv and .png (created).")
+@_one_line_options(name_param="scenario_names")
 def pareto(scenario_names: tuple[str, ...], out_dir: str) -> None:
     """The latency/throughput trade-off: every feasible layout and batch as output tokens/s per user
     against output tokens/s per GPU, the Pareto front, and the plan `optimize` picks marked.
@@ -403,7 +514,7 @@ def pareto(scenario_names: tuple[str, ...], out_dir: str) -> None:
         try:
             points = pareto_points(scenario)
         except OptimizerError as exc:
-            _fail(f"{_scenario_inputs(name)[0]}: {exc}", EXIT_BAD_INPUT)
+            _fail(f"{_source_of(name)}: {exc}", EXIT_BAD_INPUT)
             return
         if not points:
             empty.append(scenario.name)
@@ -427,10 +538,11 @@ def pareto(scenario_names: tuple[str, ...], out_dir: str) -> None:
 
 
 @main.command()
-@click.option("--scenario", "scenario_name", required=True, metavar="NAME|PATH", help="The scenario (its TTFT and TPOT targets apply).")
+@click.option("--scenario", "scenario_name", metavar="NAME|PATH", help="The scenario (its TTFT and TPOT targets apply).")
 @click.option("--json", "json_path", metavar="PATH", callback=_output_path, help="Write the comparison as JSON (- for stdout).")
 @click.option("--solver", type=click.Choice(["cp-sat", "exhaustive"]), default="cp-sat", show_default=True,
               help="CP-SAT with proof, or the enumeration oracle on the same candidates.")
+@_one_line_options()
 def disagg(scenario_name: str, json_path: str | None, solver: str) -> None:
     """Aggregated or disaggregated? Both optima for output tokens/s per GPU within the scenario's TTFT and
     TPOT targets, each proved: the whole cluster as one pool, and the cluster split into prefill and
@@ -442,7 +554,7 @@ def disagg(scenario_name: str, json_path: str | None, solver: str) -> None:
     try:
         comparison = compare_serving(scenario, solver=solver)
     except OptimizerError as exc:
-        _fail(f"{_scenario_inputs(scenario_name)[0]}: {exc}", EXIT_BAD_INPUT)
+        _fail(f"{_source_of(scenario_name)}: {exc}", EXIT_BAD_INPUT)
         return
     document = comparison_document(scenario, comparison)
     _emit(document, render_comparison, json_path=json_path, inputs=_scenario_inputs(scenario_name))
@@ -494,11 +606,12 @@ def launch(plan_path: str | None, scenario_name: str, engines: tuple[str, ...], 
 
 
 @main.command()
-@click.option("--scenario", "scenario_name", required=True, metavar="NAME|PATH", help="The scenario (its TTFT and TPOT targets apply).")
+@click.option("--scenario", "scenario_name", metavar="NAME|PATH", help="The scenario (its TTFT and TPOT targets apply).")
 @click.option("--rate", "rate", type=click.FloatRange(min=0, min_open=True), default=None, metavar="REQ/S",
               help="Requests per second to carry [default: the scenario's targets.request_rate_per_s].")
 @click.option("--json", "json_path", metavar="PATH", callback=_output_path, help="Write the answer as JSON (- for stdout).")
 @click.option("--solver", type=click.Choice(["cp-sat", "exhaustive"]), default="cp-sat", show_default=True)
+@_one_line_options()
 def capacity(scenario_name: str, rate: float | None, json_path: str | None, solver: str) -> None:
     """The fewest GPUs of the scenario's kind that carry a request rate within its TTFT and TPOT targets:
     replicas of one aggregated instance, or prefill and decode pools, each proved; the smaller wins.
@@ -512,7 +625,7 @@ def capacity(scenario_name: str, rate: float | None, json_path: str | None, solv
     try:
         plans = fewest_gpus(scenario, solver=solver)
     except OptimizerError as exc:
-        _fail(f"{_scenario_inputs(scenario_name)[0]}: {exc}", EXIT_BAD_INPUT)
+        _fail(f"{_source_of(scenario_name)}: {exc}", EXIT_BAD_INPUT)
         return
     document = capacity_document(scenario, plans)
     _emit(document, render_capacity, json_path=json_path, inputs=_scenario_inputs(scenario_name))

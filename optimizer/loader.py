@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -390,3 +391,82 @@ def _scenario_error(exc: ValidationError, *, source: str) -> ScenarioError:
 
 def _kind(value: Any) -> str:
     return "an empty file" if value is None else f"a {type(value).__name__}"
+
+
+# --- a scenario from one command line -----------------------------------------------------------------------------
+
+# The defaults of a one-line question (``optimize --model M --gpu G --gpus N --isl I --osl O``), each what a
+# user of vLLM or NVIDIA's aiconfigurator would assume; ``--print-scenario`` shows them written out.
+ONE_LINE_DEFAULTS = {
+    "engine": "vllm",  # the most deployed engine; its own defaults apply (no --enable-expert-parallel)
+    "concurrency": 64,  # sequences in flight when the objective does not choose the batch
+    "weight_dtype": "bf16",  # the dtype most checkpoints ship in; --weight-dtype fp8 for an FP8 checkpoint
+    "gpu_memory_utilization": 0.9,  # vLLM's --gpu-memory-utilization default (read exactly: 9/10)
+}
+
+
+def _seconds(milliseconds: Any) -> int | float | str:
+    """``50`` ms -> ``0.05`` s, exactly: a decimal divided by 1000 stays a decimal. Written as the YAML number
+    a user would type when that number reads back to the same decimal (``exact_decimal`` reads ``0.05`` as
+    1/20), else as a decimal string."""
+    value = (Decimal(str(milliseconds)) / 1000).normalize()
+    if value == value.to_integral_value():
+        return int(value)
+    return float(value) if Decimal(repr(float(value))) == value else format(value, "f")
+
+
+def scenario_from_flags(*, model: str, gpu: str, gpus: int, isl: int, osl: int, gpus_per_node: int | None = None,
+                        concurrency: int | None = None, ttft_ms: Any = None, tpot_ms: Any = None, engine: str | None = None,
+                        objective: str | None = None, weight_dtype: str | None = None, rate: Any = None) -> dict[str, Any]:
+    """A scenario mapping (the YAML a user would write) from one command line, with ``ONE_LINE_DEFAULTS``.
+
+    ``model`` is a catalog name, a Hugging Face repo id, or a path to a ``config.json``; ``gpu`` a catalog
+    GPU in any spelling the catalog knows. ``gpus`` is the total: nodes of the catalog's ``gpus_per_node``
+    (8 for HGX-class GPUs), or one node when fewer. ``ttft_ms`` / ``tpot_ms`` are targets in
+    milliseconds (decimal strings are read exactly). The objective, unless given, is the highest output
+    tokens/s per GPU within the targets (the batch chosen, as aiconfigurator ranks) when a TTFT or TPOT
+    target is given, else the lowest request latency at ``concurrency`` sequences.
+
+    Raises:
+        ScenarioError: an unknown GPU or model (with the closest names), or a GPU count that is not whole
+            nodes; the field is the flag (``--gpus``).
+    """
+    source = "<command line>"
+    entry = catalog.gpu_entry(gpu)
+    if entry is None:
+        raise ScenarioError(f"unknown GPU {gpu!r}{catalog.did_you_mean(gpu, catalog.gpu_names())}; known: "
+                            f"{', '.join(catalog.gpu_names())}", source=source, field="--gpu")
+    per_node = gpus_per_node or min(gpus, int(entry.get("gpus_per_node") or gpus))
+    if gpus % per_node:
+        raise ScenarioError(f"{gpus} GPUs are not whole nodes of {per_node}; give a multiple of {per_node} or "
+                            "--gpus-per-node", source=source, field="--gpus")
+    model_value: Any = model
+    if Path(model).suffix == ".json" or Path(model).is_file():
+        model_value = {"config_json": str(Path(model).resolve())}
+    elif catalog.model_entry(model) is None:
+        raise ScenarioError(f"unknown model {model!r}{catalog.did_you_mean(model, catalog.model_names())}; give a catalog "
+                            "name, a Hugging Face repo id the catalog lists, or a config.json path", source=source,
+                            field="--model")
+    targets: dict[str, Any] = {}
+    if ttft_ms is not None:
+        targets["ttft_s"] = _seconds(ttft_ms)
+    if tpot_ms is not None:
+        targets["tpot_s"] = _seconds(tpot_ms)
+    if rate is not None:
+        targets["request_rate_per_s"] = str(rate)
+    if objective is None:
+        objective = (Objective.THROUGHPUT_PER_GPU if targets.keys() & {"ttft_s", "tpot_s"} else Objective.REQUEST_LATENCY).value
+    short = (model_value if isinstance(model_value, str) else Path(model).parent.name or "model").split("/")[-1]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{short}-{gpus}x{entry['name']}").lower()
+    return {
+        "name": name,
+        "description": f"{short} on {gpus} x {entry['name']}, ISL {isl} / OSL {osl} (built from the command line)",
+        "cluster": {"gpu": entry["name"], "num_nodes": gpus // per_node, "gpus_per_node": per_node},
+        "model": model_value,
+        "workload": {"concurrent_sequences": concurrency or ONE_LINE_DEFAULTS["concurrency"], "input_tokens": isl,
+                     "output_tokens": osl, "weight_dtype": weight_dtype or ONE_LINE_DEFAULTS["weight_dtype"],
+                     "kv_cache_dtype": "bf16"},
+        "targets": targets,
+        "engine": {"name": engine or ONE_LINE_DEFAULTS["engine"]},
+        "search": {"objective": objective, "gpu_memory_utilization": ONE_LINE_DEFAULTS["gpu_memory_utilization"]},
+    }

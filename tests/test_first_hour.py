@@ -231,3 +231,69 @@ def test_the_engine_default_for_tp_across_nodes_is_written_into_the_plan() -> No
 
     assert load_scenario("deepseek-v3-8xh200-sglang").cluster.allow_tp_across_nodes is True
     assert load_scenario("16gpu-30b").cluster.allow_tp_across_nodes is False  # Megatron-Core
+
+
+# --- item 1: one line, no YAML ----------------------------------------------------------------------------------
+
+ONE_LINE = ["--model", "Qwen/Qwen3-30B-A3B", "--gpu", "H100", "--gpus", "8", "--isl", "2048", "--osl", "512",
+            "--ttft-ms", "2000", "--tpot-ms", "50"]
+
+
+def test_one_line_plans_as_the_scenario_it_prints(tmp_path: Path) -> None:
+    import json
+
+    import yaml
+
+    printed = _invoke(*ONE_LINE, "--print-scenario")
+    assert printed.exit_code == 0, printed.output
+    data = yaml.safe_load(printed.stdout)
+    assert data["cluster"] == {"gpu": "h100-sxm", "num_nodes": 1, "gpus_per_node": 8}
+    assert data["targets"] == {"ttft_s": 2, "tpot_s": 0.05}
+    assert data["engine"] == {"name": "vllm"} and data["search"]["objective"] == "output_tokens_per_s_per_gpu"
+    path = tmp_path / "edited.yaml"
+    path.write_text(printed.stdout)
+    from_flags = _invoke(*ONE_LINE, "--json", "-")
+    from_file = _invoke("--scenario", str(path), "--json", "-")
+    assert from_flags.exit_code == from_file.exit_code == 0, from_flags.output
+    a, b = json.loads(from_flags.stdout), json.loads(from_file.stdout)
+    assert a["plan"] == b["plan"] and a["estimate"] == b["estimate"] and a["evidence"]["proved_optimal"]
+
+
+def test_one_line_objective_and_concurrency_flags() -> None:
+    import yaml
+
+    data = yaml.safe_load(_invoke(*ONE_LINE[:10], "--objective", "tpot", "--concurrency", "32", "--engine", "sglang",
+                                  "--gpus-per-node", "4", "--print-scenario").stdout)
+    assert data["search"]["objective"] == "tpot" and data["workload"]["concurrent_sequences"] == 32
+    assert data["engine"]["name"] == "sglang" and data["cluster"]["num_nodes"] == 2
+    no_target = yaml.safe_load(_invoke(*ONE_LINE[:10], "--print-scenario").stdout)
+    assert no_target["search"]["objective"] == "request_latency" and no_target["targets"] == {}
+
+
+def test_every_question_command_takes_the_one_line_form(tmp_path: Path) -> None:
+    import json
+
+    verified = _invoke("verify", *ONE_LINE, "--tp", "2", "--dp", "4")
+    assert verified.exit_code == 0 and "TP 2  PP 1  DP 4" in verified.output
+    estimated = json.loads(_invoke("estimate", *ONE_LINE, "--tp", "8", "--json", "-").stdout)
+    assert estimated["plan"]["tp"] == 8
+    capacity = json.loads(_invoke("capacity", *ONE_LINE, "--rate", "5", "--json", "-").stdout)
+    assert capacity["winner"] in ("aggregated", "disaggregated")
+    disagg = _invoke("disagg", *ONE_LINE, "--json", "-")
+    assert disagg.exit_code == 0 and json.loads(disagg.stdout)["winner"]
+    pareto = _invoke("pareto", *ONE_LINE, "--out", str(tmp_path / "p"))
+    assert pareto.exit_code == 0 and list((tmp_path / "p").glob("*-pareto.csv"))
+
+
+def test_one_line_mistakes_are_bad_input_with_the_flag() -> None:
+    cases = [
+        (["--model", "Qwen3-30B-A3B", "--gpu", "h100"], "--gpus, --isl, --osl"),
+        ([*ONE_LINE[:4], "--gpus", "12", *ONE_LINE[6:]], "--gpus: 12 GPUs are not whole nodes of 8"),
+        (["--model", "Qwen3-30B", *ONE_LINE[2:]], "did you mean Qwen3-30B-A3B"),
+        (["--model", *ONE_LINE[1:2], "--gpu", "H100-SXM5-80GB", *ONE_LINE[4:], "--scenario", "16gpu-30b"], "not both"),
+        (["verify", "--tp", "2"], "give --scenario NAME|PATH or a one-line question"),
+        (["--scenario", "16gpu-30b", "--print-scenario"], "--print-scenario writes the scenario the one-line flags build"),
+    ]
+    for args, message in cases:
+        result = _invoke(*args)
+        assert result.exit_code == 2 and message in result.output, (args, result.output)

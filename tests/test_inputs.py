@@ -142,7 +142,9 @@ def test_an_unknown_name_gets_did_you_mean(tmp_path):
 def test_the_fewest_gpu_answer_tries_nodes_of_8_and_says_what_it_varied(tmp_path):
     """Issue 14 item 6: Llama-3.1-70B on 1-GPU nodes cannot meet its TPOT at any count (TP stays 1), one
     node of 8 can: the diagnosis proposes the node shape and says what it varied."""
-    data = {"name": "llama70-1gpu-nodes", "cluster": {"gpu": "h100-sxm", "num_nodes": 4, "gpus_per_node": 1},
+    # TP kept in a node (vLLM would span 1-GPU nodes by default: 12 of them over InfiniBand then admit a plan)
+    data = {"name": "llama70-1gpu-nodes", "cluster": {"gpu": "h100-sxm", "num_nodes": 4, "gpus_per_node": 1,
+                                                      "allow_tp_across_nodes": False},
             "model": "Llama-3.1-70B", "workload": {"concurrent_sequences": 64, "input_tokens": 2048, "output_tokens": 256},
             "targets": {"tpot_s": 0.05}, "engine": {"name": "vllm"}}
     path = tmp_path / "s.yaml"
