@@ -391,7 +391,14 @@ def ffn_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _Grid, t
                                        bytes=_bytes(3 * h * ws, wbits) + act * tokens * (2 * h + 3 * ws))
     # Each TP rank sends its 1/TP share of the tokens, k copies each, to the EP ranks that hold them.
     works["ep_alltoall"] = Work("alltoall", bytes=tokens / g.tp * k * h * act, peers=g.ep, offnode=g.ep_offnode, repeat=2.0)
-    works["etp_allreduce"] = Work("allreduce", bytes=routed * h * act, peers=g.etp, offnode=g.etp_offnode)
+    # The fused MoE kernels of vLLM (fused_moe: moe_sum of the top-k outputs, then one tensor_model_parallel_
+    # all_reduce in FusedMoE.forward) and SGLang (the same, in its FusedMoE layer) combine a token's top-k
+    # expert outputs on each rank before reducing, so the ETP all-reduce carries each token once:
+    # tokens x hidden, not tokens x top-k x hidden. With EP > 1 a rank reduces only the tokens routed to
+    # it, at most its ``routed`` (token, expert) pairs, at most the group's tokens.
+    group_tokens = tokens * np.maximum(g.tp, g.ep * g.etp) / g.tp
+    combined = np.minimum(routed, group_tokens)
+    works["etp_allreduce"] = Work("allreduce", bytes=combined * h * act, peers=g.etp, offnode=g.etp_offnode)
     return works
 
 
