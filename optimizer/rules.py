@@ -210,19 +210,36 @@ class Divisible(LayoutRule):
 
 
 class KvHeadsDivisible(LayoutRule):
+    """KV heads over TP. vLLM, SGLang and TensorRT-LLM replicate KV heads when TP exceeds them (each rank
+    keeps ``TP / num_key_value_heads`` copies' worth: TP must be a multiple). Megatron-Core does not: its
+    ``Attention`` divides ``num_query_groups`` by the TP size (megatron/core/transformer/attention.py,
+    ``divide`` asserts divisibility), so TP must divide the KV heads (``replicate=False``)."""
+
     name = "kv_heads_divisible"
-    formula = "num_key_value_heads % tp == 0 or tp % num_key_value_heads == 0"
+
+    def __init__(self, *, replicate: bool = True) -> None:
+        self.replicate = replicate
+        self.formula = ("num_key_value_heads % tp == 0 or tp % num_key_value_heads == 0" if replicate
+                        else "num_key_value_heads % tp == 0 (Megatron-Core: num_query_groups % TP)")
 
     def holds(self, scenario: Scenario, layout: Layout) -> bool:
         kv, tp = scenario.model.kv_heads, layout.tp
-        return (kv % tp if tp <= kv else tp % kv) == 0
+        return (kv % tp if tp <= kv or not self.replicate else tp % kv) == 0
 
     def holds_grid(self, scenario: Scenario, grid: SizeArrays) -> np.ndarray:
         kv = scenario.model.kv_heads
+        if not self.replicate:
+            return kv % grid.tp == 0
         return np.where(grid.tp <= kv, kv % grid.tp, grid.tp % kv) == 0
 
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
         kv, tp = scenario.model.kv_heads, layout.tp
+        if not self.replicate:
+            rest = kv % tp
+            return make_check(self.name, self.formula, rest, "==", 0,
+                              f"{kv} KV heads (num_query_groups) over TP = {tp}: " + (
+                                  "split evenly" if not rest else "Megatron-Core requires TP to divide them (it does not "
+                                  "replicate KV heads)"))
         rest = kv % tp if tp <= kv else tp % kv
         how = "split evenly" if tp <= kv else "replicated evenly"
         return make_check(self.name, self.formula, rest, "==", 0,
@@ -616,7 +633,7 @@ def build_rules(scenario: Scenario) -> tuple[Rule, ...]:
         rules.append(MoeProduct())
     rules.append(Divisible("attention_heads_divisible", "num_attention_heads", "tp", model.num_attention_heads))
     if not model.is_mla:
-        rules.append(KvHeadsDivisible())
+        rules.append(KvHeadsDivisible(replicate=engine.name is not EngineName.MEGATRON))
     if model.num_dense_layers:
         rules.append(Divisible("dense_ffn_divisible", "intermediate_size", "ffn_tp" if sglang_moe else "tp", model.dense_ffn_width))
     if model.is_moe:

@@ -53,6 +53,14 @@ SGLANG = {"engine": {"name": "sglang"}}
 TRTLLM = {"engine": {"name": "tensorrt-llm"}}
 
 
+def test_kv_heads_replicate_over_tp_except_under_megatron():
+    """vLLM, SGLang and TensorRT-LLM replicate 2 KV heads over TP = 4; Megatron-Core does not (issue 13 item 8)."""
+    layout = {"tp": 4, "pp": 1, "dp": 2, "ep": 8, "etp": 1, "edp": 1}
+    model = {"model": {"num_attention_heads": 8, "num_key_value_heads": 2}}
+    assert named(cert_of(make_scenario(**model, **VLLM_EP), layout), "kv_heads_divisible").holds
+    assert not named(cert_of(make_scenario(**model), layout), "kv_heads_divisible").holds
+
+
 def test_base_plan_passes_every_rule():
     s = make_scenario()
     cert = cert_of(s, GOOD)
@@ -75,7 +83,11 @@ def test_headline_16gpu_30b_fails_gpu_product():
 LAYOUT_CASES = [
     ("gpu_product", {}, GOOD, {"tp": 2, "pp": 1, "dp": 2, "ep": 8, "etp": 1, "edp": 1}, 4, 8),
     ("moe_product", {}, GOOD, {"tp": 2, "pp": 1, "dp": 4, "ep": 2, "etp": 1, "edp": 1}, 2, 8),
-    ("attention_heads_divisible", {"model": {"num_attention_heads": 6, "num_key_value_heads": 2}},
+    # (vLLM: under Megatron-Core TP must divide the KV heads, which divide the heads, so this cannot fail alone)
+    ("attention_heads_divisible", {"model": {"num_attention_heads": 6, "num_key_value_heads": 2}, **VLLM_EP},
+     {"tp": 2, "pp": 1, "dp": 4, "ep": 8, "etp": 1, "edp": 1}, {"tp": 4, "pp": 1, "dp": 2, "ep": 8, "etp": 1, "edp": 1}, 2, 0),
+    # Megatron-Core divides num_query_groups by TP (attention.py): 2 KV heads over TP = 4 is refused ...
+    ("kv_heads_divisible", {"model": {"num_attention_heads": 8, "num_key_value_heads": 2}},
      {"tp": 2, "pp": 1, "dp": 4, "ep": 8}, {"tp": 4, "pp": 1, "dp": 2, "ep": 8}, 2, 0),
     ("kv_heads_divisible", {"model": {"num_attention_heads": 12, "num_key_value_heads": 3}},
      {"tp": 1, "pp": 1, "dp": 8, "ep": 8}, {"tp": 2, "pp": 1, "dp": 4, "ep": 8}, 1, 0),
@@ -114,11 +126,11 @@ LAYOUT_CASES = [
     ("engine_folding", TRTLLM,
      {"tp": 4, "pp": 1, "dp": 2, "ep": 4, "etp": 1, "edp": 2}, {"tp": 4, "pp": 1, "dp": 2, "ep": 2, "etp": 1, "edp": 4}, 2, 0),
     # 4 GPUs per node: TP = 8 spans two nodes.
-    ("tp_within_node", {}, {"tp": 4, "pp": 1, "dp": 2, "ep": 8}, {"tp": 8, "pp": 1, "dp": 1, "ep": 8}, 4, 0),
+    ("tp_within_node", {"model": {"num_key_value_heads": 8}}, {"tp": 4, "pp": 1, "dp": 2, "ep": 8}, {"tp": 8, "pp": 1, "dp": 1, "ep": 8}, 4, 0),
     # TP across nodes allowed: TP must then tile whole nodes (3 nodes x 4; TP = 6 does not).
     ("tp_within_node",
      {"cluster": {"num_nodes": 3, "allow_tp_across_nodes": True},
-      "model": {"num_attention_heads": 12, "num_key_value_heads": 6, "intermediate_size": 384, "n_shared_experts": 0}},
+      "model": {"num_attention_heads": 12, "num_key_value_heads": 12, "intermediate_size": 384, "n_shared_experts": 0}},
      {"tp": 12, "pp": 1, "dp": 1, "ep": 4, "etp": 1, "edp": 3}, {"tp": 6, "pp": 1, "dp": 2, "ep": 4, "etp": 1, "edp": 3}, 2, 0),
 ]
 
