@@ -373,7 +373,10 @@ def ffn_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _Grid, t
     width = model.expert_width / g.etp
     # Tokens whose experts sit on this GPU: the pool's tokens x k spread over its EP ranks (the TP ranks
     # of one replica hold the same tokens; with EP x ETP > TP they are split, not repeated).
-    routed = tokens * k * np.maximum(g.tp, g.ep * g.etp) / (g.tp * g.ep) * routing_imbalance
+    # The busiest EP rank holds ceil(E / EP) experts (vLLM spreads a remainder of E / EP over the first
+    # ranks: fused_moe/layer.py determine_expert_map), so it gets that share of the routed tokens.
+    busiest = np.ceil(num_experts / g.ep) * g.ep / num_experts  # exactly 1.0 when EP divides the experts
+    routed = tokens * k * np.maximum(g.tp, g.ep * g.etp) / (g.tp * g.ep) * routing_imbalance * busiest
     pool_tokens = tokens * g.dp / g.edp
     touched = np.ceil(num_experts / g.ep) * (1 - (1 - k / num_experts) ** pool_tokens)
     works = {

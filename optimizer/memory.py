@@ -222,7 +222,9 @@ def activation_peak_bytes(*, scenario: Scenario, layout: Layout, batch: int, las
     dense_tp = ffn_tp(scenario, layout)
     ffn = ceil_div(2 * model.dense_ffn_width, dense_tp) * tokens * (dense_tp // tp)
     if model.is_moe:
-        routed = ceil_div(tokens * model.num_experts_per_tok * max(tp, layout.ep * layout.etp), tp * layout.ep)
+        # the busiest EP rank: it holds ceil(E / EP) experts (vLLM spreads a remainder, determine_expert_map)
+        routed = ceil_div(tokens * model.num_experts_per_tok * max(tp, layout.ep * layout.etp)
+                          * ceil_div(model.num_experts, layout.ep), tp * model.num_experts)
         ffn = max(ffn, routed * ceil_div(2 * model.expert_width, layout.etp))
     per_chunk = ACTIVATION_BYTES * (tokens * (2 * h + qkv) + ffn)
     logits = LOGITS_BYTES * batch * ceil_div(model.vocab_size, tp) if last else 0

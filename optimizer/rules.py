@@ -637,7 +637,8 @@ def build_rules(scenario: Scenario) -> tuple[Rule, ...]:
     if model.num_dense_layers:
         rules.append(Divisible("dense_ffn_divisible", "intermediate_size", "ffn_tp" if sglang_moe else "tp", model.dense_ffn_width))
     if model.is_moe:
-        rules.append(Divisible("experts_divisible", "num_experts", "ep", model.num_experts))
+        if engine.name is not EngineName.VLLM:  # vLLM spreads a remainder (fused_moe/layer.py determine_expert_map)
+            rules.append(Divisible("experts_divisible", "num_experts", "ep", model.num_experts))
         rules.append(Divisible("moe_ffn_divisible", "moe_intermediate_size", "etp", model.expert_width))
         if model.shared_ffn_width:
             rules.append(Divisible("shared_ffn_divisible", "shared_expert_width", "tp", model.shared_ffn_width))

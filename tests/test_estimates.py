@@ -33,3 +33,18 @@ def test_the_moe_tensor_parallel_all_reduce_carries_each_token_once(model: str) 
     g = grid(sc, (Layout(tp=1, pp=1, dp=tp, ep=1, etp=tp, edp=1),))
     works = layer_works(scenario=sc, g=g, tokens=np.ones(1) * 8, seqs=np.ones(1) * 8, context=2048, prefill=False, dense=False)
     assert float(np.asarray(works["etp_allreduce"].bytes)[0]) == 8 * tp * sc.model.hidden_size * 2
+
+
+def test_the_busiest_ep_rank_carries_its_ceil_share_of_the_experts() -> None:
+    """Issue 13 item 8: vLLM runs E experts over an EP that does not divide them; the busiest rank holds
+    ceil(E / EP) and gets that share of the routed tokens (uniform routing)."""
+    sc = scenario_from_dict({
+        "name": "t", "cluster": {"gpu": "h100-sxm", "num_nodes": 1, "gpus_per_node": 8},
+        "model": {"name": "Mixtral-8x7B-v0.1", "num_experts": 6},
+        "workload": {"concurrent_sequences": 64, "input_tokens": 2048, "output_tokens": 512},
+        "engine": {"name": "vllm", "enable_expert_parallel": True}})
+    g = grid(sc, (Layout(tp=4, pp=1, dp=1, ep=4, etp=1, edp=1),))
+    works = layer_works(scenario=sc, g=g, tokens=np.ones(1) * 60, seqs=np.ones(1) * 60, context=2048, prefill=False, dense=False)
+    h, width = sc.model.hidden_size, sc.model.expert_width
+    routed = 60 * 2 * 2 / 6  # 60 tokens x top-2, the busiest of EP = 4 ranks holds ceil(6 / 4) = 2 of 6 experts
+    assert float(np.asarray(works["experts"].flops)[0]) == pytest.approx(2.0 * routed * 3 * h * width * sc.workload.routing_imbalance)

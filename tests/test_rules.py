@@ -313,13 +313,18 @@ def test_solver_moe_ffn_divisible_blocks_with_memory():
     assert optimize(one_expert(4096)).plan.layout.etp == 2
 
 
-def test_solver_experts_divisible_and_folding_with_expert_parallel():
-    # Neither blocks alone (EP = 1 divides any expert count; ETP = 1, EP = TP x DP is always in the grid).
-    # On 2 GPUs memory forces TP = 2, vLLM's expert parallel then needs ETP = 1 and EP = 2, and 3 experts
-    # do not split over EP = 2: the minimal set is all three.
-    s = tp_forced(model={"first_k_dense_replace": 0, "n_shared_experts": 0, "num_experts": 3},
-                  cluster={"gpus_per_node": 2}, **VLLM_EP)
-    assert infeasible_reasons(s) == ["experts_divisible", "engine_folding", "memory_cap"]
+def test_vllm_spreads_experts_that_ep_does_not_divide():
+    """vLLM places E experts over EP ranks with the remainder on the first ranks (fused_moe/layer.py
+    determine_expert_map), so 3 experts over EP = 2 run (2 on the busiest rank); the other engines refuse.
+    On 2 GPUs memory forces TP = 2 and vLLM's expert parallel then EP = 2."""
+    model = {"first_k_dense_replace": 0, "n_shared_experts": 0, "num_experts": 3}
+    s = tp_forced(model=model, cluster={"gpus_per_node": 2}, **VLLM_EP)
+    assert "experts_divisible" not in rule_names(s)
+    plan = optimize(s).plan
+    assert (plan.layout.tp, plan.layout.ep) == (2, 2) and optimize_exhaustive(s).plan.layout == plan.layout
+    megatron = tp_forced(model=model, cluster={"gpus_per_node": 2})
+    assert "experts_divisible" in rule_names(megatron)
+    assert not named(cert_of(megatron, {"tp": 2, "pp": 1, "dp": 1, "ep": 2, "etp": 1, "edp": 1}), "experts_divisible").holds
 
 
 def test_solver_moe_ffn_divisible_and_folding_without_expert_parallel():
