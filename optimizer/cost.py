@@ -388,10 +388,13 @@ def ffn_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _Grid, t
         "experts_elementwise": Work("elementwise", bytes=act * routed * 3 * width),
     }
     if model.shared_ffn_width:
-        ws = model.shared_ffn_width / g.tp
-        works["shared_experts"] = Work("gemm", kernels=2.0, dtype=dtype, flops=2.0 * tokens * 3 * h * ws,
-                                       quant_elements=tokens * (h + ws) if dtype == "fp8" else 0.0,
-                                       bytes=_bytes(3 * h * ws, wbits) + act * tokens * (2 * h + 3 * ws))
+        # Over the FFN group (``ffn_tp``): SGLang shards the shared experts over its whole --tp-size, on the
+        # tokens gathered from its attention-DP ranks (models/deepseek_v2.py); elsewhere ffn_tp = TP.
+        ws = model.shared_ffn_width / g.ffn_tp
+        shared_tokens = tokens * g.ffn_tp / g.tp
+        works["shared_experts"] = Work("gemm", kernels=2.0, dtype=dtype, flops=2.0 * shared_tokens * 3 * h * ws,
+                                       quant_elements=shared_tokens * (h + ws) if dtype == "fp8" else 0.0,
+                                       bytes=_bytes(3 * h * ws, wbits) + act * shared_tokens * (2 * h + 3 * ws))
     # Each TP rank sends its 1/TP share of the tokens, k copies each, to the EP ranks that hold them.
     works["ep_alltoall"] = Work("alltoall", bytes=tokens / g.tp * k * h * act, peers=g.ep, offnode=g.ep_offnode, repeat=2.0)
     # The fused MoE kernels of vLLM (fused_moe: moe_sum of the top-k outputs, then one tensor_model_parallel_
@@ -431,12 +434,17 @@ def first_stage_works(*, model: ModelSpec, tokens) -> dict[str, Work]:
 def last_stage_works(*, model: ModelSpec, g: _Grid, seqs) -> dict[str, Work]:
     """Final norm, the vocab-parallel LM head for ``seqs`` sampled positions, the gather of FP32 logits
     over TP (vLLM gathers them for the sampler), the step's fixed overhead and its per-sequence host work."""
-    h, shard = model.hidden_size, np.ceil(model.vocab_size / g.tp)
+    # The LM head is vocab-parallel over the FFN group: SGLang's ParallelLMHead uses its whole --tp-size
+    # unless --enable-dp-lm-head (models/deepseek_v2.py: use_attn_tp_group=enable_dp_lm_head), on the
+    # positions gathered from the attention-DP ranks; elsewhere ffn_tp = TP.
+    h, shard = model.hidden_size, np.ceil(model.vocab_size / g.ffn_tp)
+    gathered = seqs * g.ffn_tp / g.tp
     return {
         "final_norm": Work("elementwise", bytes=2.0 * seqs * h * ACTIVATION_BYTES),
-        "lm_head": Work("gemm", dtype="bf16", flops=2.0 * seqs * h * shard,
-                        bytes=_bytes(shard * h, HIGH_PRECISION.bits) + seqs * shard * LOGITS_BYTES),
-        "logits_gather": Work("allgather", bytes=seqs * shard * g.tp * LOGITS_BYTES, peers=g.tp, offnode=g.tp_offnode),
+        "lm_head": Work("gemm", dtype="bf16", flops=2.0 * gathered * h * shard,
+                        bytes=_bytes(shard * h, HIGH_PRECISION.bits) + gathered * shard * LOGITS_BYTES),
+        "logits_gather": Work("allgather", bytes=gathered * shard * g.ffn_tp * LOGITS_BYTES, peers=g.ffn_tp,
+                              offnode=g.ffn_offnode),
         "step_overhead": Work("overhead", dtype="step"),
         "sequence_overhead": Work("overhead", dtype="sequence", repeat=seqs),
     }

@@ -148,14 +148,15 @@ def attention_weight_bytes(*, model: ModelSpec, workload: Workload, tp: int) -> 
 def ffn_weight_bytes(*, model: ModelSpec, workload: Workload, layout: Layout, dense: bool, dense_tp: int | None = None) -> int:
     """One layer's FFN weights on one GPU: the dense FFN over ``dense_tp`` (the engine's FFN width,
     ``engines.ffn_tp``; default TP), or a MoE layer's local experts (``ceil(E / EP)`` experts, each split
-    over ETP), the shared experts over TP and the router."""
+    over ETP), the shared experts over ``dense_tp`` too and the router."""
     h = model.hidden_size
     bits = workload.weight_dtype.bits
     if dense:
         return bytes_for(ceil_div(ffn_params(hidden_size=h, width=model.dense_ffn_width), dense_tp or layout.tp), bits)
     local_experts = ceil_div(model.num_experts, layout.ep)
     expert = ceil_div(ffn_params(hidden_size=h, width=model.expert_width), layout.etp)
-    shared = ceil_div(ffn_params(hidden_size=h, width=model.shared_ffn_width), layout.tp)
+    # the shared experts over the FFN group (SGLang: its whole --tp-size, models/deepseek_v2.py), else TP
+    shared = ceil_div(ffn_params(hidden_size=h, width=model.shared_ffn_width), dense_tp or layout.tp)
     return (
         bytes_for(local_experts * expert, workload.experts_dtype.bits)
         + bytes_for(shared, bits)
@@ -233,8 +234,11 @@ def activation_peak_bytes(*, scenario: Scenario, layout: Layout, batch: int, las
 
 def stage_fixed_bytes(*, scenario: Scenario, layout: Layout, batch: int, first: bool, last: bool) -> StageFixedBytes:
     model = scenario.model
-    h, shard = model.hidden_size, ceil_div(model.vocab_size, layout.tp)
-    params = (shard * h if first else 0) + ((shard * h if not (model.tie_word_embeddings and first) else 0) + h if last else 0)
+    # The embedding is vocab-parallel over the attention TP; the LM head over the FFN group (SGLang's
+    # ParallelLMHead spans its whole --tp-size unless --enable-dp-lm-head: models/deepseek_v2.py), which is
+    # TP elsewhere. Tied weights on one stage are one tensor, the embedding's.
+    h, shard, head_shard = model.hidden_size, ceil_div(model.vocab_size, layout.tp), ceil_div(model.vocab_size, ffn_tp(scenario, layout))
+    params = (shard * h if first else 0) + ((head_shard * h if not (model.tie_word_embeddings and first) else 0) + h if last else 0)
     return StageFixedBytes(
         weights=bytes_for(params, HIGH_PRECISION.bits),
         activations=activation_peak_bytes(scenario=scenario, layout=layout, batch=batch, last=last),

@@ -641,7 +641,7 @@ def build_rules(scenario: Scenario) -> tuple[Rule, ...]:
             rules.append(Divisible("experts_divisible", "num_experts", "ep", model.num_experts))
         rules.append(Divisible("moe_ffn_divisible", "moe_intermediate_size", "etp", model.expert_width))
         if model.shared_ffn_width:
-            rules.append(Divisible("shared_ffn_divisible", "shared_expert_width", "tp", model.shared_ffn_width))
+            rules.append(Divisible("shared_ffn_divisible", "shared_expert_width", "ffn_tp" if sglang_moe else "tp", model.shared_ffn_width))
         block = scenario.workload.experts_dtype.block_size
         if block:
             rules.append(BlockAligned("moe_ffn_block_aligned", "moe_intermediate_size", "etp", model.expert_width, block))

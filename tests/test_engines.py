@@ -146,7 +146,12 @@ def test_sglang_dense_ffn_is_sharded_over_the_tp_size_group():
     assert full == 3 * 7168 * 18432 * (8 * 128 * 128 + 32) // (8 * 128 * 128)  # fp8 + one fp32 scale per 128 x 128
     assert split * 8 >= full and split * 8 - full < 8
     [s_sg], [s_vl] = (stage_memory(scenario=sc, layout=ADP, layers_per_stage=(61,), batch=8) for sc in (sg, vl))
-    assert s_vl.weights_bytes - s_sg.weights_bytes == 3 * (full - split)  # DeepSeek's three dense layers
+    # DeepSeek's three dense layers, its 58 MoE layers' shared expert and the LM head (issue 13) all span --tp-size
+    moe_full = ffn_weight_bytes(model=vl.model, workload=vl.workload, layout=ADP, dense=False)
+    moe_split = ffn_weight_bytes(model=sg.model, workload=sg.workload, layout=ADP, dense=False, dense_tp=8)
+    vocab, h = sg.model.vocab_size, sg.model.hidden_size
+    lm_head = 2 * (vocab * h - -(-vocab // 8) * h)  # BF16, whole against 1/8
+    assert s_vl.weights_bytes - s_sg.weights_bytes == 3 * (full - split) + 58 * (moe_full - moe_split) + lm_head
 
 
 def test_sglang_dense_layer_gathers_tokens_and_reduces_over_the_ffn_group():
