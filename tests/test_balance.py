@@ -204,6 +204,7 @@ def _run(*args):
 def test_cli_refuses_and_verify_prints_each_stage_and_the_integers(tmp_path):
     result = _run("--scenario", str(YAML_PATH))
     assert result.exit_code == 1 and "compute_balance" in result.output
+    assert "targets.max_compute_imbalance_pct: none admits a plan" in result.output  # the diagnosis, confirmed by a re-solve
     result = _run("verify", "--scenario", str(YAML_PATH), "--tp", "1", "--pp", "3", "--layers", "11,11,10")
     assert result.exit_code == 1
     assert "stage 0: 11 layers" in result.output and "% of compute" in result.output and "% of memory" in result.output
