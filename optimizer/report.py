@@ -411,6 +411,7 @@ def render_markdown(document: dict[str, Any], runner_up: dict[str, Any] | None =
     """The plan for review, as Markdown tables; with ``runner_up`` (the best plan on another layout) a
     "Why this plan" section says which term decides between them."""
     sc, plan, est, mem, cert, ev = (document[k] for k in ("scenario", "plan", "estimate", "memory", "certificate", "evidence"))
+    shares = stage_shares(plan["layers_per_stage"], est["decode_stage_ns"], mem["stages"])
     out = [
         f"# Plan: {sc['name']}",
         "",
@@ -440,6 +441,7 @@ def render_markdown(document: dict[str, Any], runner_up: dict[str, Any] | None =
             f"| {s['total_bytes']} | {mem['cap_bytes']} | {s['kv_cache_capacity_tokens']} |"
             for s in mem["stages"]
         ],
+        *(["", "## Load per stage", "", *[f"- {line.strip()}" for line in shares[1:]]] if shares else []),
         "",
         "## Certificate",
         "",

@@ -224,6 +224,8 @@ def test_cli_plan_and_the_exhaustive_solver_agree_on_the_balanced_split(tmp_path
         assert "stage 1: 12 layers" in result.output and "ok   memory_balance" in result.output
         plans.append(json.loads(out.read_text())["plan"]["layers_per_stage"])
     assert plans == [[10, 12, 10], [10, 12, 10]]
+    markdown = _run("--scenario", str(path), "--markdown", "-").output
+    assert "## Load per stage" in markdown and "- stage 1: 12 layers" in markdown and "`memory_balance`" in markdown
 
 
 def test_the_scenario_schema_shows_the_targets():
