@@ -16,6 +16,12 @@ path from ``split.best_split`` (a scalar bisection over the achievable stage tim
 which builds the reported plan; ``solve.optimize`` checks that the two agree on the chosen candidate, and
 ``certify.py`` re-checks the bound of every other candidate in scalar integers.
 
+Under a balance target (``targets.max_compute_imbalance_pct``, ``max_memory_imbalance_pct``) the variant
+also asks the split to be balanced, and the smallest slowest stage is taken over the balanced splits only
+(``_balanced_one``, scalar per candidate and run only when a scenario sets such a target, so that the
+default path keeps its speed); ``split.best_split`` finds the same value from per-stage functions, and
+``certify.py`` re-derives rejections and witnesses by the smallest stage instead of the largest.
+
 Time arrays hold int64 when every sum fits in 62 bits (``_ints`` scales the check by the layer count),
 Python ints (numpy ``object``) otherwise; byte arithmetic is always in Python ints (a cap such as
 TensorRT-LLM's ``u x memory_bytes`` need not fit int64); the metrics too. Never a wrapped integer, never
@@ -24,14 +30,16 @@ a float.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
+from optimizer.memory import placed_bytes_line
 from optimizer.result import Tables
-from optimizer.rules import (SOLVER_INT_LIMIT, EvenLayers, LayerSplit, LayoutRule, MemoryCap, Rule, SizeArrays, ThroughputTarget,
-                             TpotTarget, TtftTarget, target_bound_ns)
+from optimizer.rules import (SOLVER_INT_LIMIT, ComputeBalance, EvenLayers, LayerSplit, LayoutRule, MemoryBalance, MemoryCap, Rule,
+                             SizeArrays, ThroughputTarget, TpotTarget, TtftTarget, target_bound_ns)
 from optimizer.scenario import Objective, Scenario
 from optimizer.split import leading_dense_layers
 
@@ -60,11 +68,22 @@ def _floor_div(num: np.ndarray, den: np.ndarray, *, zero_value: int) -> np.ndarr
 
 @dataclass(frozen=True)
 class Variant:
-    """Which split-shaping rules hold: ``memory`` (every stage within the memory limits) and ``even``
-    (every stage the same layer count)."""
+    """Which split-shaping rules hold: ``memory`` (every stage within the memory limits), ``even`` (every
+    stage the same layer count), ``compute_balance`` and ``memory_balance`` (the stages' decode times,
+    or bytes, within the scenario's imbalance percentage)."""
 
     memory: bool
     even: bool
+    compute_balance: bool = False
+    memory_balance: bool = False
+
+    @property
+    def balanced(self) -> bool:
+        return self.compute_balance or self.memory_balance
+
+    @property
+    def unbalanced(self) -> Variant:
+        return Variant(memory=self.memory, even=self.even)
 
 
 class CandidateValues:
@@ -124,6 +143,8 @@ class CandidateValues:
         return self._slowest[variant]
 
     def _compute_slowest(self, variant: Variant) -> np.ndarray:
+        if variant.balanced:
+            return self._balanced_slowest(variant)
         a = self._arrays
         total, k, pp, dd, dm, fe, le = (a[key] for key in ("total", "k", "pp", "dd", "dm", "fe", "le"))
         n = self.n
@@ -195,6 +216,89 @@ class CandidateValues:
             active = feasible & (hi - lo > 1)
         return np.where(feasible, hi, NONE)
 
+    # --- the split under a balance target (scalar: only when a scenario sets one) --------------------------
+
+    def _balanced_slowest(self, variant: Variant) -> np.ndarray:
+        """``min_slowest_ns`` among the balanced splits: per candidate that has a split at all, the
+        smallest slowest stage over the splits whose stages are within the balance percentages."""
+        base = self.min_slowest_ns(variant.unbalanced)
+        out = np.full(self.n, NONE, dtype=object)
+        for c in np.nonzero(np.asarray(base != NONE, dtype=bool))[0]:
+            if self.tables.layouts[c].pp == 1:  # one stage is balanced
+                out[c] = base[c]
+                continue
+            found = self._balanced_one(int(c), variant)
+            out[c] = NONE if found is None else found
+        return self._as_ints(out)
+
+    def _stage_lines(self, c: int, variant: Variant):
+        """Per stage class (first, middle, last): (how many stages, fewest layers, most layers, decode ns
+        as ``const + layers x per``, placed bytes likewise or None when memory balance is off)."""
+        a, t = self._arrays, self.tables
+        total, k, pp = a["total"], a["k"], int(a["pp"][c])
+        dd, dm, fe, le = (int(a[key][c]) for key in ("dd", "dm", "fe", "le"))
+        if variant.memory:
+            caps = [int(arr[c]) for arr in self._memory_caps[:3]]
+        else:
+            caps = [total] * 3
+        times = ((k * (dd - dm) + fe, dm), (0, dm), (le, dm))
+        if variant.memory_balance:
+            b = placed_bytes_line(scenario=self.scenario, layout=t.layouts[c], batch=t.cost.batch[c])
+            bytes_ = ((k * (b.dense_layer - b.moe_layer) + b.fixed_first, b.moe_layer), (b.fixed_middle, b.moe_layer),
+                      (b.fixed_last, b.moe_layer))
+        else:
+            bytes_ = (None, None, None)
+        counts = (1, pp - 2, 1)
+        lows = (max(1, k), 1, 1)
+        return [(counts[i], lows[i], min(caps[i], total), times[i], bytes_[i]) for i in range(3) if counts[i] > 0]
+
+    def _balanced_one(self, c: int, variant: Variant) -> int | None:
+        """The smallest slowest stage of candidate ``c`` over its balanced splits, None if none.
+
+        By the largest stage: a split is balanced with its slowest stage at most ``T`` iff every stage
+        lies in ``[ceil((100 - pct) x T / 100), T]`` (the lower end grows with ``T``), which bounds each
+        stage's layer count to an interval; a split exists iff each interval is non-empty and the
+        intervals' ends bracket the model's layers. That is not monotone in ``T``, so ``T`` runs over the
+        stage times that occur, smallest first. Memory balance adds the same test on bytes, with the
+        largest stage's bytes ``U`` running over the values that occur within the time intervals."""
+        s, total = self.scenario, self._arrays["total"]
+        classes = self._stage_lines(c, variant)
+        compute_pct = s.targets.max_compute_imbalance_pct if variant.compute_balance else None
+        memory_pct = s.targets.max_memory_imbalance_pct if variant.memory_balance else None
+        if variant.even:
+            share = total // int(self._arrays["pp"][c])
+            if any(not low <= share <= high for _, low, high, _, _ in classes):
+                return None
+            times = [const + share * per for _, _, _, (const, per), _ in classes]
+            ok = _balanced_values(times, compute_pct)
+            if ok and memory_pct is not None:
+                ok = _balanced_values([const + share * per for _, _, _, _, (const, per) in classes], memory_pct)
+            return max(times) if ok else None
+        limits = sorted({const + n * per for _, low, high, (const, per), _ in classes for n in range(low, high + 1)})
+        for limit in limits:
+            floor_ns = _lower_end(limit, compute_pct)
+            ranges = [_layers_within(const, per, floor_ns, limit, low, high) for _, low, high, (const, per), _ in classes]
+            if not _brackets(ranges, classes, total):
+                continue
+            if memory_pct is None or self._bytes_balance_fits(classes, ranges, memory_pct, total):
+                return limit
+        return None
+
+    @staticmethod
+    def _bytes_balance_fits(classes, ranges, pct, total) -> bool:
+        """Within the layer ranges ``ranges`` (per class), does some split keep the bytes balanced?"""
+        least = max(const + lo * per for (_, _, _, _, (const, per)), (lo, _) in zip(classes, ranges))
+        tops = sorted({const + n * per for (_, _, _, _, (const, per)), (lo, hi) in zip(classes, ranges)
+                       for n in range(lo, hi + 1)})
+        for top in tops:
+            if top < least:
+                continue
+            floor_b = _lower_end(top, pct)
+            inner = [_layers_within(const, per, floor_b, top, lo, hi) for (_, _, _, _, (const, per)), (lo, hi) in zip(classes, ranges)]
+            if _brackets(inner, classes, total):
+                return True
+        return False
+
     # --- the estimate and the objective ------------------------------------------------------------------
 
     def metrics(self, variant: Variant) -> tuple[list, list, list, list]:
@@ -254,6 +358,10 @@ class CandidateValues:
             return np.full(self.n, not variant.memory)
         if isinstance(rule, EvenLayers):
             return np.full(self.n, not variant.even)
+        if isinstance(rule, ComputeBalance):
+            return np.full(self.n, not variant.compute_balance)
+        if isinstance(rule, MemoryBalance):
+            return np.full(self.n, not variant.memory_balance)
         if isinstance(rule, LayerSplit):
             return np.zeros(self.n, dtype=bool)  # every variant's split covers the model (``exists``)
         ttft, tpot, lat, _ = self.metrics(variant)
@@ -296,7 +404,7 @@ class CandidateValues:
     def exists(self, variant: Variant) -> np.ndarray:
         """Per candidate: does the variant have a split (``min_slowest_ns`` is not ``NONE``)? Without the
         memory cap that is the layer counts alone (``split_shape_fails``), with no search."""
-        if variant.memory or variant in self._slowest:
+        if variant.memory or variant.balanced or variant in self._slowest:
             return np.asarray(self.min_slowest_ns(variant) != NONE, dtype=bool)
         fails = np.zeros(self.n, dtype=bool)
         for mask in self.split_shape_fails(variant.even).values():
@@ -314,4 +422,38 @@ class CandidateValues:
 
 def variant_for(rules: tuple[Rule, ...]) -> Variant:
     """The variant in which every split-shaping rule of ``rules`` holds."""
-    return Variant(memory=any(isinstance(r, MemoryCap) for r in rules), even=any(isinstance(r, EvenLayers) for r in rules))
+    return Variant(memory=any(isinstance(r, MemoryCap) for r in rules), even=any(isinstance(r, EvenLayers) for r in rules),
+                   compute_balance=any(isinstance(r, ComputeBalance) for r in rules),
+                   memory_balance=any(isinstance(r, MemoryBalance) for r in rules))
+
+
+def _lower_end(top: int, pct) -> int | None:
+    """The least stage value a split whose largest stage is ``top`` may hold: ``ceil((100 - pct) x top / 100)``
+    (exact, ``pct`` a Fraction); None when there is no balance rule."""
+    if pct is None:
+        return None
+    return math.ceil((100 - pct) * top / 100)
+
+
+def _layers_within(const: int, per: int, least: int | None, most: int, low: int, high: int) -> tuple[int, int]:
+    """The layer counts ``n`` in ``[low, high]`` with ``least <= const + n x per <= most`` (``least`` None:
+    no lower end), as ``(first, last)``; empty when ``first > last``."""
+    if per == 0:
+        inside = const <= most and (least is None or const >= least)
+        return (low, high) if inside else (1, 0)
+    first = low if least is None else max(low, -((const - least) // per))
+    return first, min(high, (most - const) // per)
+
+
+def _brackets(ranges, classes, total: int) -> bool:
+    """Every class's range non-empty, and the stages' least and most layers bracket the model's."""
+    if any(lo > hi for lo, hi in ranges):
+        return False
+    least = sum(count * lo for (count, *_), (lo, _) in zip(classes, ranges))
+    most = sum(count * hi for (count, *_), (_, hi) in zip(classes, ranges))
+    return least <= total <= most
+
+
+def _balanced_values(values: list[int], pct) -> bool:
+    """``100 x (max - min) <= pct x max`` (no rule when ``pct`` is None)."""
+    return pct is None or 100 * (max(values) - min(values)) <= pct * max(values)

@@ -14,6 +14,10 @@ grid, with its batch per replica), in grid order, each with one *code*:
   (``first_k_dense_replace``) with one layer left for each later stage;
 - ``memory_cap``: no split keeps every stage within the memory limits, shown by the most layers each stage
   class can hold by memory alone, ``floor((cap - fixed) / per_layer)``, which sum to fewer than the model's;
+- ``compute_balance``, ``memory_balance`` (where the scenario sets ``targets.max_compute_imbalance_pct``,
+  ``max_memory_imbalance_pct``): no split within memory is balanced (``memory_balance``: in bytes, and in
+  decode time too when that target is set), re-derived by the smallest stage (``_Space.balanced_split_fits``)
+  where the search goes by the largest;
 - ``ttft_target``, ``tpot_target``, ``throughput_target``: a lower bound of that figure over every split
   already misses the target;
 - ``bound``: a lower bound of the objective over every split is above the claimed optimum;
@@ -26,7 +30,10 @@ Lower bounds come from the slowest decode stage, which every figure grows with (
 PP = 1 or an even split it is exact; otherwise it is ``max(ceil(all stages / PP), the first stage at its
 fewest layers, the last stage at one layer)``, or a *witness* ``T`` the certificate names, checked by
 showing that no split fits with every stage under ``T - 1`` ns: the most layers each stage holds within
-``T - 1`` ns and within memory, in closed form, sum to fewer than the model's layers.
+``T - 1`` ns and within memory, in closed form, sum to fewer than the model's layers. Under a balance
+target the plans to cover are the balanced ones, whose best is no better than the best of all splits, so
+every split-free bound above stays a valid lower bound; a witness is then checked against the balanced
+splits (none fits under ``T - 1`` ns), since the search's witness is the balanced optimum.
 
 Compressed as runs of equal codes in candidate order, plus the witnesses by candidate index, it stays
 small: a few hundred runs for 171,500 candidates.
@@ -42,8 +49,10 @@ the rest only, and checks only when the caller sets aside the same layouts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from optimizer.memory import placed_bytes_line
 from optimizer.parallel import Layout, Plan, batch_ladder, tie_break_key
 from optimizer.result import Tables, build_tables, candidate_grid, primary_ns
 from optimizer.rules import LayoutRule, ThroughputTarget, build_rules, target_bound_ns
@@ -52,6 +61,7 @@ from optimizer.split import DENSE_FIRST_NOTE, leading_dense_layers
 
 FORMAT = "optimality-certificate/1"
 TARGET_CODES = ("ttft_target", "tpot_target", "throughput_target")
+BALANCE_CODES = ("compute_balance", "memory_balance")
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,8 @@ class _Space:
         self.low_first = max(1, self.k)
         self.even = not scenario.search.allow_uneven_layers
         self.limits = tables.memory.with_caps(scenario)
+        self.compute_pct = scenario.targets.max_compute_imbalance_pct
+        self.memory_pct = scenario.targets.max_memory_imbalance_pct
 
     def times(self, c: int) -> tuple[int, int, int, int]:
         dec = self.tables.cost.decode
@@ -164,7 +176,11 @@ class _Space:
         return max(-(-whole // pp), self.k * dd + (self.low_first - self.k) * dm + fe, dm + le)
 
     def witness_holds(self, c: int, witness: int) -> bool:
-        """No split keeps every stage within memory and within ``witness - 1`` ns."""
+        """No split keeps every stage within memory and within ``witness - 1`` ns (and balanced, where the
+        scenario sets a balance target: the plans a bound must cover are those that satisfy every rule)."""
+        if self.compute_pct is not None or self.memory_pct is not None:
+            return not self.balanced_split_fits(c, compute=self.compute_pct is not None, memory=self.memory_pct is not None,
+                                                limit_ns=witness - 1)
         dd, dm, fe, le = self.times(c)
         limit = witness - 1
         base_first = self.k * dd - self.k * dm + fe
@@ -177,6 +193,62 @@ class _Space:
 
         caps = (by_time(base_first), by_time(0), by_time(le))
         return not self.split_fits_memory(c, caps)
+
+    def _stage_rows(self, c: int) -> list[tuple[int, int, int, tuple[int, int], tuple[int, int]]]:
+        """Per stage class of candidate row ``c`` (first, middle, last; those its PP has): how many stages,
+        the fewest and the most layers (by memory), and its decode ns and placed bytes as ``(at 0
+        layers, per layer)`` lines with the dense layers in the first stage."""
+        layout = self.tables.layouts[c]
+        dd, dm, fe, le = self.times(c)
+        b = placed_bytes_line(scenario=self.scenario, layout=layout, batch=self.tables.cost.batch[c])
+        k = self.k
+        rows = [(1, self.low_first, self.most_layers_by_memory(c, "first"), (k * dd - k * dm + fe, dm),
+                 (k * b.dense_layer - k * b.moe_layer + b.fixed_first, b.moe_layer))]
+        if layout.pp >= 3:
+            rows.append((layout.pp - 2, 1, self.most_layers_by_memory(c, "middle"), (0, dm), (b.fixed_middle, b.moe_layer)))
+        rows.append((1, 1, self.most_layers_by_memory(c, "last"), (le, dm), (b.fixed_last, b.moe_layer)))
+        return rows
+
+    def balanced_split_fits(self, c: int, *, compute: bool, memory: bool, limit_ns: int | None = None) -> bool:
+        """Is there a split (of the scenario's kind) within memory, with every stage within ``limit_ns``
+        (None: any), whose decode times (``compute``) and placed bytes (``memory``) are balanced?
+
+        Derived here by the *smallest* stage (the search goes by the largest): ``100 x (max - min) <= pct x
+        max`` iff ``max <= 100 x min / (100 - pct)`` (pct < 100; at 100 or more every split holds), so a
+        split is balanced iff for its smallest value ``v`` every stage lies in ``[v, floor(100 v / (100 -
+        pct))]``; trying every value ``v`` a stage can take covers every split, and for one ``v`` the stages'
+        layer counts form intervals, which some split meets iff their ends bracket the model's layers."""
+        pp = self.tables.layouts[c].pp
+        if self.no_split(pp):
+            return False
+        rows = self._stage_rows(c)
+        if pp == 1:
+            return self.split_fits_memory(c) and (limit_ns is None or self.exact_slowest(c) <= limit_ns)
+        if self.even:
+            share = self.total // pp
+            if any(not low <= share <= most for _, low, most, _, _ in rows):
+                return False
+            times = [a + share * d for _, _, _, (a, d), _ in rows]
+            placed = [a + share * d for _, _, _, _, (a, d) in rows]
+            return ((limit_ns is None or max(times) <= limit_ns) and (not compute or _holds(times, self.compute_pct))
+                    and (not memory or _holds(placed, self.memory_pct)))
+
+        def smallest_values(line: int) -> list[int | None]:
+            return sorted({row[line][0] + n * row[line][1] for row in rows for n in range(row[1], min(row[2], self.total) + 1)})
+
+        for t_min in (smallest_values(3) if compute else [None]):
+            t_max = _most_above(t_min, self.compute_pct)
+            if limit_ns is not None:
+                t_max = limit_ns if t_max is None else min(t_max, limit_ns)
+            by_time = [_counts(line, t_min, t_max, low, min(most, self.total)) for _, low, most, line, _ in rows]
+            if not _meets(rows, by_time, self.total):
+                continue
+            for b_min in (smallest_values(4) if memory else [None]):
+                b_max = _most_above(b_min, self.memory_pct)
+                both = [_counts(line, b_min, b_max, lo, hi) for (_, _, _, _, line), (lo, hi) in zip(rows, by_time)]
+                if _meets(rows, both, self.total):
+                    return True
+        return False
 
     def figures(self, c: int, slowest: int) -> tuple[int, int, int, int]:
         """``(ttft, tpot, request latency, primary)`` for a slowest decode stage of ``slowest`` ns, by
@@ -202,6 +274,37 @@ class _Space:
             sequences = layout.dp * self.tables.cost.batch[c] if self.scenario.search.objective.chooses_batch else None
             return latency > ThroughputTarget.bound_ns(self.scenario, sequences)
         return False
+
+
+def _holds(values: list[int], pct) -> bool:
+    return (100 - pct) * max(values) <= 100 * min(values)
+
+
+def _most_above(least: int | None, pct) -> int | None:
+    """The largest value a stage may take when the smallest is ``least``: ``floor(100 x least / (100 -
+    pct))``; None (no limit) without a smallest value or when pct >= 100."""
+    if least is None or pct >= 100:
+        return None
+    return math.floor(100 * least / (100 - pct))
+
+
+def _counts(line: tuple[int, int], least: int | None, most: int | None, low: int, high: int) -> tuple[int, int]:
+    """Layer counts ``n`` in ``[low, high]`` whose value ``a + n x d`` lies in ``[least, most]`` (None: open)."""
+    a, d = line
+    if d == 0:
+        ok = (least is None or a >= least) and (most is None or a <= most)
+        return (low, high) if ok else (low, low - 1)
+    if least is not None:
+        low = max(low, -((a - least) // d))
+    if most is not None:
+        high = min(high, (most - a) // d)
+    return low, high
+
+
+def _meets(rows, counts: list[tuple[int, int]], total: int) -> bool:
+    """Some split gives each stage of a class a count in its interval and sums to ``total``."""
+    return (all(lo <= hi for lo, hi in counts)
+            and sum(row[0] * lo for row, (lo, _) in zip(rows, counts)) <= total <= sum(row[0] * hi for row, (_, hi) in zip(rows, counts)))
 
 
 def _slowest_lower_bound(space: _Space, c: int, witness: int | None) -> tuple[int | None, str | None]:
@@ -242,6 +345,11 @@ def _confirm(space: _Space, rules_by_name: dict, g: int, code: str, witness: int
         return f"candidate {g}: marked {code}, but the tables have no row for it"
     if code == "memory_cap":
         return None if "memory_cap" in rules_by_name and not space.split_fits_memory(c) else f"candidate {g}: a split fits in memory"
+    if code in BALANCE_CODES:  # cumulative, in certificate order: within memory, compute-balanced, then bytes too
+        memory = code == "memory_balance"
+        if code not in rules_by_name or space.balanced_split_fits(c, compute="compute_balance" in rules_by_name, memory=memory):
+            return f"candidate {g}: a split within memory meets {code}"
+        return None
     slowest, why = _slowest_lower_bound(space, c, witness)
     if slowest is None:
         return why

@@ -16,7 +16,8 @@ model, ``solve.is_feasible``), so a suggestion is never a guess:
 - **Targets** in the conflict: the best TTFT, TPOT or throughput any plan reaches with that target lifted,
   i.e. how far the target must move.
 - **Switches** in the conflict: ``tp_within_node`` -> ``cluster.allow_tp_across_nodes``, ``even_layers``
-  -> ``search.allow_uneven_layers``, vLLM's ``engine_folding`` -> ``enable_expert_parallel`` or Megatron.
+  -> ``search.allow_uneven_layers``, vLLM's ``engine_folding`` -> ``enable_expert_parallel`` or Megatron,
+  ``compute_balance`` / ``memory_balance`` -> the target unset.
 
 Every search is bounded (``max_checks``), deterministic (one CP-SAT worker, fixed seed) and says what it
 tried when it finds nothing.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from optimizer.engines import weights_and_kv_room_bytes
@@ -329,10 +331,14 @@ def switches(scenario: Scenario, conflict: tuple[str, ...], lift: tuple[str, ...
         if scenario.engine.name in (EngineName.VLLM, EngineName.TENSORRT_LLM):
             candidates.append(("engine", "name", EngineName.SGLANG, "use SGLang, whose experts take any ETP x EP of an instance"))
         candidates.append(("engine", "name", EngineName.MEGATRON, "use Megatron-Core's general folding"))
+    for rule, field in (("compute_balance", "max_compute_imbalance_pct"), ("memory_balance", "max_memory_imbalance_pct")):
+        if rule in conflict:
+            candidates.append(("targets", field, None, f"no {rule.replace('_', ' ')} target"))
     for section, name, value, text in candidates:
         current = getattr(getattr(scenario, section), name)
         if current != value and _feasible(_with(scenario, section, **{name: value}), lift):
             shown = value.value if isinstance(value, EngineName) else str(value).lower()
+            current = float(current) if isinstance(current, Fraction) else current  # as YAML writes it (JSON has no fractions)
             found.append(Change(f"{section}.{name}", current, value, f"{section}.{name}: {shown} admits a plan ({text})"))
     return found
 

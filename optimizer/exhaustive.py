@@ -1,7 +1,8 @@
 """The enumeration oracle: every grid layout, every rule, no CP-SAT. Tests compare its optimum with
 CP-SAT's; ``optimize --solver exhaustive`` runs it on the same rules and integer tables.
 
-For each layout it takes the split with the smallest slowest decode stage (``split.best_split``): every
+For each layout it takes the split with the smallest slowest decode stage (``split.best_split``; among
+the balanced splits where the scenario sets a balance target): every
 objective and every service target is monotone in that stage time, so if that split fails a rule, every
 split of the layout does. The layout's plan is then checked with every rule's own ``check``.
 """
@@ -13,7 +14,7 @@ import time
 from optimizer.errors import Infeasible
 from optimizer.parallel import Layout, Plan
 from optimizer.result import Evidence, Solution, Tables, build_tables, primary_ns
-from optimizer.rules import LayoutRule, Rule, build_rules
+from optimizer.rules import BALANCE_RULES, LayoutRule, Rule, build_rules
 from optimizer.scenario import Scenario
 from optimizer.split import DENSE_FIRST_NOTE, best_split, leading_dense_layers
 from optimizer.verify import plan_context
@@ -36,7 +37,7 @@ def feasible_plans(scenario: Scenario, tables: Tables, *, exclude: frozenset[Lay
         failed = [r.name for r in layout_rules if not r.evaluate(scenario, layout).holds]
         split = None if failed else best_split(scenario=scenario, table=tables.cost, memory=tables.memory, c=c)
         if not failed and split is None:
-            failed = ["layer_split or memory_cap"]
+            failed = [" or ".join(["layer_split", "memory_cap", *(r.name for r in rules if isinstance(r, BALANCE_RULES))])]
         if failed:
             rejected[failed[0]] = rejected.get(failed[0], 0) + 1
             continue

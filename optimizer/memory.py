@@ -268,6 +268,13 @@ class StageMemory:
         return (self.weights_bytes + self.kv_cache_bytes + self.activation_bytes + self.reserve_bytes
                 + self.cuda_graph_bytes + self.comm_buffer_bytes)
 
+    @property
+    def placed_bytes(self) -> int:
+        """What the balance rule (``targets.max_memory_imbalance_pct``) compares across stages: weights + KV
+        cache + activations. The runtime's reserve, CUDA graphs and buffers are the same on every GPU, and
+        are round figures rather than what the plan places, so they are left out."""
+        return self.weights_bytes + self.kv_cache_bytes + self.activation_bytes
+
     def charge(self, limit: MemoryLimit) -> int:
         """``limit``'s left-hand side for this GPU (exact)."""
         return limit.charge(weights=self.weights_bytes, kv_cache=self.kv_cache_bytes, activations=self.activation_bytes,
@@ -388,3 +395,25 @@ def memory_table(*, scenario: Scenario, layouts: tuple[Layout, ...], batches: tu
             rows[i].append((_layer_charge(limit, dense), _layer_charge(limit, moe), *(_fixed_charge(limit, f) for f in fixed)))
     return MemoryTable(tuple(LimitTable(limit, *(tuple(col) for col in zip(*r))) if r else LimitTable(limit, (), (), (), (), (), ())
                              for limit, r in zip(limits, rows)))
+
+
+@dataclass(frozen=True)
+class PlacedBytesLine:
+    """``StageMemory.placed_bytes`` of one layout and batch as a line in the layer count: a stage with
+    ``d`` dense and ``m`` MoE layers holds ``d x dense_layer + m x moe_layer + fixed_<where>`` bytes
+    (``where``: the first, a middle, the last or the only stage). Exact integers; the definition both the
+    search and the certificate read, as they read the memory tables."""
+
+    dense_layer: int
+    moe_layer: int
+    fixed_first: int
+    fixed_middle: int
+    fixed_last: int
+    fixed_only: int
+
+
+def placed_bytes_line(*, scenario: Scenario, layout: Layout, batch: int) -> PlacedBytesLine:
+    kw = dict(scenario=scenario, layout=layout, batch=batch)
+    dense, moe = layer_bytes(**kw, dense=True), layer_bytes(**kw, dense=not scenario.model.is_moe)
+    fixed = [stage_fixed_bytes(**kw, first=first, last=last) for first, last in ((True, False), (False, False), (False, True), (True, True))]
+    return PlacedBytesLine(dense.total, moe.total, *(f.weights + f.activations for f in fixed))

@@ -371,6 +371,7 @@ def render_table(document: dict[str, Any], *, title: str = "Plan", timing: str |
         f"{human_bytes(peak['total_bytes'])} of {human_bytes(mem['cap_bytes'])} usable",
         *([f"  KV cache capacity {mem['kv_cache_capacity_tokens']:,} tokens per replica "
            f"({mem['max_sequences_per_replica']:,} sequences at ISL + OSL)"] if mem["kv_cache_capacity_tokens"] is not None else []),
+        *stage_shares(plan["layers_per_stage"], est["decode_stage_ns"], mem["stages"]),
         "",
         f"Certificate: {len(cert['checks'])} checks, " + ("all hold" if cert["holds"] else
                                                         f"{sum(not c['holds'] for c in cert['checks'])} FAIL"),
@@ -394,6 +395,21 @@ def render_table(document: dict[str, Any], *, title: str = "Plan", timing: str |
     return "\n".join(lines) + "\n"
 
 
+def stage_shares(layers: list[int], decode_ns: list[int], stages: list[dict[str, Any]]) -> list[str]:
+    """Each pipeline stage's share of the decode step time and of the bytes placed on its GPUs (weights +
+    KV cache + activations): what a review's "within 1% across GPUs" reads, and what the balance rules
+    (``targets.max_compute_imbalance_pct``, ``max_memory_imbalance_pct``) judge in integers. None for one
+    stage. Percentages for people only."""
+    if len(layers) < 2 or len(decode_ns) != len(layers) or len(stages) != len(layers):
+        return []
+    placed = [st["weights_bytes"] + st["kv_cache_bytes"] + st["activation_bytes"] for st in stages]
+    total_ns, total_bytes = sum(decode_ns) or 1, sum(placed) or 1
+    return ["  load per stage (decode step; weights + KV cache + activations per GPU):"] + [
+        f"    stage {i}: {n} layers, {100 * t / total_ns:.1f}% of compute ({t / 1e6:.3f} ms), "
+        f"{100 * b / total_bytes:.1f}% of memory ({human_bytes(b)})"
+        for i, (n, t, b) in enumerate(zip(layers, decode_ns, placed))]
+
+
 def _proof(ev: dict[str, Any]) -> str:
     if not ev["proved_optimal"]:
         return (f"NOT proved optimal: the search stopped at its limit; the optimum may be up to "
@@ -407,6 +423,7 @@ def render_markdown(document: dict[str, Any], runner_up: dict[str, Any] | None =
     """The plan for review, as Markdown tables; with ``runner_up`` (the best plan on another layout) a
     "Why this plan" section says which term decides between them."""
     sc, plan, est, mem, cert, ev = (document[k] for k in ("scenario", "plan", "estimate", "memory", "certificate", "evidence"))
+    shares = stage_shares(plan["layers_per_stage"], est["decode_stage_ns"], mem["stages"])
     out = [
         f"# Plan: {sc['name']}",
         "",
@@ -436,6 +453,7 @@ def render_markdown(document: dict[str, Any], runner_up: dict[str, Any] | None =
             f"| {s['total_bytes']} | {mem['cap_bytes']} | {s['kv_cache_capacity_tokens']} |"
             for s in mem["stages"]
         ],
+        *(["", "## Load per stage", "", *[f"- {line.strip()}" for line in shares[1:]]] if shares else []),
         "",
         "## Certificate",
         "",

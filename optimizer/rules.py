@@ -11,13 +11,14 @@ CP-SAT model, and uses only its methods.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Protocol
 
 import numpy as np
 
 from optimizer.cost import CostTable, Estimate
 from optimizer.engines import MemoryLimit, ffn_tp, memory_fraction_flag, memory_limits, usable_bytes
-from optimizer.memory import MemoryTable, StageMemory
+from optimizer.memory import MemoryTable, StageMemory, placed_bytes_line
 from optimizer.parallel import Layout, Plan, divisors
 from optimizer.scenario import EngineName, Scenario
 from optimizer.units import NS_PER_S, human_bytes
@@ -59,7 +60,8 @@ class SolverView(Protocol):
     """What ``solve.py`` hands to ``add_to_model``: the CP-SAT model and its variables.
 
     ``x[c]`` is true iff grid layout ``c`` is chosen; ``l_first``, ``l_middle``, ``l_last`` are the layers
-    of the first stage, of the largest middle stage and of the last stage; ``tpot_ns`` and
+    of the first stage, of the largest middle stage and of the last stage (``l_middle_min``: at most the
+    smallest middle stage, read by the balance rules); ``tpot_ns`` and
     ``request_latency_ns`` are bounded below by the cost tables.
     """
 
@@ -71,6 +73,7 @@ class SolverView(Protocol):
     x: list[Any]
     l_first: Any
     l_middle: Any
+    l_middle_min: Any
     l_last: Any
     tpot_ns: Any
     request_latency_ns: Any
@@ -534,6 +537,125 @@ def _add_stage_cap(m: Any, *, layers: Any, per_layer: int, const: int, cap: int,
     m.add(layers * min(per_layer, cap + 1 - const) + const <= cap).only_enforce_if(on)
 
 
+class _Balance(Rule):
+    """Load balance over the plan's GPUs, as deployment reviews state it ("within 1% across GPUs"), in
+    integers: ``100 x (max - min) <= pct x max`` over the pipeline stages, read exactly with ``pct = p/q``
+    as ``100 x q x (max - min) <= p x max``. Every GPU of a stage (its TP, EP and ETP ranks, every DP
+    replica) carries the same work and bytes in this model, so max and min over GPUs are max and min over
+    stages; one stage (PP = 1) is balanced. Subclasses say which per-stage integer is compared."""
+
+    field = ""
+    quantity = ""  # how a stage's value reads in a sentence
+
+    def pct(self, scenario: Scenario) -> Fraction:
+        return getattr(scenario.targets, self.field)
+
+    def stage_values(self, ctx: PlanContext) -> list[int]:
+        raise NotImplementedError
+
+    def value_text(self, value: int) -> str:
+        raise NotImplementedError
+
+    def check(self, ctx: PlanContext) -> list[Check]:
+        values = self.stage_values(ctx)
+        pct = self.pct(ctx.scenario)
+        p, q = pct.numerator, pct.denominator
+        hi, lo = max(values), min(values)
+        lhs, rhs = 100 * q * (hi - lo), p * hi
+        total = sum(values) or 1
+        shares = "; ".join(f"stage {s}: {layers} layers, {100 * v / total:.1f}% of {self.quantity} ({self.value_text(v)})"
+                           for s, (layers, v) in enumerate(zip(ctx.plan.layers_per_stage, values)))
+        rel = "<=" if lhs <= rhs else ">"
+        if q == 1:
+            verdict = f"100 x (max - min) = 100 x ({hi} - {lo}) = {lhs} {rel} {p} x max = {p} x {hi} = {rhs}"
+        else:
+            verdict = (f"with pct = {p}/{q}, 100 x {q} x (max - min) = {100 * q} x ({hi} - {lo}) = {lhs} {rel} "
+                       f"{p} x max = {p} x {hi} = {rhs}")
+        return [make_check(self.name, self.formula, lhs, "<=", rhs, f"{shares}; {verdict}")]
+
+    def lines(self, view: SolverView, c: int) -> tuple[int, int, int, int]:
+        """Layout ``c``'s stage value as ``layers x per_layer + const`` for its first, middle and last
+        stages: ``(per_layer, first_const, middle_const, last_const)``; the first stage holds the dense
+        layers (the search space)."""
+        raise NotImplementedError
+
+    def add_to_model(self, view: SolverView, lit: Any) -> None:
+        """The split formulation (the double check): variables ``hi >= every stage`` and ``lo <= every
+        stage`` with ``(100 q - p) x hi <= 100 q x lo``, which holds for some such pair iff the split is
+        balanced. Middle stages hold between ``l_middle_min`` and ``l_middle`` layers each, which some
+        split of the middle layers meets iff ``(pp - 2) x l_middle_min <= middle layers``."""
+        pct = self.pct(view.scenario)
+        if pct >= 100:
+            return
+        p, q = pct.numerator, pct.denominator
+        m, total = view.model, view.scenario.model.num_hidden_layers
+        rows = {c: self.lines(view, c) for c, layout in enumerate(view.layouts) if layout.pp > 1}
+        ub = max((total * per + max(consts) for per, *consts in rows.values()), default=0)
+        hi, lo = m.new_int_var(0, ub, f"{self.name}_max"), m.new_int_var(0, ub, f"{self.name}_min")
+        m.add((100 * q - p) * hi <= 100 * q * lo).only_enforce_if(lit)
+        for c, (per, first, middle, last) in rows.items():
+            pp, on = view.layouts[c].pp, [view.x[c], lit]
+            for most, least, const in ((view.l_first, view.l_first, first), (view.l_last, view.l_last, last),
+                                       *(((view.l_middle, view.l_middle_min, middle),) if pp >= 3 else ())):
+                m.add(most * per + const <= hi).only_enforce_if(on)
+                m.add(least * per + const >= lo).only_enforce_if(on)
+            if pp >= 3:
+                m.add(view.l_middle_min >= 1).only_enforce_if(on)
+                m.add(view.l_middle_min <= view.l_middle).only_enforce_if(on)
+                m.add(view.l_first + view.l_last + (pp - 2) * view.l_middle_min <= total).only_enforce_if(on)
+
+
+class ComputeBalance(_Balance):
+    """``targets.max_compute_imbalance_pct`` over each stage's decode step time (integer ns, as
+    ``cost.estimate`` adds it up: the quantity the slowest-stage search minimises)."""
+
+    name = "compute_balance"
+    field = "max_compute_imbalance_pct"
+    quantity = "compute"
+    formula = "100 x (max - min) <= targets.max_compute_imbalance_pct x max over the stages' decode step ns"
+
+    def stage_values(self, ctx: PlanContext) -> list[int]:
+        return list(ctx.estimate.decode_stage_ns)
+
+    def value_text(self, value: int) -> str:
+        return f"{value} ns"
+
+    def lines(self, view: SolverView, c: int) -> tuple[int, int, int, int]:
+        dec, k = view.table.decode, _leading_dense(view.scenario)
+        dd, dm = int(dec.dense_layer_ns[c]), int(dec.moe_layer_ns[c])
+        return dm, k * (dd - dm) + int(dec.first_extra_ns[c]), 0, int(dec.last_extra_ns[c])
+
+
+class MemoryBalance(_Balance):
+    """``targets.max_memory_imbalance_pct`` over the bytes a stage's GPU holds (``StageMemory.placed_bytes``:
+    weights + KV cache + activations)."""
+
+    name = "memory_balance"
+    field = "max_memory_imbalance_pct"
+    quantity = "memory"
+    formula = "100 x (max - min) <= targets.max_memory_imbalance_pct x max over the stages' weights + KV cache + activations bytes"
+
+    def stage_values(self, ctx: PlanContext) -> list[int]:
+        return [s.placed_bytes for s in ctx.memory]
+
+    def value_text(self, value: int) -> str:
+        return f"{value} B = {human_bytes(value)}"
+
+    def lines(self, view: SolverView, c: int) -> tuple[int, int, int, int]:
+        b = placed_bytes_line(scenario=view.scenario, layout=view.layouts[c], batch=view.table.batch[c])
+        k = _leading_dense(view.scenario)
+        return b.moe_layer, k * (b.dense_layer - b.moe_layer) + b.fixed_first, b.fixed_middle, b.fixed_last
+
+
+BALANCE_RULES = (ComputeBalance, MemoryBalance)
+
+
+def _leading_dense(scenario: Scenario) -> int:
+    """Dense layers the first stage holds in the search space (as ``split.leading_dense_layers``, a
+    module of this one's layer)."""
+    return scenario.model.first_k_dense_replace if scenario.model.is_moe else 0
+
+
 def _ns_text(ns: int, unit: str) -> str:
     """Whole ns for people, in ``ms`` with three decimals; beyond 1e9 s a phrase, so a target of 1e300 s
     prints instead of overflowing a float."""
@@ -661,6 +783,7 @@ def build_rules(scenario: Scenario) -> tuple[Rule, ...]:
         rules.append(EvenLayers())
     rules.append(MemoryCap(scenario))
     targets = scenario.targets
+    rules += [rule() for rule in BALANCE_RULES if getattr(targets, rule.field) is not None]
     if targets.ttft_s is not None:
         rules.append(TtftTarget())
     if targets.tpot_s is not None:

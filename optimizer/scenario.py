@@ -320,13 +320,25 @@ class Workload(_Frozen):
 
 
 class Targets(_Frozen):
-    """Service-level targets; each may be absent. Exact decimals as written (0.05 means 1/20)."""
+    """Service-level targets; each may be absent. Exact decimals as written (0.05 means 1/20).
+
+    The balance targets (``max_compute_imbalance_pct``, ``max_memory_imbalance_pct``) are percentages
+    compared in integers, ``100 x (max - min) <= pct x max`` over the plan's pipeline stages
+    (``rules.ComputeBalance``, ``rules.MemoryBalance``)."""
 
     ttft_s: ExactNumber | None = None
     tpot_s: ExactNumber | None = None
     output_tokens_per_s: ExactNumber | None = None
     request_rate_per_s: ExactNumber | None = Field(
         default=None, description="requests per second the deployment must carry (objective fewest_gpus)")
+    max_compute_imbalance_pct: ExactNumber | None = Field(
+        default=None,
+        description="percent, 0 to 100: over the plan's pipeline stages (every GPU of a stage carries the same work), "
+                    "100 x (max - min) <= pct x max of each stage's decode step time in integer ns; unset: no rule")
+    max_memory_imbalance_pct: ExactNumber | None = Field(
+        default=None,
+        description="percent, 0 to 100: over the plan's pipeline stages, 100 x (max - min) <= pct x max of the bytes a "
+                    "stage's GPU holds (weights + KV cache + activations, exact integers); unset: no rule")
 
     @model_validator(mode="after")
     def _positive(self) -> Targets:
@@ -334,6 +346,10 @@ class Targets(_Frozen):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0, got {float(value)}")
+        for name in ("max_compute_imbalance_pct", "max_memory_imbalance_pct"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 100:
+                raise ValueError(f"{name} must be a percentage from 0 to 100, got {float(value)}")
         return self
 
 

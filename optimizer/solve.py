@@ -31,8 +31,9 @@ as variables (``build_model``, the former formulation), with presolve off, and a
 
 **Infeasible**: candidates with the same set of rejecting rules are interchangeable, so the conflict model
 holds one boolean per distinct set (a few dozen); each relaxable rule's literal forbids the sets it is in.
-CP-SAT's assumption core, shrunk by deletion, is a minimal conflict. Relaxing the memory cap or the even
-split changes a candidate's best split, so each candidate appears once per variant of those two rules.
+CP-SAT's assumption core, shrunk by deletion, is a minimal conflict. Relaxing the memory cap, the even
+split or a balance target changes a candidate's best split, so each candidate appears once per variant
+of those rules.
 
 **One budget**: ``time_limit_s`` bounds the whole call (solve, conflict search); when it runs out before a
 proof, the best plan found is returned, marked not proved, with its gap.
@@ -44,6 +45,7 @@ developers.google.com/optimization; the presolve fault: issue 12 of this project
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +61,7 @@ from optimizer.errors import Infeasible, OptimizerError, SolveIncomplete
 from optimizer.memory import layer_kinds
 from optimizer.parallel import Layout, Plan
 from optimizer.result import Evidence, Solution, Tables, build_tables, candidate_grid, primary_ns
-from optimizer.rules import EvenLayers, LayoutRule, MemoryCap, Rule, SizeArrays, build_rules
+from optimizer.rules import ComputeBalance, EvenLayers, LayoutRule, MemoryBalance, MemoryCap, Rule, SizeArrays, build_rules
 from optimizer.scenario import Objective, Scenario
 from optimizer.split import DENSE_FIRST_NOTE, best_split, leading_dense_layers
 from optimizer.units import NS_PER_S
@@ -83,6 +85,7 @@ class _View:
     x: list[Any]
     l_first: Any
     l_middle: Any
+    l_middle_min: Any
     l_last: Any
     tpot_ns: Any
     request_latency_ns: Any
@@ -130,6 +133,7 @@ def build_model(scenario: Scenario, tables: Tables, rules: tuple[Rule, ...]) -> 
     view = _View(
         model=m, scenario=scenario, layouts=layouts, table=cost, memory=tables.memory, x=x,
         l_first=m.new_int_var(0, total, "l_first"), l_middle=m.new_int_var(0, total, "l_middle"),
+        l_middle_min=m.new_int_var(0, total, "l_middle_min"),
         l_last=m.new_int_var(0, total, "l_last"), tpot_ns=m.new_int_var(0, tpot_ub, "tpot_ns"),
         request_latency_ns=m.new_int_var(0, latency_ub, "request_latency_ns"),
         ttft_ns=m.new_int_var(0, ttft_ub, "ttft_ns"), primary=None, rank=sum(tables.rank(c) * xc for c, xc in enumerate(x)),
@@ -252,7 +256,11 @@ def _codes(scenario: Scenario, values: CandidateValues, rules: tuple[Rule, ...])
             order.append((rule.name, values.layout_fails(rule)))
     order += list(values.split_shape_fails(variant.even).items())
     if variant.memory:
-        order.append(("memory_cap", ~values.exists(variant)))
+        order.append(("memory_cap", ~values.exists(variant.unbalanced)))
+    if variant.compute_balance:  # cumulative, in certificate order: no split within memory and balanced
+        order.append(("compute_balance", ~values.exists(Variant(memory=variant.memory, even=variant.even, compute_balance=True))))
+    if variant.memory_balance:
+        order.append(("memory_balance", ~values.exists(variant)))
     for rule in rules:
         if rule.name in optimality.TARGET_CODES:
             order.append((rule.name, values.rejects(rule, variant)))
@@ -555,21 +563,24 @@ def _conflict_model(values: CandidateValues, rules: tuple[Rule, ...]) -> tuple[A
     relaxable = [r for r in rules if r.relaxable]
     has_memory = any(isinstance(r, MemoryCap) for r in relaxable)
     has_even = any(isinstance(r, EvenLayers) for r in relaxable)
+    has_compute = any(isinstance(r, ComputeBalance) for r in relaxable)
+    has_bytes = any(isinstance(r, MemoryBalance) for r in relaxable)
     base = None
     for rule in fixed:
         if isinstance(rule, LayoutRule):
             bad = values.layout_fails(rule)
             base = ~bad if base is None else base & ~bad
     signatures: set[tuple[int, ...]] = set()
-    for memory in ((True, False) if has_memory else (False,)):
-        for even in ((True, False) if has_even else (False,)):
-            variant = Variant(memory=memory, even=even)
-            alive = values.exists(variant) if base is None else values.exists(variant) & base
-            if not alive.any():
-                continue
-            masks = [values.rejects(r, variant) for r in relaxable]
-            for c in alive.nonzero()[0]:
-                signatures.add(tuple(i for i, mask in enumerate(masks) if mask[c]))
+    both = (True, False)
+    for memory, even, compute, bytes_ in itertools.product(both if has_memory else (False,), both if has_even else (False,),
+                                                           both if has_compute else (False,), both if has_bytes else (False,)):
+        variant = Variant(memory=memory, even=even, compute_balance=compute, memory_balance=bytes_)
+        alive = values.exists(variant) if base is None else values.exists(variant) & base
+        if not alive.any():
+            continue
+        masks = [values.rejects(r, variant) for r in relaxable]
+        for c in alive.nonzero()[0]:
+            signatures.add(tuple(i for i, mask in enumerate(masks) if mask[c]))
     m = cp_model.CpModel()
     literals = {r.name: m.new_bool_var(f"enforce[{r.name}]") for r in relaxable}
     chosen = {sig: m.new_bool_var(f"signature{list(sig)}") for sig in sorted(signatures)}

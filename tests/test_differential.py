@@ -71,7 +71,8 @@ def models(draw, max_layers=12):
 
 
 @st.composite
-def scenarios(draw, max_layers=12, large=False, memory_factors=MEMORY_FACTORS, targets=True):
+def scenarios(draw, max_layers=12, large=False, memory_factors=MEMORY_FACTORS, targets=True, balance=False):
+    """A random valid scenario; with ``balance``, one or both balance targets set (test_balance.py)."""
     large_now = large and draw(st.integers(0, 24)) == 0
     n = draw(st.sampled_from(LARGE_GPU_COUNTS if large_now else GPU_COUNTS))
     event(f"{n} GPUs" if n in (1, 27, 30, 720) else "other GPU counts")
@@ -116,6 +117,9 @@ def scenarios(draw, max_layers=12, large=False, memory_factors=MEMORY_FACTORS, t
         },
     })
     data["model"] = model  # replace, not merge: BASE's MoE fields must not leak into a dense draw
+    if balance:
+        pcts = st.sampled_from([None, 0, 1, 5, "12.5", 25, 40, 60, 100])
+        data["targets"].update(max_compute_imbalance_pct=draw(pcts), max_memory_imbalance_pct=draw(pcts))
     per_node = draw(st.sampled_from(divisors(n)))
     data["cluster"].update(num_nodes=n // per_node, gpus_per_node=per_node)
     # Memory as a share of what the whole model and its KV cache take on one GPU, so that the cap binds
