@@ -74,10 +74,20 @@ _DTYPE_BITS = {  # by Dtype value; a table built once (the memory tables ask mil
     "nvfp4": Fraction(4) + Fraction(8, 16),
 }
 
+def _exact_out(value: Fraction) -> int | float | str:
+    """An exact number as JSON and YAML carry it back unchanged: an integer; a float whose shortest repr is
+    the same decimal (0.05, which ``exact_decimal`` reads as 1/20 again); else the fraction as a string
+    ("1/3": a float would come back as 3333333333333333/10**16)."""
+    if value.denominator == 1:
+        return value.numerator
+    as_float = float(value)
+    return as_float if Fraction(repr(as_float)) == value else f"{value.numerator}/{value.denominator}"
+
+
 ExactNumber = Annotated[
     Fraction,
     BeforeValidator(_to_fraction),
-    PlainSerializer(lambda f: f.numerator if f.denominator == 1 else float(f), return_type=float | int),
+    PlainSerializer(lambda f: _exact_out(f), return_type=float | int | str),
     WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string", "pattern": r"^\s*-?\d+(\.\d+)?(/\d+)?\s*$"}],
                     "description": "an exact decimal as written (0.05 means 1/20), or a fraction string such as 9/10"}),
 ]

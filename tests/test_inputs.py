@@ -156,3 +156,19 @@ def test_the_fewest_gpu_answer_tries_nodes_of_8_and_says_what_it_varied(tmp_path
     import json
     change = json.loads(out.read_text())["infeasible"]["changes"][0]
     assert change["field"] == "cluster.gpus_per_node" and change["proposed"] == 8
+
+
+def test_exact_numbers_survive_a_json_round_trip():
+    """A fraction that is no short decimal (1/3) is written as "1/3", not as a float that reads back as
+    3333333333333333/10**16 (the diagnosis rebuilds scenarios from their JSON)."""
+    import json
+    from fractions import Fraction
+
+    from optimizer.loader import load_scenario, scenario_from_dict
+
+    scenario = load_scenario("16gpu-30b")
+    third = scenario.model_copy(update={"targets": scenario.targets.model_copy(update={"tpot_s": Fraction(1, 3)})})
+    dumped = third.model_dump(mode="json")
+    assert dumped["targets"]["tpot_s"] == "1/3" and dumped["search"]["gpu_memory_utilization"] == 0.9
+    again = scenario_from_dict(json.loads(json.dumps(dumped)))
+    assert again.targets.tpot_s == Fraction(1, 3) and again.search.gpu_memory_utilization == Fraction(9, 10)
