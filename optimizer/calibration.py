@@ -160,13 +160,18 @@ class Calibration:
             fit = self.default.steps.get(stack, cal.step)
         return replace(cal, step=fit, stack=stack, step_measured=measured)
 
-    def describe(self, name: str, stack: str | None = None) -> str:
+    def describe(self, name: str, stack: str | None = None, engine: str | None = None) -> str:
+        """One line for the plan: the calibration id, the GPU entry used and the software stack, saying so
+        when the stack stands in for ``engine`` (no measured rows of that engine: its step parameters are
+        another stack's)."""
         cal = self.for_gpu(name, stack)
         if not cal.measured:
             where = f"default entry (GPU {name!r} has no measurements: geometric mean of the fitted GPUs)"
         else:
             where = name + ("" if cal.entry == name else f" (as {cal.entry})")
         steps = f"stack {cal.stack}" + ("" if cal.step_measured else " (step parameters: the stack's mean over its GPUs)")
+        if engine and cal.stack != engine:
+            steps += f", standing in for {engine} (no {engine} measurements in this calibration)"
         return f"{self.id}: {where}, {steps}"
 
 

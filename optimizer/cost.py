@@ -579,7 +579,7 @@ def integer_costs(*, scenario: Scenario, layouts: tuple[Layout, ...], batches: t
                       context=context_decode, prefill=False, cal=cal),
         calibration=cal,
         calibration_id=calibration.id,
-        calibration_text=calibration.describe(scenario.cluster.gpu.name, stack),
+        calibration_text=calibration.describe(scenario.cluster.gpu.name, stack, scenario.engine.name.value),
         num_dense_layers=scenario.model.num_dense_layers,
         num_moe_layers=scenario.model.num_moe_layers,
         prefill_share_ns=(),

@@ -70,3 +70,13 @@ def test_sglang_dp_attention_shards_the_shared_experts_and_lm_head_over_tp_size(
     shared = ffn_params(hidden_size=h, width=model.shared_ffn_width)
     bits = sc.workload.weight_dtype.bits
     assert whole - moe == bytes_for(shared, bits) - bytes_for(ceil_div(shared, 8), bits) > 0
+
+
+def test_a_plan_says_which_stack_stands_in_for_its_engine() -> None:
+    """Issue 13 item 6 (first half): a vLLM plan priced with TensorRT-LLM's step parameters says so."""
+    from optimizer.result import build_tables
+
+    vllm = build_tables(_scenario("Qwen3-30B-A3B", "vllm")).cost.calibration_text
+    assert "stack tensorrt-llm, standing in for vllm (no vllm measurements" in vllm
+    trt = build_tables(_scenario("Qwen3-30B-A3B", "tensorrt-llm")).cost.calibration_text
+    assert "standing in" not in trt
