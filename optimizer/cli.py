@@ -24,7 +24,7 @@ from optimizer.disagg import compare as compare_serving, comparison_document, re
 from optimizer.errors import Infeasible, OptimizerError, ScenarioError, SolveIncomplete
 from optimizer.exhaustive import optimize_exhaustive, runner_up, top_plans
 from optimizer.pareto import plot as plot_pareto, pareto_points, points_csv
-from optimizer.launch import NotExpressible, launch_commands
+from optimizer.launch import LaunchEngine, NotExpressible, launch_commands
 from optimizer.loader import load_scenario, read_mapping, scenario_from_dict, scenario_from_flags, shipped_scenarios
 from optimizer.report import (
     alternatives_section,
@@ -565,13 +565,15 @@ def disagg(scenario_name: str, json_path: str | None, solver: str) -> None:
 @main.command()
 @click.argument("plan_path", metavar="[PLAN]", required=False)
 @click.option("--scenario", "scenario_name", required=True, metavar="NAME|PATH", help="The scenario the plan serves.")
-@click.option("--engine", "engines", type=click.Choice(["vllm", "sglang"]), multiple=True,
-              help="Engine(s) to print commands for [default: both].")
+@click.option("--engine", "engines", type=click.Choice([e.value for e in LaunchEngine]), multiple=True,
+              help="Engine(s) to print commands for (repeatable) [default: the plan's engine; vllm and sglang for a "
+                   "megatron plan].")
 @click.option("--node-address", "node_addresses", multiple=True, metavar="ADDR",
               help="Node IP addresses in rank order (repeat); placeholders NODE<n>_ADDR otherwise.")
 def launch(plan_path: str | None, scenario_name: str, engines: tuple[str, ...], node_addresses: tuple[str, ...]) -> None:
-    """Command lines that start the plan on vLLM and SGLang, one per node and instance, multi-node
-    included, with every flag checked against the engines' sources (optimizer/launch.py lists them).
+    """Command lines that start the plan on vLLM, SGLang or TensorRT-LLM (trtllm-serve), one per node and
+    instance, multi-node included, with every flag checked against the engines' sources
+    (optimizer/launch.py lists them).
 
     PLAN is a plan JSON from `optimize --json`; without it, the plan `optimize` picks for the scenario.
     Exit 0, 1 if an engine cannot express the plan (it says what it could run) or no plan exists, 2 for
@@ -594,7 +596,8 @@ def launch(plan_path: str | None, scenario_name: str, engines: tuple[str, ...], 
         document = plan_document(scenario=scenario, plan=plan, certificate=certify(scenario, plan), table=context.table,
                                  index=context.index, evidence=None)
     failed = []
-    for engine in engines or ("vllm", "sglang"):
+    own = document["plan"]["engine"]
+    for engine in engines or ((own,) if own in {e.value for e in LaunchEngine} else ("vllm", "sglang")):
         try:
             click.echo(launch_commands(document, engine=engine, node_addresses=list(node_addresses) or None).render())
         except NotExpressible as exc:
