@@ -1,6 +1,6 @@
 """Launch commands for a plan: ``vllm serve``, SGLang ``launch_server`` and TensorRT-LLM ``trtllm-serve``
-command lines, one per node and engine instance, with the environment (and files) each needs. Pure functions of the plan JSON document
-(``optimize --json``, schema 3.x); nothing is run, printed or written.
+command lines, one per node and engine instance, with the environment (and files) each needs. Pure
+functions of the plan JSON document (``optimize --json``, schema 3.x); nothing is run, printed or written.
 
 What maps to what, per engine instance (``dp_i = DP / instances``; instances: one per EDP copy for a MoE
 model, one per DP replica for a dense one, as ``report.instances`` counts them for vLLM):
@@ -192,7 +192,8 @@ FLAG_SOURCES: tuple[FlagSource, ...] = (
     FlagSource("sglang", "--port", "python/sglang/srt/arg_groups/fields/serving.py", _S),
     FlagSource("trtllm", "trtllm-serve", _TSERVE + "; setup.py console script (model is positional; `serve` is the "
                "default subcommand, DefaultGroup)", _T),
-    FlagSource("trtllm", "--backend", _TSERVE + " (pytorch, the default, is the backend the engine profile models)", _T),
+    FlagSource("trtllm", "--backend", _TSERVE + " (pytorch, the default, is the backend the engine profile "
+               "models)", _T),
     FlagSource("trtllm", "--tp_size", _TSERVE + " (alias of --tensor_parallel_size)", _T),
     FlagSource("trtllm", "--pp_size", _TSERVE + " (alias of --pipeline_parallel_size)", _T),
     FlagSource("trtllm", "--ep_size", _TSERVE + " (alias of --moe_expert_parallel_size)", _T),
@@ -453,7 +454,8 @@ def _layout_blocks(engine: LaunchEngine, slots: list[tuple[int, int]], *, layout
     if engine is LaunchEngine.SGLANG and nnodes > 1 and layout.pp % nnodes and nnodes % layout.pp:
         return None, f"SGLang needs PP = {layout.pp} and the instance's {nnodes} nodes to divide one another"
     if engine is LaunchEngine.TRTLLM and len({block.gpus for block in blocks}) > 1:
-        return None, "mpirun -x gives every node of an instance the same CUDA_VISIBLE_DEVICES, and its nodes use different GPUs"
+        return None, ("mpirun -x gives every node of an instance the same CUDA_VISIBLE_DEVICES, and its nodes use "
+                      "different GPUs")
     return blocks, None
 
 
@@ -849,14 +851,17 @@ def trtllm_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str
     layout, dp_i = p.layout, _dp_per_instance(engine, p, n_inst)
     tp_size = layout.tp * dp_i
     if layout.tp > 1 and dp_i > 1:
-        raise NotExpressible(f"TensorRT-LLM runs an instance's attention over its tp_size = {tp_size} GPUs either "
-                             f"tensor parallel (TP = {tp_size}) or with enable_attention_dp (TP = 1, DP = {tp_size}); the "
-                             f"plan has TP = {layout.tp} with {dp_i} DP ranks per instance. Expressible: TP = 1 or "
-                             f"DP = instances (re-solve with engine.name: tensorrt-llm)", engine=engine)
+        raise NotExpressible(
+            f"TensorRT-LLM runs an instance's attention over its tp_size = {tp_size} GPUs either tensor parallel "
+            f"(TP = {tp_size}) or with enable_attention_dp (TP = 1, DP = {tp_size}); the plan has TP = {layout.tp} "
+            f"with {dp_i} DP ranks per instance. Expressible: TP = 1 or DP = instances (re-solve with engine.name: "
+            f"tensorrt-llm)",
+            engine=engine)
     if p.scenario.model.is_moe and layout.etp * layout.ep != tp_size:
-        raise NotExpressible(f"TensorRT-LLM shards an instance's experts over its tp_size = {tp_size} GPUs "
-                             f"(moe_tensor_parallel_size x moe_expert_parallel_size = tp_size); the plan has ETP x EP = "
-                             f"{layout.etp} x {layout.ep} = {layout.etp * layout.ep}", engine=engine)
+        raise NotExpressible(
+            f"TensorRT-LLM shards an instance's experts over its tp_size = {tp_size} GPUs (moe_tensor_parallel_size x "
+            f"moe_expert_parallel_size = tp_size); the plan has ETP x EP = {layout.etp} x {layout.ep} = "
+            f"{layout.etp * layout.ep}", engine=engine)
     _, dtype_notes = _dtype_flags(engine, p)
     instances, why_not = _place(engine, p, n_inst=n_inst, dp_i=dp_i)
     addr = _addresses(p.scenario.cluster.num_nodes, node_addresses)
@@ -879,7 +884,8 @@ def trtllm_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str
             continue
         hosts = ",".join(f"{addr[b.node]}:{len(b.gpus)}" for b in inst.blocks)
         mpi = ["mpirun", "-H", hosts, "-n", str(sum(len(b.gpus) for b in inst.blocks))]
-        mpi += ["-x", "CUDA_VISIBLE_DEVICES=" + ",".join(map(str, head.gpus))] if head.gpus != tuple(range(gpn)) else []
+        if head.gpus != tuple(range(gpn)):  # every node of the instance uses the same GPUs (_layout_blocks)
+            mpi += ["-x", "CUDA_VISIBLE_DEVICES=" + ",".join(map(str, head.gpus))]
         commands.append(NodeCommand(node=head.node, instance=inst.index, role=CommandRole.SERVE,
                                     argv=tuple(mpi + ["trtllm-llmapi-launch"] + argv), gpus=head.gpus,
                                     other_nodes=tuple((b.node, b.gpus) for b in inst.blocks[1:])))
@@ -898,8 +904,8 @@ def trtllm_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str
                      "trtllm-llmapi-launch trtllm-serve ...` instead")
     if p.costed_for != engine.value:
         notes.append("--kv_cache_free_gpu_memory_fraction is the share of the memory still free after weights and "
-                     "activations that goes to the KV cache, where the plan's cap (costed for another engine) is a share "
-                     "of the whole memory")
+                     "activations that goes to the KV cache, where the plan's cap (costed for another engine) is a "
+                     "share of the whole memory")
     return LaunchPlan(engine=engine, title=_title(engine, p, n_inst), model=p.model, commands=tuple(commands),
                       notes=tuple(notes), files=((TRTLLM_OPTIONS_FILE, options),) if options else ())
 

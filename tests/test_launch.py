@@ -120,7 +120,8 @@ def check_flag_sources(plan: LaunchPlan) -> None:
     """Every flag and environment variable emitted is in FLAG_SOURCES for its program."""
     known = {(s.program, s.name) for s in FLAG_SOURCES}
     for cmd in plan.commands:
-        program = {"vllm": "vllm", "python3": "sglang", "ray": "ray", "trtllm-serve": "trtllm", "mpirun": "mpirun"}[cmd.argv[0]]
+        programs = {"vllm": "vllm", "python3": "sglang", "ray": "ray", "trtllm-serve": "trtllm", "mpirun": "mpirun"}
+        program = programs[cmd.argv[0]]
         for token in cmd.argv[1:]:
             if token in ("trtllm-llmapi-launch", "trtllm-serve"):  # mpirun's program, then trtllm-serve's flags
                 assert ("trtllm", token) in known
@@ -458,7 +459,8 @@ def test_trtllm_deepseek_v3_attention_dp_expert_parallel_on_one_node():
     assert (plan["tp"], plan["dp"], plan["ep"], plan["etp"], plan["instances"]) == (1, 8, 8, 1, 1)
     launch = trtllm(doc)
     (cmd,) = launch.commands
-    assert cmd.argv[:2] == ("trtllm-serve", "deepseek-ai/DeepSeek-V3") and cmd.env == () and cmd.gpus == tuple(range(8))
+    assert cmd.argv[:2] == ("trtllm-serve", "deepseek-ai/DeepSeek-V3")
+    assert cmd.env == () and cmd.gpus == tuple(range(8))
     assert flags(cmd) == {"--backend": "pytorch", "--tp_size": "8", "--pp_size": "1", "--ep_size": "8",
                           "--max_batch_size": str(plan["batch_per_replica"]), "--max_num_tokens": "8192",
                           "--max_seq_len": "3072", "--kv_cache_free_gpu_memory_fraction": "0.9",
@@ -500,7 +502,7 @@ def test_trtllm_dense_replicas_and_what_it_cannot_run():
     assert "--ep_size" not in launch.commands[0].argv
     # attention TP 2 inside an instance with 4 attention-DP ranks: TensorRT-LLM has no such mode
     mixed = edited("deepseek-v3-8xb200-trtllm", plan={"tp": 2, "dp": 4, "ep": 8, "etp": 1, "edp": 1})
-    with pytest.raises(NotExpressible, match=r"^tensorrt-llm: .*either tensor parallel .* or with enable_attention_dp"):
+    with pytest.raises(NotExpressible, match=r"^tensorrt-llm: .*either tensor parallel .* with enable_attention_dp"):
         trtllm_commands(mixed)
     fp8_weights = edited("llama-3.1-70b-8xh100", workload={"weight_dtype": "fp8"})
     assert "--quantization" not in trtllm_commands(fp8_weights).commands[0].argv  # no online quantisation flag
