@@ -24,13 +24,14 @@ from optimizer.disagg import compare as compare_serving, comparison_document, re
 from optimizer.errors import Infeasible, OptimizerError, ScenarioError, SolveIncomplete
 from optimizer.exhaustive import optimize_exhaustive, runner_up, top_plans
 from optimizer.pareto import plot as plot_pareto, pareto_points, points_csv
-from optimizer.launch import NotExpressible, launch_commands
+from optimizer.launch import LaunchEngine, NotExpressible, launch_commands
 from optimizer.loader import load_scenario, read_mapping, scenario_from_dict, scenario_from_flags, shipped_scenarios
 from optimizer.report import (
     alternatives_section,
     render_alternatives,
     estimate_document,
     render_estimate,
+    render_failing,
     infeasible_document,
     model_summary,
     plan_document,
@@ -250,7 +251,8 @@ def _scenario_inputs(name_or_path: str, model_config: str | None = None) -> list
 @click.option("--explain/--no-explain", default=True, show_default=True,
               help="When no plan exists, search for the smallest changes that would give one (each confirmed by a re-solve).")
 @click.option("--top", "top_k", type=click.IntRange(min=1, max=1000), default=None, metavar="K",
-              help="Also list the K best plans on distinct layouts with their gap to the best (JSON: alternatives).")
+              help="Also list the K best plans on distinct layouts with their instances and gap to the best, in ms (or "
+                   "tokens/s per GPU) and % (JSON: alternatives).")
 @click.option("--workers", type=click.IntRange(min=1, max=64), default=1, show_default=True,
               help="CP-SAT worker threads; the proved plan and its JSON are the same for any count.")
 @click.pass_context
@@ -395,9 +397,11 @@ def verify(plan_path: str | None, scenario_name: str, json_path: str | None, **s
     --dp 2 --ep 16`. Missing sizes are derived as the scenario's engine would; an SGLang plan may give
     its --tp-size with --attn-dp-size (or --dp-size with enable_dp_attention: true), a TensorRT-LLM plan
     its tp_size with enable_attention_dp: true. A plan JSON that carries an optimality certificate
-    (evidence.optimality_certificate) has it re-checked against the scenario, without CP-SAT. Exit 0 if
-    every rule (and the certificate) holds, 1 if any fails (one line per failing rule), 2 for unreadable
-    input.
+    (evidence.optimality_certificate) has it re-checked against the scenario, without CP-SAT. A plan that
+    breaks rules has them listed first, numbered with their integers, and one that breaks a structural
+    rule is marked as a plan that cannot run (JSON: certificate.runnable, certificate.failing_rules). Exit
+    0 if every rule (and the certificate) holds, 1 if any fails (one line per failing rule on stderr), 2
+    for unreadable input.
     """
     scenario = _load(scenario_name)
     given = {key: value for key, value in sizes.items() if value is not None}  # an unset switch is None
@@ -419,14 +423,16 @@ def verify(plan_path: str | None, scenario_name: str, json_path: str | None, **s
     check = None if optimality is None else check_optimality(scenario, plan, optimality)
     if json_path:
         _write(json_path, to_json(document), inputs=[*([Path(plan_path)] if plan_path else []), *_scenario_inputs(scenario_name)])
+    failing = render_failing(document["certificate"]["failing_rules"], runnable=certificate.runnable)
     if json_path != "-":
+        click.echo("\n".join([*failing, "", ""]) if failing else "", nl=False)  # the broken rules first
         click.echo(model_summary(scenario))
         click.echo(render_table(document, title="Verified plan"))
         if check is not None:
             click.echo(f"Optimality certificate: {check.summary()}")
-    if not certificate.holds:
-        failing = "\n".join(f"  - {c.name}: {c.detail} ({c.lhs} {c.op} {c.rhs} is false)" for c in certificate.failing)
-        _fail(f"the plan breaks {len(certificate.failing)} rule(s):\n{failing}", EXIT_INFEASIBLE)
+    if not certificate.holds:  # the exit reason, one line per rule, also when stdout carries the JSON
+        lines = "\n".join(f"  - {c.name}: {c.detail} ({c.lhs} {c.op} {c.rhs} is false)" for c in certificate.failing)
+        _fail(f"the plan breaks {len(certificate.failing)} rule(s):\n{lines}", EXIT_INFEASIBLE)
     if check is not None and not check.holds:
         _fail(f"the plan's optimality certificate does not hold for this scenario: {check.summary()}", EXIT_INFEASIBLE)
 
@@ -463,9 +469,10 @@ def estimate(plan_path: str | None, scenario_name: str, json_path: str | None, *
     collective with its speed of light (datasheet peak) beside it.
 
     PLAN is a plan JSON from `optimize --json` or a hand-written plan (as for `verify`); or give the sizes
-    as options. With neither, the plan `optimize` picks for the scenario is estimated. Exit 0 with an
-    estimate (a plan that breaks rules is still estimated, with a warning), 1 if the scenario has no
-    feasible plan to pick, 2 for unreadable input.
+    as options. With neither, the plan `optimize` picks for the scenario is estimated. A plan that breaks
+    rules is still estimated: the rules come first, numbered with their integers, and a broken structural
+    rule marks the estimate as for a plan that cannot run (JSON: runnable, failing_rules). Exit 0 with an
+    estimate, 1 if the scenario has no feasible plan to pick, 2 for unreadable input.
     """
     scenario = _load(scenario_name)
     given = {key: value for key, value in sizes.items() if value is not None}  # an unset switch is None
@@ -565,13 +572,15 @@ def disagg(scenario_name: str, json_path: str | None, solver: str) -> None:
 @main.command()
 @click.argument("plan_path", metavar="[PLAN]", required=False)
 @click.option("--scenario", "scenario_name", required=True, metavar="NAME|PATH", help="The scenario the plan serves.")
-@click.option("--engine", "engines", type=click.Choice(["vllm", "sglang"]), multiple=True,
-              help="Engine(s) to print commands for [default: both].")
+@click.option("--engine", "engines", type=click.Choice([e.value for e in LaunchEngine]), multiple=True,
+              help="Engine(s) to print commands for (repeatable) [default: the plan's engine; vllm and sglang for a "
+                   "megatron plan].")
 @click.option("--node-address", "node_addresses", multiple=True, metavar="ADDR",
               help="Node IP addresses in rank order (repeat); placeholders NODE<n>_ADDR otherwise.")
 def launch(plan_path: str | None, scenario_name: str, engines: tuple[str, ...], node_addresses: tuple[str, ...]) -> None:
-    """Command lines that start the plan on vLLM and SGLang, one per node and instance, multi-node
-    included, with every flag checked against the engines' sources (optimizer/launch.py lists them).
+    """Command lines that start the plan on vLLM, SGLang or TensorRT-LLM (trtllm-serve), one per node and
+    instance, multi-node included, with every flag checked against the engines' sources
+    (optimizer/launch.py lists them).
 
     PLAN is a plan JSON from `optimize --json`; without it, the plan `optimize` picks for the scenario.
     Exit 0, 1 if an engine cannot express the plan (it says what it could run) or no plan exists, 2 for
@@ -594,7 +603,8 @@ def launch(plan_path: str | None, scenario_name: str, engines: tuple[str, ...], 
         document = plan_document(scenario=scenario, plan=plan, certificate=certify(scenario, plan), table=context.table,
                                  index=context.index, evidence=None)
     failed = []
-    for engine in engines or ("vllm", "sglang"):
+    own = document["plan"]["engine"]
+    for engine in engines or ((own,) if own in {e.value for e in LaunchEngine} else ("vllm", "sglang")):
         try:
             click.echo(launch_commands(document, engine=engine, node_addresses=list(node_addresses) or None).render())
         except NotExpressible as exc:

@@ -1,6 +1,6 @@
-"""Launch commands for a plan: ``vllm serve`` and SGLang ``launch_server`` command lines, one per node and
-engine instance, with the environment each needs. Pure functions of the plan JSON document
-(``optimize --json``, schema 3.x); nothing is run, printed or written.
+"""Launch commands for a plan: ``vllm serve``, SGLang ``launch_server`` and TensorRT-LLM ``trtllm-serve``
+command lines, one per node and engine instance, with the environment (and files) each needs. Pure
+functions of the plan JSON document (``optimize --json``, schema 3.x); nothing is run, printed or written.
 
 What maps to what, per engine instance (``dp_i = DP / instances``; instances: one per EDP copy for a MoE
 model, one per DP replica for a dense one, as ``report.instances`` counts them for vLLM):
@@ -16,13 +16,22 @@ model, one per DP replica for a dense one, as ``report.instances`` counts them f
 - EP, ETP: vLLM ``--enable-expert-parallel`` gives EP = TP x dp_i, ETP = 1, and without it ETP =
   TP x dp_i, EP = 1 (nothing else); SGLang ``--ep-size EP`` leaves ETP = TP x dp_i / EP.
 - batch_per_replica: vLLM ``--max-num-seqs`` (per DP rank); SGLang ``--max-running-requests`` x dp_i
-  (server-wide, divided over the attention-DP ranks).
+  (server-wide, divided over the attention-DP ranks); TensorRT-LLM ``--max_batch_size`` (per
+  attention-DP rank).
 - engine.max_num_batched_tokens: vLLM ``--max-num-batched-tokens`` (per DP rank); SGLang
-  ``--chunked-prefill-size`` x dp_i (divided by the attention-DP size).
-- ISL + OSL (tokens), rounded up to a multiple of 256: ``--max-model-len`` / ``--context-length``.
+  ``--chunked-prefill-size`` x dp_i (divided by the attention-DP size); TensorRT-LLM ``--max_num_tokens``.
+- The longest request, ISL + OSL (tokens; every request has these lengths in a scenario), rounded up to a
+  multiple of 256 unless the plan's KV cache per replica holds less: ``--max-model-len`` /
+  ``--context-length`` / ``--max_seq_len``.
 - search.gpu_memory_utilization: ``--gpu-memory-utilization`` / ``--mem-fraction-static`` (which
-  counts weights and KV only: see the note it adds).
-- workload.kv_cache_dtype fp8: ``--kv-cache-dtype fp8`` / ``--kv-cache-dtype fp8_e4m3``.
+  counts weights and KV only: see the note it adds) / ``--kv_cache_free_gpu_memory_fraction``.
+- workload.kv_cache_dtype fp8: ``--kv-cache-dtype fp8`` / ``--kv-cache-dtype fp8_e4m3`` / options
+  file ``kv_cache_config: {dtype: fp8}``.
+
+TensorRT-LLM 1.2 (PyTorch backend), per instance: ``--tp_size TP x dp_i``, ``--pp_size``, ``--ep_size
+EP``; an ``--extra_llm_api_options`` YAML file (``LaunchPlan.files``) with ``enable_attention_dp`` (dp_i
+> 1, which needs TP = 1), ``moe_tensor_parallel_size ETP`` and ``pp_partition`` (the layer split). An
+instance over several nodes runs ``mpirun -H ... trtllm-llmapi-launch trtllm-serve`` on its first node.
 
 Placement follows the plan's ``rank_map`` (order tp-dp-pp) where the engine can run it, picking each
 node's GPUs with ``CUDA_VISIBLE_DEVICES`` in the engine's rank order (vLLM: tp, then pp, then DP rank;
@@ -41,7 +50,8 @@ Multi-node, one instance over several nodes:
   (docs.sglang.io references/multi_node_deployment/multi_node).
 
 Every flag and variable emitted is in ``FLAG_SOURCES`` with the file that defines it and the version it
-was checked in: vLLM 0.33.0 and SGLang 0.5.23 (the wheels on PyPI, read for this module), plus the docs
+was checked in: vLLM 0.33.0 and SGLang 0.5.23 (the wheels on PyPI, read for this module), TensorRT-LLM's
+``commands/serve.py`` and ``llmapi/llm_args.py`` (the repository, read for this module), plus the docs
 pages named there. Flags not emitted because they could not be confirmed, or on purpose:
 - SGLang ``--enable-ep-moe``: removed (absent from 0.5.10 and 0.5.23); ``--ep-size`` replaces it.
 - vLLM has no ``--expert-parallel-size``: EP is derived (EP = TP x DP with ``--enable-expert-parallel``).
@@ -73,6 +83,7 @@ from optimizer.units import ceil_div
 
 VLLM_VERSION = "0.33.0"
 SGLANG_VERSION = "0.5.23"
+TRTLLM_VERSION = "1.2"
 
 MAX_MODEL_LEN_MULTIPLE = 256  # a whole number of KV blocks for every block size the engines use (16..256)
 VLLM_PORT = 8000  # vLLM's default HTTP port (FrontendArgs.port)
@@ -82,11 +93,14 @@ VLLM_DP_RPC_PORT = 13345  # the value in data_parallel_deployment.md's examples
 SGLANG_DIST_INIT_PORT = 20000  # the value in SGLang's multi-node docs; it derives 6+ ports above it
 SGLANG_PORT_STRIDE = 100  # between instances' HTTP and dist-init ports: SGLang derives 6+ ports above each
 RAY_PORT = 6379  # Ray's default head port
+TRTLLM_PORT = 8000  # trtllm-serve's default --port (commands/serve.py)
+TRTLLM_OPTIONS_FILE = "trtllm-extra-llm-api-options.yaml"  # the --extra_llm_api_options file launch writes
 
 
 class LaunchEngine(StrEnum):
     VLLM = "vllm"
     SGLANG = "sglang"
+    TRTLLM = "tensorrt-llm"
 
 
 class CommandRole(StrEnum):
@@ -98,8 +112,10 @@ class CommandRole(StrEnum):
 
 @dataclass(frozen=True)
 class FlagSource:
-    """Where a flag or environment variable is defined. ``program``: ``vllm``, ``sglang``, ``ray`` or
-    ``env``; ``source``: the file in the package (and the docs page); ``version``: the release checked."""
+    """Where a flag or environment variable is defined. ``program``: ``vllm``, ``sglang``, ``trtllm``
+    (``trtllm-serve`` and ``trtllm-llmapi-launch``), ``trtllm-options`` (keys of the
+    ``--extra_llm_api_options`` YAML file), ``mpirun``, ``ray`` or ``env``; ``source``: the file in the
+    package (and the docs page); ``version``: the release checked."""
 
     program: str
     name: str
@@ -114,6 +130,11 @@ _VDP = _VPAR + "; docs/serving/data_parallel_deployment.md"
 _SPAR = "python/sglang/srt/arg_groups/fields/parallel.py (flag = '--' + field name, arg_utils.py)"
 _SSCHED = "python/sglang/srt/arg_groups/fields/schedule.py"
 _SMULTI = _SPAR + "; docs.sglang.io/references/multi_node_deployment/multi_node"
+_T = f"tensorrt-llm {TRTLLM_VERSION} (NVIDIA/TensorRT-LLM main, commit 00209af, read for this module)"
+_TSERVE = "tensorrt_llm/commands/serve.py (click options of `serve`, the default command of trtllm-serve)"
+_TARGS = "tensorrt_llm/llmapi/llm_args.py BaseLlmArgs (a key of the --extra_llm_api_options YAML)"
+_TMULTI = "docs/source/commands/trtllm-serve/trtllm-serve.rst, 'Multi-node Serving with Slurm'"
+_MPI = "Open MPI mpirun(1) man page"
 
 FLAG_SOURCES: tuple[FlagSource, ...] = (
     FlagSource("vllm", "serve", "vllm/entrypoints/cli/serve.py (subcommand; model is positional)", _V),
@@ -169,6 +190,33 @@ FLAG_SOURCES: tuple[FlagSource, ...] = (
                "arg_groups/choices.py QUANTIZATION_CHOICES", _S),
     FlagSource("sglang", "--host", "python/sglang/srt/arg_groups/fields/serving.py (default 127.0.0.1)", _S),
     FlagSource("sglang", "--port", "python/sglang/srt/arg_groups/fields/serving.py", _S),
+    FlagSource("trtllm", "trtllm-serve", _TSERVE + "; setup.py console script (model is positional; `serve` is the "
+               "default subcommand, DefaultGroup)", _T),
+    FlagSource("trtllm", "--backend", _TSERVE + " (pytorch, the default, is the backend the engine profile "
+               "models)", _T),
+    FlagSource("trtllm", "--tp_size", _TSERVE + " (alias of --tensor_parallel_size)", _T),
+    FlagSource("trtllm", "--pp_size", _TSERVE + " (alias of --pipeline_parallel_size)", _T),
+    FlagSource("trtllm", "--ep_size", _TSERVE + " (alias of --moe_expert_parallel_size)", _T),
+    FlagSource("trtllm", "--max_batch_size", _TSERVE + " ('Maximum number of requests that the engine can schedule')",
+               _T),
+    FlagSource("trtllm", "--max_num_tokens", _TSERVE + " (batched input tokens per iteration)", _T),
+    FlagSource("trtllm", "--max_seq_len", _TSERVE + " ('Maximum total length of one request, including prompt and "
+               "outputs')", _T),
+    FlagSource("trtllm", "--kv_cache_free_gpu_memory_fraction", _TSERVE + " (alias of --free_gpu_memory_fraction: "
+               "KvCacheConfig.free_gpu_memory_fraction)", _T),
+    FlagSource("trtllm", "--extra_llm_api_options", _TSERVE + " (alias --config: a YAML file that overrides the "
+               "flags, llmapi/llm_utils.py update_llm_args_with_extra_dict)", _T),
+    FlagSource("trtllm", "--host", _TSERVE + " (default localhost)", _T),
+    FlagSource("trtllm", "--port", _TSERVE + " (default 8000)", _T),
+    FlagSource("trtllm", "trtllm-llmapi-launch", "tensorrt_llm/llmapi/trtllm-llmapi-launch (script); " + _TMULTI, _T),
+    FlagSource("trtllm-options", "enable_attention_dp", _TARGS + "; _torch/modules/attention.py", _T),
+    FlagSource("trtllm-options", "moe_tensor_parallel_size", _TARGS + "; mapping.py (moe_tp x moe_ep = tp_size)", _T),
+    FlagSource("trtllm-options", "pp_partition", _TARGS + " ('a list of each rank's layer number', prototype)", _T),
+    FlagSource("trtllm-options", "kv_cache_config", _TARGS + "; KvCacheConfig.dtype ('auto' or e.g. fp8, PyTorch "
+               "backend) and .free_gpu_memory_fraction", _T),
+    FlagSource("mpirun", "-H", _MPI + " (--host host:slots,...); " + _TMULTI, "Open MPI 4.1 / 5.0"),
+    FlagSource("mpirun", "-n", _MPI + " (number of processes)", "Open MPI 4.1 / 5.0"),
+    FlagSource("mpirun", "-x", _MPI + " (export an environment variable to every process)", "Open MPI 4.1 / 5.0"),
     FlagSource("ray", "start", "docs.ray.io cluster/vms/user-guides/launching-clusters/on-premises",
                "ray (docs, latest)"),
     FlagSource("ray", "--head", "docs.ray.io cluster/cli (ray start)", "ray (docs, latest)"),
@@ -197,7 +245,8 @@ class NotExpressible(OptimizerError):
 class NodeCommand:
     """One command on one node. ``node``: cluster node index; ``instance``: engine instance index;
     ``gpus``: the node-local GPU indices this command brings into the deployment, in the engine's rank
-    order (empty for the ``vllm serve`` of a Ray cluster, whose GPUs the ``ray start`` lines bring)."""
+    order (empty for the ``vllm serve`` of a Ray cluster, whose GPUs the ``ray start`` lines bring);
+    ``other_nodes``: (node, GPUs) that the same command starts ranks on elsewhere (``mpirun -H``)."""
 
     node: int
     instance: int
@@ -205,6 +254,7 @@ class NodeCommand:
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
     gpus: tuple[int, ...] = ()
+    other_nodes: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
     @property
     def shell(self) -> str:
@@ -215,20 +265,27 @@ class NodeCommand:
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    """The commands for one engine, in start order (Ray heads, then Ray workers, then the servers), and
-    the notes: what the user must fill in and what the engine cannot express exactly."""
+    """The commands for one engine, in start order (Ray heads, then Ray workers, then the servers), the
+    notes (what the user must fill in and what the engine cannot express exactly) and the files the
+    commands read, as (path, text)."""
 
     engine: LaunchEngine
     title: str
     model: str
     commands: tuple[NodeCommand, ...]
     notes: tuple[str, ...]
+    files: tuple[tuple[str, str], ...] = ()
 
     def render(self) -> str:
-        """Shell text: the title and notes as comments, then each command under a comment naming its node."""
+        """Shell text: the title and notes as comments, each file as a ``cat > PATH <<'EOF'`` block, then
+        each command under a comment naming its node."""
         lines = [f"# {self.title}"] + [f"# note: {note}" for note in self.notes]
+        for path, text in self.files:
+            lines += ["", f"# file {path}, read by the commands below", f"cat > {shlex.quote(path)} <<'EOF'",
+                      *text.splitlines(), "EOF"]
         for cmd in self.commands:
             gpus = f", GPUs {','.join(map(str, cmd.gpus))}" if cmd.gpus else ""
+            gpus += "".join(f"; node {node}, GPUs {','.join(map(str, g))}" for node, g in cmd.other_nodes)
             lines += ["", f"# node {cmd.node}, instance {cmd.instance} ({cmd.role.value}{gpus})", cmd.shell]
         return "\n".join(lines) + "\n"
 
@@ -239,8 +296,10 @@ class LaunchPlan:
             "title": self.title,
             "model": self.model,
             "notes": list(self.notes),
+            "files": {path: text for path, text in self.files},
             "commands": [{"node": c.node, "instance": c.instance, "role": c.role.value, "argv": list(c.argv),
-                          "env": dict(c.env), "gpus": list(c.gpus), "shell": c.shell} for c in self.commands],
+                          "env": dict(c.env), "gpus": list(c.gpus), "shell": c.shell,
+                          "other_nodes": {str(node): list(g) for node, g in c.other_nodes}} for c in self.commands],
         }
 
 
@@ -257,6 +316,7 @@ class _Plan:
     instances: int | None
     model: str
     model_note: str | None
+    kv_capacity_tokens: int | None = None  # the document's memory.kv_cache_capacity_tokens (per replica)
 
 
 _HF_REPO = re.compile(r"huggingface\.co/([A-Za-z0-9][\w.-]*/[\w.-]+)")
@@ -308,10 +368,13 @@ def _read(document: Mapping[str, Any]) -> _Plan:
                         f"num_hidden_layers = {model.num_hidden_layers}", source="<plan document>",
                         field="plan.layers_per_stage")
     repo, note = model_reference(name=model.name, source=model.source)
+    memory = document.get("memory")
+    capacity = memory.get("kv_cache_capacity_tokens") if isinstance(memory, Mapping) else None
     return _Plan(scenario=scenario, layout=layout, batch_per_replica=_int_field(plan, "batch_per_replica"),
                  layers_per_stage=tuple(layers), costed_for=str(plan.get("engine", scenario.engine.name.value)),
                  instances=plan.get("instances") if isinstance(plan.get("instances"), int) else None,
-                 model=repo, model_note=note)
+                 model=repo, model_note=note,
+                 kv_capacity_tokens=capacity if isinstance(capacity, int) and not isinstance(capacity, bool) else None)
 
 
 # -------------------------------------------------------------------------------------- instances, GPUs
@@ -338,7 +401,7 @@ class _Instance:
 
 def instance_count(plan_layout: Layout, *, is_moe: bool) -> int:
     """Engine instances: one per EDP copy for a MoE model (its experts live inside one instance's
-    TP x DP GPUs), one per DP replica for a dense model. Same for vLLM and SGLang."""
+    TP x DP GPUs), one per DP replica for a dense model. Same for vLLM, SGLang and TensorRT-LLM."""
     return plan_layout.edp if is_moe else plan_layout.dp
 
 
@@ -390,6 +453,9 @@ def _layout_blocks(engine: LaunchEngine, slots: list[tuple[int, int]], *, layout
     nnodes = len(blocks)
     if engine is LaunchEngine.SGLANG and nnodes > 1 and layout.pp % nnodes and nnodes % layout.pp:
         return None, f"SGLang needs PP = {layout.pp} and the instance's {nnodes} nodes to divide one another"
+    if engine is LaunchEngine.TRTLLM and len({block.gpus for block in blocks}) > 1:
+        return None, ("mpirun -x gives every node of an instance the same CUDA_VISIBLE_DEVICES, and its nodes use "
+                      "different GPUs")
     return blocks, None
 
 
@@ -468,27 +534,47 @@ def decimal_text(value: Fraction, *, places: int = 4) -> str:
     return f"{whole}.{frac:0{places}d}".rstrip("0").rstrip(".") if frac else str(whole)
 
 
-def max_model_len(scenario: Scenario) -> int:
-    """ISL + OSL in tokens, rounded up to a multiple of ``MAX_MODEL_LEN_MULTIPLE``."""
-    tokens = scenario.workload.input_tokens + scenario.workload.output_tokens
-    return ceil_div(tokens, MAX_MODEL_LEN_MULTIPLE) * MAX_MODEL_LEN_MULTIPLE
+def max_model_len(scenario: Scenario, *, kv_capacity_tokens: int | None = None) -> int:
+    """The longest request the scenario allows, in tokens: ISL + OSL (``workload.input_tokens`` and
+    ``output_tokens`` are every request's lengths, not averages; the scenario states no longer request),
+    rounded up to a multiple of ``MAX_MODEL_LEN_MULTIPLE`` unless that would exceed ``kv_capacity_tokens``
+    (one replica's KV cache, ``memory.kv_cache_capacity_tokens`` of the plan): vLLM refuses to start when
+    one request of the maximum length does not fit its KV cache (v1/core/kv_cache_utils.py
+    ``check_enough_kv_cache_memory``), so then ISL + OSL exactly."""
+    tokens = scenario.workload.max_sequence_tokens
+    rounded = ceil_div(tokens, MAX_MODEL_LEN_MULTIPLE) * MAX_MODEL_LEN_MULTIPLE
+    return tokens if kv_capacity_tokens is not None and kv_capacity_tokens < rounded else rounded
 
 
-_KV_DTYPE = {LaunchEngine.VLLM: "fp8", LaunchEngine.SGLANG: "fp8_e4m3"}
+def _length_note(engine: LaunchEngine, p: _Plan) -> str:
+    flag = {LaunchEngine.VLLM: "--max-model-len", LaunchEngine.SGLANG: "--context-length",
+            LaunchEngine.TRTLLM: "--max_seq_len"}[engine]
+    work, length = p.scenario.workload, max_model_len(p.scenario, kv_capacity_tokens=p.kv_capacity_tokens)
+    note = (f"{flag} {length} covers the longest request the scenario allows: ISL {work.input_tokens} + OSL "
+            f"{work.output_tokens} = {work.max_sequence_tokens} tokens (workload.input_tokens and output_tokens are "
+            f"every request's lengths, not averages)")
+    if length != work.max_sequence_tokens:
+        note += f", rounded up to a multiple of {MAX_MODEL_LEN_MULTIPLE}"
+    return note + "; the engine rejects longer requests, so raise both and re-plan if requests can be longer"
+
+
+_KV_DTYPE = {LaunchEngine.VLLM: "fp8", LaunchEngine.SGLANG: "fp8_e4m3", LaunchEngine.TRTLLM: "fp8"}
 _CHECKPOINT_QUANTISED = (Dtype.FP8_BLOCK, Dtype.INT8, Dtype.INT4, Dtype.MXFP4, Dtype.NVFP4)
 
 
 def _dtype_flags(engine: LaunchEngine, p: _Plan) -> tuple[list[str], list[str]]:
-    """(flags, notes) for the KV cache and weight formats."""
+    """(flags, notes) for the KV cache and weight formats. TensorRT-LLM takes an FP8 KV cache in its
+    options file (``kv_cache_config.dtype``, see ``_trtllm_options``) and has no online quantisation flag."""
     work = p.scenario.workload
     flags, notes = [], []
-    if work.kv_cache_dtype is Dtype.FP8:
+    if work.kv_cache_dtype is Dtype.FP8 and engine is not LaunchEngine.TRTLLM:
         flags += ["--kv-cache-dtype", _KV_DTYPE[engine]]
-    elif work.kv_cache_dtype not in (Dtype.BF16, Dtype.FP16):
+    elif work.kv_cache_dtype not in (Dtype.BF16, Dtype.FP16, Dtype.FP8):
         raise NotExpressible(f"workload.kv_cache_dtype={work.kv_cache_dtype.value} has no --kv-cache-dtype "
                              f"equivalent here; expressible: bf16/fp16 (the model's dtype) or fp8", engine=engine)
     weights = {work.weight_dtype} | ({work.expert_weight_dtype} if work.expert_weight_dtype else set())
-    if weights == {Dtype.FP8} and "fp8" not in p.model.lower():  # online FP8 quantises every linear layer
+    online = engine is not LaunchEngine.TRTLLM  # TensorRT-LLM reads quantised (ModelOpt) checkpoints only
+    if online and weights == {Dtype.FP8} and "fp8" not in p.model.lower():  # online FP8 quantises every linear layer
         flags += ["--quantization", "fp8"]
         notes.append(f"weights fp8: --quantization fp8 quantises a BF16 checkpoint to FP8 at load; drop it if "
                      f"{p.model} is already an FP8 checkpoint (the engine reads its quantization_config)")
@@ -519,7 +605,8 @@ def _addresses(num_nodes: int, node_addresses: Sequence[str] | None) -> list[str
 
 def _title(engine: LaunchEngine, p: _Plan, n_inst: int) -> str:
     lay, cluster = p.layout, p.scenario.cluster
-    version = VLLM_VERSION if engine is LaunchEngine.VLLM else SGLANG_VERSION
+    version = {LaunchEngine.VLLM: VLLM_VERSION, LaunchEngine.SGLANG: SGLANG_VERSION,
+               LaunchEngine.TRTLLM: TRTLLM_VERSION}[engine]
     return (f"{engine.value} {version} launch for {p.scenario.name}: TP={lay.tp} PP={lay.pp} DP={lay.dp} EP={lay.ep} "
             f"ETP={lay.etp} EDP={lay.edp} on {cluster.num_nodes} node(s) x {cluster.gpus_per_node} "
             f"{cluster.gpu.name}, {n_inst} instance(s); model {p.model}")
@@ -539,7 +626,7 @@ def _common_notes(engine: LaunchEngine, p: _Plan, instances: tuple[_Instance, ..
                      f"of them")
     if why_not:
         notes.append(_placement_note(engine, p, instances, dp_i, why_not))
-    return notes
+    return notes + [_length_note(engine, p)]
 
 
 def _dp_per_instance(engine: LaunchEngine, p: _Plan, n_inst: int) -> int:
@@ -602,7 +689,8 @@ def vllm_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str] 
     common += ["--data-parallel-size", str(dp_i)] if dp_i > 1 else []
     common += ["--enable-expert-parallel"] if expert_parallel else []
     common += ["--gpu-memory-utilization", decimal_text(p.scenario.search.gpu_memory_utilization),
-               "--max-model-len", str(max_model_len(p.scenario)), "--max-num-seqs", str(p.batch_per_replica),
+               "--max-model-len", str(max_model_len(p.scenario, kv_capacity_tokens=p.kv_capacity_tokens)),
+               "--max-num-seqs", str(p.batch_per_replica),
                "--max-num-batched-tokens", str(p.scenario.engine.max_num_batched_tokens), *dtype_flags]
     extra_env = [("VLLM_PP_LAYER_PARTITION", ",".join(map(str, p.layers_per_stage)))] if layout.pp > 1 else []
     gpn = p.scenario.cluster.gpus_per_node
@@ -687,7 +775,7 @@ def sglang_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str
     common += ["--ep-size", str(layout.ep)] if p.scenario.model.is_moe and layout.ep > 1 else []
     common += ["--mem-fraction-static", decimal_text(p.scenario.search.gpu_memory_utilization),
                "--max-running-requests", str(p.batch_per_replica * dp_i),
-               "--context-length", str(max_model_len(p.scenario)),
+               "--context-length", str(max_model_len(p.scenario, kv_capacity_tokens=p.kv_capacity_tokens)),
                "--chunked-prefill-size", str(p.scenario.engine.max_num_batched_tokens * dp_i), *dtype_flags]
     extra_env = [("SGLANG_PP_LAYER_PARTITION", ",".join(map(str, p.layers_per_stage)))] if layout.pp > 1 else []
     gpn = p.scenario.cluster.gpus_per_node
@@ -716,10 +804,121 @@ def sglang_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str
                       notes=tuple(notes))
 
 
+# ------------------------------------------------------------------------------------- TensorRT-LLM
+
+
+def _trtllm_options(p: _Plan, dp_i: int) -> str:
+    """The ``--extra_llm_api_options`` YAML (keys of ``llm_args.py`` BaseLlmArgs), or "" when the flags
+    say everything. The file's ``kv_cache_config`` replaces the one the flags build
+    (``update_llm_args_with_extra_dict``), so it repeats the memory fraction."""
+    lines = ["enable_attention_dp: true"] if dp_i > 1 else []
+    if p.scenario.model.is_moe:
+        lines.append(f"moe_tensor_parallel_size: {p.layout.etp}")
+    if p.layout.pp > 1:
+        lines.append(f"pp_partition: [{', '.join(map(str, p.layers_per_stage))}]")
+    if p.scenario.workload.kv_cache_dtype is Dtype.FP8:
+        lines += ["kv_cache_config:", f"  dtype: {_KV_DTYPE[LaunchEngine.TRTLLM]}",
+                  f"  free_gpu_memory_fraction: {decimal_text(p.scenario.search.gpu_memory_utilization)}"]
+    return "".join(line + "\n" for line in lines)
+
+
+def trtllm_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str] | None = None,
+                    port: int = TRTLLM_PORT) -> LaunchPlan:
+    """``trtllm-serve`` commands (TensorRT-LLM 1.2, PyTorch backend) for the plan in ``document``.
+
+    Per instance: ``--tp_size`` = TP x dp_i (the GPUs of one pipeline stage); attention runs TP-way, or
+    data parallel with ``enable_attention_dp`` when TP = 1 and dp_i > 1 (TensorRT-LLM has nothing in
+    between); the experts ``--ep_size EP`` x ``moe_tensor_parallel_size ETP`` = tp_size; ``pp_partition``
+    carries an uneven layer split. ``--max_batch_size`` is the plan's batch per replica: each
+    attention-DP rank schedules its own batch. An instance on one node is one ``trtllm-serve`` (it starts
+    its own MPI workers); over several nodes, ``mpirun -H ... trtllm-llmapi-launch trtllm-serve`` on its
+    first node (the docs' multi-node recipe; ``srun`` works the same under Slurm).
+
+    Args:
+        document: the plan JSON document, parsed.
+        node_addresses: one IP address or host name per cluster node; default placeholders ``NODE<n>_ADDR``.
+        port: HTTP port of instance 0; instance i listens on ``port + i``.
+
+    Raises:
+        PlanError: the document cannot be read.
+        NotExpressible: TensorRT-LLM cannot run the plan (attention TP > 1 together with attention DP,
+            ETP x EP other than tp_size, EDP not dividing DP, instances that do not tile the nodes, a KV
+            cache format it lacks).
+    """
+    engine = LaunchEngine.TRTLLM
+    p = _read(document)
+    n_inst = instance_count(p.layout, is_moe=p.scenario.model.is_moe)
+    layout, dp_i = p.layout, _dp_per_instance(engine, p, n_inst)
+    tp_size = layout.tp * dp_i
+    if layout.tp > 1 and dp_i > 1:
+        raise NotExpressible(
+            f"TensorRT-LLM runs an instance's attention over its tp_size = {tp_size} GPUs either tensor parallel "
+            f"(TP = {tp_size}) or with enable_attention_dp (TP = 1, DP = {tp_size}); the plan has TP = {layout.tp} "
+            f"with {dp_i} DP ranks per instance. Expressible: TP = 1 or DP = instances (re-solve with engine.name: "
+            f"tensorrt-llm)",
+            engine=engine)
+    if p.scenario.model.is_moe and layout.etp * layout.ep != tp_size:
+        raise NotExpressible(
+            f"TensorRT-LLM shards an instance's experts over its tp_size = {tp_size} GPUs (moe_tensor_parallel_size x "
+            f"moe_expert_parallel_size = tp_size); the plan has ETP x EP = {layout.etp} x {layout.ep} = "
+            f"{layout.etp * layout.ep}", engine=engine)
+    _, dtype_notes = _dtype_flags(engine, p)
+    instances, why_not = _place(engine, p, n_inst=n_inst, dp_i=dp_i)
+    addr = _addresses(p.scenario.cluster.num_nodes, node_addresses)
+    options = _trtllm_options(p, dp_i)
+    serve = ["trtllm-serve", p.model, "--backend", "pytorch", "--tp_size", str(tp_size), "--pp_size", str(layout.pp)]
+    serve += ["--ep_size", str(layout.ep)] if p.scenario.model.is_moe else []
+    serve += ["--max_batch_size", str(p.batch_per_replica),
+              "--max_num_tokens", str(p.scenario.engine.max_num_batched_tokens),
+              "--max_seq_len", str(max_model_len(p.scenario, kv_capacity_tokens=p.kv_capacity_tokens)),
+              "--kv_cache_free_gpu_memory_fraction", decimal_text(p.scenario.search.gpu_memory_utilization)]
+    serve += ["--extra_llm_api_options", TRTLLM_OPTIONS_FILE] if options else []
+    gpn = p.scenario.cluster.gpus_per_node
+    commands: list[NodeCommand] = []
+    for inst in instances:
+        argv = serve + ["--host", "0.0.0.0", "--port", str(port + inst.index)]
+        head = inst.blocks[0]
+        if len(inst.blocks) == 1:
+            commands.append(NodeCommand(node=head.node, instance=inst.index, role=CommandRole.SERVE, argv=tuple(argv),
+                                        env=_env(head, gpn, []), gpus=head.gpus))
+            continue
+        hosts = ",".join(f"{addr[b.node]}:{len(b.gpus)}" for b in inst.blocks)
+        mpi = ["mpirun", "-H", hosts, "-n", str(sum(len(b.gpus) for b in inst.blocks))]
+        if head.gpus != tuple(range(gpn)):  # every node of the instance uses the same GPUs (_layout_blocks)
+            mpi += ["-x", "CUDA_VISIBLE_DEVICES=" + ",".join(map(str, head.gpus))]
+        commands.append(NodeCommand(node=head.node, instance=inst.index, role=CommandRole.SERVE,
+                                    argv=tuple(mpi + ["trtllm-llmapi-launch"] + argv), gpus=head.gpus,
+                                    other_nodes=tuple((b.node, b.gpus) for b in inst.blocks[1:])))
+    ports = [port + inst.index for inst in instances]
+    notes = _common_notes(engine, p, instances, why_not, dp_i, node_addresses is None, ports) + dtype_notes
+    if options:
+        notes.append(f"write {TRTLLM_OPTIONS_FILE} (below) in the working directory of each trtllm-serve line; it "
+                     f"overrides the flags (llm_args.py keys)")
+    if dp_i > 1:
+        notes.append(f"attention DP over {dp_i} ranks (enable_attention_dp): --max_batch_size "
+                     f"{p.batch_per_replica} and --max_num_tokens apply to each attention-DP rank's scheduler, "
+                     f"{p.batch_per_replica * dp_i} sequences per instance")
+    if any(len(inst.blocks) > 1 for inst in instances):
+        notes.append("multi-node: mpirun needs the same TensorRT-LLM install (or container) and passwordless SSH on "
+                     "every node of an instance; under Slurm run `srun -N <nodes> --ntasks-per-node=<GPUs> --mpi=pmix "
+                     "trtllm-llmapi-launch trtllm-serve ...` instead")
+    if p.costed_for != engine.value:
+        notes.append("--kv_cache_free_gpu_memory_fraction is the share of the memory still free after weights and "
+                     "activations that goes to the KV cache, where the plan's cap (costed for another engine) is a "
+                     "share of the whole memory")
+    return LaunchPlan(engine=engine, title=_title(engine, p, n_inst), model=p.model, commands=tuple(commands),
+                      notes=tuple(notes), files=((TRTLLM_OPTIONS_FILE, options),) if options else ())
+
+
+_BUILDERS = {LaunchEngine.VLLM: vllm_commands, LaunchEngine.SGLANG: sglang_commands,
+             LaunchEngine.TRTLLM: trtllm_commands}
+
+
 def launch_commands(document: Mapping[str, Any], *, engine: LaunchEngine | str, **options: Any) -> LaunchPlan:
-    """``vllm_commands`` or ``sglang_commands`` by ``engine`` name; ``options`` go to it unchanged."""
+    """``vllm_commands``, ``sglang_commands`` or ``trtllm_commands`` by ``engine`` name (``vllm``,
+    ``sglang``, ``tensorrt-llm``); ``options`` go to it unchanged."""
     try:
         chosen = LaunchEngine(engine)
     except ValueError:
         raise PlanError(f"unknown engine {engine!r}; expected one of {[e.value for e in LaunchEngine]}") from None
-    return (vllm_commands if chosen is LaunchEngine.VLLM else sglang_commands)(document, **options)
+    return _BUILDERS[chosen](document, **options)

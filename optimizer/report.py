@@ -82,6 +82,8 @@ def plan_document(
         },
         "certificate": {
             "holds": certificate.holds,
+            "runnable": certificate.runnable,
+            "failing_rules": failing_rules(certificate),
             "checks": [
                 {"name": c.name, "formula": c.formula, "lhs": c.lhs, "op": c.op, "rhs": c.rhs, "holds": c.holds, "detail": c.detail}
                 for c in certificate.checks
@@ -106,6 +108,25 @@ def plan_document(
             "optimality_certificate": evidence.certificate,
         },
     }
+
+
+def failing_rules(certificate: Certificate) -> list[dict[str, Any]]:
+    """The rules a plan breaks, numbered from 1 in certificate order, each with its integers (``lhs op
+    rhs`` is false) and ``structural``: true when the engine cannot start the plan as written
+    (``Rule.structural``), false for a target or a balance it only misses."""
+    return [{"number": i, "name": c.name, "formula": c.formula, "lhs": c.lhs, "op": c.op, "rhs": c.rhs, "detail": c.detail,
+             "structural": c.name in certificate.structural} for i, c in enumerate(certificate.failing, start=1)]
+
+
+def render_failing(rules: list[dict[str, Any]], *, runnable: bool) -> list[str]:
+    """Terminal lines for ``failing_rules``, to print before anything else about the plan."""
+    if not rules:
+        return []
+    head = (f"This plan cannot run: it breaks {len(rules)} rule(s), {sum(r['structural'] for r in rules)} of them "
+            "structural (the engine cannot start it as written):" if not runnable
+            else f"This plan runs but breaks {len(rules)} rule(s) (targets or balance):")
+    return [head] + [f"  {r['number']}. {r['name']}{' [structural]' if r['structural'] else ''}: {r['lhs']} {r['op']} "
+                     f"{r['rhs']} is false ({r['formula']}); {r['detail']}" for r in rules]
 
 
 def solution_document(solution: Solution) -> dict[str, Any]:
@@ -244,6 +265,8 @@ def estimate_document(*, scenario: Scenario, plan: Plan, certificate: Certificat
         "scenario": scenario.name,
         "plan": {k: base["plan"][k] for k in ("tp", "pp", "dp", "ep", "etp", "edp", "batch_per_replica", "layers_per_stage", "engine")},
         "plan_holds": certificate.holds,
+        "runnable": certificate.runnable,
+        "failing_rules": base["certificate"]["failing_rules"],
         "failing_checks": [{"name": c.name, "detail": c.detail} for c in certificate.failing],
         **{k: est[k] for k in ("prefill_step_s", "decode_step_s", "ttft_s", "tpot_s", "request_latency_s",
                                "output_tokens_per_s", "output_tokens_per_s_per_gpu", "decode_microbatches")},
@@ -258,8 +281,10 @@ def estimate_document(*, scenario: Scenario, plan: Plan, certificate: Certificat
 def render_estimate(document: dict[str, Any]) -> str:
     """``estimate_document`` for a terminal: one table per phase, speed of light and headroom per row."""
     p = document["plan"]
-    lines = [
-        f"Estimate for {document['scenario']}: TP {p['tp']} PP {p['pp']} DP {p['dp']} | EP {p['ep']} ETP {p['etp']} EDP {p['edp']}"
+    failing = render_failing(document["failing_rules"], runnable=document["runnable"])
+    cannot_run = ", for a plan that cannot run" if not document["runnable"] else ""
+    lines = [*failing, *([""] if failing else []),
+        f"Estimate for {document['scenario']}{cannot_run}: TP {p['tp']} PP {p['pp']} DP {p['dp']} | EP {p['ep']} ETP {p['etp']} EDP {p['edp']}"
         f"  batch/replica {p['batch_per_replica']}  layers per stage {p['layers_per_stage']}",
         f"  calibration {document['calibration']['text']}",
         "",
@@ -272,9 +297,9 @@ def render_estimate(document: dict[str, Any]) -> str:
     if document["kv_cache_capacity_tokens"] is not None:
         lines.append(f"  KV cache capacity {document['kv_cache_capacity_tokens']:,} tokens per replica "
                      f"({document['max_sequences_per_replica']:,} sequences at ISL + OSL)")
-    if not document["plan_holds"]:
-        lines.append("  WARNING: the plan breaks " + ", ".join(c["name"] for c in document["failing_checks"])
-                     + " (optimize verify says why); the estimate is for the plan as written")
+    if not document["runnable"]:
+        lines.append("  WARNING: the engine cannot start this plan (the structural rules above); the figures are what "
+                     "the cost model gives for the sizes as written, not a deployment's")
     for phase in ("prefill", "decode"):
         b = document["breakdown"][phase]
         total = sum(b["totals_s"].values())
@@ -325,7 +350,8 @@ def alternatives_section(solution: Solution, ranked: list[tuple[int, Plan]]) -> 
         est = certificate.estimate
         primary = value // n
         out.append({
-            **plan.layout.as_dict(), "rank": rank, "batch_per_replica": plan.batch_per_replica,
+            **plan.layout.as_dict(), "rank": rank, "instances": instances(scenario, plan),
+            "batch_per_replica": plan.batch_per_replica,
             "layers_per_stage": list(plan.layers_per_stage), "objective": value, "gap": primary - best,
             "gap_percent": _round(100 * (primary - best) / best) if best else 0.0,
             "ttft_s": est.ttft_ns / 1e9, "tpot_s": est.tpot_ns / 1e9, "request_latency_s": est.request_latency_ns / 1e9,
@@ -335,28 +361,49 @@ def alternatives_section(solution: Solution, ranked: list[tuple[int, Plan]]) -> 
 
 
 def render_alternatives(document: dict[str, Any]) -> str:
-    """The ``--top K`` table for a terminal."""
-    kind = document["evidence"]["objective_kind"] if document.get("evidence") else "objective"
-    unit = "GPU-ns/request" if kind == "output_tokens_per_s_per_gpu" else "ns"
-    lines = [f"Top {len(document['alternatives'])} plans on distinct layouts ({kind}; gap in {unit}):",
-             f"  {'#':>2s} {'TP':>3s} {'PP':>3s} {'DP':>4s} {'EP':>4s} {'ETP':>4s} {'batch':>6s} {'TTFT ms':>9s} {'TPOT ms':>9s} "
-             f"{'tok/s/GPU':>10s} {'gap':>14s} {'gap %':>8s}"]
-    for a in document["alternatives"]:
-        lines.append(f"  {a['rank']:2d} {a['tp']:3d} {a['pp']:3d} {a['dp']:4d} {a['ep']:4d} {a['etp']:4d} {a['batch_per_replica']:6d} "
-                     f"{a['ttft_s'] * 1e3:9.2f} {a['tpot_s'] * 1e3:9.3f} {a['output_tokens_per_s_per_gpu']:10,.1f} {a['gap']:14,d} "
-                     f"{a['gap_percent']:7.2f}%")
+    """The ``--top K`` table for a terminal: each plan's sizes, instances, estimate and its gap to the best,
+    ``+x ms (+y %)`` of the objective's latency (request latency, TTFT or TPOT; a fixed-concurrency
+    throughput objective is the request latency), or for ``output_tokens_per_s_per_gpu`` the tokens/s per
+    GPU it gives up, ``-x tok/s/GPU (-y %)``."""
+    kind = document["evidence"]["objective_kind"] if document.get("evidence") else "request_latency"
+    per_gpu = kind == "output_tokens_per_s_per_gpu"
+    metric = "output tokens/s per GPU" if per_gpu else {"ttft": "TTFT", "tpot": "TPOT"}.get(kind, "request latency")
+    rows = document["alternatives"]
+    best = rows[0] if rows else None
+    lines = [f"Top {len(rows)} plans on distinct layouts (objective {kind}; gap to #1 in {metric}):",
+             f"  {'#':>2s} {'TP':>3s} {'PP':>3s} {'DP':>4s} {'EP':>4s} {'ETP':>4s} {'EDP':>4s} {'instances':>9s} {'batch':>6s} "
+             f"{'TTFT ms':>9s} {'TPOT ms':>9s} {'tok/s/GPU':>10s}  gap to #1"]
+    for a in rows:
+        lines.append(f"  {a['rank']:2d} {a['tp']:3d} {a['pp']:3d} {a['dp']:4d} {a['ep']:4d} {a['etp']:4d} {a['edp']:4d} "
+                     f"{a['instances']:9d} {a['batch_per_replica']:6d} {a['ttft_s'] * 1e3:9.2f} {a['tpot_s'] * 1e3:9.3f} "
+                     f"{a['output_tokens_per_s_per_gpu']:10,.1f}  {_gap_text(a, best, per_gpu=per_gpu)}")
     return "\n".join(lines) + "\n"
+
+
+def _gap_text(row: dict[str, Any], best: dict[str, Any], *, per_gpu: bool) -> str:
+    """``+x ms (+y %)`` from the integer ``gap`` (ns of the objective) and ``gap_percent``; per GPU
+    throughput as the tokens/s per GPU lost and their share of the best's."""
+    if row["rank"] == 1:
+        return "best"
+    if per_gpu:
+        lost, of = row["output_tokens_per_s_per_gpu"] - best["output_tokens_per_s_per_gpu"], best["output_tokens_per_s_per_gpu"]
+        return f"{lost:+,.1f} tok/s/GPU ({100 * lost / of:+.2f} %)" if of else f"{lost:+,.1f} tok/s/GPU"
+    return f"{row['gap'] / 1e6:+,.3f} ms ({row['gap_percent']:+.2f} %)"
 
 
 def render_table(document: dict[str, Any], *, title: str = "Plan", timing: str | None = None) -> str:
     """The plan for a terminal: sizes, estimate, memory, every check, the evidence; ``timing`` (wall time,
-    workers) is shown here only, never in the JSON, so that the JSON stays byte-identical across runs."""
+    workers) is shown here only, never in the JSON, so that the JSON stays byte-identical across runs.
+    The title says when the estimate is for a plan that cannot run (``render_failing`` lists why; print
+    it first)."""
     sc, plan, est, mem, cert, ev = (document[k] for k in ("scenario", "plan", "estimate", "memory", "certificate", "evidence"))
     cl = sc["cluster"]
     peak = mem["per_gpu_peak"]
+    runnable = cert.get("runnable", True)
     lines = [
         f"{title} for {sc['name']}: {cl['num_nodes'] * cl['gpus_per_node']} x {cl['gpu']['name']} "
-        f"({cl['num_nodes']} node(s) x {cl['gpus_per_node']}), engine {plan['engine']}",
+        f"({cl['num_nodes']} node(s) x {cl['gpus_per_node']}), engine {plan['engine']}"
+        + ("; the estimate is for a plan that cannot run" if not runnable else ""),
         "",
         f"  TP {plan['tp']}  PP {plan['pp']}  DP {plan['dp']}   |   EP {plan['ep']}  ETP {plan['etp']}  EDP {plan['edp']}"
         f"   |   instances {plan['instances']}",

@@ -82,11 +82,14 @@ class SolverView(Protocol):
 class Rule:
     """Base: a stable ``name`` and a ``formula`` shown in the certificate. ``relaxable`` is False for the
     rules that define what a plan is (GPU products, a layer split that covers the model): an infeasibility
-    explanation names only rules a user could change."""
+    explanation names only rules a user could change. ``structural`` is True for the rules without which
+    the engine cannot start the plan as written (the sizes, the layer split, the memory): a plan that
+    breaks one cannot run, one that breaks only a target or a balance runs and misses it."""
 
     name = ""
     formula = ""
     relaxable = True
+    structural = False
 
     def check(self, ctx: PlanContext) -> list[Check]:
         raise NotImplementedError
@@ -123,6 +126,8 @@ class SizeArrays:
 class LayoutRule(Rule):
     """A rule on the sizes alone. In the solver it forbids, behind its literal, every grid layout its own
     ``evaluate`` rejects, so solver and certificate cannot disagree."""
+
+    structural = True
 
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
         raise NotImplementedError
@@ -395,6 +400,7 @@ class LayerSplit(Rule):
     name = "layer_split"
     formula = "len(layers_per_stage) == pp, each >= 1, sum == num_hidden_layers"
     relaxable = False
+    structural = True
 
     def check(self, ctx: PlanContext) -> list[Check]:
         layers, pp, total = ctx.plan.layers_per_stage, ctx.plan.layout.pp, ctx.scenario.model.num_hidden_layers
@@ -460,6 +466,7 @@ class MemoryCap(Rule):
     Both sides are integers: an integer total fits under ``memory x p/q`` iff it is ``<= floor(memory x p/q)``."""
 
     name = "memory_cap"
+    structural = True  # over the cap the engine runs out of memory at start, or cannot hold the planned batch
     formula = "weights + kv_cache + activations + runtime <= floor(memory_bytes x gpu_memory_utilization)"
 
     def __init__(self, scenario: Scenario | None = None):

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from optimizer import catalog
 from optimizer.scenario import Scenario
 
-SCHEMA_VERSION = "3.2"
+SCHEMA_VERSION = "3.3"
 _STRICT = ConfigDict(extra="forbid")
 
 
@@ -143,9 +143,24 @@ class CheckEntry(BaseModel):
     detail: str
 
 
+class FailingRule(BaseModel):
+    model_config = _STRICT
+    number: int = Field(ge=1, description="1, 2, ... in certificate order")
+    name: str
+    formula: str
+    lhs: int
+    op: Literal["==", "<=", ">="]
+    rhs: int
+    detail: str
+    structural: bool = Field(description="true: the engine cannot start the plan as written (sizes, layer split, memory); "
+                                         "false: a target or balance the plan runs but misses")
+
+
 class CertificateSection(BaseModel):
     model_config = _STRICT
     holds: bool
+    runnable: bool = Field(description="false when a structural rule fails: the estimate is for a plan that cannot run")
+    failing_rules: list[FailingRule] = Field(description="the checks that fail, numbered, with their integers")
     checks: list[CheckEntry]
 
 
@@ -216,6 +231,7 @@ class Alternative(BaseModel):
     batch_per_replica: int
     layers_per_stage: list[int]
     objective: int = Field(description="primary x candidates + tie_break_rank, as the evidence")
+    instances: int = Field(ge=1, description="engine instances to launch (as plan.instances)")
     gap: int = Field(description="primary objective minus the plan's (ns, or GPU-ns per request)")
     gap_percent: float
     ttft_s: float
@@ -228,7 +244,7 @@ class PlanDocument(BaseModel):
     """A plan (``plan`` set, ``infeasible`` absent) or a proved infeasibility (``plan`` null)."""
 
     model_config = ConfigDict(extra="forbid", title=f"optimizer plan document, schema {SCHEMA_VERSION}")
-    schema_version: Literal["3.2"]
+    schema_version: Literal["3.3"]
     scenario: dict[str, Any] = Field(description="the validated scenario, every field explicit")
     plan: PlanSizes | None
     rank_map: RankMap | None = None

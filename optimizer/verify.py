@@ -25,6 +25,7 @@ class Certificate:
     checks: tuple[Check, ...]
     memory: tuple[StageMemory, ...]
     estimate: Estimate
+    structural: frozenset[str] = frozenset()  # names of the checks of structural rules (``Rule.structural``)
 
     @property
     def holds(self) -> bool:
@@ -33,6 +34,12 @@ class Certificate:
     @property
     def failing(self) -> tuple[Check, ...]:
         return tuple(check for check in self.checks if not check.holds)
+
+    @property
+    def runnable(self) -> bool:
+        """False when a structural rule fails: the engine cannot start the plan as written (its estimate is
+        then for a plan that cannot run); a failed target or balance rule leaves it runnable."""
+        return not any(check.name in self.structural for check in self.failing)
 
 
 def plan_context(scenario: Scenario, plan: Plan, tables: Tables | None = None) -> PlanContext:
@@ -70,7 +77,9 @@ def served_sequences(scenario: Scenario, plan: Plan) -> int:
 def certify(scenario: Scenario, plan: Plan, tables: Tables | None = None) -> Certificate:
     """Check every rule of ``scenario`` on ``plan``. Never raises for a broken plan: the certificate says."""
     ctx = plan_context(scenario, plan, tables)
-    checks = tuple(check for rule in build_rules(scenario) for check in rule.check(ctx))
+    per_rule = [(rule, rule.check(ctx)) for rule in build_rules(scenario)]
+    checks = tuple(check for _, rule_checks in per_rule for check in rule_checks)
+    structural = frozenset(check.name for rule, rule_checks in per_rule if rule.structural for check in rule_checks)
     if scenario.search.objective.chooses_batch:
         limit = scenario.engine.max_num_seqs
         checks += (
@@ -78,13 +87,13 @@ def certify(scenario: Scenario, plan: Plan, tables: Tables | None = None) -> Cer
                        f"{plan.batch_per_replica} sequences per replica, the engine batches at most {limit} (the KV cache "
                        "bound is memory_cap's)"),
         )
-        return Certificate(checks=checks, memory=tuple(ctx.memory), estimate=ctx.estimate)
+        return Certificate(checks=checks, memory=tuple(ctx.memory), estimate=ctx.estimate, structural=structural)
     batch = batch_per_replica(concurrent_sequences=scenario.workload.concurrent_sequences, dp=plan.layout.dp)
     checks += (
         make_check("batch_per_replica", "batch_per_replica == ceil(concurrent_sequences / dp)", plan.batch_per_replica, "==", batch,
                    f"{scenario.workload.concurrent_sequences} sequences over DP = {plan.layout.dp} replicas put {batch} on the busiest"),
     )
-    return Certificate(checks=checks, memory=tuple(ctx.memory), estimate=ctx.estimate)
+    return Certificate(checks=checks, memory=tuple(ctx.memory), estimate=ctx.estimate, structural=structural)
 
 
 # --- hand-written plans --------------------------------------------------------------------------------

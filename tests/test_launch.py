@@ -23,10 +23,13 @@ from optimizer.launch import (
     NotExpressible,
     decimal_text,
     launch_commands,
+    max_model_len,
     model_reference,
     sglang_commands,
+    trtllm_commands,
     vllm_commands,
 )
+from optimizer.scenario import Scenario
 
 _DOCS: dict[str, dict] = {}
 
@@ -77,6 +80,8 @@ def check_gpus_cover_cluster(plan: LaunchPlan, doc: dict) -> None:
     per_node: dict[int, list[int]] = {}
     for cmd in plan.commands:
         per_node.setdefault(cmd.node, []).extend(cmd.gpus)
+        for node, gpus in cmd.other_nodes:  # mpirun -H starts ranks there too
+            per_node.setdefault(node, []).extend(gpus)
     assert sorted(per_node) == list(range(cluster["num_nodes"]))
     for node, gpus in per_node.items():
         assert sorted(gpus) == list(range(cluster["gpus_per_node"])), (node, gpus)
@@ -115,12 +120,22 @@ def check_flag_sources(plan: LaunchPlan) -> None:
     """Every flag and environment variable emitted is in FLAG_SOURCES for its program."""
     known = {(s.program, s.name) for s in FLAG_SOURCES}
     for cmd in plan.commands:
-        program = {"vllm": "vllm", "python3": "sglang", "ray": "ray"}[cmd.argv[0]]
+        programs = {"vllm": "vllm", "python3": "sglang", "ray": "ray", "trtllm-serve": "trtllm", "mpirun": "mpirun"}
+        program = programs[cmd.argv[0]]
         for token in cmd.argv[1:]:
-            if token.startswith("-"):
+            if token in ("trtllm-llmapi-launch", "trtllm-serve"):  # mpirun's program, then trtllm-serve's flags
+                assert ("trtllm", token) in known
+                program = "trtllm"
+            elif token.startswith("-"):
                 assert (program, token.split("=")[0]) in known, f"{program} {token} has no source"
         for name, _ in cmd.env:
             assert ("env", name) in known, f"{name} has no source"
+        if "-x" in cmd.argv:
+            assert ("env", cmd.argv[cmd.argv.index("-x") + 1].split("=")[0]) in known
+    for _, text in plan.files:  # the options file's top-level keys
+        for line in text.splitlines():
+            if not line.startswith(" "):
+                assert ("trtllm-options", line.split(":")[0]) in known, f"{line} has no source"
     for s in FLAG_SOURCES:
         assert s.source and s.version
 
@@ -426,3 +441,101 @@ def test_shell_quotes_odd_values():
     cmd = NodeCommand(node=0, instance=0, role=CommandRole.SERVE, argv=("vllm", "serve", "/models/my model"),
                       env=(("CUDA_VISIBLE_DEVICES", "0,1"),))
     assert cmd.shell == "CUDA_VISIBLE_DEVICES=0,1 vllm serve '/models/my model'"
+
+
+# ------------------------------------------------------------------------------------------ TensorRT-LLM
+
+
+def trtllm(doc: dict, **options) -> LaunchPlan:
+    plan = trtllm_commands(doc, **options)
+    check_gpus_cover_cluster(plan, doc)
+    check_flag_sources(plan)
+    return plan
+
+
+def test_trtllm_deepseek_v3_attention_dp_expert_parallel_on_one_node():
+    doc = document("deepseek-v3-8xb200-trtllm")  # costed for TensorRT-LLM: TP 1, DP 8, EP 8 in one instance
+    plan = doc["plan"]
+    assert (plan["tp"], plan["dp"], plan["ep"], plan["etp"], plan["instances"]) == (1, 8, 8, 1, 1)
+    launch = trtllm(doc)
+    (cmd,) = launch.commands
+    assert cmd.argv[:2] == ("trtllm-serve", "deepseek-ai/DeepSeek-V3")
+    assert cmd.env == () and cmd.gpus == tuple(range(8))
+    assert flags(cmd) == {"--backend": "pytorch", "--tp_size": "8", "--pp_size": "1", "--ep_size": "8",
+                          "--max_batch_size": str(plan["batch_per_replica"]), "--max_num_tokens": "8192",
+                          "--max_seq_len": "3072", "--kv_cache_free_gpu_memory_fraction": "0.9",
+                          "--extra_llm_api_options": "trtllm-extra-llm-api-options.yaml", "--host": "0.0.0.0",
+                          "--port": "8000"}
+    # attention DP, the expert split and the FP8 KV cache go in the options file, with the fraction repeated
+    # (the file's kv_cache_config replaces the one the flags build)
+    assert launch.files == (("trtllm-extra-llm-api-options.yaml",
+                             "enable_attention_dp: true\nmoe_tensor_parallel_size: 1\nkv_cache_config:\n  dtype: fp8\n"
+                             "  free_gpu_memory_fraction: 0.9\n"),)
+    text = launch.render()
+    assert text.startswith("# tensorrt-llm 1.2 launch for deepseek-v3-8xb200-trtllm")
+    assert "cat > trtllm-extra-llm-api-options.yaml <<'EOF'\nenable_attention_dp: true\n" in text
+    assert text.rstrip().endswith(cmd.shell)
+    assert not any("costed for engine" in n for n in launch.notes)
+    assert any("each attention-DP rank's scheduler" in n for n in launch.notes)
+    assert json.loads(json.dumps(launch.as_dict()))["files"]["trtllm-extra-llm-api-options.yaml"].startswith("enable_")
+
+
+def test_trtllm_pipeline_over_two_nodes_runs_under_mpirun_with_the_layer_split():
+    doc = document("qwen3-235b-a22b-16xh100")  # TP 1 PP 2 DP 8 EP 8, layers 48/46, stage s on node s
+    launch = trtllm(doc, node_addresses=["10.0.0.1", "10.0.0.2"])
+    (cmd,) = launch.commands
+    assert cmd.argv[:6] == ("mpirun", "-H", "10.0.0.1:8,10.0.0.2:8", "-n", "16", "trtllm-llmapi-launch")
+    assert cmd.other_nodes == ((1, tuple(range(8))),) and cmd.node == 0
+    serve = cmd.argv[cmd.argv.index("trtllm-serve"):]
+    f = flags(NodeCommand(node=0, instance=0, role=CommandRole.SERVE, argv=serve))
+    assert (f["--tp_size"], f["--pp_size"], f["--ep_size"]) == ("8", "2", "8")
+    assert launch.files[0][1] == "enable_attention_dp: true\nmoe_tensor_parallel_size: 1\npp_partition: [48, 46]\n"
+    assert any("srun" in n for n in launch.notes)
+
+
+def test_trtllm_dense_replicas_and_what_it_cannot_run():
+    doc = document("llama-3.1-70b-8xh100")  # dense TP 4 x DP 2: two instances, no options file
+    launch = trtllm(doc)
+    assert [(c.instance, c.gpus, flags(c)["--port"]) for c in launch.commands] == [
+        (0, (0, 1, 2, 3), "8000"), (1, (4, 5, 6, 7), "8001")]
+    assert launch.files == () and "--extra_llm_api_options" not in launch.commands[0].argv
+    assert "--ep_size" not in launch.commands[0].argv
+    # attention TP 2 inside an instance with 4 attention-DP ranks: TensorRT-LLM has no such mode
+    mixed = edited("deepseek-v3-8xb200-trtllm", plan={"tp": 2, "dp": 4, "ep": 8, "etp": 1, "edp": 1})
+    with pytest.raises(NotExpressible, match=r"^tensorrt-llm: .*either tensor parallel .* with enable_attention_dp"):
+        trtllm_commands(mixed)
+    fp8_weights = edited("llama-3.1-70b-8xh100", workload={"weight_dtype": "fp8"})
+    assert "--quantization" not in trtllm_commands(fp8_weights).commands[0].argv  # no online quantisation flag
+    assert launch_commands(doc, engine="tensorrt-llm").engine is LaunchEngine.TRTLLM
+
+
+def test_max_model_len_is_the_longest_request_and_says_so():
+    doc = document("llama-3.1-70b-8xh100")  # ISL 1024 + OSL 256
+    for build, flag in ((vllm_commands, "--max-model-len"), (sglang_commands, "--context-length"),
+                        (trtllm_commands, "--max_seq_len")):
+        launch = build(doc)
+        assert flags(launch.commands[0])[flag] == "1280"
+        (note,) = [n for n in launch.notes if n.startswith(flag)]
+        assert "longest request the scenario allows: ISL 1024 + OSL 256 = 1280 tokens" in note
+    odd = edited("llama-3.1-70b-8xh100", workload={"input_tokens": 1000, "output_tokens": 200})
+    assert flags(vllm_commands(odd).commands[0])["--max-model-len"] == "1280"  # 1200 rounded up to 256s
+    # a KV cache that holds 1,250 tokens per replica cannot take a 1,280-token request: vLLM would refuse
+    # to start, so the exact 1,200 is used
+    odd["memory"]["kv_cache_capacity_tokens"] = 1250
+    assert flags(vllm_commands(odd).commands[0])["--max-model-len"] == "1200"
+    scenario = Scenario.model_validate(odd["scenario"])
+    assert max_model_len(scenario) == 1280 and max_model_len(scenario, kv_capacity_tokens=1250) == 1200
+
+
+def test_launch_cli_tensorrt_llm_and_the_plans_own_engine_by_default():
+    runner = CliRunner()
+    own = runner.invoke(main, ["launch", "--scenario", "deepseek-v3-8xb200-trtllm"])
+    assert own.exit_code == 0, own.output
+    assert "trtllm-serve deepseek-ai/DeepSeek-V3 --backend pytorch --tp_size 8" in own.output
+    assert "vllm serve" not in own.output and "sglang.launch_server" not in own.output
+    chosen = runner.invoke(main, ["launch", "--scenario", "llama-3.1-70b-8xh100", "--engine", "tensorrt-llm"])
+    assert chosen.exit_code == 0 and "trtllm-serve meta-llama/Llama-3.1-70B" in chosen.output
+    vllm_plan = runner.invoke(main, ["launch", "--scenario", "llama-3.1-70b-8xh100"])
+    assert "vllm serve" in vllm_plan.output and "sglang.launch_server" not in vllm_plan.output
+    bad = runner.invoke(main, ["launch", "--scenario", "llama-3.1-70b-8xh100", "--engine", "trtllm"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output

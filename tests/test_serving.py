@@ -146,7 +146,7 @@ def test_pareto_png_and_csv_for_every_shipped_scenario(name, tmp_path):
 
 
 def test_launch_cli_prints_both_engines_and_refuses_what_an_engine_cannot_run(tmp_path):
-    ok = CliRunner().invoke(main, ["launch", "--scenario", "llama-3.1-70b-8xh100"])
+    ok = CliRunner().invoke(main, ["launch", "--scenario", "llama-3.1-70b-8xh100", "--engine", "vllm", "--engine", "sglang"])
     assert ok.exit_code == 0, ok.output
     assert "vllm serve meta-llama/Llama-3.1-70B --tensor-parallel-size 4" in ok.output
     assert "python3 -m sglang.launch_server --model-path meta-llama/Llama-3.1-70B --tp-size 4" in ok.output
