@@ -4,10 +4,9 @@ the terminal, and Markdown for review. Pure functions returning strings; the CLI
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optimizer.cost import COLLECTIVE_KINDS, CostTable, LayerTime, stage_ns
-from optimizer.diagnose import Diagnosis
 from optimizer.engines import instances as engine_instances
 from optimizer.engines import memory_limits
 from optimizer.memory import active_params, layer_kinds, total_params
@@ -18,6 +17,9 @@ from optimizer.scenario import Scenario
 from optimizer.schema import SCHEMA_VERSION
 from optimizer.units import human_bytes
 from optimizer.verify import Certificate, certify
+
+if TYPE_CHECKING:  # diagnose imports the CP-SAT model; a verify or estimate report never needs it
+    from optimizer.diagnose import Diagnosis
 
 
 
