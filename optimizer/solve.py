@@ -54,7 +54,7 @@ import numpy as np
 import ortools
 from ortools.sat.python import cp_model
 
-from optimizer import certify as optimality
+import optimizer.certify as optimality  # the module (the package also exports a function named certify)
 from optimizer.candidates import CandidateValues, Variant, variant_for
 from optimizer.cost import estimate
 from optimizer.errors import Infeasible, OptimizerError, SolveIncomplete
