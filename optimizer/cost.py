@@ -640,3 +640,38 @@ def estimate(*, table: CostTable, i: int, kinds: list[tuple[int, int]], concurre
         concurrent_sequences=concurrent_sequences,
         output_tokens=output_tokens,
     )
+
+
+@dataclass(frozen=True)
+class BatchedPrefill:
+    """A replica's ``batch`` prompts prefilled together, as the engines' schedulers batch them."""
+
+    steps: int  # scheduler steps (forward passes) that prefill them
+    step_tokens: int  # tokens per full step: engine.max_num_batched_tokens
+    batched_prefill_ns: int  # from the first step's start to the last prompt's first token
+
+
+def batched_prefill(*, scenario: Scenario, table: CostTable, index: int, kinds: list[tuple[int, int]]) -> BatchedPrefill:
+    """The ``batch`` prompts of one replica (``ISL`` tokens each) prefilled as vLLM's and SGLang's schedulers
+    batch them: steps of at most ``engine.max_num_batched_tokens`` tokens (vLLM ``--max-num-batched-tokens``,
+    SGLang ``--chunked-prefill-size``: a prompt longer than the budget is chunked over steps, shorter ones
+    share a step). A step of ``T`` tokens is costed by the same operators as a prompt's prefill, for
+    ``T / ISL`` prompts attending over ``ISL`` tokens. Steps follow one another through the pipeline: the
+    first takes every stage and ``PP - 1`` hops, each later one its slowest stage.
+
+    Shapes: ``kinds`` the ``(dense, moe)`` layers per stage of the plan. Units: ns, rounded up per term as
+    the cost tables are.
+    """
+    workload, layout, batch = scenario.workload, table.layouts[index], table.batch[index]
+    budget = scenario.engine.max_num_batched_tokens
+    total = batch * workload.input_tokens
+    full, rest = divmod(total, budget)
+    sizes = [budget if full else rest, rest or budget]
+    g = grid(scenario, (layout, layout), (batch, batch))
+    tokens = np.asarray(sizes, dtype=float)
+    phase = _phase(scenario=scenario, g=g, tokens=tokens, seqs=tokens / workload.input_tokens, context=workload.input_tokens,
+                   prefill=True, cal=table.calibration)
+    first, last = stage_ns(phase, 0, kinds), stage_ns(phase, 1, kinds)
+    hops = (len(kinds) - 1) * int(phase.boundary_ns[0])
+    later = max(full - 1, 0) * max(first) + (max(last) if full and rest else 0)
+    return BatchedPrefill(steps=full + (1 if rest else 0), step_tokens=budget, batched_prefill_ns=sum(first) + hops + later)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from optimizer.cost import COLLECTIVE_KINDS, CostTable, LayerTime, stage_ns
+from optimizer.cost import COLLECTIVE_KINDS, CostTable, LayerTime, batched_prefill, stage_ns
 from optimizer.engines import instances as engine_instances
 from optimizer.engines import memory_limits
 from optimizer.memory import active_params, layer_kinds, total_params
@@ -273,10 +273,29 @@ def estimate_document(*, scenario: Scenario, plan: Plan, certificate: Certificat
         **{k: est[k] for k in ("prefill_step_s", "decode_step_s", "ttft_s", "tpot_s", "request_latency_s",
                                "output_tokens_per_s", "output_tokens_per_s_per_gpu", "decode_microbatches")},
         "prefill_share_per_decode_step_s": est["prefill_share_per_decode_step_ns"] / 1e9,
+        **_static_batch(scenario=scenario, plan=plan, table=table, index=index, certificate=certificate, kinds=kinds),
         "kv_cache_capacity_tokens": mem["kv_cache_capacity_tokens"],
         "max_sequences_per_replica": mem["max_sequences_per_replica"],
         "breakdown": phases,
         "calibration": est["calibration"],
+    }
+
+
+def _static_batch(*, scenario: Scenario, plan: Plan, table: CostTable, index: int, certificate: Certificate,
+                  kinds: list[tuple[int, int]]) -> dict[str, Any]:
+    """An offline (static) batch: every replica's ``batch`` prompts prefilled as the scheduler batches them
+    (``cost.batched_prefill``), then OSL decode steps of the full batch with no prefill between them.
+    ``static_batch_output_tokens_per_s_per_gpu`` = DP x batch x OSL / (batched prefill + OSL x decode
+    cycle) / GPUs, comparable with offline benchmarks (vLLM ``benchmark_throughput``, trtllm-bench)."""
+    prefill = batched_prefill(scenario=scenario, table=table, index=index, kinds=kinds)
+    cycle_ns = certificate.estimate.tpot_ns - table.prefill_share_ns[index]  # the decode cycle alone
+    osl = scenario.workload.output_tokens
+    total_ns = prefill.batched_prefill_ns + osl * cycle_ns
+    tokens = plan.layout.dp * plan.batch_per_replica * osl
+    return {
+        "batched_prefill_s": prefill.batched_prefill_ns / 1e9,
+        "batched_prefill_steps": prefill.steps,
+        "static_batch_output_tokens_per_s_per_gpu": tokens * 1e9 / total_ns / scenario.cluster.num_gpus if total_ns else 0.0,
     }
 
 
@@ -295,6 +314,8 @@ def render_estimate(document: dict[str, Any]) -> str:
         f"{document['decode_microbatches']} micro-batch(es))",
         f"  request latency {document['request_latency_s']:.3f} s   {document['output_tokens_per_s']:,.0f} output tokens/s "
         f"({document['output_tokens_per_s_per_gpu']:,.1f} per GPU)",
+        f"  static batch (offline): {document['static_batch_output_tokens_per_s_per_gpu']:,.1f} output tokens/s per GPU, "
+        f"its prompts prefilled in {document['batched_prefill_s']:.3f} s ({document['batched_prefill_steps']} scheduler step(s))",
     ]
     if document["kv_cache_capacity_tokens"] is not None:
         lines.append(f"  KV cache capacity {document['kv_cache_capacity_tokens']:,} tokens per replica "

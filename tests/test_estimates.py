@@ -80,3 +80,39 @@ def test_a_plan_says_which_stack_stands_in_for_its_engine() -> None:
     assert "stack tensorrt-llm, standing in for vllm (no vllm measurements" in vllm
     trt = build_tables(_scenario("Qwen3-30B-A3B", "tensorrt-llm")).cost.calibration_text
     assert "standing in" not in trt
+
+
+def _estimate_json(*args: str) -> dict:
+    import json
+
+    from click.testing import CliRunner
+
+    from optimizer.cli import main
+
+    result = CliRunner().invoke(main, ["estimate", *args, "--json", "-"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_estimate_gives_batched_prefill_and_a_static_batch_figure(tmp_path) -> None:
+    """Issue 13 item 5: the replica's prompts prefilled as the scheduler batches them, and an offline
+    (static) throughput: DP x B x OSL / (batched prefill + OSL decode cycles) per GPU."""
+    import yaml
+
+    from optimizer.loader import SCENARIO_DIR, load_scenario
+
+    base = yaml.safe_load((SCENARIO_DIR / "llama-3.1-70b-8xh100.yaml").read_text())
+    one = dict(base, workload={**base["workload"], "concurrent_sequences": 1}, name="one")
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump(one))
+    single = _estimate_json("--scenario", str(path), "--tp", "8")
+    assert single["batched_prefill_steps"] == 1
+    assert single["batched_prefill_s"] == single["ttft_s"]  # one prompt within the budget: its own prefill
+    d = _estimate_json("--scenario", "llama-3.1-70b-8xh100", "--tp", "8")
+    sc = load_scenario("llama-3.1-70b-8xh100")
+    b, isl, osl = d["plan"]["batch_per_replica"], sc.workload.input_tokens, sc.workload.output_tokens
+    assert d["batched_prefill_steps"] == -(-b * isl // sc.engine.max_num_batched_tokens)
+    assert d["batched_prefill_s"] > (d["batched_prefill_steps"] - 1) * single["ttft_s"]  # each full step outweighs one prompt
+    cycle = d["tpot_s"] - d["prefill_share_per_decode_step_s"]
+    expected = d["plan"]["dp"] * b * osl / (d["batched_prefill_s"] + osl * cycle) / sc.cluster.num_gpus
+    assert d["static_batch_output_tokens_per_s_per_gpu"] == pytest.approx(expected, rel=1e-6)
