@@ -6,6 +6,8 @@ cluster) and each writes its plan JSON and Markdown, exactly as ``optimize --jso
 ``OUT/plans/``. A sweep is resumable: a job whose JSON already holds the very same validated scenario is
 kept and skipped. A job that fails (bad input, solver error) is recorded with its error and the others go
 on. At the end ``summary.csv``, ``summary.md`` and per-model plots are rebuilt from every plan on disk.
+A sweep that is stopped (Ctrl-C, SIGTERM) ends its workers, keeps every finished plan and writes no
+summary; running it again resumes.
 
 Determinism: each job solves with one CP-SAT worker and seed 0, so the files do not depend on the
 executor, the number of processes or the order jobs finish in.
@@ -19,10 +21,13 @@ import io
 import json
 import os
 import re
+import signal
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +42,8 @@ from optimizer.scenario import Scenario
 from optimizer.solve import DEFAULT_BUDGET_S, Deadline, optimize
 
 EXECUTORS = ("process", "ray")
+WORKER_EXIT_S = 1.0  # how long an ended worker may take to go before it is killed
+RAY_POLL_S = 0.5  # how often the Ray driver looks up from waiting (Ctrl-C is seen in between)
 SUMMARY_COLUMNS = (
     "name", "status", "model", "gpu", "num_gpus", "gpus_per_node", "engine", "input_tokens", "output_tokens",
     "concurrent_sequences", "tp", "pp", "dp", "ep", "etp", "edp", "ttft_s", "tpot_s", "request_latency_s",
@@ -287,15 +294,37 @@ def atomic_write(path: Path, text: str) -> None:
     if path.is_symlink():
         path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with signals_deferred():  # Ctrl-C between mkstemp and try would leave the temp file behind
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the block and deliver them when it ends, to the handlers they had
+    (Ctrl-C then raises KeyboardInterrupt; a default SIGTERM still ends the process): a short step, such as
+    writing a file or ending the workers, is never cut in half. Only the main thread can set handlers;
+    elsewhere nothing is held back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)
 
 
 def _umask() -> int:
@@ -334,14 +363,19 @@ def run_sweep(
     """Run ``jobs`` and write ``out/plans/<name>.json|.md``, ``out/errors/<name>.txt``, the summary and plots.
 
     Args:
-        executor: ``process`` (a process pool of ``workers``, default all cores; 1 runs in this process) or
+        executor: ``process`` (a pool of ``workers`` processes, default all cores; this one only waits) or
             ``ray`` (the ``ray`` extra; a local Ray instance of ``workers`` CPUs, or ``ray_address``).
         resume: keep and skip jobs whose JSON already holds the same validated scenario.
+        time_limit_s: each job's budget in seconds (solve and diagnosis); None for no limit.
         explain: diagnose infeasible scenarios (smallest changes); off by default, it costs re-solves.
-        on_outcome: called in this process as each job finishes (progress bars).
+        on_outcome: called in this process as each job finishes (progress), kept jobs first.
 
     Raises:
         OptimizerError: unknown executor, or Ray asked for but not installed.
+        OSError: ``out`` cannot be written.
+        KeyboardInterrupt: Ctrl-C (or a signal handler that raises it): the workers were ended (a pool's
+            processes terminated, a local Ray instance shut down), every finished plan is on disk and
+            no summary was written; calling again with ``resume`` resumes.
     """
     if executor not in EXECUTORS:
         raise OptimizerError(f"unknown executor {executor!r}; expected one of {', '.join(EXECUTORS)}")
@@ -359,23 +393,68 @@ def run_sweep(
             pending.append(job)
     settings = {"time_limit_s": time_limit_s, "explain": explain}
     run = _run_ray if executor == "ray" else _run_processes
-    for outcome in run(pending, workers=workers, settings=settings, ray_address=ray_address):
-        result.files += _write_outcome(out, outcome)
-        by_name[outcome.name] = outcome
-        if on_outcome:
-            on_outcome(outcome)
+    # closing(): an interrupt raised here (not in the generator) still ends the workers now, not at exit
+    with closing(run(pending, workers=workers, settings=settings, ray_address=ray_address)) as outcomes:
+        for outcome in outcomes:
+            result.files += _write_outcome(out, outcome)
+            by_name[outcome.name] = outcome
+            if on_outcome:
+                on_outcome(outcome)
     result.outcomes = [by_name[job.name] for job in jobs]
     result.files += write_summary(out, jobs, result.outcomes, workers=workers or os.cpu_count() or 1)
     return result
 
 
+def _worker_signals() -> None:
+    """A worker's initializer. Ctrl-C reaches the whole process group, and the parent alone decides (it
+    ends the workers): a worker that took it would record a job as failed and carry on. SIGTERM, which
+    ends a worker, ends it at once (a forked worker would otherwise keep the parent's handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextmanager
+def _worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A process pool that, left by an exception (Ctrl-C, SIGTERM turned into one, a closed generator),
+    ends its workers at once instead of waiting for their jobs (each may run its whole time limit)."""
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_signals)
+    try:
+        yield pool
+    except BaseException:
+        _end_workers(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _end_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel the queued jobs and terminate the running ones' processes, then wait (at most
+    ``WORKER_EXIT_S`` each, then kill) until they are gone: none is left behind as an orphan. A second
+    Ctrl-C meanwhile waits until this is done. Python 3.14 has ``terminate_workers()``; before it the
+    processes are only reachable as ``_processes``."""
+    with signals_deferred():
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        manager = getattr(pool, "_executor_manager_thread", None)
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(WORKER_EXIT_S)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        if manager is not None:
+            manager.join(WORKER_EXIT_S)
+
+
 def _run_processes(jobs: Sequence[Job], *, workers: int | None, settings: dict[str, Any], ray_address: str | None) -> Iterable[Outcome]:
-    workers = workers or os.cpu_count() or 1
-    if workers == 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield run_job(job, **settings)
+    """The jobs in a pool of worker processes, one job too: this process never solves, so it sees Ctrl-C at
+    once (CP-SAT returns to Python only when its solve ends) and CP-SAT cannot take its SIGINT handler
+    (``catch_sigint_signal``, on by default, stops a solve early as if out of time and then leaves SIGINT
+    at its default, which kills without clean-up)."""
+    if not jobs:
         return
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+    with _worker_pool(min(workers or os.cpu_count() or 1, len(jobs))) as pool:
         futures = {pool.submit(run_job, job, **settings): job for job in jobs}
         for future in as_completed(futures):
             job = futures[future]
@@ -398,24 +477,42 @@ def _run_ray(jobs: Sequence[Job], *, workers: int | None, settings: dict[str, An
             kwargs["address"] = ray_address
         else:
             kwargs["num_cpus"] = workers or os.cpu_count() or 1
+        on_sigterm = signal.getsignal(signal.SIGTERM)
         ray.init(**kwargs)
+        if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_sigterm)  # ray.init puts sys.exit there: keep the caller's way out
+    waiting: list[Any] = []
     try:
         task = ray.remote(num_cpus=1)(run_job)
         refs = {task.remote(job, **settings): job for job in jobs}
         waiting = list(refs)
         while waiting:
-            ready, waiting = ray.wait(waiting, num_returns=1)
+            # a bounded wait: Ctrl-C is only seen between Python calls, and a job may take a minute
+            ready, waiting = ray.wait(waiting, num_returns=1, timeout=RAY_POLL_S)
+            if not ready:
+                continue
             job = refs[ready[0]]
             try:
                 yield ray.get(ready[0])
             except Exception as exc:  # a task that failed on the cluster: record it, go on
                 yield Outcome(job.name, "error", error=f"Ray task failed: {type(exc).__name__}: {exc}")
+    except BaseException:
+        if not started:  # the caller's Ray goes on: stop our tasks (with our own, shutdown ends them)
+            for ref in waiting:
+                ray.cancel(ref, force=True)
+        raise
     finally:
         if started:
             ray.shutdown()
 
 
 def _write_outcome(out: Path, outcome: Outcome) -> list[Path]:
+    """Write a plan's JSON and Markdown and remove its error file, or write the error."""
+    with signals_deferred():  # all of one outcome's files, or none
+        return _write_outcome_files(out, outcome)
+
+
+def _write_outcome_files(out: Path, outcome: Outcome) -> list[Path]:
     written = []
     error_path = out / "errors" / f"{outcome.name}.txt"
     if outcome.status == "error":
@@ -523,10 +620,15 @@ def write_plots(folder: Path, rows: Sequence[dict[str, Any]], *, workers: int = 
     if not tasks:
         return []
     folder.mkdir(parents=True, exist_ok=True)
-    if workers > 1 and len(tasks) > 2:
-        with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
-            return list(pool.map(_plot_panel, *zip(*tasks)))
-    return [_plot_panel(*task) for task in tasks]
+    try:
+        if workers > 1 and len(tasks) > 2:
+            with _worker_pool(min(workers, len(tasks))) as pool:
+                return list(pool.map(_plot_panel, *zip(*tasks)))
+        return [_plot_panel(*task) for task in tasks]
+    except BaseException:  # interrupted: a worker ended mid-figure leaves its temp file
+        for leftover in folder.glob(".*.tmp.png"):
+            leftover.unlink(missing_ok=True)
+        raise
 
 
 def _plot_panel(path: Path, title: str, members: list[dict[str, Any]]) -> Path:
