@@ -533,7 +533,8 @@ def sweep(inputs: tuple[str, ...], out_dir: str, gpus: tuple[int, ...], gpu_name
     """Plan many scenarios: files, folders, globs or shipped names, crossed with a grid.
 
     Writes DIR/plans/<scenario>.json and .md (as `optimize --json/--markdown` would), DIR/errors/ for
-    scenarios that fail, DIR/summary.csv, DIR/summary.md and DIR/plots/<model>.png. Example:
+    scenarios that fail, DIR/summary.csv, DIR/summary.md and DIR/plots/<model>.png. The summary lists
+    every result in DIR: this sweep's scenarios, then those earlier sweeps into DIR left. Example:
 
     optimize sweep scenarios/ --out results/ --gpus 8,16,32 --gpu h100-sxm,h200-sxm
 

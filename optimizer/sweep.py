@@ -3,11 +3,14 @@
 Inputs are scenario files, folders, globs or shipped names, crossed with a grid (GPU counts, GPU kinds,
 models, ISL, OSL). Each scenario of the grid is a ``Job``; jobs run in parallel processes (or on a Ray
 cluster) and each writes its plan JSON and Markdown, exactly as ``optimize --json/--markdown`` would, into
-``OUT/plans/``. A sweep is resumable: a job whose JSON already holds the very same validated scenario is
-kept and skipped. A job that fails (bad input, solver error) is recorded with its error and the others go
-on. At the end ``summary.csv``, ``summary.md`` and per-model plots are rebuilt from every plan on disk.
-A sweep that is stopped (Ctrl-C, SIGTERM) ends its workers, keeps every finished plan and writes no
-summary; running it again resumes.
+``OUT/plans/``. A sweep is resumable: a job whose JSON already holds the very same validated scenario (and
+whose Markdown is there) is kept and skipped. A job that fails (bad input, solver error) is recorded in
+``OUT/errors/`` with its error, its plan files from an earlier run are removed, and the others go on.
+
+At the end ``summary.csv``, ``summary.md`` and per-model plots are rebuilt from every result in ``OUT``:
+this sweep's scenarios in grid order, then the plans and errors earlier sweeps into ``OUT`` left (another
+grid), by name. A sweep that is stopped (Ctrl-C, SIGTERM) ends its workers, keeps every finished plan
+and writes no summary; running it again resumes.
 
 Determinism: each job solves with one CP-SAT worker and seed 0, so the files do not depend on the
 executor, the number of processes or the order jobs finish in.
@@ -335,9 +338,10 @@ def _umask() -> int:
 
 
 def _done(out: Path, job: Job, scenario: Scenario | str) -> Outcome | None:
-    """The outcome already on disk for ``job`` if its JSON holds this very scenario, else None."""
+    """The outcome already on disk for ``job`` if its JSON holds this very scenario and its Markdown is
+    there too, else None (the job is run again and writes both)."""
     path = out / "plans" / f"{job.name}.json"
-    if isinstance(scenario, str) or not path.is_file():
+    if isinstance(scenario, str) or not path.is_file() or not path.with_suffix(".md").is_file():
         return None
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
@@ -362,10 +366,14 @@ def run_sweep(
 ) -> SweepResult:
     """Run ``jobs`` and write ``out/plans/<name>.json|.md``, ``out/errors/<name>.txt``, the summary and plots.
 
+    The summary (``summary.csv``, ``summary.md``, ``plots/``) lists every result in ``out``: ``jobs`` in
+    their order, then the plans and errors that earlier sweeps into ``out`` left, by name.
+
     Args:
         executor: ``process`` (a pool of ``workers`` processes, default all cores; this one only waits) or
             ``ray`` (the ``ray`` extra; a local Ray instance of ``workers`` CPUs, or ``ray_address``).
-        resume: keep and skip jobs whose JSON already holds the same validated scenario.
+        resume: keep and skip jobs whose JSON already holds the same validated scenario (and whose
+            Markdown is there).
         time_limit_s: each job's budget in seconds (solve and diagnosis); None for no limit.
         explain: diagnose infeasible scenarios (smallest changes); off by default, it costs re-solves.
         on_outcome: called in this process as each job finishes (progress), kept jobs first.
@@ -401,7 +409,7 @@ def run_sweep(
             if on_outcome:
                 on_outcome(outcome)
     result.outcomes = [by_name[job.name] for job in jobs]
-    result.files += write_summary(out, jobs, result.outcomes, workers=workers or os.cpu_count() or 1)
+    result.files += write_summary(out, [job.name for job in jobs], workers=workers or os.cpu_count() or 1)
     return result
 
 
@@ -507,7 +515,8 @@ def _run_ray(jobs: Sequence[Job], *, workers: int | None, settings: dict[str, An
 
 
 def _write_outcome(out: Path, outcome: Outcome) -> list[Path]:
-    """Write a plan's JSON and Markdown and remove its error file, or write the error."""
+    """Write a plan's Markdown, then its JSON (the JSON marks the job done), and remove its error file;
+    or write the error and remove the plan files an earlier run left (they no longer hold)."""
     with signals_deferred():  # all of one outcome's files, or none
         return _write_outcome_files(out, outcome)
 
@@ -515,11 +524,14 @@ def _write_outcome(out: Path, outcome: Outcome) -> list[Path]:
 def _write_outcome_files(out: Path, outcome: Outcome) -> list[Path]:
     written = []
     error_path = out / "errors" / f"{outcome.name}.txt"
+    plan_paths = [out / "plans" / f"{outcome.name}{suffix}" for suffix in (".md", ".json")]
     if outcome.status == "error":
         atomic_write(error_path, (outcome.error or "error") + "\n")
+        for path in plan_paths[::-1]:
+            path.unlink(missing_ok=True)
         return [error_path]
     error_path.unlink(missing_ok=True)
-    for suffix, text in ((".json", outcome.json_text), (".md", outcome.markdown_text)):
+    for suffix, text in ((".md", outcome.markdown_text), (".json", outcome.json_text)):
         if text is not None:
             path = out / "plans" / f"{outcome.name}{suffix}"
             atomic_write(path, text)
@@ -530,12 +542,13 @@ def _write_outcome_files(out: Path, outcome: Outcome) -> list[Path]:
 # --- summary ---------------------------------------------------------------------------------------------
 
 
-def summary_row(job: Job, outcome: Outcome, document: dict[str, Any] | None) -> dict[str, Any]:
-    """One line of ``summary.csv``: the scenario's axes, the plan's sizes and estimate, or the reason."""
+def summary_row(name: str, document: dict[str, Any] | None, *, error: str | None = None) -> dict[str, Any]:
+    """One line of ``summary.csv``: the scenario's axes, the plan's sizes and estimate (``document``, a plan
+    JSON), or the reason (``error``, when there is no document)."""
     row: dict[str, Any] = {key: "" for key in SUMMARY_COLUMNS}
-    row.update(name=job.name, status=outcome.status)
+    row.update(name=name, status="error" if document is None else _status_of(document))
     if document is None:
-        row["reason"] = outcome.error or ""
+        row["reason"] = error or ""
         return row
     sc = document["scenario"]
     cl, wl = sc["cluster"], sc["workload"]
@@ -554,15 +567,14 @@ def summary_row(job: Job, outcome: Outcome, document: dict[str, Any] | None) -> 
     return row
 
 
-def write_summary(out: Path, jobs: Sequence[Job], outcomes: Sequence[Outcome], *, workers: int = 1) -> list[Path]:
-    """``summary.csv`` and ``summary.md`` from every job's JSON on disk, and ``plots/<model>.png``."""
-    rows = []
-    for job, outcome in zip(jobs, outcomes):
-        document = None
-        path = out / "plans" / f"{job.name}.json"
-        if outcome.status != "error" and path.is_file():
-            document = json.loads(path.read_text(encoding="utf-8"))
-        rows.append(summary_row(job, outcome, document))
+def write_summary(out: Path, names: Sequence[str] = (), *, workers: int = 1) -> list[Path]:
+    """``summary.csv``, ``summary.md`` and ``plots/<model>.png`` for every result in ``out``: a line per
+    ``plans/<name>.json`` or ``errors/<name>.txt`` (the error when there are both, as an older version
+    could leave), ``names`` first in their order (the sweep's jobs), then the rest by name. A plan file
+    that does not parse is listed as an error. Raises OSError when ``out`` cannot be written."""
+    on_disk = {p.stem for p in out.glob("plans/*.json")} | {p.stem for p in out.glob("errors/*.txt")}
+    ordered = list(dict.fromkeys(names)) + sorted(on_disk - set(names))
+    rows = [_summary_row_on_disk(out, name) for name in ordered if name in on_disk]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -570,6 +582,17 @@ def write_summary(out: Path, jobs: Sequence[Job], outcomes: Sequence[Outcome], *
     atomic_write(out / "summary.csv", buffer.getvalue())
     atomic_write(out / "summary.md", summary_markdown(rows))
     return [out / "summary.csv", out / "summary.md", *write_plots(out / "plots", rows, workers=workers)]
+
+
+def _summary_row_on_disk(out: Path, name: str) -> dict[str, Any]:
+    error_path, plan_path = out / "errors" / f"{name}.txt", out / "plans" / f"{name}.json"
+    if error_path.is_file():
+        return summary_row(name, None, error=error_path.read_text(encoding="utf-8", errors="replace").strip())
+    try:
+        document = json.loads(plan_path.read_text(encoding="utf-8"))
+        return summary_row(name, document)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # edited or foreign: listed, not fatal
+        return summary_row(name, None, error=f"{plan_path}: not a plan document ({type(exc).__name__}: {exc})")
 
 
 def summary_markdown(rows: Sequence[dict[str, Any]]) -> str:

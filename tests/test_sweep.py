@@ -334,3 +334,42 @@ def test_ctrl_c_shuts_a_local_ray_instance_down(tmp_path):
     assert proc.returncode == 130 and "interrupted" in stderr, stderr
     assert seconds < 5.0, f"{seconds:.2f} s"  # ray.shutdown() of a local instance takes 1-2 s of it
     assert still_running(ray_processes) == set()
+
+
+def test_resume_rewrites_a_missing_markdown_file(tmp_path):
+    a = write(tmp_path, "a", scenario_dict(model=DENSE))
+    b = write(tmp_path, "b", scenario_dict(model=DENSE, workload={"input_tokens": 256}))
+    out = tmp_path / "out"
+    run_sweep(expand_jobs([str(a), str(b)]), out, workers=1)
+    markdown = (out / "plans" / "a.md").read_text()
+    (out / "plans" / "a.md").unlink()
+    again = run_sweep(expand_jobs([str(a), str(b)]), out, workers=1)
+    assert [o.skipped for o in again.outcomes] == [False, True]
+    assert (out / "plans" / "a.md").read_text() == markdown
+
+
+def test_a_job_that_now_fails_removes_its_old_plan(tmp_path):
+    a = write(tmp_path, "a", scenario_dict(model=DENSE))
+    out = tmp_path / "out"
+    run_sweep(expand_jobs([str(a)]), out, workers=1)
+    assert (out / "plans" / "a.json").exists() and (out / "plans" / "a.md").exists()
+    write(tmp_path, "a", scenario_dict(model=DENSE, cluster={"num_nodes": 0}))  # a now fails
+    result = invoke("sweep", str(a), "--out", str(out), "--workers", "1")
+    assert result.exit_code == 1 and "num_nodes" in result.output
+    assert sorted(p.name for p in (out / "plans").iterdir()) == []
+    assert (out / "errors" / "a.txt").exists()
+    [row] = csv.DictReader((out / "summary.csv").open())
+    assert row["name"] == "a" and row["status"] == "error" and "num_nodes" in row["reason"]
+
+
+def test_the_summary_lists_every_result_in_the_folder(tmp_path):
+    # summary.csv and .md list every plan and error in OUT: this sweep's scenarios in grid order, then
+    # those left by earlier sweeps into the folder, by name.
+    base = write(tmp_path, "base", scenario_dict(model=DENSE))
+    out = tmp_path / "out"
+    assert invoke("sweep", str(base), "--gpus", "8,6", "--out", str(out), "--workers", "1").exit_code == 1
+    assert invoke("sweep", str(base), "--gpus", "4", "--out", str(out), "--workers", "1").exit_code == 0
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [(r["name"], r["status"]) for r in rows] == [
+        ("base--4gpu", "optimal"), ("base--6gpu", "error"), ("base--8gpu", "optimal")]
+    assert (out / "summary.md").read_text().count("| base--") == 3
