@@ -539,9 +539,10 @@ def sweep(inputs: tuple[str, ...], out_dir: str, gpus: tuple[int, ...], gpu_name
     optimize sweep scenarios/ --out results/ --gpus 8,16,32 --gpu h100-sxm,h200-sxm
 
     Ctrl-C (or SIGTERM) ends the workers and keeps every finished plan; the same command resumes.
+    One sweep at a time writes DIR (a second one exits 2).
 
     Exit 0 when every scenario was planned or proved infeasible, 1 if any failed (see DIR/errors/),
-    2 on bad input, 130 when interrupted (143 on SIGTERM).
+    2 on bad input or a busy DIR, 130 when interrupted (143 on SIGTERM).
     """
     import signal
 

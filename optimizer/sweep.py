@@ -10,7 +10,8 @@ whose Markdown is there) is kept and skipped. A job that fails (bad input, solve
 At the end ``summary.csv``, ``summary.md`` and per-model plots are rebuilt from every result in ``OUT``:
 this sweep's scenarios in grid order, then the plans and errors earlier sweeps into ``OUT`` left (another
 grid), by name. A sweep that is stopped (Ctrl-C, SIGTERM) ends its workers, keeps every finished plan
-and writes no summary; running it again resumes.
+and writes no summary; running it again resumes. Only one sweep at a time writes a folder: it holds an
+advisory lock (``fcntl.flock`` on ``OUT/.lock``) for its whole run.
 
 Determinism: each job solves with one CP-SAT worker and seed 0, so the files do not depend on the
 executor, the number of processes or the order jobs finish in.
@@ -44,7 +45,13 @@ from optimizer.report import infeasible_document, render_markdown, solution_docu
 from optimizer.scenario import Scenario
 from optimizer.solve import DEFAULT_BUDGET_S, Deadline, optimize
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; sweeps into one folder are then not kept apart
+    fcntl = None  # type: ignore[assignment]
+
 EXECUTORS = ("process", "ray")
+LOCK_NAME = ".lock"
 WORKER_EXIT_S = 1.0  # how long an ended worker may take to go before it is killed
 RAY_POLL_S = 0.5  # how often the Ray driver looks up from waiting (Ctrl-C is seen in between)
 SUMMARY_COLUMNS = (
@@ -52,6 +59,10 @@ SUMMARY_COLUMNS = (
     "concurrent_sequences", "tp", "pp", "dp", "ep", "etp", "edp", "ttft_s", "tpot_s", "request_latency_s",
     "output_tokens_per_s", "output_tokens_per_s_per_gpu", "peak_memory_bytes", "proved_optimal", "reason",
 )
+
+
+class SweepBusy(OptimizerError):
+    """Another sweep holds the output folder's lock (it is writing the folder now)."""
 
 
 @dataclass(frozen=True)
@@ -367,7 +378,8 @@ def run_sweep(
     """Run ``jobs`` and write ``out/plans/<name>.json|.md``, ``out/errors/<name>.txt``, the summary and plots.
 
     The summary (``summary.csv``, ``summary.md``, ``plots/``) lists every result in ``out``: ``jobs`` in
-    their order, then the plans and errors that earlier sweeps into ``out`` left, by name.
+    their order, then the plans and errors that earlier sweeps into ``out`` left, by name. The folder is
+    locked (``out/.lock``) while the sweep runs.
 
     Args:
         executor: ``process`` (a pool of ``workers`` processes, default all cores; this one only waits) or
@@ -380,6 +392,7 @@ def run_sweep(
 
     Raises:
         OptimizerError: unknown executor, or Ray asked for but not installed.
+        SweepBusy: another sweep is writing ``out``.
         OSError: ``out`` cannot be written.
         KeyboardInterrupt: Ctrl-C (or a signal handler that raises it): the workers were ended (a pool's
             processes terminated, a local Ray instance shut down), every finished plan is on disk and
@@ -388,6 +401,15 @@ def run_sweep(
     if executor not in EXECUTORS:
         raise OptimizerError(f"unknown executor {executor!r}; expected one of {', '.join(EXECUTORS)}")
     out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out):
+        return _sweep_locked(jobs, out, executor=executor, workers=workers, resume=resume,
+                             settings={"time_limit_s": time_limit_s, "explain": explain},
+                             ray_address=ray_address, on_outcome=on_outcome)
+
+
+def _sweep_locked(jobs: Sequence[Job], out: Path, *, executor: str, workers: int | None, resume: bool,
+                  settings: dict[str, Any], ray_address: str | None,
+                  on_outcome: Callable[[Outcome], None] | None) -> SweepResult:
     result = SweepResult()
     by_name: dict[str, Outcome] = {}
     pending: list[Job] = []
@@ -399,7 +421,6 @@ def run_sweep(
                 on_outcome(done)
         else:
             pending.append(job)
-    settings = {"time_limit_s": time_limit_s, "explain": explain}
     run = _run_ray if executor == "ray" else _run_processes
     # closing(): an interrupt raised here (not in the generator) still ends the workers now, not at exit
     with closing(run(pending, workers=workers, settings=settings, ray_address=ray_address)) as outcomes:
@@ -411,6 +432,36 @@ def run_sweep(
     result.outcomes = [by_name[job.name] for job in jobs]
     result.files += write_summary(out, [job.name for job in jobs], workers=workers or os.cpu_count() or 1)
     return result
+
+
+@contextmanager
+def folder_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``fcntl.flock``) on ``out/.lock`` for the block, so that a second
+    sweep into ``out`` is refused instead of mixing its files with the first one's. The lock goes with the
+    process (even when it is killed); the file stays, holding the last holder's process id. No lock where
+    ``fcntl`` is missing (Windows).
+
+    Raises:
+        SweepBusy: another process holds the lock.
+        OSError: the lock file cannot be created (or is a symbolic link).
+    """
+    if fcntl is None:
+        yield
+        return
+    path = out / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    with os.fdopen(fd, "r+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = handle.read().strip()
+            by = f" (process {holder})" if holder.isdigit() else ""
+            raise SweepBusy(f"{out}: another sweep is writing this folder{by}; wait for it to finish, "
+                            f"or give another --out") from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield  # closing the file releases the lock
 
 
 def _worker_signals() -> None:

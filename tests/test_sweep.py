@@ -336,6 +336,21 @@ def test_ctrl_c_shuts_a_local_ray_instance_down(tmp_path):
     assert still_running(ray_processes) == set()
 
 
+@needs_proc
+def test_a_second_sweep_into_the_same_folder_is_refused_while_the_first_runs(tmp_path):
+    out = tmp_path / "out"
+    proc = start_sweep(out, tmp_path / "logs")
+    try:
+        second = invoke("sweep", "16gpu-30b", "--out", str(out), "--workers", "1")
+        assert second.exit_code == 2
+        assert str(out) in second.output and "another sweep is writing" in second.output
+        assert "Traceback" not in second.output
+    finally:
+        stop(proc, signal.SIGINT, to_group=True)
+    assert not (out / "plans" / "16gpu-30b.json").exists()
+    run_sweep([], out)  # the lock went with the first sweep
+
+
 def test_resume_rewrites_a_missing_markdown_file(tmp_path):
     a = write(tmp_path, "a", scenario_dict(model=DENSE))
     b = write(tmp_path, "b", scenario_dict(model=DENSE, workload={"input_tokens": 256}))
