@@ -45,7 +45,7 @@ from optimizer.certify import check_optimality
 from optimizer.result import build_tables
 from optimizer.rules import build_rules
 from optimizer.solve import DEFAULT_BUDGET_S, Deadline, confirm_optimum, disjoint_conflicts, is_feasible, optimize
-from optimizer.sweep import EXECUTORS, Outcome, atomic_write, expand_jobs, run_sweep
+from optimizer.sweep import EXECUTORS, Outcome, atomic_write, expand_jobs, progress_line, run_sweep
 from optimizer.verify import certify, plan_context, read_plan
 
 EXIT_OK, EXIT_INFEASIBLE, EXIT_BAD_INPUT = 0, 1, 2
@@ -527,9 +527,11 @@ def _csv(kind: type) -> Any:
 @click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_BUDGET_S,
               show_default=True, metavar="S", help="Each scenario's budget (solve and diagnosis), as for optimize --time-limit.")
 @click.option("--explain/--no-explain", default=False, show_default=True, help="Diagnose infeasible scenarios (slower).")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress on stderr: a bar on a terminal, else a line per finished scenario.")
 def sweep(inputs: tuple[str, ...], out_dir: str, gpus: tuple[int, ...], gpu_names: tuple[str, ...], models: tuple[str, ...],
           model_configs: tuple[str, ...], isl: tuple[int, ...], osl: tuple[int, ...], executor: str, workers: int | None,
-          ray_address: str | None, resume: bool, time_limit_s: float | None, explain: bool) -> None:
+          ray_address: str | None, resume: bool, time_limit_s: float | None, explain: bool, progress: bool) -> None:
     """Plan many scenarios: files, folders, globs or shipped names, crossed with a grid.
 
     Writes DIR/plans/<scenario>.json and .md (as `optimize --json/--markdown` would), DIR/errors/ for
@@ -544,6 +546,7 @@ def sweep(inputs: tuple[str, ...], out_dir: str, gpus: tuple[int, ...], gpu_name
     Exit 0 when every scenario was planned or proved infeasible, 1 if any failed (see DIR/errors/),
     2 on bad input or a busy DIR, 130 when interrupted (143 on SIGTERM).
     """
+    import contextlib
     import signal
 
     out = Path(out_dir)
@@ -552,11 +555,15 @@ def sweep(inputs: tuple[str, ...], out_dir: str, gpus: tuple[int, ...], gpu_name
     jobs = expand_jobs(inputs, gpus=gpus, gpu_names=gpu_names, models=(*models, *model_configs), isl=isl, osl=osl)
     start = time.perf_counter()
     finished: list[Outcome] = []
-    bar = click.progressbar(length=len(jobs), label=f"planning {len(jobs)} scenario(s)", file=sys.stderr, show_pos=True)
+    bar = (click.progressbar(length=len(jobs), label=f"planning {len(jobs)} scenario(s)", file=sys.stderr,
+                             show_pos=True) if progress and sys.stderr.isatty() else None)
 
     def report(outcome: Outcome) -> None:
         finished.append(outcome)
-        bar.update(1)
+        if bar is not None:
+            bar.update(1)
+        elif progress:  # off a terminal (a log, CI): a line each, which a bar cannot give
+            click.echo(progress_line(outcome, position=len(finished), total=len(jobs)), err=True)
 
     stopped_by = [signal.SIGINT]
 
@@ -566,7 +573,7 @@ def sweep(inputs: tuple[str, ...], out_dir: str, gpus: tuple[int, ...], gpu_name
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        with bar:
+        with bar if bar is not None else contextlib.nullcontext():
             result = run_sweep(jobs, out, executor=executor, workers=workers, resume=resume, time_limit_s=time_limit_s,
                                explain=explain, ray_address=ray_address, on_outcome=report)
     except KeyboardInterrupt:

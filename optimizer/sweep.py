@@ -646,6 +646,16 @@ def _summary_row_on_disk(out: Path, name: str) -> dict[str, Any]:
         return summary_row(name, None, error=f"{plan_path}: not a plan document ({type(exc).__name__}: {exc})")
 
 
+def progress_line(outcome: Outcome, *, position: int, total: int) -> str:
+    """One line per finished job, for logs: ``[3/12] name: optimal (1.2 s)``, ``... (kept from an earlier
+    run)``, or ``... error (0.1 s): the reason's first line``."""
+    when = "kept from an earlier run" if outcome.skipped else f"{outcome.seconds:.1f} s"
+    line = f"[{position}/{total}] {outcome.name}: {outcome.status} ({when})"
+    if outcome.status == "error" and outcome.error:
+        line += ": " + outcome.error.splitlines()[0]
+    return line
+
+
 def summary_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """A review table: one line per scenario, sorted by model, GPU, GPU count, ISL, OSL."""
     counts = {s: sum(r["status"] == s for r in rows) for s in ("optimal", "feasible", "infeasible", "error")}

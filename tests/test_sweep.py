@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -388,3 +389,18 @@ def test_the_summary_lists_every_result_in_the_folder(tmp_path):
     assert [(r["name"], r["status"]) for r in rows] == [
         ("base--4gpu", "optimal"), ("base--6gpu", "error"), ("base--8gpu", "optimal")]
     assert (out / "summary.md").read_text().count("| base--") == 3
+
+
+def test_progress_off_a_terminal_is_a_line_per_finished_scenario(tmp_path):
+    a = write(tmp_path, "a", scenario_dict(model=DENSE))
+    b = write(tmp_path, "b", scenario_dict(model=DENSE, workload={"input_tokens": 256}))
+    out = tmp_path / "out"
+    first = invoke("sweep", str(a), str(b), "--out", str(out), "--workers", "1")
+    assert first.exit_code == 0
+    assert re.fullmatch(r"\[1/2\] a: optimal \(\d+\.\d s\)\n\[2/2\] b: optimal \(\d+\.\d s\)\n", first.stderr)
+    assert first.stdout.startswith("2 scenario(s) in ") and first.stdout.count("\n") == 1  # stdout as before
+    (out / "plans" / "b.json").unlink()
+    second = invoke("sweep", str(a), str(b), "--out", str(out), "--workers", "1")
+    assert second.stderr.startswith("[1/2] a: optimal (kept from an earlier run)\n[2/2] b: optimal (")
+    quiet = invoke("sweep", str(a), str(b), "--out", str(out), "--no-progress")
+    assert quiet.exit_code == 0 and quiet.stderr == ""
