@@ -47,7 +47,7 @@ from optimizer.certify import check_optimality
 from optimizer.result import build_tables
 from optimizer.rules import build_rules
 from optimizer.solve import DEFAULT_BUDGET_S, Deadline, confirm_optimum, disjoint_conflicts, is_feasible, optimize
-from optimizer.sweep import EXECUTORS, atomic_write, expand_jobs, run_sweep
+from optimizer.sweep import EXECUTORS, Outcome, atomic_write, expand_jobs, progress_line, run_sweep
 from optimizer.verify import certify, plan_context, read_plan, scenario_for_plan
 
 EXIT_OK, EXIT_INFEASIBLE, EXIT_BAD_INPUT = 0, 1, 2
@@ -679,34 +679,69 @@ def _csv(kind: type) -> Any:
 @click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_BUDGET_S,
               show_default=True, metavar="S", help="Each scenario's budget (solve and diagnosis), as for optimize --time-limit.")
 @click.option("--explain/--no-explain", default=False, show_default=True, help="Diagnose infeasible scenarios (slower).")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress on stderr: a bar on a terminal, else a line per finished scenario.")
 def sweep(inputs: tuple[str, ...], out_dir: str, gpus: tuple[int, ...], gpu_names: tuple[str, ...], models: tuple[str, ...],
           model_configs: tuple[str, ...], isl: tuple[int, ...], osl: tuple[int, ...], executor: str, workers: int | None,
-          ray_address: str | None, resume: bool, time_limit_s: float | None, explain: bool) -> None:
+          ray_address: str | None, resume: bool, time_limit_s: float | None, explain: bool, progress: bool) -> None:
     """Plan many scenarios: files, folders, globs or shipped names, crossed with a grid.
 
     Writes DIR/plans/<scenario>.json and .md (as `optimize --json/--markdown` would), DIR/errors/ for
-    scenarios that fail, DIR/summary.csv, DIR/summary.md and DIR/plots/<model>.png. Example:
+    scenarios that fail, DIR/summary.csv, DIR/summary.md and DIR/plots/<model>.png. The summary lists
+    every result in DIR: this sweep's scenarios, then those earlier sweeps into DIR left. Example:
 
     optimize sweep scenarios/ --out results/ --gpus 8,16,32 --gpu h100-sxm,h200-sxm
 
-    Exit 0 when every scenario was planned or proved infeasible, 1 if any failed (see DIR/errors/).
+    Ctrl-C (or SIGTERM) ends the workers and keeps every finished plan; the same command resumes.
+    One sweep at a time writes DIR (a second one exits 2).
+
+    Exit 0 when every scenario was planned or proved infeasible, 1 if any failed (see DIR/errors/),
+    2 on bad input or a busy DIR, 130 when interrupted (143 on SIGTERM).
     """
+    import contextlib
+    import signal
+
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         _fail(f"{out_dir}: exists and is not a folder", EXIT_BAD_INPUT)
     jobs = expand_jobs(inputs, gpus=gpus, gpu_names=gpu_names, models=(*models, *model_configs), isl=isl, osl=osl)
     start = time.perf_counter()
-    with click.progressbar(length=len(jobs), label=f"planning {len(jobs)} scenario(s)", file=sys.stderr,
-                           show_pos=True) as bar:
-        try:
+    finished: list[Outcome] = []
+    bar = (click.progressbar(length=len(jobs), label=f"planning {len(jobs)} scenario(s)", file=sys.stderr,
+                             show_pos=True) if progress and sys.stderr.isatty() else None)
+
+    def report(outcome: Outcome) -> None:
+        finished.append(outcome)
+        if bar is not None:
+            bar.update(1)
+        elif progress:  # off a terminal (a log, CI): a line each, which a bar cannot give
+            click.echo(progress_line(outcome, position=len(finished), total=len(jobs)), err=True)
+
+    stopped_by = [signal.SIGINT]
+
+    def on_sigterm(signum: int, frame: Any) -> None:  # the same way out as Ctrl-C: workers ended, plans kept
+        stopped_by[0] = signal.Signals(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        with bar if bar is not None else contextlib.nullcontext():
             result = run_sweep(jobs, out, executor=executor, workers=workers, resume=resume, time_limit_s=time_limit_s,
-                               explain=explain, ray_address=ray_address, on_outcome=lambda outcome: bar.update(1))
-        except OptimizerError as exc:
-            _fail(str(exc), EXIT_BAD_INPUT)
-            return
-        except OSError as exc:
-            _fail(f"{out_dir}: cannot write: {exc.strerror}", EXIT_BAD_INPUT)
-            return
+                               explain=explain, ray_address=ray_address, on_outcome=report)
+    except KeyboardInterrupt:
+        again = "the same command again" + ("" if resume else " without --fresh")
+        _fail(f"interrupted ({stopped_by[0].name}) with {len(finished)} of {len(jobs)} scenario(s) done: the workers "
+              f"are ended and the finished plans kept in {out / 'plans'}. To resume, run {again}; "
+              f"only the rest is planned.", 128 + stopped_by[0])  # the shell's convention: 130, 143
+        return
+    except OptimizerError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+        return
+    except OSError as exc:
+        _fail(f"{out_dir}: cannot write: {exc.strerror}", EXIT_BAD_INPUT)
+        return
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     skipped = sum(o.skipped for o in result.outcomes)
     click.echo(f"{len(jobs)} scenario(s) in {time.perf_counter() - start:.1f} s ({skipped} kept from an earlier run): "
                f"{result.count('optimal')} proved optimal, {result.count('feasible')} not proved, "

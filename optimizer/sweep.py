@@ -3,9 +3,15 @@
 Inputs are scenario files, folders, globs or shipped names, crossed with a grid (GPU counts, GPU kinds,
 models, ISL, OSL). Each scenario of the grid is a ``Job``; jobs run in parallel processes (or on a Ray
 cluster) and each writes its plan JSON and Markdown, exactly as ``optimize --json/--markdown`` would, into
-``OUT/plans/``. A sweep is resumable: a job whose JSON already holds the very same validated scenario is
-kept and skipped. A job that fails (bad input, solver error) is recorded with its error and the others go
-on. At the end ``summary.csv``, ``summary.md`` and per-model plots are rebuilt from every plan on disk.
+``OUT/plans/``. A sweep is resumable: a job whose JSON already holds the very same validated scenario (and
+whose Markdown is there) is kept and skipped. A job that fails (bad input, solver error) is recorded in
+``OUT/errors/`` with its error, its plan files from an earlier run are removed, and the others go on.
+
+At the end ``summary.csv``, ``summary.md`` and per-model plots are rebuilt from every result in ``OUT``:
+this sweep's scenarios in grid order, then the plans and errors earlier sweeps into ``OUT`` left (another
+grid), by name. A sweep that is stopped (Ctrl-C, SIGTERM) ends its workers, keeps every finished plan
+and writes no summary; running it again resumes. Only one sweep at a time writes a folder: it holds an
+advisory lock (``fcntl.flock`` on ``OUT/.lock``) for its whole run.
 
 Determinism: each job solves with one CP-SAT worker and seed 0, so the files do not depend on the
 executor, the number of processes or the order jobs finish in.
@@ -19,10 +25,13 @@ import io
 import json
 import os
 import re
+import signal
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,12 +45,24 @@ from optimizer.report import infeasible_document, render_markdown, solution_docu
 from optimizer.scenario import Scenario
 from optimizer.solve import DEFAULT_BUDGET_S, Deadline, optimize
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; sweeps into one folder are then not kept apart
+    fcntl = None  # type: ignore[assignment]
+
 EXECUTORS = ("process", "ray")
+LOCK_NAME = ".lock"
+WORKER_EXIT_S = 1.0  # how long an ended worker may take to go before it is killed
+RAY_POLL_S = 0.5  # how often the Ray driver looks up from waiting (Ctrl-C is seen in between)
 SUMMARY_COLUMNS = (
     "name", "status", "model", "gpu", "num_gpus", "gpus_per_node", "engine", "input_tokens", "output_tokens",
     "concurrent_sequences", "tp", "pp", "dp", "ep", "etp", "edp", "ttft_s", "tpot_s", "request_latency_s",
     "output_tokens_per_s", "output_tokens_per_s_per_gpu", "peak_memory_bytes", "proved_optimal", "reason",
 )
+
+
+class SweepBusy(OptimizerError):
+    """Another sweep holds the output folder's lock (it is writing the folder now)."""
 
 
 @dataclass(frozen=True)
@@ -287,15 +308,37 @@ def atomic_write(path: Path, text: str) -> None:
     if path.is_symlink():
         path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with signals_deferred():  # Ctrl-C between mkstemp and try would leave the temp file behind
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the block and deliver them when it ends, to the handlers they had
+    (Ctrl-C then raises KeyboardInterrupt; a default SIGTERM still ends the process): a short step, such as
+    writing a file or ending the workers, is never cut in half. Only the main thread can set handlers;
+    elsewhere nothing is held back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)
 
 
 def _umask() -> int:
@@ -306,9 +349,10 @@ def _umask() -> int:
 
 
 def _done(out: Path, job: Job, scenario: Scenario | str) -> Outcome | None:
-    """The outcome already on disk for ``job`` if its JSON holds this very scenario, else None."""
+    """The outcome already on disk for ``job`` if its JSON holds this very scenario and its Markdown is
+    there too, else None (the job is run again and writes both)."""
     path = out / "plans" / f"{job.name}.json"
-    if isinstance(scenario, str) or not path.is_file():
+    if isinstance(scenario, str) or not path.is_file() or not path.with_suffix(".md").is_file():
         return None
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
@@ -333,19 +377,39 @@ def run_sweep(
 ) -> SweepResult:
     """Run ``jobs`` and write ``out/plans/<name>.json|.md``, ``out/errors/<name>.txt``, the summary and plots.
 
+    The summary (``summary.csv``, ``summary.md``, ``plots/``) lists every result in ``out``: ``jobs`` in
+    their order, then the plans and errors that earlier sweeps into ``out`` left, by name. The folder is
+    locked (``out/.lock``) while the sweep runs.
+
     Args:
-        executor: ``process`` (a process pool of ``workers``, default all cores; 1 runs in this process) or
+        executor: ``process`` (a pool of ``workers`` processes, default all cores; this one only waits) or
             ``ray`` (the ``ray`` extra; a local Ray instance of ``workers`` CPUs, or ``ray_address``).
-        resume: keep and skip jobs whose JSON already holds the same validated scenario.
+        resume: keep and skip jobs whose JSON already holds the same validated scenario (and whose
+            Markdown is there).
+        time_limit_s: each job's budget in seconds (solve and diagnosis); None for no limit.
         explain: diagnose infeasible scenarios (smallest changes); off by default, it costs re-solves.
-        on_outcome: called in this process as each job finishes (progress bars).
+        on_outcome: called in this process as each job finishes (progress), kept jobs first.
 
     Raises:
         OptimizerError: unknown executor, or Ray asked for but not installed.
+        SweepBusy: another sweep is writing ``out``.
+        OSError: ``out`` cannot be written.
+        KeyboardInterrupt: Ctrl-C (or a signal handler that raises it): the workers were ended (a pool's
+            processes terminated, a local Ray instance shut down), every finished plan is on disk and
+            no summary was written; calling again with ``resume`` resumes.
     """
     if executor not in EXECUTORS:
         raise OptimizerError(f"unknown executor {executor!r}; expected one of {', '.join(EXECUTORS)}")
     out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out):
+        return _sweep_locked(jobs, out, executor=executor, workers=workers, resume=resume,
+                             settings={"time_limit_s": time_limit_s, "explain": explain},
+                             ray_address=ray_address, on_outcome=on_outcome)
+
+
+def _sweep_locked(jobs: Sequence[Job], out: Path, *, executor: str, workers: int | None, resume: bool,
+                  settings: dict[str, Any], ray_address: str | None,
+                  on_outcome: Callable[[Outcome], None] | None) -> SweepResult:
     result = SweepResult()
     by_name: dict[str, Outcome] = {}
     pending: list[Job] = []
@@ -357,25 +421,99 @@ def run_sweep(
                 on_outcome(done)
         else:
             pending.append(job)
-    settings = {"time_limit_s": time_limit_s, "explain": explain}
     run = _run_ray if executor == "ray" else _run_processes
-    for outcome in run(pending, workers=workers, settings=settings, ray_address=ray_address):
-        result.files += _write_outcome(out, outcome)
-        by_name[outcome.name] = outcome
-        if on_outcome:
-            on_outcome(outcome)
+    # closing(): an interrupt raised here (not in the generator) still ends the workers now, not at exit
+    with closing(run(pending, workers=workers, settings=settings, ray_address=ray_address)) as outcomes:
+        for outcome in outcomes:
+            result.files += _write_outcome(out, outcome)
+            by_name[outcome.name] = outcome
+            if on_outcome:
+                on_outcome(outcome)
     result.outcomes = [by_name[job.name] for job in jobs]
-    result.files += write_summary(out, jobs, result.outcomes, workers=workers or os.cpu_count() or 1)
+    result.files += write_summary(out, [job.name for job in jobs], workers=workers or os.cpu_count() or 1)
     return result
 
 
-def _run_processes(jobs: Sequence[Job], *, workers: int | None, settings: dict[str, Any], ray_address: str | None) -> Iterable[Outcome]:
-    workers = workers or os.cpu_count() or 1
-    if workers == 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield run_job(job, **settings)
+@contextmanager
+def folder_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``fcntl.flock``) on ``out/.lock`` for the block, so that a second
+    sweep into ``out`` is refused instead of mixing its files with the first one's. The lock goes with the
+    process (even when it is killed); the file stays, holding the last holder's process id. No lock where
+    ``fcntl`` is missing (Windows).
+
+    Raises:
+        SweepBusy: another process holds the lock.
+        OSError: the lock file cannot be created (or is a symbolic link).
+    """
+    if fcntl is None:
+        yield
         return
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+    path = out / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    with os.fdopen(fd, "r+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = handle.read().strip()
+            by = f" (process {holder})" if holder.isdigit() else ""
+            raise SweepBusy(f"{out}: another sweep is writing this folder{by}; wait for it to finish, "
+                            f"or give another --out") from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield  # closing the file releases the lock
+
+
+def _worker_signals() -> None:
+    """A worker's initializer. Ctrl-C reaches the whole process group, and the parent alone decides (it
+    ends the workers): a worker that took it would record a job as failed and carry on. SIGTERM, which
+    ends a worker, ends it at once (a forked worker would otherwise keep the parent's handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextmanager
+def _worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A process pool that, left by an exception (Ctrl-C, SIGTERM turned into one, a closed generator),
+    ends its workers at once instead of waiting for their jobs (each may run its whole time limit)."""
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_signals)
+    try:
+        yield pool
+    except BaseException:
+        _end_workers(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _end_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel the queued jobs and terminate the running ones' processes, then wait (at most
+    ``WORKER_EXIT_S`` each, then kill) until they are gone: none is left behind as an orphan. A second
+    Ctrl-C meanwhile waits until this is done. Python 3.14 has ``terminate_workers()``; before it the
+    processes are only reachable as ``_processes``."""
+    with signals_deferred():
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        manager = getattr(pool, "_executor_manager_thread", None)
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(WORKER_EXIT_S)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        if manager is not None:
+            manager.join(WORKER_EXIT_S)
+
+
+def _run_processes(jobs: Sequence[Job], *, workers: int | None, settings: dict[str, Any], ray_address: str | None) -> Iterable[Outcome]:
+    """The jobs in a pool of worker processes, one job too: this process never solves, so it sees Ctrl-C at
+    once (CP-SAT returns to Python only when its solve ends) and CP-SAT cannot take its SIGINT handler
+    (``catch_sigint_signal``, on by default, stops a solve early as if out of time and then leaves SIGINT
+    at its default, which kills without clean-up)."""
+    if not jobs:
+        return
+    with _worker_pool(min(workers or os.cpu_count() or 1, len(jobs))) as pool:
         futures = {pool.submit(run_job, job, **settings): job for job in jobs}
         for future in as_completed(futures):
             job = futures[future]
@@ -398,31 +536,53 @@ def _run_ray(jobs: Sequence[Job], *, workers: int | None, settings: dict[str, An
             kwargs["address"] = ray_address
         else:
             kwargs["num_cpus"] = workers or os.cpu_count() or 1
+        on_sigterm = signal.getsignal(signal.SIGTERM)
         ray.init(**kwargs)
+        if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_sigterm)  # ray.init puts sys.exit there: keep the caller's way out
+    waiting: list[Any] = []
     try:
         task = ray.remote(num_cpus=1)(run_job)
         refs = {task.remote(job, **settings): job for job in jobs}
         waiting = list(refs)
         while waiting:
-            ready, waiting = ray.wait(waiting, num_returns=1)
+            # a bounded wait: Ctrl-C is only seen between Python calls, and a job may take a minute
+            ready, waiting = ray.wait(waiting, num_returns=1, timeout=RAY_POLL_S)
+            if not ready:
+                continue
             job = refs[ready[0]]
             try:
                 yield ray.get(ready[0])
             except Exception as exc:  # a task that failed on the cluster: record it, go on
                 yield Outcome(job.name, "error", error=f"Ray task failed: {type(exc).__name__}: {exc}")
+    except BaseException:
+        if not started:  # the caller's Ray goes on: stop our tasks (with our own, shutdown ends them)
+            for ref in waiting:
+                ray.cancel(ref, force=True)
+        raise
     finally:
         if started:
             ray.shutdown()
 
 
 def _write_outcome(out: Path, outcome: Outcome) -> list[Path]:
+    """Write a plan's Markdown, then its JSON (the JSON marks the job done), and remove its error file;
+    or write the error and remove the plan files an earlier run left (they no longer hold)."""
+    with signals_deferred():  # all of one outcome's files, or none
+        return _write_outcome_files(out, outcome)
+
+
+def _write_outcome_files(out: Path, outcome: Outcome) -> list[Path]:
     written = []
     error_path = out / "errors" / f"{outcome.name}.txt"
+    plan_paths = [out / "plans" / f"{outcome.name}{suffix}" for suffix in (".md", ".json")]
     if outcome.status == "error":
         atomic_write(error_path, (outcome.error or "error") + "\n")
+        for path in plan_paths[::-1]:
+            path.unlink(missing_ok=True)
         return [error_path]
     error_path.unlink(missing_ok=True)
-    for suffix, text in ((".json", outcome.json_text), (".md", outcome.markdown_text)):
+    for suffix, text in ((".md", outcome.markdown_text), (".json", outcome.json_text)):
         if text is not None:
             path = out / "plans" / f"{outcome.name}{suffix}"
             atomic_write(path, text)
@@ -433,12 +593,13 @@ def _write_outcome(out: Path, outcome: Outcome) -> list[Path]:
 # --- summary ---------------------------------------------------------------------------------------------
 
 
-def summary_row(job: Job, outcome: Outcome, document: dict[str, Any] | None) -> dict[str, Any]:
-    """One line of ``summary.csv``: the scenario's axes, the plan's sizes and estimate, or the reason."""
+def summary_row(name: str, document: dict[str, Any] | None, *, error: str | None = None) -> dict[str, Any]:
+    """One line of ``summary.csv``: the scenario's axes, the plan's sizes and estimate (``document``, a plan
+    JSON), or the reason (``error``, when there is no document)."""
     row: dict[str, Any] = {key: "" for key in SUMMARY_COLUMNS}
-    row.update(name=job.name, status=outcome.status)
+    row.update(name=name, status="error" if document is None else _status_of(document))
     if document is None:
-        row["reason"] = outcome.error or ""
+        row["reason"] = error or ""
         return row
     sc = document["scenario"]
     cl, wl = sc["cluster"], sc["workload"]
@@ -457,15 +618,14 @@ def summary_row(job: Job, outcome: Outcome, document: dict[str, Any] | None) -> 
     return row
 
 
-def write_summary(out: Path, jobs: Sequence[Job], outcomes: Sequence[Outcome], *, workers: int = 1) -> list[Path]:
-    """``summary.csv`` and ``summary.md`` from every job's JSON on disk, and ``plots/<model>.png``."""
-    rows = []
-    for job, outcome in zip(jobs, outcomes):
-        document = None
-        path = out / "plans" / f"{job.name}.json"
-        if outcome.status != "error" and path.is_file():
-            document = json.loads(path.read_text(encoding="utf-8"))
-        rows.append(summary_row(job, outcome, document))
+def write_summary(out: Path, names: Sequence[str] = (), *, workers: int = 1) -> list[Path]:
+    """``summary.csv``, ``summary.md`` and ``plots/<model>.png`` for every result in ``out``: a line per
+    ``plans/<name>.json`` or ``errors/<name>.txt`` (the error when there are both, as an older version
+    could leave), ``names`` first in their order (the sweep's jobs), then the rest by name. A plan file
+    that does not parse is listed as an error. Raises OSError when ``out`` cannot be written."""
+    on_disk = {p.stem for p in out.glob("plans/*.json")} | {p.stem for p in out.glob("errors/*.txt")}
+    ordered = list(dict.fromkeys(names)) + sorted(on_disk - set(names))
+    rows = [_summary_row_on_disk(out, name) for name in ordered if name in on_disk]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -473,6 +633,27 @@ def write_summary(out: Path, jobs: Sequence[Job], outcomes: Sequence[Outcome], *
     atomic_write(out / "summary.csv", buffer.getvalue())
     atomic_write(out / "summary.md", summary_markdown(rows))
     return [out / "summary.csv", out / "summary.md", *write_plots(out / "plots", rows, workers=workers)]
+
+
+def _summary_row_on_disk(out: Path, name: str) -> dict[str, Any]:
+    error_path, plan_path = out / "errors" / f"{name}.txt", out / "plans" / f"{name}.json"
+    if error_path.is_file():
+        return summary_row(name, None, error=error_path.read_text(encoding="utf-8", errors="replace").strip())
+    try:
+        document = json.loads(plan_path.read_text(encoding="utf-8"))
+        return summary_row(name, document)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # edited or foreign: listed, not fatal
+        return summary_row(name, None, error=f"{plan_path}: not a plan document ({type(exc).__name__}: {exc})")
+
+
+def progress_line(outcome: Outcome, *, position: int, total: int) -> str:
+    """One line per finished job, for logs: ``[3/12] name: optimal (1.2 s)``, ``... (kept from an earlier
+    run)``, or ``... error (0.1 s): the reason's first line``."""
+    when = "kept from an earlier run" if outcome.skipped else f"{outcome.seconds:.1f} s"
+    line = f"[{position}/{total}] {outcome.name}: {outcome.status} ({when})"
+    if outcome.status == "error" and outcome.error:
+        line += ": " + outcome.error.splitlines()[0]
+    return line
 
 
 def summary_markdown(rows: Sequence[dict[str, Any]]) -> str:
@@ -523,10 +704,15 @@ def write_plots(folder: Path, rows: Sequence[dict[str, Any]], *, workers: int = 
     if not tasks:
         return []
     folder.mkdir(parents=True, exist_ok=True)
-    if workers > 1 and len(tasks) > 2:
-        with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
-            return list(pool.map(_plot_panel, *zip(*tasks)))
-    return [_plot_panel(*task) for task in tasks]
+    try:
+        if workers > 1 and len(tasks) > 2:
+            with _worker_pool(min(workers, len(tasks))) as pool:
+                return list(pool.map(_plot_panel, *zip(*tasks)))
+        return [_plot_panel(*task) for task in tasks]
+    except BaseException:  # interrupted: a worker ended mid-figure leaves its temp file
+        for leftover in folder.glob(".*.tmp.png"):
+            leftover.unlink(missing_ok=True)
+        raise
 
 
 def _plot_panel(path: Path, title: str, members: list[dict[str, Any]]) -> Path:

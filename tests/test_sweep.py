@@ -6,6 +6,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import jsonschema
@@ -180,3 +185,222 @@ def test_ray_executor_gives_the_same_files_as_the_process_pool(tmp_path):
 def test_unknown_inputs_are_recorded_not_raised(tmp_path):
     result = invoke("sweep", "no-such-scenario", "--out", str(tmp_path / "out"))
     assert result.exit_code == 1 and "no such file" in result.output
+
+
+# --- interrupting, resuming, locking and progress (issue 14, items 11 and 12) ------------------------------
+
+# 64 GPUs take ~0.2 s to plan, 8,192 and 16,384 one to a few seconds each: when the first plan is
+# written, the workers are busy with the others.
+GRID = ("128gpu-64e", "--gpus", "64,8192,16384")
+GRID_SIZE = 3
+
+
+def sweep_command(out: Path, *, workers: int = 2) -> list[str]:
+    return [sys.executable, "-m", "optimizer.cli", "sweep", *GRID, "--workers", str(workers), "--out", str(out)]
+
+
+def start_sweep(out: Path, logs: Path, *, workers: int = 2, executor: str = "process") -> subprocess.Popen:
+    """The sweep in its own process group with SIGINT at its default (as a terminal's foreground job),
+    once it has written its first plan (its workers are then busy with the next ones)."""
+
+    def own_group() -> None:
+        os.setpgrp()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    logs.mkdir(exist_ok=True)
+    proc = subprocess.Popen([*sweep_command(out, workers=workers), "--executor", executor], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"},
+                            stdout=(logs / "stdout").open("w"), stderr=(logs / "stderr").open("w"),
+                            preexec_fn=own_group)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("plans/*.json")):
+        assert proc.poll() is None, (logs / "stderr").read_text()
+        assert time.monotonic() < deadline, "the sweep wrote no plan in 120 s"
+        time.sleep(0.05)
+    return proc
+
+
+def processes() -> dict[int, tuple[str, int, int]]:
+    """Every process as pid: (state, parent pid, process group), read from /proc."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # it ended while we looked
+            found[int(entry.name)] = (fields[0], int(fields[1]), int(fields[2]))
+    return found
+
+
+def live_members(group: int) -> list[int]:
+    """The processes of process group ``group`` that are not zombies."""
+    return [pid for pid, (state, _, pgrp) in processes().items() if pgrp == group and state != "Z"]
+
+
+def descendants(pid: int) -> set[int]:
+    """The children of ``pid``, theirs, and so on (a Ray instance starts its own process groups)."""
+    table, found, todo = processes(), set(), [pid]
+    while todo:
+        parent = todo.pop()
+        children = {child for child, (_, ppid, _) in table.items() if ppid == parent}
+        found |= children
+        todo += children
+    return found
+
+
+def still_running(pids: set[int]) -> set[int]:
+    table = processes()
+    return {pid for pid in pids if pid in table and table[pid][0] != "Z"}
+
+
+def stop(proc: subprocess.Popen, signum: int, *, to_group: bool) -> float:
+    """Send ``signum`` (to the process group, as Ctrl-C does, or to the sweep alone, as ``kill`` does);
+    the seconds until the sweep has exited."""
+    start = time.monotonic()
+    if to_group:
+        os.killpg(proc.pid, signum)
+    else:
+        os.kill(proc.pid, signum)
+    try:
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return time.monotonic() - start
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
+
+
+@needs_proc
+def test_ctrl_c_ends_the_workers_within_2_s_and_the_folder_resumes(tmp_path):
+    out = tmp_path / "out"
+    proc = start_sweep(out, tmp_path / "logs")
+    workers = descendants(proc.pid)
+    assert len(workers) >= 2
+    seconds = stop(proc, signal.SIGINT, to_group=True)
+    stderr = (tmp_path / "logs" / "stderr").read_text()
+    assert proc.returncode == 130, stderr
+    assert seconds < 2.0, f"{seconds:.2f} s"
+    assert live_members(proc.pid) == [] and still_running(workers) == set()
+    assert "interrupted" in stderr and "run the same command again" in stderr and "Traceback" not in stderr
+    kept = {p: p.stat().st_mtime_ns for p in (out / "plans").glob("*.json")}
+    assert 0 < len(kept) < GRID_SIZE, "interrupted mid-run"
+    assert not list(out.rglob("*.tmp")), "no half-written file is left"
+    again = subprocess.run(sweep_command(out), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"({len(kept)} kept from an earlier run)" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert len(list(csv.DictReader((out / "summary.csv").open()))) == GRID_SIZE
+
+
+@needs_proc
+def test_ctrl_c_with_one_worker_is_as_clean(tmp_path):
+    # One worker is a process too: CP-SAT in this process would take SIGINT (catch_sigint_signal), end a
+    # solve early as if out of time and leave SIGINT at its default, which kills without clean-up.
+    out = tmp_path / "out"
+    proc = start_sweep(out, tmp_path / "logs", workers=1)
+    seconds = stop(proc, signal.SIGINT, to_group=True)
+    assert proc.returncode == 130, (tmp_path / "logs" / "stderr").read_text()
+    assert seconds < 2.0, f"{seconds:.2f} s"
+    assert live_members(proc.pid) == []
+
+
+@needs_proc
+def test_sigterm_leaves_no_worker_behind(tmp_path):
+    out = tmp_path / "out"
+    proc = start_sweep(out, tmp_path / "logs")
+    workers = descendants(proc.pid)
+    assert workers
+    seconds = stop(proc, signal.SIGTERM, to_group=False)  # the sweep alone: its workers are its business
+    stderr = (tmp_path / "logs" / "stderr").read_text()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert seconds < 2.0, f"{seconds:.2f} s"
+    assert still_running(workers) == set() and live_members(proc.pid) == [], "orphaned workers"
+    assert not list(out.rglob("*.tmp"))
+
+
+@needs_proc
+def test_ctrl_c_shuts_a_local_ray_instance_down(tmp_path):
+    pytest.importorskip("ray", reason="the ray extra is not installed (CI installs it: pip install -e '.[test,ray]')")
+    out = tmp_path / "out"
+    proc = start_sweep(out, tmp_path / "logs", executor="ray")
+    ray_processes = descendants(proc.pid)  # raylet, GCS, workers: in process groups of their own
+    assert ray_processes
+    seconds = stop(proc, signal.SIGINT, to_group=True)
+    stderr = (tmp_path / "logs" / "stderr").read_text()
+    assert proc.returncode == 130 and "interrupted" in stderr, stderr
+    assert seconds < 5.0, f"{seconds:.2f} s"  # ray.shutdown() of a local instance takes 1-2 s of it
+    assert still_running(ray_processes) == set()
+
+
+@needs_proc
+def test_a_second_sweep_into_the_same_folder_is_refused_while_the_first_runs(tmp_path):
+    out = tmp_path / "out"
+    proc = start_sweep(out, tmp_path / "logs")
+    try:
+        second = invoke("sweep", "16gpu-30b", "--out", str(out), "--workers", "1")
+        assert second.exit_code == 2
+        assert str(out) in second.output and "another sweep is writing" in second.output
+        assert "Traceback" not in second.output
+    finally:
+        stop(proc, signal.SIGINT, to_group=True)
+    assert not (out / "plans" / "16gpu-30b.json").exists()
+    run_sweep([], out)  # the lock went with the first sweep
+
+
+def test_resume_rewrites_a_missing_markdown_file(tmp_path):
+    a = write(tmp_path, "a", scenario_dict(model=DENSE))
+    b = write(tmp_path, "b", scenario_dict(model=DENSE, workload={"input_tokens": 256}))
+    out = tmp_path / "out"
+    run_sweep(expand_jobs([str(a), str(b)]), out, workers=1)
+    markdown = (out / "plans" / "a.md").read_text()
+    (out / "plans" / "a.md").unlink()
+    again = run_sweep(expand_jobs([str(a), str(b)]), out, workers=1)
+    assert [o.skipped for o in again.outcomes] == [False, True]
+    assert (out / "plans" / "a.md").read_text() == markdown
+
+
+def test_a_job_that_now_fails_removes_its_old_plan(tmp_path):
+    a = write(tmp_path, "a", scenario_dict(model=DENSE))
+    out = tmp_path / "out"
+    run_sweep(expand_jobs([str(a)]), out, workers=1)
+    assert (out / "plans" / "a.json").exists() and (out / "plans" / "a.md").exists()
+    write(tmp_path, "a", scenario_dict(model=DENSE, cluster={"num_nodes": 0}))  # a now fails
+    result = invoke("sweep", str(a), "--out", str(out), "--workers", "1")
+    assert result.exit_code == 1 and "num_nodes" in result.output
+    assert sorted(p.name for p in (out / "plans").iterdir()) == []
+    assert (out / "errors" / "a.txt").exists()
+    [row] = csv.DictReader((out / "summary.csv").open())
+    assert row["name"] == "a" and row["status"] == "error" and "num_nodes" in row["reason"]
+
+
+def test_the_summary_lists_every_result_in_the_folder(tmp_path):
+    # summary.csv and .md list every plan and error in OUT: this sweep's scenarios in grid order, then
+    # those left by earlier sweeps into the folder, by name.
+    base = write(tmp_path, "base", scenario_dict(model=DENSE))
+    out = tmp_path / "out"
+    assert invoke("sweep", str(base), "--gpus", "8,6", "--out", str(out), "--workers", "1").exit_code == 1
+    assert invoke("sweep", str(base), "--gpus", "4", "--out", str(out), "--workers", "1").exit_code == 0
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [(r["name"], r["status"]) for r in rows] == [
+        ("base--4gpu", "optimal"), ("base--6gpu", "error"), ("base--8gpu", "optimal")]
+    assert (out / "summary.md").read_text().count("| base--") == 3
+
+
+def test_progress_off_a_terminal_is_a_line_per_finished_scenario(tmp_path):
+    a = write(tmp_path, "a", scenario_dict(model=DENSE))
+    b = write(tmp_path, "b", scenario_dict(model=DENSE, workload={"input_tokens": 256}))
+    out = tmp_path / "out"
+    first = invoke("sweep", str(a), str(b), "--out", str(out), "--workers", "1")
+    assert first.exit_code == 0
+    assert re.fullmatch(r"\[1/2\] a: optimal \(\d+\.\d s\)\n\[2/2\] b: optimal \(\d+\.\d s\)\n", first.stderr)
+    assert first.stdout.startswith("2 scenario(s) in ") and first.stdout.count("\n") == 1  # stdout as before
+    (out / "plans" / "b.json").unlink()
+    second = invoke("sweep", str(a), str(b), "--out", str(out), "--workers", "1")
+    assert second.stderr.startswith("[1/2] a: optimal (kept from an earlier run)\n[2/2] b: optimal (")
+    quiet = invoke("sweep", str(a), str(b), "--out", str(out), "--no-progress")
+    assert quiet.exit_code == 0 and quiet.stderr == ""
