@@ -1,0 +1,634 @@
+"""Fleet planning: several services over several GPU pools, the cheapest allocation that meets every
+service's targets, proved by CP-SAT and re-checked in exact integers without it.
+
+**Instance types.** For each service, pool and instance size (powers of two that fit one node or tile
+whole nodes, at most ``disagg.MAX_INSTANCE_GPUS``), every layout and batch the single-instance search
+admits (``exhaustive.feasible_plans``: structure and memory rules; the same tables as ``optimize``) is
+evaluated on every bucket's ISL/OSL. A type is ``(service, pool, role, layout, batch, layer split)``:
+- ``aggregated``: a request holds one of ``DP x batch`` slots for the request latency; it carries a bucket
+  when TTFT <= target and TPOT <= target at that batch (the ``capacity`` command's model).
+- ``prefill`` / ``decode`` (services with ``disaggregated: true``): the prefill instance holds one of DP
+  slots for the prefill time, the decode instance one of ``DP x batch`` slots for ``(OSL - 1)`` decode
+  steps; a pair carries a bucket when prefill + max(KV send, KV receive) <= TTFT (each side's inter-node
+  link: the pools may differ, as in Helix, Mei et al., ASPLOS 2025) and the step <= TPOT (``disagg.py``'s
+  model). Prefill on one GPU kind and decode on another is a route like any other.
+A type is dropped when another of the same service, pool and role has no more GPUs, carries every bucket
+it carries at least as fast per slot (and, for disaggregated roles, no slower per request and KV), so any
+of its instances can be swapped for one of the other; the counts before and after are reported.
+
+**Units, exact.** Rates in milli-requests per second (mrps; a bucket's rate x (1 + headroom) rounded up,
+conservatively); times in integer ns from the cost model (its floats are rounded up once, there).
+Little's law in integers: ``sum over routes of rate_mrps x work_ns <= count x slots x 10^12`` per type
+(requests in flight = rate x time). A type's capacity on one bucket, ``floor(slots x 10^12 / work_ns)``
+mrps, is printed and used by the greedy baseline; the model itself needs no division. Instances serving
+a mix of buckets share their slots in proportion (Mélange's assumption, Griggs et al., 2024,
+arXiv 2404.14527, section 5: the ILP over request-size slices).
+
+**The model** (``solve.solve_fleet``): integer counts per type, integer rates per route, each bucket's
+rate routed exactly, pool GPUs, per-service instance limits and pool pins; minimise micro-dollars per
+hour (``cost_per_gpu_hour`` exact decimal x 10^6 x GPUs) or GPUs, then a fixed order of types.
+Packing: sizes that divide a node are powers of two, so any set of them whose GPUs fit the pool's free
+nodes packs into them (first-fit decreasing; the checker builds the placement), and whole-node instances
+take whole nodes: the pool's GPU count is the only packing constraint, and the check shows a placement.
+
+**The proof** (``check_allocation``): every used type's plan is re-certified on every bucket it carries
+(``verify.certify``: every structural and memory rule, fresh tables), its times re-derived from that
+certificate's estimate (not from the tables the model was built on), the targets compared as integers,
+each type's load, each bucket's coverage, each pool's GPUs, pins and instance limits re-summed, and a
+node placement built. ``proved_optimal`` needs CP-SAT's OPTIMAL at its bound *and* that check; for small
+fleets the exhaustive oracle (``exhaustive_fleet``) must agree too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+from optimizer.disagg import MAX_INSTANCE_GPUS, _kv_transfer_ns
+from optimizer.engines import instances as engine_instances
+from optimizer.errors import OptimizerError, SolveIncomplete
+from optimizer.exhaustive import feasible_plans
+from optimizer.fleet_input import Bucket, Fleet, FleetObjective, Pool, Service
+from optimizer.parallel import Layout, Plan
+from optimizer.result import build_tables
+from optimizer.rules import TARGET_RULES
+from optimizer.scenario import Objective, Scenario, Search, Targets, Workload
+from optimizer.solve import SOLVER_NAME, FleetIntegers, solve_fleet
+from optimizer.verify import certify, plan_context
+
+MRPS_PER_RPS = 1000  # rates in milli-requests per second
+SLOT_SCALE = MRPS_PER_RPS * 10**9  # mrps x ns -> slots x 10^12
+MICRO_DOLLARS = 10**6
+ORACLE_LIMIT = 200_000  # count vectors the exhaustive oracle enumerates at most before it declines
+
+ROLES = ("aggregated", "prefill", "decode")
+
+
+def floor_ns(seconds: Fraction) -> int:
+    """A target in seconds as integer ns, rounded down (a time within it is within the target)."""
+    value = seconds * 10**9
+    return value.numerator // value.denominator
+
+
+def carried_mrps(bucket: Bucket, headroom: Fraction) -> int:
+    """The rate a bucket must be carried at, with headroom, in mrps, rounded up (conservative)."""
+    value = bucket.request_rate_per_s * (1 + headroom) * MRPS_PER_RPS
+    return -(-value.numerator // value.denominator)
+
+
+def instance_sizes(pool: Pool) -> tuple[int, ...]:
+    """Powers of two up to ``MAX_INSTANCE_GPUS`` and the pool's size that fit inside one node or tile whole
+    nodes (an instance never shares a node partially with itself)."""
+    sizes, g = [], 1
+    while g <= min(pool.num_gpus, MAX_INSTANCE_GPUS):
+        if (g <= pool.gpus_per_node and pool.gpus_per_node % g == 0) or g % pool.gpus_per_node == 0:
+            sizes.append(g)
+        g *= 2
+    return tuple(sizes)
+
+
+def service_scenario(service: Service, pool: Pool, bucket: Bucket, gpus: int, role: str) -> Scenario:
+    """The single-instance scenario one type is judged on: ``gpus`` GPUs of ``pool``, the bucket's ISL and
+    OSL, no targets (the fleet compares them itself), the batch chosen (aggregated, decode) or one prompt
+    per replica (prefill)."""
+    objective = Objective.TTFT if role == "prefill" else Objective.THROUGHPUT_PER_GPU
+    return Scenario(
+        name=f"{service.name}@{pool.name}.{bucket.name}.{gpus}gpu.{role}",
+        cluster=pool.cluster(gpus), model=service.model, engine=service.engine, targets=Targets(),
+        workload=Workload(concurrent_sequences=1 if role == "prefill" else service.engine.max_num_seqs,
+                          input_tokens=bucket.input_tokens, output_tokens=bucket.output_tokens,
+                          weight_dtype=service.weight_dtype, kv_cache_dtype=service.kv_cache_dtype),
+        search=Search(objective=objective, gpu_memory_utilization=service.gpu_memory_utilization),
+    )
+
+
+@dataclass(frozen=True)
+class BucketTimes:
+    """One type on one bucket, integer ns: ``work_ns`` a request holds a slot (aggregated: request
+    latency; prefill: prefill time; decode: (OSL - 1) steps), TTFT and TPOT at full load, KV transfer."""
+
+    work_ns: int
+    ttft_ns: int
+    tpot_ns: int
+    kv_ns: int = 0
+
+
+@dataclass(frozen=True)
+class InstanceType:
+    """One kind of engine instance a service can run on a pool, with its times per bucket it can carry."""
+
+    service: int
+    pool: int
+    role: str
+    layout: Layout
+    batch_per_replica: int
+    layers_per_stage: tuple[int, ...]
+    times: tuple[BucketTimes | None, ...]  # per bucket of the service; None: not carried
+    engine_instances: int = 1  # engine processes it launches as (engines.instances: DP replicas of a dense model)
+
+    @property
+    def gpus(self) -> int:
+        return self.layout.gpus
+
+    @property
+    def slots(self) -> int:
+        """Requests one instance holds at once: DP prompts (prefill) or DP x batch sequences."""
+        return self.layout.dp * (1 if self.role == "prefill" else self.batch_per_replica)
+
+    def capacity_mrps(self, b: int) -> int:
+        """Requests per instance on bucket ``b`` alone, mrps, rounded down (0 when not carried)."""
+        times = self.times[b]
+        return 0 if times is None else self.slots * SLOT_SCALE // times.work_ns
+
+    def plan(self) -> Plan:
+        return Plan(layout=self.layout, layers_per_stage=self.layers_per_stage, batch_per_replica=self.batch_per_replica)
+
+
+def _bucket_times(role: str, service: Service, bucket: Bucket, sub: Scenario, ctx: Any, plan: Plan) -> BucketTimes | None:
+    """Times of one evaluated plan on one bucket, None when the service's targets rule it out."""
+    est = ctx.estimate
+    ttft, tpot = floor_ns(service.targets.ttft_s), floor_ns(service.targets.tpot_s)
+    if role == "aggregated":
+        if est.ttft_ns > ttft or est.tpot_ns > tpot:
+            return None
+        return BucketTimes(est.request_latency_ns, est.ttft_ns, est.tpot_ns)
+    kv = _kv_transfer_ns(sub, plan.layout, plan.layers_per_stage)
+    if role == "prefill":
+        if est.ttft_ns + kv > ttft:
+            return None
+        return BucketTimes(est.ttft_ns, est.ttft_ns, 0, kv)
+    step = est.tpot_ns - ctx.table.prefill_share_ns[ctx.index]
+    if step > tpot or kv > ttft:
+        return None
+    return BucketTimes((bucket.output_tokens - 1) * step, 0, step, kv)
+
+
+def _evaluate(service_index: int, service: Service, pool_index: int, pool: Pool, role: str) -> list[InstanceType]:
+    """Every (layout, batch) of every size on every bucket; one type per (layout, batch) with the split of
+    the first bucket it fits (other buckets re-certified with that split)."""
+    found: dict[tuple[Layout, int], dict[str, Any]] = {}
+    order: list[tuple[Layout, int]] = []
+    for g in instance_sizes(pool):
+        for b, bucket in enumerate(service.buckets):
+            sub = service_scenario(service, pool, bucket, g, role)
+            tables = build_tables(sub)
+            for plan, ctx, _ in feasible_plans(sub, tables, skip=TARGET_RULES):
+                key = (plan.layout, plan.batch_per_replica)
+                entry = found.get(key)
+                if entry is None:
+                    entry = found[key] = {"split": plan.layers_per_stage, "times": [None] * len(service.buckets),
+                                          "instances": engine_instances(sub, plan.layout)}
+                    order.append(key)
+                if plan.layers_per_stage != entry["split"]:
+                    fixed = Plan(layout=plan.layout, layers_per_stage=entry["split"], batch_per_replica=plan.batch_per_replica)
+                    cert = certify(sub, fixed, tables)
+                    if not cert.holds:
+                        continue
+                    plan, ctx = fixed, plan_context(sub, fixed, tables)
+                entry["times"][b] = _bucket_times(role, service, bucket, sub, ctx, plan)
+    return [InstanceType(service_index, pool_index, role, layout, batch, found[(layout, batch)]["split"],
+                         tuple(found[(layout, batch)]["times"]), found[(layout, batch)]["instances"])
+            for layout, batch in order if any(found[(layout, batch)]["times"])]
+
+
+def _dominates(a: InstanceType, b: InstanceType, *, limited: bool) -> bool:
+    """``k = b.gpus // a.gpus`` instances of ``a`` can replace one of ``b`` (same service, pool, role): no
+    more GPUs, at least its rate on every bucket it carries, no slower KV transfer (and, for prefill, no
+    slower prompt), and, when the service limits its instances (``limited``), no more engine instances."""
+    if a.gpus > b.gpus:
+        return False
+    k = b.gpus // a.gpus
+    if limited and k * a.engine_instances > b.engine_instances:
+        return False
+    for ta, tb in zip(a.times, b.times):
+        if tb is None:
+            continue
+        if ta is None or ta.work_ns * b.slots > tb.work_ns * a.slots * k or ta.kv_ns > tb.kv_ns:
+            return False
+        if a.role == "prefill" and ta.work_ns > tb.work_ns:
+            return False
+    return True
+
+
+def prune(types: list[InstanceType], limited: set[int] = frozenset()) -> list[InstanceType]:
+    """Drop dominated types, keeping the first of equals (input order: deterministic). ``limited``: the
+    services with ``max_instances``."""
+    kept: list[InstanceType] = []
+    for i, t in enumerate(types):
+        beaten = False
+        lim = t.service in limited
+        for j, o in enumerate(types):
+            if j == i or (o.service, o.pool, o.role) != (t.service, t.pool, t.role) or not _dominates(o, t, limited=lim):
+                continue
+            if j < i or not _dominates(t, o, limited=lim):  # strictly better, or equal and earlier
+                beaten = True
+                break
+        if not beaten:
+            kept.append(t)
+    return kept
+
+
+@dataclass(frozen=True)
+class Route:
+    """A way to carry bucket ``bucket`` of service ``service``: one aggregated type or a prefill and a
+    decode type (indices into the type list)."""
+
+    service: int
+    bucket: int
+    types: tuple[int, ...]
+
+
+@dataclass
+class FleetTypes:
+    """The instance types after pruning, the routes over them, and the counts before pruning."""
+
+    types: list[InstanceType]
+    routes: list[Route]
+    before: int
+    evaluate_s: float
+
+
+def enumerate_types(fleet: Fleet, *, pools: tuple[int, ...] | None = None) -> FleetTypes:
+    """Instance types of every service on every allowed pool (``pools``: only these, pins ignored; the
+    single-kind baseline), pruned, and the routes over them."""
+    start = time.perf_counter()
+    raw: list[InstanceType] = []
+    for s, service in enumerate(fleet.services):
+        for k, pool in enumerate(fleet.pools):
+            allowed = k in pools if pools is not None else (service.pools is None or pool.name in service.pools)
+            if not allowed:
+                continue
+            for role in ROLES if service.disaggregated else ROLES[:1]:
+                raw.extend(_evaluate(s, service, k, pool, role))
+    types = prune(raw, {s for s, service in enumerate(fleet.services) if service.max_instances is not None})
+    routes: list[Route] = []
+    for s, service in enumerate(fleet.services):
+        ttft = floor_ns(service.targets.ttft_s)
+        for b in range(len(service.buckets)):
+            mine = [(i, t) for i, t in enumerate(types) if t.service == s and t.times[b] is not None]
+            routes += [Route(s, b, (i,)) for i, t in mine if t.role == "aggregated"]
+            prefill = [(i, t) for i, t in mine if t.role == "prefill"]
+            decode = [(i, t) for i, t in mine if t.role == "decode"]
+            for i, p in prefill:
+                for j, d in decode:
+                    tp, td = p.times[b], d.times[b]
+                    if tp.work_ns + max(tp.kv_ns, td.kv_ns) <= ttft:
+                        routes.append(Route(s, b, (i, j)))
+    return FleetTypes(types, routes, len(raw), time.perf_counter() - start)
+
+
+def weight(fleet: Fleet, pool: Pool, gpus: int) -> int:
+    """Objective units per instance: micro-dollars per hour (exact) or GPUs."""
+    if fleet.objective is FleetObjective.GPUS:
+        return gpus
+    value = pool.cost_per_gpu_hour * MICRO_DOLLARS * gpus
+    if value.denominator != 1:
+        raise OptimizerError(f"pool {pool.name}: cost_per_gpu_hour {pool.cost_per_gpu_hour} is finer than a micro-dollar")
+    return int(value)
+
+
+def integers(fleet: Fleet, ft: FleetTypes, *, pool_gpus: tuple[int, ...] | None = None) -> FleetIntegers:
+    """The integer problem CP-SAT solves (``solve.FleetIntegers``)."""
+    buckets = [(s, b) for s, service in enumerate(fleet.services) for b in range(len(service.buckets))]
+    index = {key: i for i, key in enumerate(buckets)}
+    types = ft.types
+    return FleetIntegers(
+        pool_gpus=pool_gpus or tuple(p.num_gpus for p in fleet.pools),
+        type_pool=tuple(t.pool for t in types), type_gpus=tuple(t.gpus for t in types),
+        type_weight=tuple(weight(fleet, fleet.pools[t.pool], t.gpus) for t in types),
+        type_slots=tuple(t.slots * SLOT_SCALE for t in types), type_group=tuple(t.service for t in types),
+        type_instances=tuple(t.engine_instances for t in types),
+        type_rank=tuple(range(len(types))), group_max=tuple(s.max_instances for s in fleet.services),
+        bucket_rate=tuple(carried_mrps(fleet.services[s].buckets[b], fleet.headroom) for s, b in buckets),
+        routes=tuple((index[(r.service, r.bucket)], tuple((t, types[t].times[r.bucket].work_ns) for t in r.types))
+                     for r in ft.routes),
+    )
+
+
+@dataclass(frozen=True)
+class CheckEntry:
+    """One re-checked constraint: ``lhs op rhs`` in integers."""
+
+    name: str
+    lhs: int
+    op: str
+    rhs: int
+    holds: bool
+    detail: str = ""
+
+
+def _entry(name: str, lhs: int, op: str, rhs: int, detail: str = "") -> CheckEntry:
+    holds = {"<=": lhs <= rhs, ">=": lhs >= rhs, "==": lhs == rhs}[op]
+    return CheckEntry(name, lhs, op, rhs, holds, detail)
+
+
+@dataclass
+class Allocation:
+    """Instances per type and mrps per route (indices into a ``FleetTypes``)."""
+
+    counts: tuple[int, ...]
+    route_rates: tuple[int, ...]
+
+
+def place(pool: Pool, sizes: list[int]) -> list[tuple[int, ...]] | None:
+    """A node placement: per instance (in the given order) the pool's node indices it occupies; instances
+    of a node or less first-fit decreasing into nodes, whole-node instances on whole free nodes. None
+    when they do not fit."""
+    free = [pool.gpus_per_node] * pool.num_nodes
+    out: dict[int, tuple[int, ...]] = {}
+    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
+    for i in order:
+        g = sizes[i]
+        if g >= pool.gpus_per_node:
+            need = g // pool.gpus_per_node
+            nodes = [n for n, f in enumerate(free) if f == pool.gpus_per_node][:need]
+            if len(nodes) < need:
+                return None
+            for n in nodes:
+                free[n] = 0
+            out[i] = tuple(nodes)
+        else:
+            node = next((n for n, f in enumerate(free) if f >= g), None)
+            if node is None:
+                return None
+            free[node] -= g
+            out[i] = (node,)
+    return [out[i] for i in range(len(sizes))]
+
+
+def recheck_times(fleet: Fleet, t: InstanceType, b: int) -> tuple[BucketTimes | None, list[str]]:
+    """Type ``t`` on bucket ``b`` re-derived from scratch: its plan certified on fresh tables (every
+    structural and memory rule) and its times read from that certificate's estimate. Returns the times
+    (None if the targets fail) and the names of failing rules."""
+    service, pool = fleet.services[t.service], fleet.pools[t.pool]
+    bucket = service.buckets[b]
+    sub = service_scenario(service, pool, bucket, t.gpus, t.role)
+    cert = certify(sub, t.plan())
+    failing = [c.name for c in cert.failing]
+    if failing:
+        return None, failing
+    return _bucket_times(t.role, service, bucket, sub, plan_context(sub, t.plan()), t.plan()), []
+
+
+def check_allocation(fleet: Fleet, ft: FleetTypes, alloc: Allocation) -> list[CheckEntry]:
+    """Every constraint of the allocation in exact integers, no solver, times re-derived (module docstring)."""
+    checks: list[CheckEntry] = []
+    times: dict[tuple[int, int], BucketTimes | None] = {}
+    used_buckets = {(t, r.bucket) for r, rate in zip(ft.routes, alloc.route_rates) if rate for t in r.types}
+    for t, b in sorted(used_buckets):
+        typ = ft.types[t]
+        got, failing = recheck_times(fleet, typ, b)
+        name = f"{fleet.services[typ.service].name}/{fleet.pools[typ.pool].name}/{typ.role}[{t}] on {fleet.services[typ.service].buckets[b].name}"
+        checks.append(_entry(f"rules {name}", len(failing), "==", 0, ", ".join(failing) or "every rule of verify.certify holds"))
+        checks.append(_entry(f"targets {name}", 0 if got is not None else 1, "==", 0,
+                             "TTFT and TPOT within the service's targets" if got else "a target fails"))
+        times[(t, b)] = got
+    required = {}
+    for s, service in enumerate(fleet.services):
+        for b, bucket in enumerate(service.buckets):
+            required[(s, b)] = carried_mrps(bucket, fleet.headroom)
+    carried: dict[tuple[int, int], int] = {key: 0 for key in required}
+    load = [0] * len(ft.types)
+    for route, rate in zip(ft.routes, alloc.route_rates):
+        if rate < 0:
+            checks.append(_entry("route rate >= 0", rate, ">=", 0))
+        if not rate:
+            continue
+        carried[(route.service, route.bucket)] += rate
+        legs = [ft.types[t] for t in route.types]
+        if any(leg.service != route.service for leg in legs) or sorted(leg.role for leg in legs) not in (["aggregated"], ["decode", "prefill"]):
+            checks.append(_entry("route shape", 1, "==", 0, "a route is one aggregated type or a prefill and a decode type of its service"))
+        for t in route.types:
+            got = times.get((t, route.bucket))
+            load[t] += rate * (got.work_ns if got else 0)
+        if len(legs) == 2 and all(times.get((t, route.bucket)) for t in route.types):
+            p, d = sorted(route.types, key=lambda t: ft.types[t].role != "prefill")
+            tp, td = times[(p, route.bucket)], times[(d, route.bucket)]
+            checks.append(_entry(f"ttft with KV transfer, route {p}->{d}", tp.work_ns + max(tp.kv_ns, td.kv_ns), "<=",
+                                 floor_ns(fleet.services[route.service].targets.ttft_s), "prefill + max(KV send, KV receive), ns"))
+    for (s, b), need in required.items():
+        checks.append(_entry(f"coverage {fleet.services[s].name}/{fleet.services[s].buckets[b].name}", carried[(s, b)], ">=", need,
+                             "mrps routed >= rate x (1 + headroom), rounded up"))
+    for t, typ in enumerate(ft.types):
+        if alloc.counts[t] < 0:
+            checks.append(_entry(f"count[{t}] >= 0", alloc.counts[t], ">=", 0))
+        if load[t] or alloc.counts[t]:
+            checks.append(_entry(f"load type {t}", load[t], "<=", alloc.counts[t] * typ.slots * SLOT_SCALE,
+                                 "sum rate_mrps x work_ns <= count x slots x 10^12 (Little's law)"))
+    for k, pool in enumerate(fleet.pools):
+        sizes = [typ.gpus for t, typ in enumerate(ft.types) if typ.pool == k for _ in range(alloc.counts[t])]
+        checks.append(_entry(f"pool {pool.name} GPUs", sum(sizes), "<=", pool.num_gpus))
+        placement = place(pool, sizes)
+        checks.append(_entry(f"pool {pool.name} placement", 0 if placement is not None else 1, "==", 0,
+                             "every instance inside one node or on whole nodes, no GPU shared"))
+    for s, service in enumerate(fleet.services):
+        mine = [t for t, typ in enumerate(ft.types) if typ.service == s and alloc.counts[t]]
+        if service.max_instances is not None:
+            checks.append(_entry(f"instances {service.name}", sum(alloc.counts[t] * ft.types[t].engine_instances for t in mine), "<=",
+                                 service.max_instances, "engine instances (a dense model's DP replicas each count)"))
+        if service.pools is not None:
+            off = [t for t in mine if fleet.pools[ft.types[t].pool].name not in service.pools]
+            checks.append(_entry(f"pins {service.name}", len(off), "==", 0, f"pools {', '.join(service.pools)}"))
+    return checks
+
+
+def objective_value(fleet: Fleet, ft: FleetTypes, counts: tuple[int, ...]) -> int:
+    """The objective of ``counts`` recomputed from the pools' prices (not from the solver's weights)."""
+    return sum(weight(fleet, fleet.pools[t.pool], t.gpus) * c for t, c in zip(ft.types, counts))
+
+
+# --- the exhaustive oracle (small fleets) -------------------------------------------------------------
+
+
+def exhaustive_fleet(problem: FleetIntegers, *, limit: int = ORACLE_LIMIT) -> int | None | str:
+    """The optimum by enumeration for fleets whose types each serve one single-type route (aggregated, one
+    bucket per type): per bucket every minimal cover ``sum floor(count x slots / work) >= rate`` is listed,
+    then covers are combined within the pool GPUs and instance limits. Returns the optimal objective, None
+    when no allocation exists, or ``"not applicable"`` (a type in several routes, a two-type route, or
+    more than ``limit`` covers)."""
+    per_type: dict[int, tuple[int, int]] = {}
+    for b, legs in problem.routes:
+        if len(legs) != 1 or legs[0][0] in per_type:
+            return "not applicable"
+        per_type[legs[0][0]] = (b, legs[0][1])
+    covers: list[list[tuple[int, tuple[int, ...], tuple[int, ...]]]] = []  # per bucket: (weight, pool gpus, group counts)
+    n_pools, n_groups = len(problem.pool_gpus), len(problem.group_max)
+    total = 0
+    for b, rate in enumerate(problem.bucket_rate):
+        mine = sorted(t for t, (tb, _) in per_type.items() if tb == b)
+        options: list[tuple[int, tuple[int, ...], tuple[int, ...]]] = []
+
+        def walk(i: int, left: int, w: int, pools: list[int], groups: list[int]) -> None:
+            nonlocal total
+            if total > limit:
+                return
+            if left <= 0:
+                options.append((w, tuple(pools), tuple(groups)))
+                total += 1
+                return
+            if i == len(mine):
+                return
+            t = mine[i]
+            cap = problem.type_slots[t] // per_type[t][1]
+            k, g = problem.type_pool[t], problem.type_gpus[t]
+            most = (problem.pool_gpus[k] - pools[k]) // g
+            for c in range(0, most + 1):
+                if c and cap * (c - 1) >= left:
+                    break  # minimal covers only: one instance fewer already covers
+                pools[k] += c * g
+                groups[problem.type_group[t]] += c * problem.type_instances[t]
+                walk(i + 1, left - c * cap, w + c * problem.type_weight[t], pools, groups)
+                pools[k] -= c * g
+                groups[problem.type_group[t]] -= c * problem.type_instances[t]
+
+        walk(0, rate, 0, [0] * n_pools, [0] * n_groups)
+        if total > limit:
+            return "not applicable"
+        if not options:
+            return None
+        covers.append(sorted(options))
+    best: int | None = None
+
+    def combine(b: int, w: int, pools: list[int], groups: list[int]) -> None:
+        nonlocal best
+        if best is not None and w >= best:
+            return
+        if b == len(covers):
+            best = w
+            return
+        for ow, op, og in covers[b]:
+            if best is not None and w + ow >= best:
+                break
+            np_ = [x + y for x, y in zip(pools, op)]
+            ng = [x + y for x, y in zip(groups, og)]
+            if all(x <= cap for x, cap in zip(np_, problem.pool_gpus)) and \
+                    all(lim is None or x <= lim for x, lim in zip(ng, problem.group_max)):
+                combine(b + 1, w + ow, np_, ng)
+
+    combine(0, 0, [0] * n_pools, [0] * n_groups)
+    return best
+
+
+# --- the plan -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class FleetPlan:
+    """The allocation with its evidence, the single-kind baselines and the greedy rule's answer."""
+
+    fleet: Fleet
+    types: FleetTypes
+    allocation: Allocation
+    objective: int
+    best_bound: int
+    status: str
+    solver_optimal: bool
+    checks: list[CheckEntry]
+    proved_optimal: bool
+    oracle: int | None | str
+    build_s: float
+    solve_s: float
+    model_size: dict[str, int]
+    baseline: dict[str, int | None] = field(default_factory=dict)  # pool name -> best single-kind objective
+    greedy: int | None = None
+    solver_fault: str | None = None
+
+    @property
+    def check_holds(self) -> bool:
+        return all(c.holds for c in self.checks)
+
+
+def plan_fleet(fleet: Fleet, *, time_limit_s: float | None = 60.0, baselines: bool = True, oracle: bool = True,
+               workers: int = 1) -> FleetPlan:
+    """The cheapest allocation of ``fleet`` with its proof (module docstring), the best single-kind
+    allocation per pool and the greedy rule beside it.
+
+    Raises:
+        Infeasible: no allocation carries every bucket within the pools (proved by CP-SAT).
+        SolveIncomplete: the time limit stopped CP-SAT before any allocation.
+    """
+    from optimizer.errors import Infeasible
+
+    ft = enumerate_types(fleet)
+    problem = integers(fleet, ft)
+    opt = solve_fleet(problem, time_limit_s=time_limit_s, workers=workers)
+    if opt is None:
+        raise Infeasible([f"no allocation of {len(ft.types)} instance types carries every bucket within the pools "
+                          "(CP-SAT: INFEASIBLE)"])
+    alloc = Allocation(opt.counts, opt.route_rates)
+    checks = check_allocation(fleet, ft, alloc)
+    recomputed = objective_value(fleet, ft, opt.counts)
+    checks.append(_entry("objective recomputed from the prices", recomputed, "==", opt.objective))
+    checks.append(_entry("objective >= CP-SAT bound", opt.objective, ">=", opt.best_bound))
+    oracle_value = exhaustive_fleet(problem) if oracle else "not run"
+    fault = None
+    if isinstance(oracle_value, int) and oracle_value != opt.objective and opt.solver_optimal:
+        fault = f"solver fault: CP-SAT proved {opt.objective}, the exhaustive oracle finds {oracle_value}"
+    holds = all(c.holds for c in checks)
+    plan = FleetPlan(fleet=fleet, types=ft, allocation=alloc, objective=opt.objective, best_bound=opt.best_bound,
+                     status=opt.status, solver_optimal=opt.solver_optimal, checks=checks,
+                     proved_optimal=opt.solver_optimal and holds and fault is None, oracle=oracle_value,
+                     build_s=opt.build_s, solve_s=opt.solve_s, model_size=opt.model_size, solver_fault=fault)
+    if baselines:
+        plan.baseline = single_pool_baselines(fleet, time_limit_s=time_limit_s)
+        plan.greedy = greedy(fleet, ft)
+    return plan
+
+
+def single_pool_baselines(fleet: Fleet, *, time_limit_s: float | None = 60.0) -> dict[str, int | None]:
+    """Per pool: the optimum with every service on that pool's GPU kind alone (pins ignored), with as
+    many of its GPUs as the whole fleet has (Mélange's "best single GPU type"), None when none carries
+    every bucket; a value the time limit left unproved is still an allocation's cost."""
+    total = sum(p.num_gpus for p in fleet.pools)
+    out: dict[str, int | None] = {}
+    for k, pool in enumerate(fleet.pools):
+        wide = fleet.model_copy(update={"pools": tuple(p.model_copy(update={"num_nodes": max(total // p.gpus_per_node, 1)})
+                                                       if i == k else p for i, p in enumerate(fleet.pools))})
+        ft = enumerate_types(wide, pools=(k,))
+        try:
+            opt = solve_fleet(integers(wide, ft), time_limit_s=time_limit_s)
+        except SolveIncomplete:
+            opt = None
+        out[pool.name] = None if opt is None else opt.objective
+    return out
+
+
+def greedy(fleet: Fleet, ft: FleetTypes) -> int | None:
+    """The rule a person would use: bucket by bucket (services and buckets in file order), the aggregated
+    type whose instances carry the bucket for the least cost (cheapest GPU per request first; ties: lower
+    cost per unit of capacity) that still fits its pool, each instance serving that bucket alone. The objective,
+    or None when the rule runs out of GPUs."""
+    free = [p.num_gpus for p in fleet.pools]
+    used_instances = [0] * len(fleet.services)
+    total = 0
+    for s, service in enumerate(fleet.services):
+        for b, bucket in enumerate(service.buckets):
+            need = carried_mrps(bucket, fleet.headroom)
+            options = []
+            for t in ft.types:
+                if t.service != s or t.role != "aggregated" or t.times[b] is None:
+                    continue
+                cap = t.capacity_mrps(b)
+                if cap == 0:
+                    continue
+                w = weight(fleet, fleet.pools[t.pool], t.gpus)
+                n = -(-need // cap)
+                options.append((n * w, Fraction(w, cap), ft.types.index(t), t, n, w))
+            placed = False
+            for _, _, _, t, n, w in sorted(options, key=lambda o: o[:3]):
+                limit = service.max_instances
+                engines = n * t.engine_instances
+                if n * t.gpus <= free[t.pool] and (limit is None or used_instances[s] + engines <= limit):
+                    free[t.pool] -= n * t.gpus
+                    used_instances[s] += engines
+                    total += n * w
+                    placed = True
+                    break
+            if not placed:
+                return None
+    return total
+
+
+__all__ = ["FleetPlan", "plan_fleet", "enumerate_types", "check_allocation", "exhaustive_fleet", "SOLVER_NAME"]
