@@ -3,8 +3,8 @@ service's targets, proved by CP-SAT and re-checked in exact integers without it.
 
 **Instance types.** For each service, pool and instance size (powers of two that fit one node or tile
 whole nodes, at most ``disagg.MAX_INSTANCE_GPUS``), every layout and batch the single-instance search
-admits (``exhaustive.feasible_plans``: structure and memory rules; the same tables as ``optimize``) is
-evaluated on every bucket's ISL/OSL. A type is ``(service, pool, role, layout, batch, layer split)``:
+admits (``CandidateValues.admissible``: structure and memory rules, the same tables and best-split
+evaluation as ``optimize``) is evaluated on every bucket's ISL/OSL. A type is ``(service, pool, role, layout, batch, layer split)``:
 - ``aggregated``: a request holds one of ``DP x batch`` slots for the request latency; it carries a bucket
   when TTFT <= target and TPOT <= target at that batch (the ``capacity`` command's model).
 - ``prefill`` / ``decode`` (services with ``disaggregated: true``): the prefill instance holds one of DP
@@ -42,20 +42,21 @@ fleets the exhaustive oracle (``exhaustive_fleet``) must agree too.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
 from optimizer.disagg import MAX_INSTANCE_GPUS, _kv_transfer_ns
 from optimizer.engines import instances as engine_instances
 from optimizer.errors import OptimizerError, SolveIncomplete
-from optimizer.exhaustive import feasible_plans
+from optimizer.candidates import CandidateValues
 from optimizer.fleet_input import Bucket, Fleet, FleetObjective, Pool, Service
 from optimizer.parallel import Layout, Plan
 from optimizer.result import build_tables
-from optimizer.rules import TARGET_RULES
+from optimizer.rules import build_rules
+from optimizer.split import best_split
 from optimizer.scenario import Objective, Scenario, Search, Targets, Workload
-from optimizer.solve import SOLVER_NAME, FleetIntegers, solve_fleet
+from optimizer.solve import SOLVER_NAME, FleetIntegers, solve_fleet, structural_tables
 from optimizer.verify import certify, plan_context
 
 MRPS_PER_RPS = 1000  # rates in milli-requests per second
@@ -124,7 +125,7 @@ class InstanceType:
     role: str
     layout: Layout
     batch_per_replica: int
-    layers_per_stage: tuple[int, ...]
+    layers_per_stage: tuple[int, ...] | None  # None until resolved (aggregated PP > 1: ``resolve_splits``)
     times: tuple[BucketTimes | None, ...]  # per bucket of the service; None: not carried
     engine_instances: int = 1  # engine processes it launches as (engines.instances: DP replicas of a dense model)
 
@@ -146,51 +147,80 @@ class InstanceType:
         return Plan(layout=self.layout, layers_per_stage=self.layers_per_stage, batch_per_replica=self.batch_per_replica)
 
 
-def _bucket_times(role: str, service: Service, bucket: Bucket, sub: Scenario, ctx: Any, plan: Plan) -> BucketTimes | None:
-    """Times of one evaluated plan on one bucket, None when the service's targets rule it out."""
-    est = ctx.estimate
+def _bucket_times(role: str, service: Service, bucket: Bucket, sub: Scenario, *, ttft_ns: int, tpot_ns: int, latency_ns: int,
+                  prefill_share_ns: int, layout: Layout, split: tuple[int, ...] | None) -> BucketTimes | None:
+    """One candidate's times on one bucket, None when the service's targets rule it out. ``split`` is needed
+    for the KV transfer of the disaggregated roles (each GPU sends or receives its stage's layers)."""
     ttft, tpot = floor_ns(service.targets.ttft_s), floor_ns(service.targets.tpot_s)
     if role == "aggregated":
-        if est.ttft_ns > ttft or est.tpot_ns > tpot:
+        if ttft_ns > ttft or tpot_ns > tpot:
             return None
-        return BucketTimes(est.request_latency_ns, est.ttft_ns, est.tpot_ns)
-    kv = _kv_transfer_ns(sub, plan.layout, plan.layers_per_stage)
+        return BucketTimes(latency_ns, ttft_ns, tpot_ns)
+    kv = _kv_transfer_ns(sub, layout, split)
     if role == "prefill":
-        if est.ttft_ns + kv > ttft:
+        if ttft_ns + kv > ttft:
             return None
-        return BucketTimes(est.ttft_ns, est.ttft_ns, 0, kv)
-    step = est.tpot_ns - ctx.table.prefill_share_ns[ctx.index]
+        return BucketTimes(ttft_ns, ttft_ns, 0, kv)
+    step = tpot_ns - prefill_share_ns
     if step > tpot or kv > ttft:
         return None
     return BucketTimes((bucket.output_tokens - 1) * step, 0, step, kv)
 
 
 def _evaluate(service_index: int, service: Service, pool_index: int, pool: Pool, role: str) -> list[InstanceType]:
-    """Every (layout, batch) of every size on every bucket; one type per (layout, batch) with the split of
-    the first bucket it fits (other buckets re-certified with that split)."""
+    """Every (layout, batch) of every size on every bucket, judged for the whole grid at once as the
+    single-scenario search judges it (``solve.structural_tables``, ``CandidateValues.admissible`` and
+    ``metrics``: every structural and memory rule, the best layer split's TTFT, TPOT and latency). One type
+    per (layout, batch); a PP > 1 aggregated type's split is resolved once it is used (``resolve_splits``);
+    the disaggregated roles take the split of their first bucket (their KV transfer depends on it)."""
     found: dict[tuple[Layout, int], dict[str, Any]] = {}
     order: list[tuple[Layout, int]] = []
+    total_layers = service.model.num_hidden_layers
     for g in instance_sizes(pool):
         for b, bucket in enumerate(service.buckets):
             sub = service_scenario(service, pool, bucket, g, role)
-            tables = build_tables(sub)
-            for plan, ctx, _ in feasible_plans(sub, tables, skip=TARGET_RULES):
-                key = (plan.layout, plan.batch_per_replica)
+            rules = build_rules(sub)
+            tables = structural_tables(sub, rules)[0]
+            if not tables.layouts:
+                continue
+            values = CandidateValues(sub, tables)
+            variant, ok = values.admissible(rules)
+            ttft, tpot, latency, _ = values.metrics(variant)
+            for c in ok.nonzero()[0]:
+                layout, batch = tables.layouts[c], tables.cost.batch[c]
+                key = (layout, batch)
                 entry = found.get(key)
                 if entry is None:
-                    entry = found[key] = {"split": plan.layers_per_stage, "times": [None] * len(service.buckets),
-                                          "instances": engine_instances(sub, plan.layout)}
+                    split = (total_layers,) if layout.pp == 1 else None
+                    if split is None and role != "aggregated":
+                        split = best_split(scenario=sub, table=tables.cost, memory=tables.memory, c=c)
+                    entry = found[key] = {"split": split, "times": [None] * len(service.buckets),
+                                          "instances": engine_instances(sub, layout)}
                     order.append(key)
-                if plan.layers_per_stage != entry["split"]:
-                    fixed = Plan(layout=plan.layout, layers_per_stage=entry["split"], batch_per_replica=plan.batch_per_replica)
-                    cert = certify(sub, fixed, tables)
-                    if not cert.holds:
-                        continue
-                    plan, ctx = fixed, plan_context(sub, fixed, tables)
-                entry["times"][b] = _bucket_times(role, service, bucket, sub, ctx, plan)
+                entry["times"][b] = _bucket_times(role, service, bucket, sub, ttft_ns=ttft[c], tpot_ns=tpot[c], latency_ns=latency[c],
+                                                  prefill_share_ns=tables.cost.prefill_share_ns[c], layout=layout,
+                                                  split=entry["split"])
     return [InstanceType(service_index, pool_index, role, layout, batch, found[(layout, batch)]["split"],
                          tuple(found[(layout, batch)]["times"]), found[(layout, batch)]["instances"])
             for layout, batch in order if any(found[(layout, batch)]["times"])]
+
+
+def resolve_splits(fleet: Fleet, ft: FleetTypes, counts: tuple[int, ...]) -> None:
+    """Give every used aggregated PP > 1 type a layer split: the best split (``split.best_split``) of the
+    first bucket it can carry. The check re-derives its times with that split on every bucket it carries,
+    so a split that serves one bucket worse than the model assumed shows as a failing check, never as a
+    silent claim."""
+    for t, (typ, count) in enumerate(zip(ft.types, counts)):
+        if not count or typ.layers_per_stage is not None:
+            continue
+        b = next(b for b, times in enumerate(typ.times) if times is not None)
+        service, pool = fleet.services[typ.service], fleet.pools[typ.pool]
+        sub = service_scenario(service, pool, service.buckets[b], typ.gpus, typ.role)
+        tables = build_tables(sub, (typ.layout,), (typ.batch_per_replica,))
+        split = best_split(scenario=sub, table=tables.cost, memory=tables.memory, c=0)
+        if split is None:
+            raise OptimizerError(f"internal error: type {t} has no layer split on bucket {service.buckets[b].name}")
+        ft.types[t] = replace(typ, layers_per_stage=split)
 
 
 def _dominates(a: InstanceType, b: InstanceType, *, limited: bool) -> bool:
@@ -214,20 +244,27 @@ def _dominates(a: InstanceType, b: InstanceType, *, limited: bool) -> bool:
 
 def prune(types: list[InstanceType], limited: set[int] = frozenset()) -> list[InstanceType]:
     """Drop dominated types, keeping the first of equals (input order: deterministic). ``limited``: the
-    services with ``max_instances``."""
-    kept: list[InstanceType] = []
-    for i, t in enumerate(types):
-        beaten = False
+    services with ``max_instances``.
+
+    Dominance is transitive (sizes are powers of two, so ``k`` multiplies along a chain), so a type is
+    dominated exactly when an undominated type dominates it: the first pass compares each type, in order
+    of GPUs, with the survivors so far only; the second settles survivors of equal size among themselves."""
+    order = sorted(range(len(types)), key=lambda i: (types[i].service, types[i].pool, types[i].role, types[i].gpus, i))
+    frontier: dict[tuple[int, int, str], list[int]] = {}
+    for i in order:
+        t = types[i]
+        group = frontier.setdefault((t.service, t.pool, t.role), [])
         lim = t.service in limited
-        for j, o in enumerate(types):
-            if j == i or (o.service, o.pool, o.role) != (t.service, t.pool, t.role) or not _dominates(o, t, limited=lim):
-                continue
-            if j < i or not _dominates(t, o, limited=lim):  # strictly better, or equal and earlier
-                beaten = True
-                break
-        if not beaten:
-            kept.append(t)
-    return kept
+        if not any(_dominates(types[j], t, limited=lim) for j in group):
+            group.append(i)
+    kept = []
+    for group in frontier.values():
+        for i in group:
+            t, lim = types[i], types[i].service in limited
+            if not any(j != i and _dominates(types[j], t, limited=lim) and (j < i or not _dominates(t, types[j], limited=lim))
+                       for j in group):
+                kept.append(i)
+    return [types[i] for i in sorted(kept)]
 
 
 @dataclass(frozen=True)
@@ -250,10 +287,12 @@ class FleetTypes:
     evaluate_s: float
 
 
-def enumerate_types(fleet: Fleet, *, pools: tuple[int, ...] | None = None) -> FleetTypes:
+def enumerate_types(fleet: Fleet, *, pools: tuple[int, ...] | None = None, cache: dict | None = None) -> FleetTypes:
     """Instance types of every service on every allowed pool (``pools``: only these, pins ignored; the
-    single-kind baseline), pruned, and the routes over them."""
+    single-kind baseline), pruned, and the routes over them. ``cache`` keeps evaluations between calls
+    (keyed by service, pool, role and the pool's instance sizes)."""
     start = time.perf_counter()
+    cache = {} if cache is None else cache
     raw: list[InstanceType] = []
     for s, service in enumerate(fleet.services):
         for k, pool in enumerate(fleet.pools):
@@ -261,7 +300,10 @@ def enumerate_types(fleet: Fleet, *, pools: tuple[int, ...] | None = None) -> Fl
             if not allowed:
                 continue
             for role in ROLES if service.disaggregated else ROLES[:1]:
-                raw.extend(_evaluate(s, service, k, pool, role))
+                key = (s, k, role, instance_sizes(pool))
+                if key not in cache:
+                    cache[key] = _evaluate(s, service, k, pool, role)
+                raw.extend(cache[key])
     types = prune(raw, {s for s, service in enumerate(fleet.services) if service.max_instances is not None})
     routes: list[Route] = []
     for s, service in enumerate(fleet.services):
@@ -300,7 +342,7 @@ def integers(fleet: Fleet, ft: FleetTypes, *, pool_gpus: tuple[int, ...] | None 
         type_weight=tuple(weight(fleet, fleet.pools[t.pool], t.gpus) for t in types),
         type_slots=tuple(t.slots * SLOT_SCALE for t in types), type_group=tuple(t.service for t in types),
         type_instances=tuple(t.engine_instances for t in types),
-        type_rank=tuple(range(len(types))), group_max=tuple(s.max_instances for s in fleet.services),
+        group_max=tuple(s.max_instances for s in fleet.services),
         bucket_rate=tuple(carried_mrps(fleet.services[s].buckets[b], fleet.headroom) for s, b in buckets),
         routes=tuple((index[(r.service, r.bucket)], tuple((t, types[t].times[r.bucket].work_ns) for t in r.types))
                      for r in ft.routes),
@@ -365,11 +407,15 @@ def recheck_times(fleet: Fleet, t: InstanceType, b: int) -> tuple[BucketTimes | 
     service, pool = fleet.services[t.service], fleet.pools[t.pool]
     bucket = service.buckets[b]
     sub = service_scenario(service, pool, bucket, t.gpus, t.role)
-    cert = certify(sub, t.plan())
+    own = build_tables(sub, (t.layout,), (t.batch_per_replica,))  # fresh tables of this one candidate
+    ctx = plan_context(sub, t.plan(), own)
+    cert = certify(sub, t.plan(), own)
     failing = [c.name for c in cert.failing]
     if failing:
         return None, failing
-    return _bucket_times(t.role, service, bucket, sub, plan_context(sub, t.plan()), t.plan()), []
+    est = cert.estimate
+    return _bucket_times(t.role, service, bucket, sub, ttft_ns=est.ttft_ns, tpot_ns=est.tpot_ns, latency_ns=est.request_latency_ns,
+                         prefill_share_ns=ctx.table.prefill_share_ns[ctx.index], layout=t.layout, split=t.layers_per_stage), []
 
 
 def check_allocation(fleet: Fleet, ft: FleetTypes, alloc: Allocation) -> list[CheckEntry]:
@@ -551,13 +597,15 @@ def plan_fleet(fleet: Fleet, *, time_limit_s: float | None = 60.0, baselines: bo
     """
     from optimizer.errors import Infeasible
 
-    ft = enumerate_types(fleet)
+    cache: dict = {}
+    ft = enumerate_types(fleet, cache=cache)
     problem = integers(fleet, ft)
     opt = solve_fleet(problem, time_limit_s=time_limit_s, workers=workers)
     if opt is None:
         raise Infeasible([f"no allocation of {len(ft.types)} instance types carries every bucket within the pools "
                           "(CP-SAT: INFEASIBLE)"])
     alloc = Allocation(opt.counts, opt.route_rates)
+    resolve_splits(fleet, ft, opt.counts)
     checks = check_allocation(fleet, ft, alloc)
     recomputed = objective_value(fleet, ft, opt.counts)
     checks.append(_entry("objective recomputed from the prices", recomputed, "==", opt.objective))
@@ -572,12 +620,12 @@ def plan_fleet(fleet: Fleet, *, time_limit_s: float | None = 60.0, baselines: bo
                      proved_optimal=opt.solver_optimal and holds and fault is None, oracle=oracle_value,
                      build_s=opt.build_s, solve_s=opt.solve_s, model_size=opt.model_size, solver_fault=fault)
     if baselines:
-        plan.baseline = single_pool_baselines(fleet, time_limit_s=time_limit_s)
+        plan.baseline = single_pool_baselines(fleet, time_limit_s=time_limit_s, cache=cache)
         plan.greedy = greedy(fleet, ft)
     return plan
 
 
-def single_pool_baselines(fleet: Fleet, *, time_limit_s: float | None = 60.0) -> dict[str, int | None]:
+def single_pool_baselines(fleet: Fleet, *, time_limit_s: float | None = 60.0, cache: dict | None = None) -> dict[str, int | None]:
     """Per pool: the optimum with every service on that pool's GPU kind alone (pins ignored), with as
     many of its GPUs as the whole fleet has (Mélange's "best single GPU type"), None when none carries
     every bucket; a value the time limit left unproved is still an allocation's cost."""
@@ -586,7 +634,7 @@ def single_pool_baselines(fleet: Fleet, *, time_limit_s: float | None = 60.0) ->
     for k, pool in enumerate(fleet.pools):
         wide = fleet.model_copy(update={"pools": tuple(p.model_copy(update={"num_nodes": max(total // p.gpus_per_node, 1)})
                                                        if i == k else p for i, p in enumerate(fleet.pools))})
-        ft = enumerate_types(wide, pools=(k,))
+        ft = enumerate_types(wide, pools=(k,), cache=cache)
         try:
             opt = solve_fleet(integers(wide, ft), time_limit_s=time_limit_s)
         except SolveIncomplete:

@@ -873,7 +873,7 @@ class FleetIntegers:
       type, or a prefill type and a decode type; a request of the bucket holds one slot of each for
       ``work_ns``. Load of a type: ``sum over routes of rate_mrps x work_ns <= count x slots``, exactly
       (rate x time = slots busy: Little's law, scaled by 10^3 x 10^9).
-    - ``pool_gpus``, ``group_max`` (None: no limit), ``type_rank`` (tie-break order, distinct).
+    - ``pool_gpus``, ``group_max`` (None: no limit).
     """
 
     pool_gpus: tuple[int, ...]
@@ -883,7 +883,6 @@ class FleetIntegers:
     type_slots: tuple[int, ...]
     type_group: tuple[int, ...]
     type_instances: tuple[int, ...]
-    type_rank: tuple[int, ...]
     group_max: tuple[int | None, ...]
     bucket_rate: tuple[int, ...]
     routes: tuple[tuple[int, tuple[tuple[int, int], ...]], ...]
@@ -905,12 +904,15 @@ class FleetOptimum:
     model_size: dict[str, int]
 
 
+TIE_BREAK_DETERMINISTIC_S = 1.0  # CP-SAT deterministic-time budget of each fleet tie-break solve
+
+
 def solve_fleet(problem: FleetIntegers, *, time_limit_s: float | None = None, seed: int = 0,
                 workers: int = 1) -> FleetOptimum | None:
     """The cheapest integer allocation: instance counts per type and routed rates per route, every bucket
     carried, every type within its slots, every pool within its GPUs, every service within its instances;
-    minimise ``sum weight x count``, then (with the optimum fixed) ``sum rank x count``. None when CP-SAT
-    proves that no allocation exists.
+    minimise ``sum weight x count``, then (with the optimum fixed, each within a deterministic budget) the
+    GPUs, then the routes in use. None when CP-SAT proves that no allocation exists.
 
     ``solver_optimal`` is CP-SAT's OPTIMAL with objective == bound; it is never the proof on its own
     (``fleet.check_allocation`` re-checks the allocation without CP-SAT).
@@ -975,12 +977,26 @@ def solve_fleet(problem: FleetIntegers, *, time_limit_s: float | None = None, se
     bound = int(solver.response_proto.inner_objective_lower_bound)
     first_status = solver.status_name(status)
     optimal = status == cp_model.OPTIMAL and found == bound
-    if optimal and not deadline.expired():  # the tie-break with the optimum fixed: lowest ranks first
+    if optimal and not deadline.expired():
+        # The tie-break, with the optimum fixed: fewest GPUs, then fewest routes in use (no bucket spread
+        # thinly over spare slots). Each within a deterministic budget (CP-SAT's ``max_deterministic_time``,
+        # not wall time), so the same input gives the same allocation on any machine.
         m.add(objective == found)
-        m.minimize(sum(k * c for k, c in zip(p.type_rank, counts)))
+        m.minimize(sum(g * c for g, c in zip(p.type_gpus, counts)))
         solver = _solver(time_limit_s=deadline.remaining(), seed=seed, workers=workers)
+        solver.parameters.max_deterministic_time = TIE_BREAK_DETERMINISTIC_S
         if solver.solve(m) in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             values = ([int(solver.value(c)) for c in counts], [int(solver.value(r)) for r in rates])
+            for c, v in zip(counts, values[0]):
+                m.add(c == v)
+            used = [m.new_bool_var(f"used[{r}]") for r in range(len(rates))]
+            for r, (b, _) in enumerate(p.routes):
+                m.add(rates[r] <= p.bucket_rate[b] * used[r])
+            m.minimize(sum(used))
+            solver = _solver(time_limit_s=deadline.remaining(), seed=seed, workers=workers)
+            solver.parameters.max_deterministic_time = TIE_BREAK_DETERMINISTIC_S
+            if not deadline.expired() and solver.solve(m) in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+                values = (values[0], [int(solver.value(r)) for r in rates])
     return FleetOptimum(counts=tuple(values[0]), route_rates=tuple(values[1]), status=first_status, objective=found,
                         best_bound=bound, solver_optimal=optimal, build_s=build_s, solve_s=time.perf_counter() - start - build_s,
                         model_size=size)
