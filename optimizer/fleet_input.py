@@ -17,7 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from optimizer import catalog
 from optimizer.calibration import shipped_calibration
@@ -35,6 +35,12 @@ from optimizer.scenario import (
 )
 
 FLEET_DIR = Path(__file__).resolve().parent.parent / "fleets"
+
+
+def _positive(value: Fraction | None) -> Fraction | None:
+    if value is not None and value <= 0:
+        raise ValueError(f"must be > 0, got {float(value)}")
+    return value
 
 
 class FleetObjective(StrEnum):
@@ -57,11 +63,7 @@ class Pool(_Frozen):
     inter_node_link: Link
     cost_per_gpu_hour: ExactNumber | None = None
 
-    @model_validator(mode="after")
-    def _positive_cost(self) -> Pool:
-        if self.cost_per_gpu_hour is not None and self.cost_per_gpu_hour <= 0:
-            raise ValueError(f"cost_per_gpu_hour must be > 0, got {float(self.cost_per_gpu_hour)}")
-        return self
+    _positive_cost = field_validator("cost_per_gpu_hour")(lambda v: _positive(v))
 
     @property
     def num_gpus(self) -> int:
@@ -82,11 +84,7 @@ class Bucket(_Frozen):
     output_tokens: int = Field(gt=1, le=1 << 24, description=">= 2: a decode step follows the first token")
     request_rate_per_s: ExactNumber
 
-    @model_validator(mode="after")
-    def _positive_rate(self) -> Bucket:
-        if self.request_rate_per_s <= 0:
-            raise ValueError(f"request_rate_per_s must be > 0, got {float(self.request_rate_per_s)}")
-        return self
+    _positive_rate = field_validator("request_rate_per_s")(lambda v: _positive(v))
 
 
 class ServiceTargets(_Frozen):
@@ -95,12 +93,7 @@ class ServiceTargets(_Frozen):
     ttft_s: ExactNumber
     tpot_s: ExactNumber
 
-    @model_validator(mode="after")
-    def _positive(self) -> ServiceTargets:
-        for name in ("ttft_s", "tpot_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {float(getattr(self, name))}")
-        return self
+    _positive_times = field_validator("ttft_s", "tpot_s")(lambda v: _positive(v))
 
 
 class Service(_Frozen):
@@ -125,9 +118,14 @@ class Service(_Frozen):
         names = [b.name for b in self.buckets]
         if len(set(names)) != len(names):
             raise ValueError(f"bucket names must be unique, got {names}")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {float(self.gpu_memory_utilization)}")
         return self
+
+    @field_validator("gpu_memory_utilization")
+    @classmethod
+    def _fraction(cls, value: Fraction) -> Fraction:
+        if not 0 < value <= 1:
+            raise ValueError(f"must be in (0, 1], got {float(value)}")
+        return value
 
 
 class Fleet(_Frozen):
@@ -149,9 +147,14 @@ class Fleet(_Frozen):
         services = [s.name for s in self.services]
         if len(set(services)) != len(services):
             raise ValueError(f"service names must be unique, got {services}")
-        if not 0 <= self.headroom <= 10:
-            raise ValueError(f"headroom must be a fraction in [0, 10], got {float(self.headroom)}")
         return self
+
+    @field_validator("headroom")
+    @classmethod
+    def _headroom(cls, value: Fraction) -> Fraction:
+        if not 0 <= value <= 10:
+            raise ValueError(f"must be a fraction of the rate in [0, 10], got {float(value)}")
+        return value
 
     def pool(self, name: str) -> Pool:
         return next(p for p in self.pools if p.name == name)
@@ -230,7 +233,10 @@ def _at(resolve: Any, item: Any, *, source: str, field: str, base_dir: Path) -> 
 def _resolve_pool(pool: Any, *, source: str, base_dir: Path) -> Any:
     if not isinstance(pool, dict):
         return pool
-    cluster = _resolve_cluster({"gpu": pool.get("gpu")}, source=source) if "gpu" in pool else {}
+    try:
+        cluster = _resolve_cluster({"gpu": pool.get("gpu")}, source=source) if "gpu" in pool else {}
+    except ScenarioError as exc:  # the scenario loader names cluster.gpu; here it is the pool's gpu
+        raise ScenarioError(exc.message, source=source, field="gpu") from None
     merged = dict(pool)
     if isinstance(cluster, dict):
         for key, value in cluster.items():
@@ -257,8 +263,10 @@ def fleet_schema() -> dict[str, Any]:
     service = defs["Service"]
     config_json = {"type": "object", "required": ["config_json"], "additionalProperties": True,
                    "properties": {"config_json": {"type": "string", "description": "path to a Hugging Face config.json"}}}
-    service["properties"]["model"] = {"anyOf": [{"type": "string", "description": "a catalog model or Hugging Face repo id",
-                                                 "enum": catalog.model_names()}, config_json, {"$ref": "#/$defs/ModelSpec"}]}
+    repo_id = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$",
+               "description": "a Hugging Face repo id whose name is a catalog model (meta-llama/Llama-3.1-8B)"}
+    service["properties"]["model"] = {"anyOf": [{"type": "string", "description": "a catalog model", "enum": catalog.model_names()},
+                                                repo_id, config_json, {"$ref": "#/$defs/ModelSpec"}]}
     schema["required"] = [k for k in schema.get("required", []) if k != "name"]
     schema["title"] = "optimizer fleet file"
     return schema
