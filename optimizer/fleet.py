@@ -48,7 +48,7 @@ from typing import Any
 
 from optimizer.disagg import MAX_INSTANCE_GPUS, _kv_transfer_ns
 from optimizer.engines import instances as engine_instances
-from optimizer.errors import OptimizerError, SolveIncomplete
+from optimizer.errors import Infeasible, OptimizerError, SolveIncomplete
 from optimizer.candidates import CandidateValues
 from optimizer.fleet_input import Bucket, Fleet, FleetObjective, Pool, Service
 from optimizer.parallel import Layout, Plan
@@ -374,30 +374,45 @@ class Allocation:
     route_rates: tuple[int, ...]
 
 
-def place(pool: Pool, sizes: list[int]) -> list[tuple[int, ...]] | None:
-    """A node placement: per instance (in the given order) the pool's node indices it occupies; instances
-    of a node or less first-fit decreasing into nodes, whole-node instances on whole free nodes. None
-    when they do not fit."""
-    free = [pool.gpus_per_node] * pool.num_nodes
-    out: dict[int, tuple[int, ...]] = {}
-    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
-    for i in order:
+def place(pool: Pool, sizes: list[int]) -> list[tuple[tuple[int, ...], tuple[int, ...]]] | None:
+    """A node placement: per instance (in the given order) the pool's node indices it occupies and its GPU
+    indices on each (all of them for whole-node instances); instances of a node or less first-fit
+    decreasing into nodes, whole-node instances on whole free nodes. None when they do not fit. With
+    power-of-two sizes that divide the node, this fits whenever the GPUs do (module docstring)."""
+    per = pool.gpus_per_node
+    free = [per] * pool.num_nodes
+    out: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
         g = sizes[i]
-        if g >= pool.gpus_per_node:
-            need = g // pool.gpus_per_node
-            nodes = [n for n, f in enumerate(free) if f == pool.gpus_per_node][:need]
-            if len(nodes) < need:
+        if g >= per:
+            nodes = [n for n, f in enumerate(free) if f == per][:g // per]
+            if len(nodes) < g // per or g % per:
                 return None
             for n in nodes:
                 free[n] = 0
-            out[i] = tuple(nodes)
+            out[i] = (tuple(nodes), tuple(range(per)))
         else:
             node = next((n for n, f in enumerate(free) if f >= g), None)
             if node is None:
                 return None
+            first = per - free[node]
             free[node] -= g
-            out[i] = (node,)
+            out[i] = ((node,), tuple(range(first, first + g)))
     return [out[i] for i in range(len(sizes))]
+
+
+def placement(fleet: Fleet, ft: FleetTypes, counts: tuple[int, ...]) -> dict[int, list[tuple[tuple[int, ...], tuple[int, ...]]]] | None:
+    """Per used type, where each of its instances sits (``place`` per pool, types in order); None when a
+    pool's instances do not fit."""
+    out: dict[int, list] = {}
+    for k, pool in enumerate(fleet.pools):
+        owners = [t for t, typ in enumerate(ft.types) if typ.pool == k for _ in range(counts[t])]
+        spots = place(pool, [ft.types[t].gpus for t in owners])
+        if spots is None:
+            return None
+        for t, spot in zip(owners, spots):
+            out.setdefault(t, []).append(spot)
+    return out
 
 
 def recheck_times(fleet: Fleet, t: InstanceType, b: int) -> tuple[BucketTimes | None, list[str]]:
@@ -466,9 +481,9 @@ def check_allocation(fleet: Fleet, ft: FleetTypes, alloc: Allocation) -> list[Ch
     for k, pool in enumerate(fleet.pools):
         sizes = [typ.gpus for t, typ in enumerate(ft.types) if typ.pool == k for _ in range(alloc.counts[t])]
         checks.append(_entry(f"pool {pool.name} GPUs", sum(sizes), "<=", pool.num_gpus))
-        placement = place(pool, sizes)
-        checks.append(_entry(f"pool {pool.name} placement", 0 if placement is not None else 1, "==", 0,
-                             "every instance inside one node or on whole nodes, no GPU shared"))
+        spots = place(pool, sizes)
+        checks.append(_entry(f"pool {pool.name} placement", 0 if spots is not None else 1, "==", 0,
+                             "every instance inside one node or on whole nodes, no GPU shared (first-fit decreasing)"))
     for s, service in enumerate(fleet.services):
         mine = [t for t, typ in enumerate(ft.types) if typ.service == s and alloc.counts[t]]
         if service.max_instances is not None:
@@ -595,8 +610,6 @@ def plan_fleet(fleet: Fleet, *, time_limit_s: float | None = 60.0, baselines: bo
         Infeasible: no allocation carries every bucket within the pools (proved by CP-SAT).
         SolveIncomplete: the time limit stopped CP-SAT before any allocation.
     """
-    from optimizer.errors import Infeasible
-
     cache: dict = {}
     ft = enumerate_types(fleet, cache=cache)
     problem = integers(fleet, ft)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from optimizer.errors import PlanError
-from optimizer.fleet import MICRO_DOLLARS, MRPS_PER_RPS, FleetPlan, InstanceType, service_scenario, weight
+from optimizer.fleet import MICRO_DOLLARS, MRPS_PER_RPS, FleetPlan, placement, service_scenario, weight
 from optimizer.fleet_input import FleetObjective
 from optimizer.launch import LaunchPlan, launch_commands
 
@@ -27,15 +27,20 @@ def _money(fp: FleetPlan, value: int | None) -> float | None:
     return value / MICRO_DOLLARS if fp.fleet.objective is FleetObjective.COST else value
 
 
-def _instance_document(fp: FleetPlan, t: int, count: int) -> dict[str, Any]:
+def _instance_document(fp: FleetPlan, t: int, count: int, spots: list | None) -> dict[str, Any]:
     fleet, typ = fp.fleet, fp.types.types[t]
     service, pool = fleet.services[typ.service], fleet.pools[typ.pool]
     routes = []
     for route, rate in zip(fp.types.routes, fp.allocation.route_rates):
         if rate and t in route.types:
             times = typ.times[route.bucket]
+            ttft_ns = times.ttft_ns
+            if len(route.types) == 2:  # the pair's TTFT: prefill + max(KV send, KV receive)
+                legs = [fp.types.types[i].times[route.bucket] for i in route.types]
+                ttft_ns = max(leg.work_ns for leg, i in zip(legs, route.types) if fp.types.types[i].role == "prefill") \
+                    + max(leg.kv_ns for leg in legs)
             routes.append({"bucket": service.buckets[route.bucket].name, "rate_mrps": rate, "request_rate_per_s": rate / MRPS_PER_RPS,
-                           "ttft_s": times.ttft_ns / 1e9 if typ.role != "decode" else None,
+                           "ttft_s": ttft_ns / 1e9,
                            "tpot_s": times.tpot_ns / 1e9 if typ.role != "prefill" else None,
                            "kv_transfer_s": times.kv_ns / 1e9 if typ.role != "aggregated" else None,
                            "capacity_per_instance_mrps": typ.capacity_mrps(route.bucket),
@@ -48,6 +53,7 @@ def _instance_document(fp: FleetPlan, t: int, count: int) -> dict[str, Any]:
         "layout": typ.layout.as_dict(), "batch": typ.batch_per_replica, "gpus_per_instance": typ.gpus,
         "engine_instances_per_instance": typ.engine_instances, "layers_per_stage": list(typ.layers_per_stage),
         "request_rate_per_s": sum(r["rate_mrps"] for r in routes) / MRPS_PER_RPS, "routes": routes,
+        "placement": None if spots is None else [{"nodes": list(nodes), "gpus": list(gpus)} for nodes, gpus in spots],
         "launch": {"scenario": sub.model_dump(mode="json"),
                    "plan": {**typ.layout.as_dict(), "instances": typ.engine_instances, "batch_per_replica": typ.batch_per_replica,
                             "layers_per_stage": list(typ.layers_per_stage), "engine": service.engine.name.value}},
@@ -57,9 +63,11 @@ def _instance_document(fp: FleetPlan, t: int, count: int) -> dict[str, Any]:
 def fleet_document(fp: FleetPlan) -> dict[str, Any]:
     """The fleet plan as a JSON-ready mapping (``FLEET_SCHEMA_VERSION``); no timings (byte-identical runs)."""
     fleet, ft = fp.fleet, fp.types
+    spots = placement(fleet, ft, fp.allocation.counts) or {}
     services = []
     for s, service in enumerate(fleet.services):
-        instances = [_instance_document(fp, t, c) for t, c in enumerate(fp.allocation.counts) if c and ft.types[t].service == s]
+        instances = [_instance_document(fp, t, c, spots.get(t)) for t, c in enumerate(fp.allocation.counts)
+                     if c and ft.types[t].service == s]
         services.append({
             "name": service.name, "model": service.model.name, "engine": service.engine.name.value,
             "targets": {"ttft_s": float(service.targets.ttft_s), "tpot_s": float(service.targets.tpot_s)},
@@ -202,9 +210,10 @@ def render_fleet_markdown(document: Mapping[str, Any]) -> str:
 
 
 def fleet_launch(document: Mapping[str, Any], *, engine: str, node_addresses: list[str] | None = None) -> list[tuple[str, LaunchPlan]]:
-    """Per instance type of a fleet plan: a heading (service, pool, role, count) and its engine commands
-    (``launch.launch_commands`` on the embedded single-instance plan; run them ``count`` times on distinct
-    GPUs of the pool).
+    """Per instance type of a fleet plan: a heading (service, pool, role, count, and where each copy sits:
+    pool nodes and GPUs from the plan's placement) and its engine commands (``launch.launch_commands`` on
+    the embedded single-instance plan; run them once per copy, on that copy's node and GPUs, e.g. with
+    ``CUDA_VISIBLE_DEVICES``).
 
     Raises:
         PlanError: not a fleet plan document. ``NotExpressible`` passes through from ``launch``.
@@ -218,6 +227,10 @@ def fleet_launch(document: Mapping[str, Any], *, engine: str, node_addresses: li
                 raise PlanError("instance without its launch plan", source="<plan document>", field=f"services.{s}.instances.{i}.launch")
             heading = (f"{service.get('name')}: {inst.get('count')} x {inst.get('role')} on pool {inst.get('pool')} ({inst.get('gpu')}), "
                        f"{inst.get('gpus_per_instance')} GPUs each")
+            spots = inst.get("placement") or []
+            if spots:
+                heading += "; copies at " + ", ".join(
+                    f"node {'+'.join(map(str, spot.get('nodes', [])))} GPUs {','.join(map(str, spot.get('gpus', [])))}" for spot in spots)
             out.append((heading, launch_commands(inst["launch"], engine=engine, node_addresses=node_addresses)))
     return out
 
@@ -226,4 +239,4 @@ def is_fleet_document(document: Any) -> bool:
     return isinstance(document, Mapping) and document.get("kind") == "fleet"
 
 
-__all__ = ["fleet_document", "render_fleet", "render_fleet_markdown", "fleet_launch", "is_fleet_document", "InstanceType"]
+__all__ = ["fleet_document", "render_fleet", "render_fleet_markdown", "fleet_launch", "is_fleet_document"]

@@ -147,7 +147,8 @@ def test_pruning_drops_only_dominated_types():
 def test_place_packs_power_of_two_instances_and_refuses_overflow():
     pool = load_fleet(SMALL).pools[0]  # 2 nodes x 8
     assert place(pool, [4, 2, 2, 1, 1, 1, 1, 4]) is not None
-    assert place(pool, [16]) == [(0, 1)]
+    assert place(pool, [16]) == [((0, 1), tuple(range(8)))]
+    assert place(pool, [2, 4])[0] == ((0,), (4, 5))  # larger first: the 4 takes GPUs 0-3
     assert place(pool, [8, 4, 4, 1]) is None
 
 
@@ -264,3 +265,22 @@ def test_launch_without_scenario_needs_a_fleet_plan(tmp_path):
     path.write_text(json.dumps({"plan": {"tp": 1}}))
     result = CliRunner().invoke(main, ["launch", str(path)])
     assert result.exit_code == 2 and "--scenario is required" in result.output
+
+
+def test_infeasible_fleet_exits_1(tmp_path):
+    data = read_mapping(shipped_fleets()[SMALL])
+    data["services"][1]["buckets"][0]["request_rate_per_s"] = 10_000  # far beyond 16 H100 and 16 L40S
+    path = tmp_path / "big.yaml"
+    path.write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["fleet", str(path)])
+    assert result.exit_code == 1 and "INFEASIBLE" in result.output
+
+
+def test_objective_gpus_needs_no_prices():
+    data = read_mapping(shipped_fleets()[SMALL])
+    data["objective"] = "gpus"
+    for pool in data["pools"]:
+        pool.pop("cost_per_gpu_hour")
+    plan = plan_fleet(fleet_from_dict(data), time_limit_s=30, baselines=False)
+    gpus = sum(c * t.gpus for t, c in zip(plan.types.types, plan.allocation.counts))
+    assert plan.proved_optimal and plan.objective == gpus and plan.oracle == gpus
