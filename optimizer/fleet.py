@@ -269,12 +269,19 @@ def prune(types: list[InstanceType], limited: set[int] = frozenset()) -> list[In
 
 @dataclass(frozen=True)
 class Route:
-    """A way to carry bucket ``bucket`` of service ``service``: one aggregated type or a prefill and a
-    decode type (indices into the type list)."""
+    """A way to carry bucket ``bucket`` of service ``service``: one aggregated type (``side`` 0), or half
+    of a disaggregated one: a decode type (``side`` +1, it carries the bucket) or a prefill type (``side``
+    -1). Levels (``FleetTypes.levels``) are the bucket's distinct KV receive times ``K`` in ascending
+    order: a decode half sits at its own; a prefill half at the highest ``K`` with ``prefill + max(KV
+    send, K) <= TTFT`` (it may pair with any decode at that level or below). The model then needs
+    ``P + D`` rate variables per bucket instead of ``P x D`` pairs, with Hall's condition per level
+    (``solve.FleetIntegers``); ``check_allocation`` re-checks it on re-derived times."""
 
     service: int
     bucket: int
     types: tuple[int, ...]
+    side: int = 0
+    level: int = -1
 
 
 @dataclass
@@ -285,6 +292,7 @@ class FleetTypes:
     routes: list[Route]
     before: int
     evaluate_s: float
+    levels: list[tuple[int, int, int]] = field(default_factory=list)  # (service, bucket, K = KV receive ns), ascending per bucket
 
 
 def enumerate_types(fleet: Fleet, *, pools: tuple[int, ...] | None = None, cache: dict | None = None) -> FleetTypes:
@@ -306,19 +314,24 @@ def enumerate_types(fleet: Fleet, *, pools: tuple[int, ...] | None = None, cache
                 raw.extend(cache[key])
     types = prune(raw, {s for s, service in enumerate(fleet.services) if service.max_instances is not None})
     routes: list[Route] = []
+    levels: list[tuple[int, int, int]] = []
     for s, service in enumerate(fleet.services):
         ttft = floor_ns(service.targets.ttft_s)
         for b in range(len(service.buckets)):
             mine = [(i, t) for i, t in enumerate(types) if t.service == s and t.times[b] is not None]
             routes += [Route(s, b, (i,)) for i, t in mine if t.role == "aggregated"]
-            prefill = [(i, t) for i, t in mine if t.role == "prefill"]
-            decode = [(i, t) for i, t in mine if t.role == "decode"]
-            for i, p in prefill:
-                for j, d in decode:
-                    tp, td = p.times[b], d.times[b]
-                    if tp.work_ns + max(tp.kv_ns, td.kv_ns) <= ttft:
-                        routes.append(Route(s, b, (i, j)))
-    return FleetTypes(types, routes, len(raw), time.perf_counter() - start)
+            prefill = [(i, t.times[b]) for i, t in mine if t.role == "prefill"]
+            decode = [(j, t.times[b]) for j, t in mine if t.role == "decode"]
+            base = len(levels)
+            kvs = sorted({times.kv_ns for _, times in decode})
+            levels += [(s, b, k) for k in kvs]
+            for j, td in decode:
+                routes.append(Route(s, b, (j,), 1, base + kvs.index(td.kv_ns)))
+            for i, tp in prefill:
+                reach = [n for n, k in enumerate(kvs) if tp.work_ns + max(tp.kv_ns, k) <= ttft]
+                if reach:
+                    routes.append(Route(s, b, (i,), -1, base + max(reach)))
+    return FleetTypes(types, routes, len(raw), time.perf_counter() - start, levels)
 
 
 def weight(fleet: Fleet, pool: Pool, gpus: int) -> int:
@@ -346,6 +359,8 @@ def integers(fleet: Fleet, ft: FleetTypes, *, pool_gpus: tuple[int, ...] | None 
         bucket_rate=tuple(carried_mrps(fleet.services[s].buckets[b], fleet.headroom) for s, b in buckets),
         routes=tuple((index[(r.service, r.bucket)], tuple((t, types[t].times[r.bucket].work_ns) for t in r.types))
                      for r in ft.routes),
+        route_side=tuple(r.side for r in ft.routes), route_level=tuple(r.level for r in ft.routes),
+        level_group=tuple(index[(s, b)] for s, b, _ in ft.levels),
     )
 
 
@@ -452,15 +467,21 @@ def check_allocation(fleet: Fleet, ft: FleetTypes, alloc: Allocation) -> list[Ch
             required[(s, b)] = carried_mrps(bucket, fleet.headroom)
     carried: dict[tuple[int, int], int] = {key: 0 for key in required}
     load = [0] * len(ft.types)
+    halves: dict[tuple[int, int], list[tuple[int, int, int]]] = {}  # (service, bucket) -> (side, type, rate)
     for route, rate in zip(ft.routes, alloc.route_rates):
         if rate < 0:
             checks.append(_entry("route rate >= 0", rate, ">=", 0))
         if not rate:
             continue
-        carried[(route.service, route.bucket)] += rate
         legs = [ft.types[t] for t in route.types]
-        if any(leg.service != route.service for leg in legs) or sorted(leg.role for leg in legs) not in (["aggregated"], ["decode", "prefill"]):
-            checks.append(_entry("route shape", 1, "==", 0, "a route is one aggregated type or a prefill and a decode type of its service"))
+        roles = sorted(leg.role for leg in legs)
+        shape = {0: (["aggregated"], ["decode", "prefill"]), 1: (["decode"],), -1: (["prefill"],)}.get(route.side, ())
+        if any(leg.service != route.service for leg in legs) or roles not in shape:
+            checks.append(_entry("route shape", 1, "==", 0, "one aggregated type, a prefill and a decode type, or a half of the named role"))
+        if route.side >= 0:
+            carried[(route.service, route.bucket)] += rate
+        if route.side:
+            halves.setdefault((route.service, route.bucket), []).append((route.side, route.types[0], rate))
         for t in route.types:
             got = times.get((t, route.bucket))
             load[t] += rate * (got.work_ns if got else 0)
@@ -469,6 +490,8 @@ def check_allocation(fleet: Fleet, ft: FleetTypes, alloc: Allocation) -> list[Ch
             tp, td = times[(p, route.bucket)], times[(d, route.bucket)]
             checks.append(_entry(f"ttft with KV transfer, route {p}->{d}", tp.work_ns + max(tp.kv_ns, td.kv_ns), "<=",
                                  floor_ns(fleet.services[route.service].targets.ttft_s), "prefill + max(KV send, KV receive), ns"))
+    for (s_, b_), members in sorted(halves.items()):
+        checks += pairing_checks(fleet.services[s_], fleet.services[s_].buckets[b_].name, members, times, b_)
     for (s, b), need in required.items():
         checks.append(_entry(f"coverage {fleet.services[s].name}/{fleet.services[s].buckets[b].name}", carried[(s, b)], ">=", need,
                              "mrps routed >= rate x (1 + headroom), rounded up"))
@@ -495,6 +518,27 @@ def check_allocation(fleet: Fleet, ft: FleetTypes, alloc: Allocation) -> list[Ch
     return checks
 
 
+def pairing_checks(service: Service, bucket: str, members: list[tuple[int, int, int]],
+                   times: dict[tuple[int, int], BucketTimes | None], b: int) -> list[CheckEntry]:
+    """The disaggregated halves of one bucket, on re-derived times and without the model's levels: equal
+    prefill and decode rates, and Hall's condition for every KV receive time ``K`` of a used decode type
+    (decode rate with receive >= K <= prefill rate whose ``prefill + max(send, K) <= TTFT``), which is
+    exactly when the rates can be paired in integers with every pair within the TTFT."""
+    ttft = floor_ns(service.targets.ttft_s)
+    decode = [(times.get((t, b)), rate) for side, t, rate in members if side > 0]
+    prefill = [(times.get((t, b)), rate) for side, t, rate in members if side < 0]
+    out = [_entry(f"prefill = decode rate {service.name}/{bucket}", sum(r for _, r in prefill), "==", sum(r for _, r in decode),
+                  "mrps of the prefill halves and of the decode halves")]
+    if any(t is None for t, _ in decode + prefill):
+        return out  # a failing target is reported by its own check
+    for k in sorted({t.kv_ns for t, _ in decode}):
+        need = sum(r for t, r in decode if t.kv_ns >= k)
+        have = sum(r for t, r in prefill if t.work_ns + max(t.kv_ns, k) <= ttft)
+        out.append(_entry(f"ttft with KV transfer {service.name}/{bucket}, receive {k} ns", need, "<=", have,
+                          "decode mrps receiving in >= K ns <= prefill mrps with prefill + max(send, K) <= TTFT"))
+    return out
+
+
 def objective_value(fleet: Fleet, ft: FleetTypes, counts: tuple[int, ...]) -> int:
     """The objective of ``counts`` recomputed from the pools' prices (not from the solver's weights)."""
     return sum(weight(fleet, fleet.pools[t.pool], t.gpus) * c for t, c in zip(ft.types, counts))
@@ -510,8 +554,8 @@ def exhaustive_fleet(problem: FleetIntegers, *, limit: int = ORACLE_LIMIT) -> in
     when no allocation exists, or ``"not applicable"`` (a type in several routes, a two-type route, or
     more than ``limit`` covers)."""
     per_type: dict[int, tuple[int, int]] = {}
-    for b, legs in problem.routes:
-        if len(legs) != 1 or legs[0][0] in per_type:
+    for r, (b, legs) in enumerate(problem.routes):
+        if len(legs) != 1 or legs[0][0] in per_type or problem.side(r):
             return "not applicable"
         per_type[legs[0][0]] = (b, legs[0][1])
     covers: list[list[tuple[int, tuple[int, ...], tuple[int, ...]]]] = []  # per bucket: (weight, pool gpus, group counts)

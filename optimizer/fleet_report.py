@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from optimizer.errors import PlanError
-from optimizer.fleet import MICRO_DOLLARS, MRPS_PER_RPS, FleetPlan, placement, service_scenario, weight
+from optimizer.fleet import MICRO_DOLLARS, MRPS_PER_RPS, FleetPlan, floor_ns, placement, service_scenario, weight
 from optimizer.fleet_input import FleetObjective
 from optimizer.launch import LaunchPlan, launch_commands
 
@@ -34,17 +34,18 @@ def _instance_document(fp: FleetPlan, t: int, count: int, spots: list | None) ->
     for route, rate in zip(fp.types.routes, fp.allocation.route_rates):
         if rate and t in route.types:
             times = typ.times[route.bucket]
-            ttft_ns = times.ttft_ns
+            ttft_ns, paired = times.ttft_ns, [i for i in route.types if i != t]
             if len(route.types) == 2:  # the pair's TTFT: prefill + max(KV send, KV receive)
                 legs = [fp.types.types[i].times[route.bucket] for i in route.types]
                 ttft_ns = max(leg.work_ns for leg, i in zip(legs, route.types) if fp.types.types[i].role == "prefill") \
                     + max(leg.kv_ns for leg in legs)
+            elif route.side:  # a half: the worst pairing of its level
+                ttft_ns, paired = _level(fp, route, t)
             routes.append({"bucket": service.buckets[route.bucket].name, "rate_mrps": rate, "request_rate_per_s": rate / MRPS_PER_RPS,
-                           "ttft_s": ttft_ns / 1e9,
+                           "ttft_s": ttft_ns / 1e9, "paired_with": paired,
                            "tpot_s": times.tpot_ns / 1e9 if typ.role != "prefill" else None,
                            "kv_transfer_s": times.kv_ns / 1e9 if typ.role != "aggregated" else None,
-                           "capacity_per_instance_mrps": typ.capacity_mrps(route.bucket),
-                           "paired_with": [i for i in route.types if i != t]})
+                           "capacity_per_instance_mrps": typ.capacity_mrps(route.bucket)})
     longest = max((b for b, times in enumerate(typ.times) if times is not None),
                   key=lambda b: (service.buckets[b].input_tokens + service.buckets[b].output_tokens, -b))
     sub = service_scenario(service, pool, service.buckets[longest], typ.gpus, typ.role)
@@ -58,6 +59,25 @@ def _instance_document(fp: FleetPlan, t: int, count: int, spots: list | None) ->
                    "plan": {**typ.layout.as_dict(), "instances": typ.engine_instances, "batch_per_replica": typ.batch_per_replica,
                             "layers_per_stage": list(typ.layers_per_stage), "engine": service.engine.name.value}},
     }
+
+
+def _level(fp: FleetPlan, route: Any, t: int) -> tuple[int, list[int]]:
+    """A disaggregated half's worst TTFT (ns) over the pairings its bucket's used halves allow, and the
+    types on the other side."""
+    ft = fp.types
+    b = route.bucket
+    ttft = floor_ns(fp.fleet.services[route.service].targets.ttft_s)
+    used = {r.types[0] for r, rate in zip(ft.routes, fp.allocation.route_rates)
+            if rate and r.side and r.service == route.service and r.bucket == b}
+    me = ft.types[t]
+    others = sorted(i for i in used if ft.types[i].role != me.role)
+    worst = 0
+    for o in others:
+        p, d = (me, ft.types[o]) if me.role == "prefill" else (ft.types[o], me)
+        value = p.times[b].work_ns + max(p.times[b].kv_ns, d.times[b].kv_ns)
+        if value <= ttft:
+            worst = max(worst, value)
+    return worst, others
 
 
 def fleet_document(fp: FleetPlan) -> dict[str, Any]:

@@ -871,7 +871,13 @@ class FleetIntegers:
     - ``bucket_rate``: per bucket the rate to carry in milli-requests per second (headroom included).
     - ``routes``: ``(bucket, ((type, work_ns), ...))``: a way to carry a bucket's requests: one aggregated
       type, or a prefill type and a decode type; a request of the bucket holds one slot of each for
-      ``work_ns``. Load of a type: ``sum over routes of rate_mrps x work_ns <= count x slots``, exactly
+      ``work_ns``. ``route_side``: 0 for such a whole route; for disaggregated traffic split in halves,
+      +1 a decode half (it counts towards the bucket) and -1 a prefill half. ``route_level``: a decode
+      half's KV-receive level, a prefill half's highest level it may pair with; ``level_group`` the
+      (service, bucket) of each level, levels of a group consecutive and ascending. Per group the halves'
+      rates are equal, and for every level ``l`` the decode rate at levels >= l is at most the prefill
+      rate that may serve level l or above (Hall's condition for nested sets: then a pairing of the rates
+      exists in integers, every pair within the TTFT). Load of a type: ``sum over routes of rate_mrps x work_ns <= count x slots``, exactly
       (rate x time = slots busy: Little's law, scaled by 10^3 x 10^9).
     - ``pool_gpus``, ``group_max`` (None: no limit).
     """
@@ -886,6 +892,12 @@ class FleetIntegers:
     group_max: tuple[int | None, ...]
     bucket_rate: tuple[int, ...]
     routes: tuple[tuple[int, tuple[tuple[int, int], ...]], ...]
+    route_side: tuple[int, ...] = ()
+    route_level: tuple[int, ...] = ()
+    level_group: tuple[int, ...] = ()
+
+    def side(self, r: int) -> int:
+        return self.route_side[r] if self.route_side else 0
 
 
 @dataclass(frozen=True)
@@ -937,10 +949,19 @@ def solve_fleet(problem: FleetIntegers, *, time_limit_s: float | None = None, se
         counts.append(m.new_int_var(0, ub, f"count[{t}]"))
     rates = [m.new_int_var(0, p.bucket_rate[b], f"route[{r}]") for r, (b, _) in enumerate(p.routes)]
     for b, rate in enumerate(p.bucket_rate):
-        members = [rates[r] for r, (rb, _) in enumerate(p.routes) if rb == b]
+        members = [rates[r] for r, (rb, _) in enumerate(p.routes) if rb == b and p.side(r) >= 0]
         if not members:
             return None
         m.add(sum(members) == rate)
+    halves = [r for r in range(len(p.routes)) if p.side(r)]
+    for group in sorted(set(p.level_group)):
+        mine = [r for r in halves if p.level_group[p.route_level[r]] == group]
+        m.add(sum(p.side(r) * rates[r] for r in mine) == 0)
+        for level in (lv for lv, g in enumerate(p.level_group) if g == group):
+            decode = [rates[r] for r in mine if p.side(r) > 0 and p.route_level[r] >= level]
+            prefill = [rates[r] for r in mine if p.side(r) < 0 and p.route_level[r] >= level]
+            if decode:
+                m.add(sum(decode) <= sum(prefill))
     load: list[list[Any]] = [[] for _ in range(n_types)]
     for r, (_, legs) in enumerate(p.routes):
         for t, work in legs:

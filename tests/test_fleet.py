@@ -23,6 +23,7 @@ from optimizer.fleet import (
     check_allocation,
     enumerate_types,
     exhaustive_fleet,
+    integers,
     place,
     plan_fleet,
     prune,
@@ -190,11 +191,31 @@ def test_cross_kind_disaggregation_routes_prefill_and_decode_on_different_pools(
     plan = plan_fleet(fleet_from_dict(_cross_kind()), time_limit_s=30, baselines=False)
     assert plan.proved_optimal
     ft = plan.types
-    pairs = [r for r, rate in zip(ft.routes, plan.allocation.route_rates) if rate and len(r.types) == 2]
-    assert pairs
-    pools = {tuple(ft.types[t].pool for t in sorted(r.types, key=lambda t: ft.types[t].role != "prefill")) for r in pairs}
-    assert (0, 1) in pools  # prefill on L40S, decode on H200
-    assert any(c.name.startswith("ttft with KV transfer") for c in plan.checks)
+    used = [(r, rate) for r, rate in zip(ft.routes, plan.allocation.route_rates) if rate]
+    prefill_pools = {ft.types[r.types[0]].pool for r, _ in used if r.side == -1}
+    decode_pools = {ft.types[r.types[0]].pool for r, _ in used if r.side == 1}
+    assert prefill_pools == {0} and 1 in decode_pools  # prefill on L40S, decode (partly) on H200
+    names = [c.name for c in plan.checks]
+    assert any(n.startswith("prefill = decode rate") for n in names)
+    assert any(n.startswith("ttft with KV transfer rag-8b/rag, receive") for n in names)
+
+
+def test_levels_give_the_same_optimum_as_explicit_pairs():
+    """The disaggregated halves grouped by KV receive time (P x levels + D variables) against every valid
+    (prefill, decode) pair as its own route: the same optimum."""
+    fleet = fleet_from_dict(_cross_kind())
+    ft = enumerate_types(fleet)
+    halves = integers(fleet, ft)
+    ttft = 2 * 10**9
+    pairs = []
+    for p, tp in enumerate(ft.types):
+        for d, td in enumerate(ft.types):
+            if tp.role == "prefill" and td.role == "decode":
+                a, b = tp.times[0], td.times[0]
+                if a and b and a.work_ns + max(a.kv_ns, b.kv_ns) <= ttft:
+                    pairs.append((0, ((p, a.work_ns), (d, b.work_ns))))
+    whole = replace(halves, routes=tuple(pairs), route_side=(), route_level=(), level_group=())
+    assert solve_fleet(halves).objective == solve_fleet(whole).objective
 
 
 # --- the differential test: CP-SAT against the exhaustive oracle, 2 services x 2 pools -------------------
