@@ -502,7 +502,7 @@ def _launch_fleet(plan_path: str, engines: tuple[str, ...], node_addresses: tupl
 @click.option("--json", "json_path", metavar="PATH", callback=_output_path, help="Write the fleet plan as JSON (- for stdout).")
 @click.option("--markdown", "markdown_path", metavar="PATH", callback=_output_path, help="Write the fleet plan as Markdown (- for stdout).")
 @click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_BUDGET_S,
-              show_default=True, metavar="S", help="CP-SAT's budget per solve (the plan, then each single-pool baseline).")
+              show_default=True, metavar="S", help="The whole command within S seconds (the plan first, then the single-pool baselines).")
 @click.option("--require-proof", is_flag=True, help="Exit 1 unless the allocation is proved optimal.")
 def fleet(fleet_name: str, json_path: str | None, markdown_path: str | None, time_limit_s: float, require_proof: bool) -> None:
     """Several services over mixed GPU pools: the cheapest allocation (instance types, counts, routing of

@@ -56,7 +56,7 @@ from optimizer.result import build_tables
 from optimizer.rules import build_rules
 from optimizer.split import best_split
 from optimizer.scenario import Objective, Scenario, Search, Targets, Workload
-from optimizer.solve import SOLVER_NAME, FleetIntegers, solve_fleet, structural_tables
+from optimizer.solve import SOLVER_NAME, Deadline, FleetIntegers, solve_fleet, structural_tables
 from optimizer.verify import certify, plan_context
 
 MRPS_PER_RPS = 1000  # rates in milli-requests per second
@@ -637,6 +637,7 @@ class FleetPlan:
     solve_s: float
     model_size: dict[str, int]
     baseline: dict[str, int | None] = field(default_factory=dict)  # pool name -> best single-kind objective
+    baseline_proved: dict[str, bool] = field(default_factory=dict)  # pool name -> that objective proved optimal
     greedy: int | None = None
     solver_fault: str | None = None
 
@@ -654,10 +655,11 @@ def plan_fleet(fleet: Fleet, *, time_limit_s: float | None = 60.0, baselines: bo
         Infeasible: no allocation carries every bucket within the pools (proved by CP-SAT).
         SolveIncomplete: the time limit stopped CP-SAT before any allocation.
     """
+    deadline = Deadline(time_limit_s)  # one budget for the whole call: the plan first, then the baselines
     cache: dict = {}
     ft = enumerate_types(fleet, cache=cache)
     problem = integers(fleet, ft)
-    opt = solve_fleet(problem, time_limit_s=time_limit_s, workers=workers)
+    opt = solve_fleet(problem, time_limit_s=deadline.remaining(), workers=workers)
     if opt is None:
         raise Infeasible([f"no allocation of {len(ft.types)} instance types carries every bucket within the pools "
                           "(CP-SAT: INFEASIBLE)"])
@@ -677,27 +679,34 @@ def plan_fleet(fleet: Fleet, *, time_limit_s: float | None = 60.0, baselines: bo
                      proved_optimal=opt.solver_optimal and holds and fault is None, oracle=oracle_value,
                      build_s=opt.build_s, solve_s=opt.solve_s, model_size=opt.model_size, solver_fault=fault)
     if baselines:
-        plan.baseline = single_pool_baselines(fleet, time_limit_s=time_limit_s, cache=cache)
+        plan.baseline, plan.baseline_proved = single_pool_baselines(fleet, deadline=deadline, cache=cache)
         plan.greedy = greedy(fleet, ft)
     return plan
 
 
-def single_pool_baselines(fleet: Fleet, *, time_limit_s: float | None = 60.0, cache: dict | None = None) -> dict[str, int | None]:
+def single_pool_baselines(fleet: Fleet, *, deadline: Deadline | None = None,
+                          cache: dict | None = None) -> tuple[dict[str, int | None], dict[str, bool]]:
     """Per pool: the optimum with every service on that pool's GPU kind alone (pins ignored), with as
     many of its GPUs as the whole fleet has (Mélange's "best single GPU type"), None when none carries
-    every bucket; a value the time limit left unproved is still an allocation's cost."""
+    every bucket or the budget ran out first; and whether each is proved (a value the budget left
+    unproved is still an allocation's cost: an upper bound on that pool's optimum)."""
+    deadline = deadline or Deadline(None)
     total = sum(p.num_gpus for p in fleet.pools)
-    out: dict[str, int | None] = {}
+    values: dict[str, int | None] = {}
+    proved: dict[str, bool] = {}
     for k, pool in enumerate(fleet.pools):
         wide = fleet.model_copy(update={"pools": tuple(p.model_copy(update={"num_nodes": max(total // p.gpus_per_node, 1)})
                                                        if i == k else p for i, p in enumerate(fleet.pools))})
         ft = enumerate_types(wide, pools=(k,), cache=cache)
-        try:
-            opt = solve_fleet(integers(wide, ft), time_limit_s=time_limit_s)
-        except SolveIncomplete:
-            opt = None
-        out[pool.name] = None if opt is None else opt.objective
-    return out
+        opt = None
+        if not deadline.expired():
+            try:
+                opt = solve_fleet(integers(wide, ft), time_limit_s=deadline.remaining())
+            except SolveIncomplete:
+                opt = None
+        values[pool.name] = None if opt is None else opt.objective
+        proved[pool.name] = opt is not None and opt.solver_optimal
+    return values, proved
 
 
 def greedy(fleet: Fleet, ft: FleetTypes) -> int | None:

@@ -107,14 +107,15 @@ def fleet_document(fp: FleetPlan) -> dict[str, Any]:
     return {
         "kind": "fleet", "schema_version": FLEET_SCHEMA_VERSION, "fleet": fleet.name, "objective": fleet.objective.value,
         "units": {"rate": "mrps = milli-requests per second (exact integers; request_rate_per_s = mrps / 1000)",
-                  "objective": "micro-dollars per hour" if fleet.objective is FleetObjective.COST else "GPUs"},
+                  "objective": "micro-dollars per hour" if fleet.objective is FleetObjective.COST else "GPUs",
+                  "ttft_s, tpot_s": "at the type's full batch, the cost model's estimate: an upper bound at any lower load"},
         "headroom": float(fleet.headroom),
         "services": services,
         "totals": {"gpus_by_pool": gpus_by_pool, "gpus": sum(gpus_by_pool.values()), "cost_per_hour": cost,
                    "objective": fp.objective},
         "baseline": {"best_single_pool": best_pool, "best_single_pool_objective": best,
                      "best_single_pool_cost_per_hour": _money(fp, best) if fleet.objective is FleetObjective.COST else None,
-                     "by_pool": dict(fp.baseline),
+                     "by_pool": dict(fp.baseline), "by_pool_proved": dict(fp.baseline_proved),
                      "saving_fraction": None if not best else round(1 - fp.objective / best, 6),
                      "greedy_objective": fp.greedy,
                      "rule": "every service on one pool's GPU kind, up to as many GPUs as the whole fleet has; greedy: "
@@ -187,7 +188,8 @@ def render_fleet(document: Mapping[str, Any]) -> str:
     if cost_objective:
         lines.append(f"Cost: ${totals['cost_per_hour']:,.2f} per hour")
         if base["best_single_pool"] is not None:
-            lines.append(f"Best single pool: {base['best_single_pool']} at ${base['best_single_pool_cost_per_hour']:,.2f} per hour; "
+            unproved = "" if base["by_pool_proved"].get(base["best_single_pool"]) else " (not proved: an upper bound)"
+            lines.append(f"Best single pool: {base['best_single_pool']} at ${base['best_single_pool_cost_per_hour']:,.2f} per hour{unproved}; "
                          f"the mix saves {base['saving_fraction'] * 100:.1f}%")
         else:
             lines.append("Best single pool: no single pool's GPU kind carries every service within its targets")
