@@ -540,8 +540,16 @@ def pairing_checks(service: Service, bucket: str, members: list[tuple[int, int, 
 
 
 def objective_value(fleet: Fleet, ft: FleetTypes, counts: tuple[int, ...]) -> int:
-    """The objective of ``counts`` recomputed from the pools' prices (not from the solver's weights)."""
-    return sum(weight(fleet, fleet.pools[t.pool], t.gpus) * c for t, c in zip(ft.types, counts))
+    """The objective of ``counts`` recomputed from the pools' prices as exact fractions (not from the
+    solver's weights): micro-dollars per hour, or GPUs."""
+    gpus = [0] * len(fleet.pools)
+    for t, c in zip(ft.types, counts):
+        gpus[t.pool] += c * t.gpus
+    if fleet.objective is FleetObjective.GPUS:
+        return sum(gpus)
+    dollars = sum((p.cost_per_gpu_hour * n for p, n in zip(fleet.pools, gpus)), Fraction(0))
+    micro = dollars * MICRO_DOLLARS
+    return micro.numerator // micro.denominator if micro.denominator == 1 else -1  # -1: not whole, the check fails
 
 
 # --- the exhaustive oracle (small fleets) -------------------------------------------------------------

@@ -27,6 +27,7 @@ from optimizer.scenario import (
     Cluster,
     Dtype,
     Engine,
+    EngineName,
     ExactNumber,
     GpuSpec,
     Link,
@@ -63,7 +64,13 @@ class Pool(_Frozen):
     inter_node_link: Link
     cost_per_gpu_hour: ExactNumber | None = None
 
-    _positive_cost = field_validator("cost_per_gpu_hour")(lambda v: _positive(v))
+    @field_validator("cost_per_gpu_hour")
+    @classmethod
+    def _price(cls, value: Fraction | None) -> Fraction | None:
+        value = _positive(value)
+        if value is not None and (value * 10**6).denominator != 1:
+            raise ValueError(f"{value} dollars is finer than a micro-dollar (the objective counts micro-dollars per hour exactly)")
+        return value
 
     @property
     def num_gpus(self) -> int:
@@ -97,13 +104,13 @@ class ServiceTargets(_Frozen):
 
 
 class Service(_Frozen):
-    """One model served to its traffic. ``pools`` pins it to some pools (default: any); ``max_instances``
-    bounds its engine instances of every type together; ``disaggregated`` also offers prefill and decode
+    """One model served to its traffic (engine default: vLLM). ``pools`` pins it to some pools (default:
+    any); ``max_instances`` bounds its engine instances of every type together; ``disaggregated`` also offers prefill and decode
     instances (possibly on different pools, the KV cache moved between them)."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     model: ModelSpec
-    engine: Engine = Engine()
+    engine: Engine = Engine(name=EngineName.VLLM)
     targets: ServiceTargets
     buckets: tuple[Bucket, ...] = Field(min_length=1, max_length=16)
     weight_dtype: Dtype = Dtype.BF16

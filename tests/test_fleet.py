@@ -84,6 +84,7 @@ def test_rates_and_prices_are_exact():
     (lambda d: d["pools"][1].update(gpu="h300"), "pools.1.gpu"),
     (lambda d: d["services"][1].update(modle="x"), "services.1.modle"),
     (lambda d: d.update(headroom=-0.5), "headroom"),
+    (lambda d: d["pools"][0].update(cost_per_gpu_hour="2.9900001"), "pools.0.cost_per_gpu_hour"),
     (lambda d: d["services"][1].update(model="Llama-9"), "services.1.model"),
 ])
 def test_bad_fleet_names_file_and_field(tmp_path, edit, field):
