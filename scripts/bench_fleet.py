@@ -6,6 +6,7 @@ and the saving against it, and the greedy rule (cheapest cover per bucket) with 
 
     python scripts/bench_fleet.py            # every case
     python scripts/bench_fleet.py --quick    # the small cases only
+    python scripts/bench_fleet.py --disaggregated   # also 8 x 4 with two services split into prefill/decode
 
 Times are wall seconds on this machine, one CP-SAT worker; the figures (types, costs) are deterministic.
 """
@@ -27,8 +28,9 @@ POOL_SETS = {2: ("h100", "l40s"), 3: ("h100", "a100", "l40s"), 4: ("h100", "h200
 CASES = [(2, 2, 128), (2, 3, 256), (4, 2, 256), (4, 3, 512), (4, 4, 512), (8, 3, 768), (8, 4, 1024)]
 
 
-def synthetic(services: int, pools: int, gpus: int):
-    """The first ``services`` services of mixed-8x4 over ``pools`` of its pools, ``gpus`` GPUs in all."""
+def synthetic(services: int, pools: int, gpus: int, disaggregated: tuple[str, ...] = ()):
+    """The first ``services`` services of mixed-8x4 over ``pools`` of its pools, ``gpus`` GPUs in all;
+    the services named in ``disaggregated`` also get prefill/decode instances."""
     data = read_mapping(shipped_fleets()["mixed-8x4"])
     names = POOL_SETS[pools]
     chosen = [p for p in data["pools"] if p["name"] in names]
@@ -36,12 +38,15 @@ def synthetic(services: int, pools: int, gpus: int):
         p["num_nodes"] = max(gpus // pools // 8, 1)
     kept = []
     for s in data["services"][:services]:
+        if s["name"] in disaggregated:
+            s["disaggregated"] = True
         if "pools" in s:
             s["pools"] = [p for p in s["pools"] if p in names] or None
             if s["pools"] is None:
                 del s["pools"]
         kept.append(s)
-    data.update(name=f"{services}svc-{pools}pools-{gpus}gpu", pools=chosen, services=kept)
+    suffix = "-disagg" if disaggregated else ""
+    data.update(name=f"{services}svc-{pools}pools-{gpus}gpu{suffix}", pools=chosen, services=kept)
     return fleet_from_dict(data, source="<bench>")
 
 
@@ -64,7 +69,9 @@ def row(name: str, fleet, time_limit_s: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only the cases up to 256 GPUs")
-    parser.add_argument("--time-limit", type=float, default=60.0, help="CP-SAT budget per solve (s)")
+    parser.add_argument("--time-limit", type=float, default=60.0, help="budget per case (s)")
+    parser.add_argument("--disaggregated", action="store_true",
+                        help="also the 8 x 4 case with chat-8b and rag-70b allowed prefill/decode instances")
     args = parser.parse_args()
     print("| case | services | pools | GPUs | instance types (pruned) | routes | evaluate s | CP-SAT build s | CP-SAT solve s | "
           "proof | $/h | best single pool $/h | saving | greedy $/h | wall s |")
@@ -77,6 +84,9 @@ def main() -> None:
         if args.quick and gpus > 256:
             continue
         fleet = synthetic(services, pools, gpus)
+        print(row(fleet.name, fleet, args.time_limit), flush=True)
+    if args.disaggregated:
+        fleet = synthetic(8, 4, 1024, disaggregated=("chat-8b", "rag-70b"))
         print(row(fleet.name, fleet, args.time_limit), flush=True)
 
 
