@@ -4,17 +4,20 @@ service's targets, proved by CP-SAT and re-checked in exact integers without it.
 **Instance types.** For each service, pool and instance size (powers of two that fit one node or tile
 whole nodes, at most ``disagg.MAX_INSTANCE_GPUS``), every layout and batch the single-instance search
 admits (``CandidateValues.admissible``: structure and memory rules, the same tables and best-split
-evaluation as ``optimize``) is evaluated on every bucket's ISL/OSL. A type is ``(service, pool, role, layout, batch, layer split)``:
+evaluation as ``optimize``) is evaluated on every bucket's ISL/OSL. A type is ``(service, pool, role,
+layout, batch)`` with its layer split:
 - ``aggregated``: a request holds one of ``DP x batch`` slots for the request latency; it carries a bucket
   when TTFT <= target and TPOT <= target at that batch (the ``capacity`` command's model).
 - ``prefill`` / ``decode`` (services with ``disaggregated: true``): the prefill instance holds one of DP
   slots for the prefill time, the decode instance one of ``DP x batch`` slots for ``(OSL - 1)`` decode
   steps; a pair carries a bucket when prefill + max(KV send, KV receive) <= TTFT (each side's inter-node
   link: the pools may differ, as in Helix, Mei et al., ASPLOS 2025) and the step <= TPOT (``disagg.py``'s
-  model). Prefill on one GPU kind and decode on another is a route like any other.
-A type is dropped when another of the same service, pool and role has no more GPUs, carries every bucket
-it carries at least as fast per slot (and, for disaggregated roles, no slower per request and KV), so any
-of its instances can be swapped for one of the other; the counts before and after are reported.
+  model). Prefill on one GPU kind and decode on another is allowed like any other pairing; the model
+  routes prefill and decode halves per bucket and pairs them through Hall's condition (``Route``).
+A type is dropped when ``k = its GPUs // the other's`` instances of another type of the same service,
+pool and role carry at least its rate on every bucket it carries (and, for disaggregated roles, no
+slower per prompt and KV; with ``max_instances``, no more engine instances), so any of its instances can
+be swapped for them; the counts before and after are reported.
 
 **Units, exact.** Rates in milli-requests per second (mrps; a bucket's rate x (1 + headroom) rounded up,
 conservatively); times in integer ns from the cost model (its floats are rounded up once, there).
@@ -26,7 +29,8 @@ arXiv 2404.14527, section 5: the ILP over request-size slices).
 
 **The model** (``solve.solve_fleet``): integer counts per type, integer rates per route, each bucket's
 rate routed exactly, pool GPUs, per-service instance limits and pool pins; minimise micro-dollars per
-hour (``cost_per_gpu_hour`` exact decimal x 10^6 x GPUs) or GPUs, then a fixed order of types.
+hour (``cost_per_gpu_hour`` exact decimal x 10^6 x GPUs) or GPUs; then, the optimum fixed, the fewest
+GPUs and the fewest routes in use, each within a deterministic CP-SAT budget (same input, same plan).
 Packing: sizes that divide a node are powers of two, so any set of them whose GPUs fit the pool's free
 nodes packs into them (first-fit decreasing; the checker builds the placement), and whole-node instances
 take whole nodes: the pool's GPU count is the only packing constraint, and the check shows a placement.
