@@ -670,6 +670,12 @@ def plan_fleet(fleet: Fleet, *, time_limit_s: float | None = 60.0, baselines: bo
     deadline = Deadline(time_limit_s)  # one budget for the whole call: the plan first, then the baselines
     cache: dict = {}
     ft = enumerate_types(fleet, cache=cache)
+    uncovered = [f"{service.name}/{bucket.name}: no instance type on its pools meets TTFT <= {float(service.targets.ttft_s):g} s "
+                 f"and TPOT <= {float(service.targets.tpot_s):g} s (memory, structure or targets)"
+                 for s, service in enumerate(fleet.services) for b, bucket in enumerate(service.buckets)
+                 if not any(r.service == s and r.bucket == b and r.side >= 0 for r in ft.routes)]
+    if uncovered:
+        raise Infeasible(uncovered)
     problem = integers(fleet, ft)
     opt = solve_fleet(problem, time_limit_s=deadline.remaining(), workers=workers)
     if opt is None:

@@ -298,6 +298,15 @@ def test_infeasible_fleet_exits_1(tmp_path):
     assert result.exit_code == 1 and "INFEASIBLE" in result.output
 
 
+def test_a_bucket_no_type_can_carry_is_named(tmp_path):
+    data = read_mapping(shipped_fleets()[SMALL])
+    data["services"][1]["targets"]["tpot_s"] = 0.001  # 1 ms per token: no 70B instance reaches it
+    path = tmp_path / "fast.yaml"
+    path.write_text(json.dumps(data))
+    result = CliRunner().invoke(main, ["fleet", str(path)])
+    assert result.exit_code == 1 and "chat-70b/chat: no instance type" in result.output
+
+
 def test_objective_gpus_needs_no_prices():
     data = read_mapping(shipped_fleets()[SMALL])
     data["objective"] = "gpus"
