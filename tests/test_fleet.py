@@ -315,3 +315,66 @@ def test_objective_gpus_needs_no_prices():
     plan = plan_fleet(fleet_from_dict(data), time_limit_s=30, baselines=False)
     gpus = sum(c * t.gpus for t, c in zip(plan.types.types, plan.allocation.counts))
     assert plan.proved_optimal and plan.objective == gpus and plan.oracle == gpus
+
+
+@st.composite
+def mixing_problems(draw):
+    """One service, two buckets, two types that may each serve both (Mélange's mixing), tiny numbers."""
+    types = [(draw(st.integers(0, 1)), draw(st.sampled_from([1, 2])), draw(st.integers(1, 9)), draw(st.integers(1, 3)))
+             for _ in range(2)]  # (pool, gpus, weight, slots)
+    work = [[draw(st.sampled_from([None, 1, 2, 3])) for _ in range(2)] for _ in range(2)]  # [type][bucket], x 10^12 / 4
+    rates = (draw(st.integers(1, 12)), draw(st.integers(1, 12)))
+    routes = tuple((b, ((t, work[t][b] * SLOT_SCALE // 4),)) for b in range(2) for t in range(2) if work[t][b] is not None)
+    return FleetIntegers(pool_gpus=(4, 4), type_pool=tuple(t[0] for t in types), type_gpus=tuple(t[1] for t in types),
+                         type_weight=tuple(t[2] for t in types), type_slots=tuple(t[3] * SLOT_SCALE for t in types),
+                         type_group=(0, 0), type_instances=(1, 1), group_max=(None,), bucket_rate=rates, routes=routes)
+
+
+def _brute_force(problem: FleetIntegers) -> int | None:
+    """Every count vector and every integer split of both buckets over their routes."""
+    best = None
+    per_bucket = [[r for r, (b, _) in enumerate(problem.routes) if b == k] for k in range(2)]
+    if not all(per_bucket):
+        return None
+
+    def splits(total, parts):
+        if parts == 1:
+            yield (total,)
+            return
+        for first in range(total + 1):
+            for rest in splits(total - first, parts - 1):
+                yield (first, *rest)
+
+    for c0 in range(problem.pool_gpus[problem.type_pool[0]] // problem.type_gpus[0] + 1):
+        for c1 in range(problem.pool_gpus[problem.type_pool[1]] // problem.type_gpus[1] + 1):
+            counts = (c0, c1)
+            if any(sum(c * g for c, g, p in zip(counts, problem.type_gpus, problem.type_pool) if p == k) > problem.pool_gpus[k]
+                   for k in range(2)):
+                continue
+            cost = sum(c * w for c, w in zip(counts, problem.type_weight))
+            if best is not None and cost >= best:
+                continue
+            for a in splits(problem.bucket_rate[0], len(per_bucket[0])):
+                for b in splits(problem.bucket_rate[1], len(per_bucket[1])):
+                    rate = dict(zip(per_bucket[0] + per_bucket[1], a + b))
+                    load = [0, 0]
+                    for r, (_, legs) in enumerate(problem.routes):
+                        for t, w in legs:
+                            load[t] += rate[r] * w
+                    if all(load[t] <= counts[t] * problem.type_slots[t] for t in range(2)):
+                        best = cost
+                        break
+                else:
+                    continue
+                break
+    return best
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(mixing_problems())
+def test_mixing_buckets_on_one_type_matches_brute_force(problem):
+    expected = _brute_force(problem)
+    found = solve_fleet(problem, time_limit_s=20)
+    assert (found is None) == (expected is None)
+    if found is not None:
+        assert found.solver_optimal and found.objective == expected
