@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from optimizer.errors import PlanError
-from optimizer.fleet import MICRO_DOLLARS, MRPS_PER_RPS, FleetPlan, floor_ns, placement, service_scenario, weight
+from optimizer.fleet import SOLVER_NAME, FleetPlan, weight
+from optimizer.fleet_check import placement
+from optimizer.fleet_types import MICRO_DOLLARS, MRPS_PER_RPS, floor_ns, service_scenario
 from optimizer.fleet_input import FleetObjective
 from optimizer.launch import LaunchPlan, launch_commands
 
@@ -135,8 +137,6 @@ def fleet_document(fp: FleetPlan) -> dict[str, Any]:
 
 
 def _solver_name(fp: FleetPlan) -> str:
-    from optimizer.fleet import SOLVER_NAME
-
     return SOLVER_NAME + (", checked by the exhaustive oracle" if isinstance(fp.oracle, int) else "")
 
 

@@ -15,20 +15,9 @@ from hypothesis import strategies as st
 
 from optimizer.cli import main
 from optimizer.exhaustive import feasible_plans
-from optimizer.fleet import (
-    SLOT_SCALE,
-    Allocation,
-    _evaluate,
-    carried_mrps,
-    check_allocation,
-    enumerate_types,
-    exhaustive_fleet,
-    integers,
-    place,
-    plan_fleet,
-    prune,
-    service_scenario,
-)
+from optimizer.fleet import _evaluate, enumerate_types, integers, plan_fleet, prune
+from optimizer.fleet_check import Allocation, check_allocation, exhaustive_fleet, place
+from optimizer.fleet_types import SLOT_SCALE, carried_mrps, service_scenario
 from optimizer.fleet_input import fleet_from_dict, fleet_schema, load_fleet, shipped_fleets
 from optimizer.result import build_tables
 from optimizer.rules import TARGET_RULES

@@ -17,7 +17,7 @@ LAYERS = [
     {"cli"},
     {"sweep", "pareto"},
     {"report", "fleet_report"},
-    {"diagnose", "disagg", "fleet"},
+    {"diagnose", "disagg", "fleet", "fleet_check", "fleet_types"},
     {"verify", "solve", "exhaustive", "certify", "candidates"},
     {"result", "split", "rules", "schema", "measured", "launch"},
     {"cost", "memory"},
@@ -40,7 +40,10 @@ SAME_LAYER = {
     ("calibration", "catalog"),
     ("loader", "calibration"),
     ("loader", "scenario"),
-    ("fleet", "disagg"),  # the KV transfer time and the instance-size limit of the disaggregated model
+    ("fleet", "fleet_types"),
+    ("fleet", "fleet_check"),  # the plan is never returned without its solver-free check
+    ("fleet_check", "fleet_types"),  # the checker shares the vocabulary, never the model builder
+    ("fleet_types", "disagg"),  # the KV transfer time and the instance-size limit of the disaggregated model
     ("fleet_input", "loader"),  # strict YAML reading, catalog names and config.json for fleet files
     ("fleet_input", "scenario"),
     ("fleet_input", "catalog"),
