@@ -23,6 +23,9 @@ from optimizer.disagg import capacity_document, fewest_gpus, render_capacity
 from optimizer.disagg import compare as compare_serving, comparison_document, render_comparison
 from optimizer.errors import Infeasible, OptimizerError, ScenarioError, SolveIncomplete
 from optimizer.exhaustive import optimize_exhaustive, runner_up, top_plans
+from optimizer.fleet import plan_fleet
+from optimizer.fleet_input import fleet_schema, load_fleet, shipped_fleets
+from optimizer.fleet_report import fleet_document, fleet_launch, is_fleet_document, render_fleet, render_fleet_markdown
 from optimizer.pareto import plot as plot_pareto, pareto_points, points_csv
 from optimizer.launch import LaunchEngine, NotExpressible, launch_commands
 from optimizer.loader import load_scenario, read_mapping, scenario_from_dict, scenario_from_flags, shipped_scenarios
@@ -571,21 +574,27 @@ def disagg(scenario_name: str, json_path: str | None, solver: str) -> None:
 
 @main.command()
 @click.argument("plan_path", metavar="[PLAN]", required=False)
-@click.option("--scenario", "scenario_name", required=True, metavar="NAME|PATH", help="The scenario the plan serves.")
+@click.option("--scenario", "scenario_name", metavar="NAME|PATH", help="The scenario the plan serves (not for a fleet plan).")
 @click.option("--engine", "engines", type=click.Choice([e.value for e in LaunchEngine]), multiple=True,
               help="Engine(s) to print commands for (repeatable) [default: the plan's engine; vllm and sglang for a "
-                   "megatron plan].")
+                   "megatron plan or a fleet plan].")
 @click.option("--node-address", "node_addresses", multiple=True, metavar="ADDR",
               help="Node IP addresses in rank order (repeat); placeholders NODE<n>_ADDR otherwise.")
-def launch(plan_path: str | None, scenario_name: str, engines: tuple[str, ...], node_addresses: tuple[str, ...]) -> None:
+def launch(plan_path: str | None, scenario_name: str | None, engines: tuple[str, ...], node_addresses: tuple[str, ...]) -> None:
     """Command lines that start the plan on vLLM, SGLang or TensorRT-LLM (trtllm-serve), one per node and
     instance, multi-node included, with every flag checked against the engines' sources
     (optimizer/launch.py lists them).
 
-    PLAN is a plan JSON from `optimize --json`; without it, the plan `optimize` picks for the scenario.
+    PLAN is a plan JSON from `optimize --json`, or a fleet plan from `optimize fleet --json` (then each
+    instance type's commands, no --scenario); without it, the plan `optimize` picks for the scenario.
     Exit 0, 1 if an engine cannot express the plan (it says what it could run) or no plan exists, 2 for
     bad input.
     """
+    if plan_path is not None and _launch_fleet(plan_path, engines, node_addresses):
+        return
+    if scenario_name is None:
+        _fail("--scenario is required (except for a fleet plan)", EXIT_BAD_INPUT)
+        return
     scenario = _load(scenario_name)
     if plan_path is None:
         try:
@@ -613,6 +622,74 @@ def launch(plan_path: str | None, scenario_name: str, engines: tuple[str, ...], 
             _fail(str(exc), EXIT_BAD_INPUT)
     if failed:
         _fail("\n".join(failed), EXIT_INFEASIBLE)
+
+
+def _launch_fleet(plan_path: str, engines: tuple[str, ...], node_addresses: tuple[str, ...]) -> bool:
+    """``launch`` on a fleet plan: each instance type's commands; False when the file is not a fleet plan."""
+    try:
+        document = read_mapping(Path(plan_path))
+    except ScenarioError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+        return True
+    if not is_fleet_document(document):
+        return False
+    failed = []
+    for engine in engines or ("vllm", "sglang"):
+        try:
+            for heading, commands in fleet_launch(document, engine=engine, node_addresses=list(node_addresses) or None):
+                click.echo(f"# === {heading}: run {engine} once per instance, on distinct GPUs ===")
+                click.echo(commands.render())
+        except NotExpressible as exc:
+            failed.append(str(exc))
+        except OptimizerError as exc:
+            _fail(f"{plan_path}: {exc}", EXIT_BAD_INPUT)
+    if failed:
+        _fail("\n".join(failed), EXIT_INFEASIBLE)
+    return True
+
+
+@main.command()
+@click.argument("fleet_name", metavar="FLEET")
+@click.option("--json", "json_path", metavar="PATH", callback=_output_path, help="Write the fleet plan as JSON (- for stdout).")
+@click.option("--markdown", "markdown_path", metavar="PATH", callback=_output_path, help="Write the fleet plan as Markdown (- for stdout).")
+@click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_BUDGET_S,
+              show_default=True, metavar="S", help="The whole command within S seconds (the plan first, then the single-pool baselines).")
+@click.option("--require-proof", is_flag=True, help="Exit 1 unless the allocation is proved optimal.")
+def fleet(fleet_name: str, json_path: str | None, markdown_path: str | None, time_limit_s: float, require_proof: bool) -> None:
+    """Several services over mixed GPU pools: the cheapest allocation (instance types, counts, routing of
+    each request-size bucket, node packing) that meets every service's TTFT and TPOT, proved by CP-SAT and
+    re-checked without it, beside the best single-pool allocation. FLEET is a shipped fleet name or a file
+    (`optimize schema fleet` documents it).
+
+    Exit 0 with a plan, 1 if no allocation carries the traffic (or --require-proof and no proof), 2 for bad input.
+    """
+    try:
+        fleet_spec = load_fleet(fleet_name)
+    except ScenarioError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+        return
+    try:
+        result = plan_fleet(fleet_spec, time_limit_s=time_limit_s)
+    except Infeasible as exc:
+        _fail(f"{fleet_spec.name}: {exc}", EXIT_INFEASIBLE)
+        return
+    except SolveIncomplete as exc:
+        _fail(f"{fleet_spec.name}: {exc}", EXIT_INFEASIBLE)
+        return
+    except OptimizerError as exc:
+        _fail(f"{fleet_name}: {exc}", EXIT_BAD_INPUT)
+        return
+    document = fleet_document(result)
+    inputs = [shipped_fleets().get(fleet_name, Path(fleet_name))]
+    if markdown_path:
+        _write(markdown_path, render_fleet_markdown(document), inputs=inputs)
+    if markdown_path == "-":  # Markdown on stdout: nothing else printed there
+        if json_path:
+            _write(json_path, to_json(document), inputs=inputs)
+    else:
+        _emit(document, render_fleet, json_path=json_path, inputs=inputs)
+    if require_proof and not result.proved_optimal:
+        _fail("the allocation is not proved optimal", EXIT_INFEASIBLE)
 
 
 @main.command()
@@ -754,13 +831,14 @@ def sweep(inputs: tuple[str, ...], out_dir: str, gpus: tuple[int, ...], gpu_name
 
 
 @main.command()
-@click.argument("kind", type=click.Choice(["scenario", "plan"]))
+@click.argument("kind", type=click.Choice(["scenario", "plan", "fleet"]))
 def schema(kind: str) -> None:
-    """Print the JSON Schema of a scenario file or of a plan document (versioned), for editors and CI.
+    """Print the JSON Schema of a scenario file, a plan document (versioned) or a fleet file, for editors and CI.
 
     Example: optimize schema scenario > scenario.schema.json
     """
-    click.echo(json.dumps(scenario_schema() if kind == "scenario" else plan_schema(), indent=2, sort_keys=True))
+    schemas = {"scenario": scenario_schema, "plan": plan_schema, "fleet": fleet_schema}
+    click.echo(json.dumps(schemas[kind](), indent=2, sort_keys=True))
 
 
 @main.command()

@@ -866,3 +866,169 @@ def minimise_gpus_for_rate(*, num_gpus: int, rate_num: int, rate_den: int, pools
     return CapacityOptimum(choice=tuple(next(i for i, xi in enumerate(x) if solver.value(xi)) for x in xs),
                            instances=tuple(int(solver.value(r)) for r in rs), gpus=best, proved_optimal=proved,
                            wall_s=time.perf_counter() - start)
+
+
+# --- fleets: several services over several GPU pools ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FleetIntegers:
+    """The fleet problem in integers only (``fleet.py`` builds it and holds the meaning).
+
+    - ``type_*``: per instance type, its pool, GPUs per instance, objective weight per instance (micro-dollars
+      per hour or GPUs), service (``group``), and ``slots`` = request slots per instance x 10^12, the
+      right-hand side of Little's law in the units below; ``instances``: engine instances per type (what
+      ``group_max`` bounds).
+    - ``bucket_rate``: per bucket the rate to carry in milli-requests per second (headroom included).
+    - ``routes``: ``(bucket, ((type, work_ns), ...))``: a way to carry a bucket's requests: one aggregated
+      type, or a prefill type and a decode type; a request of the bucket holds one slot of each for
+      ``work_ns``. ``route_side``: 0 for such a whole route; for disaggregated traffic split in halves,
+      +1 a decode half (it counts towards the bucket) and -1 a prefill half. ``route_level``: a decode
+      half's KV-receive level, a prefill half's highest level it may pair with; ``level_group`` the
+      (service, bucket) of each level, levels of a group consecutive and ascending. Per group the halves'
+      rates are equal, and for every level ``l`` the decode rate at levels >= l is at most the prefill
+      rate that may serve level l or above (Hall's condition for nested sets: then a pairing of the rates
+      exists in integers, every pair within the TTFT). Load of a type: ``sum over routes of rate_mrps x work_ns <= count x slots``, exactly
+      (rate x time = slots busy: Little's law, scaled by 10^3 x 10^9).
+    - ``pool_gpus``, ``group_max`` (None: no limit).
+    """
+
+    pool_gpus: tuple[int, ...]
+    type_pool: tuple[int, ...]
+    type_gpus: tuple[int, ...]
+    type_weight: tuple[int, ...]
+    type_slots: tuple[int, ...]
+    type_group: tuple[int, ...]
+    type_instances: tuple[int, ...]
+    group_max: tuple[int | None, ...]
+    bucket_rate: tuple[int, ...]
+    routes: tuple[tuple[int, tuple[tuple[int, int], ...]], ...]
+    route_side: tuple[int, ...] = ()
+    route_level: tuple[int, ...] = ()
+    level_group: tuple[int, ...] = ()
+
+    def side(self, r: int) -> int:
+        return self.route_side[r] if self.route_side else 0
+
+
+@dataclass(frozen=True)
+class FleetOptimum:
+    """CP-SAT's answer: instances per type, rate per route (mrps), the objective and its bound, and the
+    status of the primary solve (the tie-break solve keeps the objective fixed)."""
+
+    counts: tuple[int, ...]
+    route_rates: tuple[int, ...]
+    status: str
+    objective: int
+    best_bound: int
+    solver_optimal: bool
+    build_s: float
+    solve_s: float
+    model_size: dict[str, int]
+
+
+TIE_BREAK_DETERMINISTIC_S = 1.0  # CP-SAT deterministic-time budget of each fleet tie-break solve
+
+
+def solve_fleet(problem: FleetIntegers, *, time_limit_s: float | None = None, seed: int = 0,
+                workers: int = 1) -> FleetOptimum | None:
+    """The cheapest integer allocation: instance counts per type and routed rates per route, every bucket
+    carried, every type within its slots, every pool within its GPUs, every service within its instances;
+    minimise ``sum weight x count``, then (with the optimum fixed, each within a deterministic budget) the
+    GPUs, then the routes in use. None when CP-SAT proves that no allocation exists.
+
+    ``solver_optimal`` is CP-SAT's OPTIMAL with objective == bound; it is never the proof on its own
+    (``fleet.check_allocation`` re-checks the allocation without CP-SAT).
+
+    Raises:
+        OptimizerError: a product leaves the solver's 62-bit range.
+        SolveIncomplete: the time limit stopped the search before any allocation.
+    """
+    start = time.perf_counter()
+    m = cp_model.CpModel()
+    p = problem
+    n_types = len(p.type_pool)
+    need: list[int] = [0] * n_types  # most slot-ns any allocation could need per type: bounds the counts
+    for bucket, legs in p.routes:
+        for t, work in legs:
+            need[t] += p.bucket_rate[bucket] * work
+    counts = []
+    for t in range(n_types):
+        ub = min(p.pool_gpus[p.type_pool[t]] // p.type_gpus[t], -(-need[t] // p.type_slots[t]))
+        if ub * p.type_slots[t] >= _INT_LIMIT or need[t] >= _INT_LIMIT:
+            raise OptimizerError(f"instance type {t}: rates x times leave the solver's 62-bit range")
+        counts.append(m.new_int_var(0, ub, f"count[{t}]"))
+    rates = [m.new_int_var(0, p.bucket_rate[b], f"route[{r}]") for r, (b, _) in enumerate(p.routes)]
+    for b, rate in enumerate(p.bucket_rate):
+        members = [rates[r] for r, (rb, _) in enumerate(p.routes) if rb == b and p.side(r) >= 0]
+        if not members:
+            return None
+        m.add(sum(members) == rate)
+    halves = [r for r in range(len(p.routes)) if p.side(r)]
+    for group in sorted(set(p.level_group)):
+        mine = [r for r in halves if p.level_group[p.route_level[r]] == group]
+        m.add(sum(p.side(r) * rates[r] for r in mine) == 0)
+        for level in (lv for lv, g in enumerate(p.level_group) if g == group):
+            decode = [rates[r] for r in mine if p.side(r) > 0 and p.route_level[r] >= level]
+            prefill = [rates[r] for r in mine if p.side(r) < 0 and p.route_level[r] >= level]
+            if decode:
+                m.add(sum(decode) <= sum(prefill))
+    load: list[list[Any]] = [[] for _ in range(n_types)]
+    for r, (_, legs) in enumerate(p.routes):
+        for t, work in legs:
+            load[t].append(work * rates[r])
+    for t in range(n_types):
+        if load[t]:
+            m.add(sum(load[t]) <= p.type_slots[t] * counts[t])
+        else:
+            m.add(counts[t] == 0)
+    for k, gpus in enumerate(p.pool_gpus):
+        members = [p.type_gpus[t] * counts[t] for t in range(n_types) if p.type_pool[t] == k]
+        if members:
+            m.add(sum(members) <= gpus)
+    for g, limit in enumerate(p.group_max):
+        members = [p.type_instances[t] * counts[t] for t in range(n_types) if p.type_group[t] == g]
+        if limit is not None and members:
+            m.add(sum(members) <= limit)
+    objective = sum(w * c for w, c in zip(p.type_weight, counts))
+    m.minimize(objective)
+    problem_text = m.validate()
+    if problem_text:
+        raise OptimizerError(f"the fleet model does not fit the solver's 64-bit range ({problem_text.strip()})")
+    size = {"variables": len(m.proto.variables), "constraints": len(m.proto.constraints)}
+    build_s = time.perf_counter() - start
+    deadline = Deadline(time_limit_s)
+    solver = _solver(time_limit_s=deadline.remaining(), seed=seed, workers=workers)
+    status = solver.solve(m)
+    if status == cp_model.INFEASIBLE:
+        return None
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        raise SolveIncomplete(f"CP-SAT stopped ({solver.status_name(status)}) before any fleet allocation")
+    values = ([int(solver.value(c)) for c in counts], [int(solver.value(r)) for r in rates])
+    found = sum(w * c for w, c in zip(p.type_weight, values[0]))  # exact, from the values, not the float objective
+    bound = int(solver.response_proto.inner_objective_lower_bound)
+    first_status = solver.status_name(status)
+    optimal = status == cp_model.OPTIMAL and found == bound
+    if optimal and not deadline.expired():
+        # The tie-break, with the optimum fixed: fewest GPUs, then fewest routes in use (no bucket spread
+        # thinly over spare slots). Each within a deterministic budget (CP-SAT's ``max_deterministic_time``,
+        # not wall time), so the same input gives the same allocation on any machine.
+        m.add(objective == found)
+        m.minimize(sum(g * c for g, c in zip(p.type_gpus, counts)))
+        solver = _solver(time_limit_s=deadline.remaining(), seed=seed, workers=workers)
+        solver.parameters.max_deterministic_time = TIE_BREAK_DETERMINISTIC_S
+        if solver.solve(m) in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            values = ([int(solver.value(c)) for c in counts], [int(solver.value(r)) for r in rates])
+            for c, v in zip(counts, values[0]):
+                m.add(c == v)
+            used = [m.new_bool_var(f"used[{r}]") for r in range(len(rates))]
+            for r, (b, _) in enumerate(p.routes):
+                m.add(rates[r] <= p.bucket_rate[b] * used[r])
+            m.minimize(sum(used))
+            solver = _solver(time_limit_s=deadline.remaining(), seed=seed, workers=workers)
+            solver.parameters.max_deterministic_time = TIE_BREAK_DETERMINISTIC_S
+            if not deadline.expired() and solver.solve(m) in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+                values = (values[0], [int(solver.value(r)) for r in rates])
+    return FleetOptimum(counts=tuple(values[0]), route_rates=tuple(values[1]), status=first_status, objective=found,
+                        best_bound=bound, solver_optimal=optimal, build_s=build_s, solve_s=time.perf_counter() - start - build_s,
+                        model_size=size)

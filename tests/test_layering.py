@@ -16,13 +16,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "optimizer"
 LAYERS = [
     {"cli"},
     {"sweep", "pareto"},
-    {"report"},
-    {"diagnose", "disagg"},
+    {"report", "fleet_report"},
+    {"diagnose", "disagg", "fleet", "fleet_check", "fleet_types"},
     {"verify", "solve", "exhaustive", "certify", "candidates"},
     {"result", "split", "rules", "schema", "measured", "launch"},
     {"cost", "memory"},
     {"engines", "parallel"},
-    {"scenario", "loader", "catalog", "calibration"},
+    {"scenario", "loader", "catalog", "calibration", "fleet_input"},
     {"units", "errors"},
 ]
 RANK = {module: rank for rank, layer in enumerate(LAYERS) for module in layer}
@@ -40,6 +40,14 @@ SAME_LAYER = {
     ("calibration", "catalog"),
     ("loader", "calibration"),
     ("loader", "scenario"),
+    ("fleet", "fleet_types"),
+    ("fleet", "fleet_check"),  # the plan is never returned without its solver-free check
+    ("fleet_check", "fleet_types"),  # the checker shares the vocabulary, never the model builder
+    ("fleet_types", "disagg"),  # the KV transfer time and the instance-size limit of the disaggregated model
+    ("fleet_input", "loader"),  # strict YAML reading, catalog names and config.json for fleet files
+    ("fleet_input", "scenario"),
+    ("fleet_input", "catalog"),
+    ("fleet_input", "calibration"),
 }
 
 # Third-party packages only one module may import.
