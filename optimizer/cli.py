@@ -18,18 +18,18 @@ from typing import Any
 import click
 import yaml
 
-from optimizer.diagnose import diagnose
-from optimizer.disagg import capacity_document, fewest_gpus, render_capacity
-from optimizer.disagg import compare as compare_serving, comparison_document, render_comparison
+from optimizer.search.diagnose import diagnose
+from optimizer.search.disagg import capacity_document, fewest_gpus, render_capacity
+from optimizer.search.disagg import compare as compare_serving, comparison_document, render_comparison
 from optimizer.errors import Infeasible, OptimizerError, ScenarioError, SolveIncomplete
-from optimizer.exhaustive import optimize_exhaustive, runner_up, top_plans
-from optimizer.fleet import plan_fleet
-from optimizer.fleet_input import fleet_schema, load_fleet, shipped_fleets
-from optimizer.fleet_report import fleet_document, fleet_launch, is_fleet_document, render_fleet, render_fleet_markdown
-from optimizer.pareto import plot as plot_pareto, pareto_points, points_csv
-from optimizer.launch import LaunchEngine, NotExpressible, launch_commands
-from optimizer.loader import load_scenario, read_mapping, scenario_from_dict, scenario_from_flags, shipped_scenarios
-from optimizer.report import (
+from optimizer.search.exhaustive import optimize_exhaustive, runner_up, top_plans
+from optimizer.search.fleet import plan_fleet
+from optimizer.inputs.fleet import fleet_schema, load_fleet, shipped_fleets
+from optimizer.outputs.fleet_report import fleet_document, fleet_launch, is_fleet_document, render_fleet, render_fleet_markdown
+from optimizer.search.pareto import plot as plot_pareto, pareto_points, points_csv
+from optimizer.outputs.launch import LaunchEngine, NotExpressible, launch_commands
+from optimizer.inputs.loader import load_scenario, read_mapping, scenario_from_dict, scenario_from_flags, shipped_scenarios
+from optimizer.outputs.report import (
     alternatives_section,
     render_alternatives,
     estimate_document,
@@ -44,14 +44,14 @@ from optimizer.report import (
     solution_document,
     to_json,
 )
-from optimizer.scenario import Objective, Scenario
-from optimizer.schema import plan_schema, scenario_schema
-from optimizer.certify import check_optimality
-from optimizer.result import build_tables
-from optimizer.rules import build_rules
-from optimizer.solve import DEFAULT_BUDGET_S, Deadline, confirm_optimum, disjoint_conflicts, is_feasible, optimize
-from optimizer.sweep import EXECUTORS, Outcome, atomic_write, expand_jobs, progress_line, run_sweep
-from optimizer.verify import certify, plan_context, read_plan, scenario_for_plan
+from optimizer.inputs.scenario import Objective, Scenario
+from optimizer.inputs.schema import plan_schema, scenario_schema
+from optimizer.search.certify import check_optimality
+from optimizer.search.result import build_tables
+from optimizer.search.rules import build_rules
+from optimizer.search.solve import DEFAULT_BUDGET_S, Deadline, confirm_optimum, disjoint_conflicts, is_feasible, optimize
+from optimizer.outputs.sweep import EXECUTORS, Outcome, atomic_write, expand_jobs, progress_line, run_sweep
+from optimizer.search.verify import certify, plan_context, read_plan, scenario_for_plan
 
 EXIT_OK, EXIT_INFEASIBLE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -112,7 +112,7 @@ def _one_line_options(*, name_param: str = "scenario_name", print_scenario: bool
                     return None
                 if show:
                     click.echo(f"# optimize {' '.join(sys.argv[1:])}\n"
-                               "# Built from the command line (defaults: optimizer/loader.py ONE_LINE_DEFAULTS); edit and "
+                               "# Built from the command line (defaults: optimizer/inputs/loader.py ONE_LINE_DEFAULTS); edit and "
                                "pass with --scenario FILE.\n" + yaml.safe_dump(data, sort_keys=False), nl=False)
                     return None
                 built = _FlagScenario(data)
@@ -583,7 +583,7 @@ def disagg(scenario_name: str, json_path: str | None, solver: str) -> None:
 def launch(plan_path: str | None, scenario_name: str | None, engines: tuple[str, ...], node_addresses: tuple[str, ...]) -> None:
     """Command lines that start the plan on vLLM, SGLang or TensorRT-LLM (trtllm-serve), one per node and
     instance, multi-node included, with every flag checked against the engines' sources
-    (optimizer/launch.py lists them).
+    (optimizer/outputs/launch.py lists them).
 
     PLAN is a plan JSON from `optimize --json`, or a fleet plan from `optimize fleet --json` (then each
     instance type's commands, no --scenario); without it, the plan `optimize` picks for the scenario.

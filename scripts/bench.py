@@ -33,10 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from optimizer.errors import Infeasible  # noqa: E402
-from optimizer.exhaustive import optimize_exhaustive  # noqa: E402
-from optimizer.loader import load_scenario, shipped_scenarios  # noqa: E402
-from optimizer.result import build_tables  # noqa: E402
-from optimizer.solve import optimize  # noqa: E402
+from optimizer.search.exhaustive import optimize_exhaustive  # noqa: E402
+from optimizer.inputs.loader import load_scenario, shipped_scenarios  # noqa: E402
+from optimizer.search.result import build_tables  # noqa: E402
+from optimizer.search.solve import optimize  # noqa: E402
 
 QWEN = {"cluster": {"gpu": "h100-sxm", "gpus_per_node": 8}, "model": "Qwen3-235B-A22B",
         "workload": {"concurrent_sequences": 256, "input_tokens": 2048, "output_tokens": 512},
@@ -125,8 +125,8 @@ def bench_disaggregated(repeat: int) -> None:
     """CP-SAT vs enumeration for the disaggregated pool split, at growing cluster sizes."""
     import yaml
 
-    from optimizer import disagg
-    from optimizer.loader import scenario_from_dict
+    from optimizer.search import disagg
+    from optimizer.inputs.loader import scenario_from_dict
 
     base = yaml.safe_load((ROOT / "scenarios" / "qwen3-235b-a22b-16xh100.yaml").read_text())
     print("\n| GPUs | candidates (prefill / decode) | pruned | build (s) | CP-SAT proved (s) | exhaustive (s) | speed-up | same optimum |")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from optimizer.fleet import MICRO_DOLLARS, plan_fleet  # noqa: E402
-from optimizer.fleet_input import fleet_from_dict, load_fleet, shipped_fleets  # noqa: E402
-from optimizer.loader import read_mapping  # noqa: E402
+from optimizer.search.fleet import MICRO_DOLLARS, plan_fleet  # noqa: E402
+from optimizer.inputs.fleet import fleet_from_dict, load_fleet, shipped_fleets  # noqa: E402
+from optimizer.inputs.loader import read_mapping  # noqa: E402
 
 POOL_SETS = {2: ("h100", "l40s"), 3: ("h100", "a100", "l40s"), 4: ("h100", "h200", "a100", "l40s")}
 CASES = [(2, 2, 128), (2, 3, 256), (4, 2, 256), (4, 3, 512), (4, 4, 512), (8, 3, 768), (8, 4, 1024)]

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from optimizer.sweep import expand_jobs, run_sweep  # noqa: E402
+from optimizer.outputs.sweep import expand_jobs, run_sweep  # noqa: E402
 
 BASES = ["llama-3.1-70b-8xh100", "qwen3-30b-a3b-8xh100", "mixtral-8x7b-8xh100", "gpt-oss-120b-8xh100",
          "16gpu-30b", "3gpu-32gb", "qwen3-235b-a22b-16xh100"]

@@ -1,11 +1,11 @@
-"""Fit the cost model's parameters to measured data and write them to ``optimizer/catalog/calibration.yaml``.
+"""Fit the cost model's parameters to measured data and write them to ``optimizer/inputs/catalog/calibration.yaml``.
 
     python scripts/calibrate.py            # fit, print a summary, write the catalog file
     python scripts/calibrate.py --check    # fit and compare with the shipped file (exit 1 if it differs)
 
 Needs scipy (``pip install -e .[calibrate]``); the optimizer itself does not.
 
-What is fitted to what (``calibration/data/``; ``optimizer/measured.py`` reads it):
+What is fitted to what (``calibration/data/``; ``optimizer/model/measured.py`` reads it):
 1. Per GPU, GEMM ``launch_us``, ``compute_efficiency``, ``memory_efficiency`` (and FP8's quantisation
    cost per element) to aiconfigurator-core's measured GEMM tables (bf16, per-tensor FP8).
 2. Per GPU, attention: prefill launch and compute efficiency to the context-attention tables, decode
@@ -36,7 +36,7 @@ import numpy as np
 import yaml
 from scipy.optimize import least_squares
 
-from optimizer.calibration import (
+from optimizer.model.calibration import (
     AttentionFit,
     Calibration,
     GemmFit,
@@ -46,7 +46,7 @@ from optimizer.calibration import (
     StepFit,
     calibration_from_dict,
 )
-from optimizer.measured import (
+from optimizer.model.measured import (
     DATA_DIR,
     STACKS,
     STEP_KINDS,
@@ -371,7 +371,7 @@ def document(cals: dict[str, GpuCalibration], step_fits: dict[str, dict[str, Ste
         "id": f"fit-{data_digest()}-{params}",
         "sources": [
             "calibration/data/measurements.csv: ../shared/reference/measurements.csv (microsoft/vidur, splitwise-sim, TensorRT-LLM docs; source per row)",
-            "calibration/data/splitwise_perf_model.csv: Mutinifni/splitwise-sim data/perf_model.csv (verbatim; optimizer/measured.py takes the median per configuration)",
+            "calibration/data/splitwise_perf_model.csv: Mutinifni/splitwise-sim data/perf_model.csv (verbatim; optimizer/model/measured.py takes the median per configuration)",
             "calibration/data/aiconfigurator_*.csv: NVIDIA aiconfigurator-core 0.12.0 (PyPI, Apache-2.0) measured tables, "
             "subsets by scripts/extract_aiconfigurator.py; file per row",
         ],
@@ -386,7 +386,7 @@ def document(cals: dict[str, GpuCalibration], step_fits: dict[str, dict[str, Ste
 
 HEADER = """\
 # Cost-model calibration, written by scripts/calibrate.py: do not edit by hand (re-run the script).
-# Forms and units: optimizer/calibration.py. Data: calibration/data/ (see `sources`); `id` is a digest of
+# Forms and units: optimizer/model/calibration.py. Data: calibration/data/ (see `sources`); `id` is a digest of
 # those files, and every plan names the id and the entry its GPU used.
 """
 

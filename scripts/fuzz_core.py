@@ -24,13 +24,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 
-from optimizer.diagnose import diagnose  # noqa: E402
+from optimizer.search.diagnose import diagnose  # noqa: E402
 from optimizer.errors import Infeasible, OptimizerError, ScenarioError  # noqa: E402
-from optimizer.exhaustive import optimize_exhaustive  # noqa: E402
-from optimizer.loader import scenario_from_dict  # noqa: E402
-from optimizer.result import build_tables  # noqa: E402
-from optimizer.scenario import Objective  # noqa: E402
-from optimizer.solve import Deadline, optimize  # noqa: E402
+from optimizer.search.exhaustive import optimize_exhaustive  # noqa: E402
+from optimizer.inputs.loader import scenario_from_dict  # noqa: E402
+from optimizer.search.result import build_tables  # noqa: E402
+from optimizer.inputs.scenario import Objective  # noqa: E402
+from optimizer.search.solve import Deadline, optimize  # noqa: E402
 
 
 class Tally:

@@ -24,11 +24,11 @@ sys.path.insert(0, str(ROOT))
 import ortools  # noqa: E402
 from ortools.sat.python import cp_model  # noqa: E402
 
-from optimizer.exhaustive import optimize_exhaustive  # noqa: E402
-from optimizer.loader import load_scenario  # noqa: E402
-from optimizer.result import build_tables  # noqa: E402
-from optimizer.rules import build_rules  # noqa: E402
-from optimizer.solve import enforced_model  # noqa: E402
+from optimizer.search.exhaustive import optimize_exhaustive  # noqa: E402
+from optimizer.inputs.loader import load_scenario  # noqa: E402
+from optimizer.search.result import build_tables  # noqa: E402
+from optimizer.search.rules import build_rules  # noqa: E402
+from optimizer.search.solve import enforced_model  # noqa: E402
 
 FUZZ_368 = ROOT / "tests" / "data" / "core" / "fuzz-368.yaml"
 

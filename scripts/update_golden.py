@@ -13,11 +13,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from optimizer.diagnose import diagnose  # noqa: E402
+from optimizer.search.diagnose import diagnose  # noqa: E402
 from optimizer.errors import Infeasible  # noqa: E402
-from optimizer.loader import load_scenario, shipped_scenarios  # noqa: E402
-from optimizer.solve import optimize  # noqa: E402
-from optimizer.verify import certify  # noqa: E402
+from optimizer.inputs.loader import load_scenario, shipped_scenarios  # noqa: E402
+from optimizer.search.solve import optimize  # noqa: E402
+from optimizer.search.verify import certify  # noqa: E402
 
 
 def golden(name: str) -> dict:

@@ -5,8 +5,8 @@ leave-one-out errors, then the mean absolute percentage error (MAPE) overall and
     python scripts/validate_cost_model.py --kernels  # also every kernel-table row (about 9,000 lines)
 
 Reference rows are ``calibration/data/measurements.csv`` and the splitwise-sim medians
-(``optimizer/measured.py``). For each one:
-- ``pred``: the shipped calibration (``optimizer/catalog/calibration.yaml``);
+(``optimizer/model/measured.py``). For each one:
+- ``pred``: the shipped calibration (``optimizer/inputs/catalog/calibration.yaml``);
 - ``loo``: parameters fitted without that row (``scripts/calibrate.py``'s fits): a step row refits the
   step parameters; an all-reduce row refits its GPU's link; a send/recv row falls back to the protocol
   fit (intra-node) or the prior efficiency (inter-node), since it is the only row of its kind.
@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import calibrate  # noqa: E402  (scripts/calibrate.py: the fits)
 
-from optimizer.calibration import Calibration, shipped_calibration  # noqa: E402
-from optimizer.measured import (  # noqa: E402
+from optimizer.model.calibration import Calibration, shipped_calibration  # noqa: E402
+from optimizer.model.measured import (  # noqa: E402
     STEP_KINDS,
     MeasuredRow,
     kernel_sets,

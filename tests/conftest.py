@@ -9,8 +9,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from optimizer.loader import scenario_from_dict
-from optimizer.scenario import Scenario
+from optimizer.inputs.loader import scenario_from_dict
+from optimizer.inputs.scenario import Scenario
 
 # 2 nodes x 4 GPUs of 64 GB; a tiny MoE (one dense layer first, 8 experts top-2, one shared expert).
 BASE: dict[str, Any] = {

@@ -24,21 +24,21 @@ from hypothesis import strategies as st
 
 from conftest import DENSE, scenario_dict
 from test_differential import compositions, fits, scenarios, solve_both
-from optimizer.candidates import NONE, CandidateValues, Variant
-from optimizer.certify import _Space, check_optimality
+from optimizer.search.candidates import NONE, CandidateValues, Variant
+from optimizer.search.certify import _Space, check_optimality
 from optimizer.cli import main
-from optimizer.cost import stage_ns
+from optimizer.model.cost import stage_ns
 from optimizer.errors import Infeasible, ScenarioError
-from optimizer.exhaustive import optimize_exhaustive
-from optimizer.loader import scenario_from_dict
-from optimizer.memory import layer_kinds, stage_memory
-from optimizer.parallel import Layout
-from optimizer.result import build_tables, candidate_grid
-from optimizer.rules import MemoryCap, build_rules
-from optimizer.schema import scenario_schema
-from optimizer.solve import optimize
-from optimizer.split import best_split, leading_dense_layers
-from optimizer.verify import certify, plan_from_mapping
+from optimizer.search.exhaustive import optimize_exhaustive
+from optimizer.inputs.loader import scenario_from_dict
+from optimizer.model.memory import layer_kinds, stage_memory
+from optimizer.model.parallel import Layout
+from optimizer.search.result import build_tables, candidate_grid
+from optimizer.search.rules import MemoryCap, build_rules
+from optimizer.inputs.schema import scenario_schema
+from optimizer.search.solve import optimize
+from optimizer.search.split import best_split, leading_dense_layers
+from optimizer.search.verify import certify, plan_from_mapping
 
 YAML_PATH = Path(__file__).parent / "data" / "balance" / "llama-3.1-8b-3gpu-pp3.yaml"
 LLAMA = yaml.safe_load(YAML_PATH.read_text())
@@ -364,7 +364,7 @@ def test_the_split_formulation_enforces_the_balance_rules():
     is out at 1% of compute and in at 8%; at 2% of memory 11/11/10 is out and 10/12/10 in."""
     from ortools.sat.python import cp_model
 
-    from optimizer.solve import enforced_model
+    from optimizer.search.solve import enforced_model
 
     def status(scenario, layers=None):
         tables = build_tables(scenario)

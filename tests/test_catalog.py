@@ -7,10 +7,10 @@ from decimal import Decimal
 import pytest
 
 from conftest import BASE
-from optimizer import catalog
-from optimizer.loader import load_scenario, scenario_from_dict, shipped_scenarios
-from optimizer.memory import total_params
-from optimizer.scenario import Cluster, ModelSpec, Scenario
+from optimizer.inputs import catalog
+from optimizer.inputs.loader import load_scenario, scenario_from_dict, shipped_scenarios
+from optimizer.model.memory import total_params
+from optimizer.inputs.scenario import Cluster, ModelSpec, Scenario
 
 
 def published_range(text: str) -> tuple[Decimal, Decimal]:

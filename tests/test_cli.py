@@ -130,7 +130,7 @@ def test_bad_scenario_files_exit_2(run, tmp_path, filename):
     ],
 )
 def test_bad_fields_exit_2_naming_the_field(run, tmp_path, edit, field):
-    from optimizer.loader import shipped_scenarios
+    from optimizer.inputs.loader import shipped_scenarios
 
     text = shipped_scenarios()["16gpu-30b"].read_text()
     assert edit[0] in text
@@ -170,7 +170,7 @@ def test_bad_plan_files_exit_2(run, tmp_path, body):
 
 
 def test_never_overwrites_the_input(run, tmp_path):
-    from optimizer.loader import shipped_scenarios
+    from optimizer.inputs.loader import shipped_scenarios
 
     path = tmp_path / "s.yaml"
     original = shipped_scenarios()["3gpu-32gb"].read_text()

@@ -21,16 +21,16 @@ from hypothesis import strategies as st
 
 from conftest import make_scenario
 from test_differential import scenarios
-from optimizer import solve
-from optimizer.candidates import CandidateValues, Variant
-from optimizer.certify import check_optimality
+from optimizer.search import solve
+from optimizer.search.candidates import CandidateValues, Variant
+from optimizer.search.certify import check_optimality
 from optimizer.cli import main
 from optimizer.errors import Infeasible
-from optimizer.exhaustive import optimize_exhaustive
-from optimizer.loader import scenario_from_dict
-from optimizer.parallel import layout_grid
-from optimizer.result import candidate_grid
-from optimizer.rules import LayoutRule, SizeArrays, build_rules
+from optimizer.search.exhaustive import optimize_exhaustive
+from optimizer.inputs.loader import scenario_from_dict
+from optimizer.model.parallel import layout_grid
+from optimizer.search.result import candidate_grid
+from optimizer.search.rules import LayoutRule, SizeArrays, build_rules
 
 CASES_DIR = Path(__file__).parent / "data" / "core"
 CASES = {path.stem: yaml.safe_load(path.read_text()) for path in sorted(CASES_DIR.glob("*.yaml"))}

@@ -18,17 +18,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from optimizer.calibration import shipped_calibration
-from optimizer.catalog import model_entry
+from optimizer.model.calibration import shipped_calibration
+from optimizer.inputs.catalog import model_entry
 from optimizer.cli import main
-from optimizer.cost import Work, causal_pairs, grid, integer_costs, layer_works, work_time_s
-from optimizer.loader import load_scenario, scenario_from_dict, shipped_scenarios
-from optimizer.measured import STEP_KINDS, cluster_for, kernel_sets, kernel_time_s, predict_row, reference_rows, step_parts
-from optimizer.engines import memory_limits
-from optimizer.memory import stage_memory
-from optimizer.parallel import Layout
-from optimizer.rules import MemoryCap
-from optimizer.scenario import ComputeDtype, ModelSpec
+from optimizer.model.cost import Work, causal_pairs, grid, integer_costs, layer_works, work_time_s
+from optimizer.inputs.loader import load_scenario, scenario_from_dict, shipped_scenarios
+from optimizer.model.measured import STEP_KINDS, cluster_for, kernel_sets, kernel_time_s, predict_row, reference_rows, step_parts
+from optimizer.model.engines import memory_limits
+from optimizer.model.memory import stage_memory
+from optimizer.model.parallel import Layout
+from optimizer.search.rules import MemoryCap
+from optimizer.inputs.scenario import ComputeDtype, ModelSpec
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
@@ -141,8 +141,8 @@ def test_a_fresh_fit_reproduces_the_shipped_calibration():
 def test_step_parts_are_exact_for_every_step_parameter():
     """The fit's shortcut (``StepParts``: the cost model tabulated once, the step parameters applied in
     closed form) equals the cost model itself, for parameters off the tabulation grid."""
-    from optimizer.calibration import StepFit
-    from optimizer.measured import step_fit_time_s
+    from optimizer.model.calibration import StepFit
+    from optimizer.model.measured import step_fit_time_s
 
     cal = shipped_calibration()
     fit = StepFit(sustained_compute=0.83, layer_overhead_us=12.0, step_overhead_us=300.0, collective_skew_us=40.0,

@@ -17,20 +17,20 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from conftest import BASE, deep_merge
-from optimizer.candidates import NONE, CandidateValues, Variant
-from optimizer.certify import check_optimality
-from optimizer.cost import stage_ns
-from optimizer.engines import memory_limits
+from optimizer.search.candidates import NONE, CandidateValues, Variant
+from optimizer.search.certify import check_optimality
+from optimizer.model.cost import stage_ns
+from optimizer.model.engines import memory_limits
 from optimizer.errors import Infeasible
-from optimizer.exhaustive import optimize_exhaustive
-from optimizer.loader import scenario_from_dict
-from optimizer.memory import layer_kinds, stage_memory
-from optimizer.parallel import Layout, divisors
-from optimizer.result import build_tables
-from optimizer.rules import MemoryCap
-from optimizer.solve import optimize
-from optimizer.split import best_split, leading_dense_layers
-from optimizer.verify import certify
+from optimizer.search.exhaustive import optimize_exhaustive
+from optimizer.inputs.loader import scenario_from_dict
+from optimizer.model.memory import layer_kinds, stage_memory
+from optimizer.model.parallel import Layout, divisors
+from optimizer.search.result import build_tables
+from optimizer.search.rules import MemoryCap
+from optimizer.search.solve import optimize
+from optimizer.search.split import best_split, leading_dense_layers
+from optimizer.search.verify import certify
 
 GPU_COUNTS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 16, 27, 30]  # primes, odd (27) and composite (30) counts
 LARGE_GPU_COUNTS = [720]  # highly composite: hundreds of layouts (dense), drawn in 1 of 25 examples

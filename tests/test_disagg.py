@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from optimizer.cli import main
-from optimizer.disagg import PoolCandidate, candidates, compare, instance_sizes, solve_disaggregated
-from optimizer.loader import load_scenario, scenario_from_dict
-from optimizer.parallel import Layout
+from optimizer.search.disagg import PoolCandidate, candidates, compare, instance_sizes, solve_disaggregated
+from optimizer.inputs.loader import load_scenario, scenario_from_dict
+from optimizer.model.parallel import Layout
 
 LAYOUT = Layout(tp=1, pp=1, dp=1, ep=1, etp=1, edp=1)
 
@@ -142,7 +142,7 @@ def rate_pools(draw):
 @given(rate_pools())
 def test_fewest_gpus_cp_sat_matches_brute_force(drawn):
     from itertools import product
-    from optimizer.solve import minimise_gpus_for_rate
+    from optimizer.search.solve import minimise_gpus_for_rate
 
     n, num, den, pools_ = drawn
     best = None
@@ -163,7 +163,7 @@ def test_capacity_for_the_named_scenarios_agrees_with_enumeration():
     for name, rate, winner in (("deepseek-v3-64xh200", 40, "disaggregated"), ("qwen3-235b-a22b-16xh100", 3, "aggregated")):
         s = load_scenario(name)
         s = s.model_copy(update={"targets": s.targets.model_copy(update={"request_rate_per_s": rate})})
-        from optimizer.disagg import capacity_document, fewest_gpus
+        from optimizer.search.disagg import capacity_document, fewest_gpus
         cp, ex = fewest_gpus(s), fewest_gpus(s, solver="exhaustive")
         for a, b in zip(cp, ex):
             assert (a is None) == (b is None)
@@ -195,8 +195,8 @@ def test_capacity_cli_and_the_fewest_gpus_objective(tmp_path):
 def test_a_refuted_disaggregated_proof_is_a_solver_fault(monkeypatch):
     """A stand-in for a wrong CP-SAT proof: the solve claims the last candidates, proved. The enumeration
     on the same lists refutes it; the enumeration's split is kept and the fault named."""
-    import optimizer.disagg as disagg
-    from optimizer.solve import DisaggregatedOptimum
+    import optimizer.search.disagg as disagg
+    from optimizer.search.solve import DisaggregatedOptimum
 
     s = load_scenario("deepseek-v3-64xh200")
     prefill, decode = candidates(s)
@@ -217,8 +217,8 @@ def test_a_refuted_disaggregated_proof_is_a_solver_fault(monkeypatch):
 
 
 def test_a_refuted_capacity_proof_is_a_solver_fault(monkeypatch):
-    import optimizer.disagg as disagg
-    from optimizer.solve import CapacityOptimum
+    import optimizer.search.disagg as disagg
+    from optimizer.search.solve import CapacityOptimum
 
     s = load_scenario("qwen3-235b-a22b-16xh100")
     s = s.model_copy(update={"targets": s.targets.model_copy(update={"request_rate_per_s": 3})})

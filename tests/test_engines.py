@@ -1,4 +1,4 @@
-"""Engine profiles (optimizer/engines.py): what vLLM, SGLang, TensorRT-LLM and Megatron-Core make of a
+"""Engine profiles (optimizer/model/engines.py): what vLLM, SGLang, TensorRT-LLM and Megatron-Core make of a
 layout beyond the folding rules (test_rules.py): the memory fraction's meaning, the dense FFN's width under
 SGLang's attention DP, instances, hand-written plans in each engine's own terms, and the shipped scenarios."""
 
@@ -13,17 +13,17 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import make_scenario
-from optimizer.calibration import shipped_calibration
+from optimizer.model.calibration import shipped_calibration
 from optimizer.cli import main
-from optimizer.cost import grid, layer_works
-from optimizer.engines import ffn_tp, instances, memory_limits, usable_bytes, weights_and_kv_room_bytes
+from optimizer.model.cost import grid, layer_works
+from optimizer.model.engines import ffn_tp, instances, memory_limits, usable_bytes, weights_and_kv_room_bytes
 from optimizer.errors import PlanError
-from optimizer.launch import sglang_commands
-from optimizer.loader import load_scenario, scenario_from_dict
-from optimizer.memory import StageMemory, ffn_weight_bytes, stage_memory
-from optimizer.parallel import Layout
-from optimizer.solve import optimize
-from optimizer.verify import certify, plan_from_mapping
+from optimizer.outputs.launch import sglang_commands
+from optimizer.inputs.loader import load_scenario, scenario_from_dict
+from optimizer.model.memory import StageMemory, ffn_weight_bytes, stage_memory
+from optimizer.model.parallel import Layout
+from optimizer.search.solve import optimize
+from optimizer.search.verify import certify, plan_from_mapping
 
 GIB = 1 << 30
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from optimizer.cost import grid, layer_works
-from optimizer.loader import scenario_from_dict
-from optimizer.parallel import Layout
+from optimizer.model.cost import grid, layer_works
+from optimizer.inputs.loader import scenario_from_dict
+from optimizer.model.parallel import Layout
 
 
 def _scenario(model: str, engine: str = "vllm", gpus: int = 8) -> object:
@@ -54,8 +54,8 @@ def test_sglang_dp_attention_shards_the_shared_experts_and_lm_head_over_tp_size(
     """Issue 13 item 8: with attention DP (TP 1 x DP 8 inside --tp-size 8) SGLang's shared experts and
     ParallelLMHead span the whole --tp-size (models/deepseek_v2.py); the embedding stays on the attention
     TP group. Counted whole before: +4% weights on DeepSeek-V3 over 8 H200."""
-    from optimizer.loader import load_scenario
-    from optimizer.memory import ffn_params, ffn_weight_bytes, stage_fixed_bytes
+    from optimizer.inputs.loader import load_scenario
+    from optimizer.model.memory import ffn_params, ffn_weight_bytes, stage_fixed_bytes
     from optimizer.units import bytes_for, ceil_div
 
     sc = load_scenario("deepseek-v3-8xh200-sglang")
@@ -74,7 +74,7 @@ def test_sglang_dp_attention_shards_the_shared_experts_and_lm_head_over_tp_size(
 
 def test_a_plan_says_which_stack_stands_in_for_its_engine() -> None:
     """Issue 13 item 6 (first half): a vLLM plan priced with TensorRT-LLM's step parameters says so."""
-    from optimizer.result import build_tables
+    from optimizer.search.result import build_tables
 
     vllm = build_tables(_scenario("Qwen3-30B-A3B", "vllm")).cost.calibration_text
     assert "stack tensorrt-llm, standing in for vllm (no vllm measurements" in vllm
@@ -99,7 +99,7 @@ def test_estimate_gives_batched_prefill_and_a_static_batch_figure(tmp_path) -> N
     (static) throughput: DP x B x OSL / (batched prefill + OSL decode cycles) per GPU."""
     import yaml
 
-    from optimizer.loader import SCENARIO_DIR, load_scenario
+    from optimizer.inputs.loader import SCENARIO_DIR, load_scenario
 
     base = yaml.safe_load((SCENARIO_DIR / "llama-3.1-70b-8xh100.yaml").read_text())
     one = dict(base, workload={**base["workload"], "concurrent_sequences": 1}, name="one")

@@ -227,7 +227,7 @@ def test_where_tp_may_not_span_nodes_the_message_names_the_switch(tmp_path: Path
 
 
 def test_the_engine_default_for_tp_across_nodes_is_written_into_the_plan() -> None:
-    from optimizer.loader import load_scenario
+    from optimizer.inputs.loader import load_scenario
 
     assert load_scenario("deepseek-v3-8xh200-sglang").cluster.allow_tp_across_nodes is True
     assert load_scenario("16gpu-30b").cluster.allow_tp_across_nodes is False  # Megatron-Core

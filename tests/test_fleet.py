@@ -14,15 +14,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from optimizer.cli import main
-from optimizer.exhaustive import feasible_plans
-from optimizer.fleet import _evaluate, enumerate_types, integers, plan_fleet, prune
-from optimizer.fleet_check import Allocation, check_allocation, exhaustive_fleet, place
-from optimizer.fleet_types import SLOT_SCALE, carried_mrps, service_scenario
-from optimizer.fleet_input import fleet_from_dict, fleet_schema, load_fleet, shipped_fleets
-from optimizer.result import build_tables
-from optimizer.rules import TARGET_RULES
-from optimizer.solve import FleetIntegers, solve_fleet
-from optimizer.loader import read_mapping
+from optimizer.search.exhaustive import feasible_plans
+from optimizer.search.fleet import _evaluate, enumerate_types, integers, plan_fleet, prune
+from optimizer.search.fleet_check import Allocation, check_allocation, exhaustive_fleet, place
+from optimizer.search.fleet_types import SLOT_SCALE, carried_mrps, service_scenario
+from optimizer.inputs.fleet import fleet_from_dict, fleet_schema, load_fleet, shipped_fleets
+from optimizer.search.result import build_tables
+from optimizer.search.rules import TARGET_RULES
+from optimizer.search.solve import FleetIntegers, solve_fleet
+from optimizer.inputs.loader import read_mapping
 
 SMALL = "chat-2x2"
 

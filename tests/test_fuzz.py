@@ -28,11 +28,11 @@ from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from optimizer import catalog
-from optimizer import verify as verify_module
+from optimizer.inputs import catalog
+from optimizer.search import verify as verify_module
 from optimizer.cli import main
-from optimizer.loader import shipped_scenarios
-from optimizer.scenario import Dtype, EngineName, Objective
+from optimizer.inputs.loader import shipped_scenarios
+from optimizer.inputs.scenario import Dtype, EngineName, Objective
 
 from conftest import BASE
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from optimizer.loader import shipped_scenarios
+from optimizer.inputs.loader import shipped_scenarios
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("update_golden", ROOT / "scripts" / "update_golden.py")

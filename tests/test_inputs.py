@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from optimizer.cli import main
-from optimizer.loader import MAX_INPUT_BYTES, read_mapping
+from optimizer.inputs.loader import MAX_INPUT_BYTES, read_mapping
 from optimizer.errors import ScenarioError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,7 +116,7 @@ def test_outputs_follow_the_umask_and_write_through_links(tmp_path):
                                                    ("llama-3.1-70b", "Llama-3.1-70B")])
 def test_names_people_type_resolve_to_the_catalog(gpu, expected, model, expected_model):
     """Issue 14 item 2: Hugging Face repo ids and the GPU spellings of vendor pages and nvidia-smi."""
-    from optimizer.loader import scenario_from_dict
+    from optimizer.inputs.loader import scenario_from_dict
 
     s = scenario_from_dict({"name": "n", "cluster": {"gpu": gpu, "num_nodes": 1}, "model": model,
                             "workload": {"concurrent_sequences": 1, "input_tokens": 16, "output_tokens": 16}})
@@ -164,7 +164,7 @@ def test_exact_numbers_survive_a_json_round_trip():
     import json
     from fractions import Fraction
 
-    from optimizer.loader import load_scenario, scenario_from_dict
+    from optimizer.inputs.loader import load_scenario, scenario_from_dict
 
     scenario = load_scenario("16gpu-30b")
     third = scenario.model_copy(update={"targets": scenario.targets.model_copy(update={"tpot_s": Fraction(1, 3)})})

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from optimizer.cli import main
 from optimizer.errors import OptimizerError, PlanError
-from optimizer.launch import (
+from optimizer.outputs.launch import (
     FLAG_SOURCES,
     CommandRole,
     LaunchEngine,
@@ -29,7 +29,7 @@ from optimizer.launch import (
     trtllm_commands,
     vllm_commands,
 )
-from optimizer.scenario import Scenario
+from optimizer.inputs.scenario import Scenario
 
 _DOCS: dict[str, dict] = {}
 

@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from optimizer.cli import main
-from optimizer.loader import load_scenario
-from optimizer.schema import SCHEMA_VERSION, PlanDocument
-from optimizer.solve import optimize
-from optimizer.verify import certify
+from optimizer.inputs.loader import load_scenario
+from optimizer.inputs.schema import SCHEMA_VERSION, PlanDocument
+from optimizer.search.solve import optimize
+from optimizer.search.verify import certify
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKEN = ("--scenario", "3gpu-32gb", "--tp", "3")  # Llama-3.1-8B: 32 heads, 8 KV heads, FFN 14336 over TP 3
@@ -115,4 +115,4 @@ def test_top_for_throughput_per_gpu_shows_the_tokens_given_up(run):
 def test_readme_states_the_schema_version_the_code_writes():
     readme = (ROOT / "README.md").read_text()
     stated = set(re.findall(r"schema_version (\d+\.\d+)", readme))
-    assert stated == {SCHEMA_VERSION}, f"README says schema_version {sorted(stated)}, optimizer/schema.py writes {SCHEMA_VERSION}"
+    assert stated == {SCHEMA_VERSION}, f"README says schema_version {sorted(stated)}, optimizer/inputs/schema.py writes {SCHEMA_VERSION}"

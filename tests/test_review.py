@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 from optimizer.cli import main
-from optimizer.loader import load_scenario
-from optimizer.report import render_dot, solution_document
-from optimizer.exhaustive import optimize_exhaustive, runner_up
-from optimizer.solve import optimize
-from optimizer.sweep import expand_jobs, run_sweep
+from optimizer.inputs.loader import load_scenario
+from optimizer.outputs.report import render_dot, solution_document
+from optimizer.search.exhaustive import optimize_exhaustive, runner_up
+from optimizer.search.solve import optimize
+from optimizer.outputs.sweep import expand_jobs, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 QWEN_CONFIG = ROOT / "tests" / "data" / "Qwen3-30B-A3B" / "config.json"

@@ -16,12 +16,12 @@ import pytest
 
 from conftest import DENSE, make_scenario
 from optimizer.errors import Infeasible
-from optimizer.exhaustive import optimize_exhaustive
-from optimizer.loader import load_scenario
-from optimizer.parallel import layout_grid
-from optimizer.rules import GpuProduct, MoeProduct, build_rules
-from optimizer.solve import optimize
-from optimizer.verify import certify, plan_from_mapping
+from optimizer.search.exhaustive import optimize_exhaustive
+from optimizer.inputs.loader import load_scenario
+from optimizer.model.parallel import layout_grid
+from optimizer.search.rules import GpuProduct, MoeProduct, build_rules
+from optimizer.search.solve import optimize
+from optimizer.search.verify import certify, plan_from_mapping
 
 
 def cert_of(scenario, mapping):

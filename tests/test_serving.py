@@ -10,13 +10,13 @@ import pytest
 from click.testing import CliRunner
 
 from optimizer.cli import main
-from optimizer.exhaustive import optimize_exhaustive, top_plans
-from optimizer.loader import scenario_from_dict, shipped_scenarios
-from optimizer.parallel import batch_ladder
-from optimizer.pareto import pareto_points
-from optimizer.result import build_tables
-from optimizer.solve import optimize
-from optimizer.verify import certify
+from optimizer.search.exhaustive import optimize_exhaustive, top_plans
+from optimizer.inputs.loader import scenario_from_dict, shipped_scenarios
+from optimizer.model.parallel import batch_ladder
+from optimizer.search.pareto import pareto_points
+from optimizer.search.result import build_tables
+from optimizer.search.solve import optimize
+from optimizer.search.verify import certify
 
 BASE = {
     "name": "tput",

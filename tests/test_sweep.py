@@ -20,9 +20,9 @@ from click.testing import CliRunner
 
 from conftest import DENSE, scenario_dict
 from optimizer.cli import main
-from optimizer.loader import shipped_scenarios
-from optimizer.schema import SCHEMA_VERSION, PlanDocument, plan_schema, scenario_schema
-from optimizer.sweep import expand_jobs, run_sweep
+from optimizer.inputs.loader import shipped_scenarios
+from optimizer.inputs.schema import SCHEMA_VERSION, PlanDocument, plan_schema, scenario_schema
+from optimizer.outputs.sweep import expand_jobs, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"

@@ -15,16 +15,16 @@ import yaml
 from click.testing import CliRunner
 
 from conftest import DENSE, make_scenario
-from optimizer import solve
+from optimizer.search import solve
 from optimizer.cli import main
-from optimizer.diagnose import _with, _with_gpus, diagnose, fewest_gpus, memory_needed, min_gpus_lower_bound
+from optimizer.search.diagnose import _with, _with_gpus, diagnose, fewest_gpus, memory_needed, min_gpus_lower_bound
 from optimizer.errors import Infeasible, OptimizerError, PlanError
-from optimizer.exhaustive import optimize_exhaustive
-from optimizer.loader import load_scenario
-from optimizer.result import build_tables
-from optimizer.solve import confirm_optimum, is_feasible, optimize
+from optimizer.search.exhaustive import optimize_exhaustive
+from optimizer.inputs.loader import load_scenario
+from optimizer.search.result import build_tables
+from optimizer.search.solve import confirm_optimum, is_feasible, optimize
 from optimizer.units import GIB
-from optimizer.verify import plan_from_mapping
+from optimizer.search.verify import plan_from_mapping
 
 ROOT = Path(__file__).resolve().parent.parent
 

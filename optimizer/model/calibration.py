@@ -1,0 +1,256 @@
+"""Fitted cost-model parameters: how close real kernels and collectives come to the datasheet.
+
+The cost model (``cost.py``) turns each operator's work (FLOPs, bytes moved, kernels launched, bytes on a
+link) into seconds. The parameters that do so live here, per GPU kind, fitted by ``scripts/calibrate.py``
+to measured data (``calibration/data/``) and written to ``optimizer/inputs/catalog/calibration.yaml``. Every
+plan records the calibration ``id`` and which entry its GPU used, so an estimate can be reproduced.
+
+Forms (all times in seconds, efficiencies as shares of the datasheet figure):
+- GEMM of ``m x k`` by ``k x n``: ``launch + max(flops / (peak x compute_efficiency x sustained_compute),
+  bytes / (hbm x memory_efficiency))``; FP8 adds the activation quantisation pass
+  (``quant_s_per_element x m x k``). The fixed launch term makes the achieved efficiency a function of
+  problem size: small GEMMs reach a small share of peak, as the measured tables show.
+- Attention: prefill as compute (FLOPs of the causal or windowed score and value products), decode as
+  memory (KV-cache bytes read), each with its own launch term and efficiency.
+- Collectives: NCCL chooses among protocols (LL, LL128, Simple) the fastest for the message; each has a
+  latency and a bandwidth (NCCL's tuning model, ``src/graph/tuning.cc``: base latency + steps x hop
+  latency + bytes / bandwidth). We fit two protocols per link kind: ``base_us + steps x hop_us +
+  bus_bytes / (link bandwidth x bandwidth_efficiency)`` and take the smaller. ``steps`` is ``2(n-1)`` for
+  a ring all-reduce, ``n-1`` for all-gather / reduce-scatter, 1 for all-to-all and point-to-point
+  (Thakur, Rabenseifner, Gropp, IJHPCA 2005, for the bus bytes). Where GPUs share a fabric (PCIe through
+  the host, no NVLink) the bandwidth each gets falls with the group: ``/ (n/2)^contention_exponent``
+  (fitted; about 0 behind an NVSwitch, about 2 on the measured 8 x L40S server).
+- Step parameters, per software stack (engine and era) and GPU, fitted to measured whole steps:
+  ``sustained_compute`` (the share of the micro-benchmark GEMM rate a full model keeps: clocks under
+  sustained load, kernel choice), ``layer_overhead_us`` per layer and ``step_overhead_us`` per forward step
+  (launches and framework work not in the operator list), ``sustained_memory`` (the micro-benchmark HBM
+  rate a full model's back-to-back weight streaming reaches, the memory-bound twin of ``sustained_compute``),
+  ``sequence_overhead_us`` per sequence in a step (the host's per-request work: scheduling, block tables,
+  sampling; large in 2023 Python schedulers, which vLLM's v0.6 release measured as a GPU idle for half
+  of each step, small in C++ runtimes), and ``collective_skew_us`` per collective call
+  and per doubling of its group, ``x log2(n)`` (a collective waits for its slowest rank; the expected
+  maximum of n ranks' delays grows like log n for exponential-tailed delays, the order-statistics
+  argument that keeps a fit on 2-8 GPUs from exploding at 64; micro-benchmarks start all ranks together
+  and do not see it). These differ by
+  stack far more than by GPU: a 2023 stack and a 2025 TensorRT-LLM build differ by ~1.5x per decode step
+  on the same H100 (``scripts/validate_cost_model.py``). A scenario picks its stack with
+  ``engine.calibration_stack``, or gets ``engine_stacks[engine.name]``.
+
+A GPU with no entry takes ``default`` (the geometric mean of the fitted GPUs, with the scenario's own
+link latency), and the plan says so ("uncalibrated").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from functools import cache
+from typing import Any
+
+from optimizer.inputs.catalog import calibration_data
+from optimizer.errors import OptimizerError
+
+
+@dataclass(frozen=True)
+class GemmFit:
+    """One GEMM dtype on one GPU."""
+
+    launch_us: float
+    compute_efficiency: float
+    memory_efficiency: float
+    quant_ns_per_element: float = 0.0  # FP8: the per-token activation quantisation pass, per m x k element
+
+
+@dataclass(frozen=True)
+class AttentionFit:
+    """Fused attention kernels (FlashAttention 2/3 in vLLM): prefill compute, decode memory."""
+
+    prefill_launch_us: float
+    prefill_compute_efficiency: float
+    decode_launch_us: float
+    decode_memory_efficiency: float
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One NCCL protocol on one link kind: ``base_us + steps x hop_us + bus_bytes / (B x efficiency)``."""
+
+    base_us: float
+    hop_us: float
+    bandwidth_efficiency: float
+
+
+@dataclass(frozen=True)
+class LinkFit:
+    """A link kind's collectives: NCCL picks the fastest protocol; point-to-point is its own fit.
+    ``protocols`` empty means: use the scenario's ``latency_us`` per hop and ``bandwidth_efficiency``."""
+
+    protocols: tuple[Protocol, ...]
+    p2p_base_us: float | None
+    p2p_bandwidth_efficiency: float
+    bandwidth_efficiency: float = 0.8  # used only when ``protocols`` is empty
+    contention_exponent: float = 0.0  # per-GPU bandwidth / (n/2)^this: 0 for a switch, > 0 for a shared PCIe host
+
+
+@dataclass(frozen=True)
+class StepFit:
+    """What the operator list leaves out, fitted to whole-step measurements."""
+
+    sustained_compute: float  # achieved share of the microbenchmark GEMM rate in a full model
+    layer_overhead_us: float
+    step_overhead_us: float
+    collective_skew_us: float = 0.0  # per collective call, x log2(group size): waiting for the slowest rank
+    sustained_memory: float = 1.0  # achieved HBM rate in a full model over the microbenchmarks' (weights streamed back to back)
+    sequence_overhead_us: float = 0.0  # per sequence in the step: scheduling, block tables, sampling on the host
+
+
+@dataclass(frozen=True)
+class GpuCalibration:
+    """Everything the cost model needs for one GPU kind. ``entry`` names the calibration entry used
+    (a catalog GPU, or ``default``); ``measured`` is False for the default."""
+
+    entry: str
+    measured: bool
+    gemm: dict[str, GemmFit]  # "bf16", "fp8" (4-bit weights run as bf16 GEMMs after dequantisation)
+    attention: AttentionFit
+    elementwise_memory_efficiency: float
+    intra_node: LinkFit
+    inter_node: LinkFit
+    step: StepFit  # the stack in use (``Calibration.for_gpu`` sets it from ``steps``)
+    steps: dict[str, StepFit] = field(default_factory=dict)  # stack -> fit
+    stack: str = ""
+    step_measured: bool = False  # this GPU has whole-step measurements on this stack
+
+    def gemm_fit(self, dtype: str) -> GemmFit:
+        return self.gemm.get(dtype) or self.gemm["bf16"]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A whole calibration file: its id, where its numbers came from, the per-GPU entries, the software
+    stacks with step measurements, and which stack each engine profile gets by default."""
+
+    id: str
+    sources: tuple[str, ...]
+    gpus: dict[str, GpuCalibration]
+    default: GpuCalibration
+    stacks: dict[str, str] = field(default_factory=dict)  # name -> what was measured
+    engine_stacks: dict[str, str] = field(default_factory=dict)  # engine profile -> stack
+
+    def stack_for(self, engine: str, requested: str | None = None) -> str:
+        """The stack a scenario uses: ``requested`` (``engine.calibration_stack``) or the engine's default.
+
+        Raises:
+            OptimizerError: ``requested`` is not a stack of this calibration (names the ones there are).
+        """
+        stack = requested or self.engine_stacks.get(engine) or next(iter(self.stacks), "")
+        if self.stacks and stack not in self.stacks:
+            raise OptimizerError(f"{stack!r} is not a software stack of calibration {self.id}; "
+                                 f"use one of: {', '.join(self.stacks)}")
+        return stack
+
+    def for_gpu(self, name: str, stack: str | None = None) -> GpuCalibration:
+        """The entry for GPU ``name`` (catalog name, following ``like:`` aliases; ``default`` if none)
+        with ``step`` set to ``stack``'s fit (the default entry's, for a GPU not measured on it)."""
+        cal = self.gpus.get(name, self.default)
+        stack = stack or self.stack_for("")
+        fit = cal.steps.get(stack)
+        measured = fit is not None and cal.measured
+        if fit is None:
+            fit = self.default.steps.get(stack, cal.step)
+        return replace(cal, step=fit, stack=stack, step_measured=measured)
+
+    def describe(self, name: str, stack: str | None = None, engine: str | None = None) -> str:
+        """One line for the plan: the calibration id, the GPU entry used and the software stack, saying so
+        when the stack stands in for ``engine`` (no measured rows of that engine: its step parameters are
+        another stack's)."""
+        cal = self.for_gpu(name, stack)
+        if not cal.measured:
+            where = f"default entry (GPU {name!r} has no measurements: geometric mean of the fitted GPUs)"
+        else:
+            where = name + ("" if cal.entry == name else f" (as {cal.entry})")
+        steps = f"stack {cal.stack}" + ("" if cal.step_measured else " (step parameters: the stack's mean over its GPUs)")
+        if engine and cal.stack != engine:
+            steps += f", standing in for {engine} (no {engine} measurements in this calibration)"
+        return f"{self.id}: {where}, {steps}"
+
+
+def _build(cls, data: dict[str, Any], where: str):
+    try:
+        kwargs = {}
+        for f in fields(cls):
+            if f.name in data:
+                value = data[f.name]
+                kwargs[f.name] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+        obj = cls(**kwargs)
+    except TypeError as exc:
+        raise OptimizerError(f"calibration file: {where}: {exc}") from None
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not (math.isfinite(value) and value >= 0):
+            raise OptimizerError(f"calibration file: {where}.{f.name} = {value} must be finite and >= 0")
+    return obj
+
+
+def _link(data: dict[str, Any], where: str) -> LinkFit:
+    protocols = tuple(_build(Protocol, p, f"{where}.protocols[{i}]") for i, p in enumerate(data.get("protocols", ())))
+    return LinkFit(
+        protocols=protocols,
+        p2p_base_us=None if data.get("p2p_base_us") is None else float(data["p2p_base_us"]),
+        p2p_bandwidth_efficiency=float(data.get("p2p_bandwidth_efficiency", data.get("bandwidth_efficiency", 0.8))),
+        bandwidth_efficiency=float(data.get("bandwidth_efficiency", 0.8)),
+        contention_exponent=float(data.get("contention_exponent", 0.0)),
+    )
+
+
+def gpu_calibration(entry: str, data: dict[str, Any], *, measured: bool = True) -> GpuCalibration:
+    """Parse one GPU entry of the calibration file.
+
+    Raises:
+        OptimizerError: a missing or malformed parameter (names the entry and the field).
+    """
+    where = f"gpus.{entry}"
+    try:
+        return GpuCalibration(
+            entry=entry,
+            measured=measured,
+            gemm={dtype: _build(GemmFit, d, f"{where}.gemm.{dtype}") for dtype, d in data["gemm"].items()},
+            attention=_build(AttentionFit, data["attention"], f"{where}.attention"),
+            elementwise_memory_efficiency=float(data["elementwise_memory_efficiency"]),
+            intra_node=_link(data["intra_node"], f"{where}.intra_node"),
+            inter_node=_link(data["inter_node"], f"{where}.inter_node"),
+            step=StepFit(1.0, 0.0, 0.0, 0.0),
+            steps={stack: _build(StepFit, d, f"{where}.steps.{stack}") for stack, d in data["steps"].items()},
+        )
+    except (KeyError, AttributeError) as exc:
+        raise OptimizerError(f"calibration file: {where} lacks {exc}") from None
+
+
+def calibration_from_dict(data: dict[str, Any]) -> Calibration:
+    """A Calibration from the parsed YAML (``id``, ``sources``, ``gpus``, ``default``); ``gpus`` entries
+    may be ``{like: other}`` (a GPU with the same die and no measurements of its own)."""
+    raw = data.get("gpus") or {}
+    gpus: dict[str, GpuCalibration] = {}
+    for name, entry in raw.items():
+        if "like" not in entry:
+            gpus[name] = gpu_calibration(name, entry)
+    for name, entry in raw.items():
+        if "like" in entry:
+            target = gpus.get(entry["like"])
+            if target is None:
+                raise OptimizerError(f"calibration file: gpus.{name}.like names {entry['like']!r}, which has no fitted entry")
+            gpus[name] = target
+    return Calibration(
+        id=str(data["id"]),
+        sources=tuple(str(s) for s in data.get("sources", ())),
+        gpus=gpus,
+        default=gpu_calibration("default", data["default"], measured=False),
+        stacks={str(k): str(v) for k, v in (data.get("stacks") or {}).items()},
+        engine_stacks={str(k): str(v) for k, v in (data.get("engine_stacks") or {}).items()},
+    )
+
+
+@cache
+def shipped_calibration() -> Calibration:
+    """The calibration in ``optimizer/inputs/catalog/calibration.yaml`` (what every estimate uses unless told)."""
+    return calibration_from_dict(calibration_data())

@@ -1,0 +1,677 @@
+"""Latency model v2: a per-operator model with calibrated, size-dependent efficiencies, vectorised with
+numpy over layouts.
+
+Each layer of each step is a list of operators (``Work``: FLOPs, bytes moved, kernels launched, or bytes
+on a link). ``work_time_s`` turns an operator into seconds with the GPU's fitted parameters
+(``calibration.py``); ``work_sol_s`` gives its speed of light (datasheet peak, no launch, no latency), so
+a user sees the headroom of every term.
+
+Floats (seconds) live only here. ``integer_costs`` rounds each per-layer and per-stage term up to whole
+nanoseconds once; the solver, the exhaustive oracle and the certificate all add up those integers, so
+they agree exactly.
+
+Sources:
+- Roofline ``t = max(flops / (peak x eta_c), bytes / (hbm x eta_m))``: Williams, Waterman, Patterson,
+  "Roofline" (CACM 2009); applied per operator as in llm-analysis and NVIDIA aiconfigurator. Our
+  ``launch + roofline`` form, with parameters fitted to aiconfigurator-core's measured GEMM tables, makes
+  the efficiency a function of problem size (``calibration.py``).
+- Linear-layer FLOPs ``2 x tokens x params``: Kaplan et al. 2020 (arXiv 2001.08361) section 2.1.
+- Attention score and value products: ``4 x heads x head_dim`` FLOPs per (query, key) pair; causal
+  prefill has ``L(L+1)/2`` pairs per sequence, a window of ``W`` tokens ``W x L - W(W-1)/2`` (Mistral 7B,
+  arXiv 2310.06825, section 2; gpt-oss model card for the alternating 128-token window).
+- MLA: prefill runs the decompressed (MHA) form, decode the absorbed form over the latent cache
+  (DeepSeek-V2, arXiv 2405.04434, section 2.1; vLLM's MLA backend does the same).
+- Expected experts touched by ``n`` tokens, top-k of E uniform: ``E x (1 - (1 - k/E)^n)``; the busiest GPU
+  gets ``routing_imbalance`` times the mean routed tokens (scenario input; DeepSeek-V3 report section
+  3.4 on EPLB for why it is above 1 in practice).
+- Collectives: bus bytes of ring all-reduce ``2(n-1)/n x S``, all-gather and all-to-all ``(n-1)/n x S``
+  (Thakur, Rabenseifner, Gropp, IJHPCA 2005), with NCCL's per-protocol latency/bandwidth form.
+- Pipeline decode with ``m = min(PP, batch)`` micro-batches in flight (vLLM's virtual engines): time per
+  output token ``max(m x slowest stage, sum of stages + (PP - 1) hops)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from optimizer.model.calibration import Calibration, GpuCalibration, LinkFit, shipped_calibration
+from optimizer.model.engines import ffn_tp
+from optimizer.model.memory import ACTIVATION_BYTES, HIGH_PRECISION, LOGITS_BYTES, kv_cache_bytes_per_token_layer, kv_heads_per_rank
+from optimizer.model.parallel import Layout, batch_per_replica, ep_offnode_fraction, pp_inter_node_boundaries, tp_intra_node
+from optimizer.inputs.scenario import Cluster, ComputeDtype, GpuSpec, Link, ModelSpec, Scenario, Workload
+from optimizer.errors import OptimizerError
+from optimizer.units import ceil_div
+
+COMPUTE_KINDS = ("gemm", "attention_prefill", "attention_decode", "elementwise")
+COLLECTIVE_KINDS = ("allreduce", "allgather", "alltoall", "p2p")
+
+
+@dataclass(frozen=True)
+class Work:
+    """One operator on one GPU for one step; array fields have one entry per layout.
+
+    - compute kinds: ``flops`` and ``bytes`` (HBM traffic) on one GPU, ``kernels`` launched, ``dtype``
+      the GEMM format ("bf16", "fp8", "fp4"), ``quant_elements`` activations quantised (FP8: ``m x k``);
+    - collective kinds: ``bytes`` is the message S (all-reduce: the buffer each rank holds; all-gather:
+      the gathered output; all-to-all: what each rank holds before the exchange; p2p: what is sent),
+      ``peers`` the group size n, ``offnode`` the share of the traffic that crosses nodes (0..1);
+    - ``overhead``: the calibration's fixed term named by ``dtype`` ("layer" or "step");
+    - ``repeat``: how many times it runs (a fraction for sliding-window layers mixed with full ones).
+    """
+
+    kind: str
+    flops: np.ndarray | float = 0.0
+    bytes: np.ndarray | float = 0.0
+    kernels: float = 1.0
+    dtype: str = "bf16"
+    quant_elements: np.ndarray | float = 0.0
+    peers: np.ndarray | float = 1.0
+    offnode: np.ndarray | float = 0.0
+    repeat: np.ndarray | float = 1.0
+
+
+def _gemm_dtype(gpu: GpuSpec, compute: ComputeDtype) -> str:
+    """The GEMM fit and peak a weight format runs at: FP8/FP4 where the GPU has that peak, else BF16."""
+    return compute.value if compute in gpu.dense_tflops else "bf16"
+
+
+def _collective_s(*, kind: str, message, peers, link: Link, fit: LinkFit):
+    """One collective over one link kind (seconds, elementwise); 0 where ``peers <= 1`` or nothing moves."""
+    n = np.maximum(np.asarray(peers, dtype=float), 1.0)
+    message = np.asarray(message, dtype=float)
+    if kind == "allreduce":
+        bus, steps = 2 * (n - 1) / n * message, 2 * (n - 1)
+    elif kind == "allgather":
+        bus, steps = (n - 1) / n * message, n - 1
+    elif kind == "alltoall":
+        bus, steps = (n - 1) / n * message, np.ones_like(n)
+    else:  # p2p
+        bus, steps = message, np.ones_like(n)
+    bandwidth = float(link.bandwidth_bytes_per_s) / np.maximum(n / 2, 1.0) ** fit.contention_exponent
+    if kind == "p2p" and fit.p2p_base_us is not None:
+        t = fit.p2p_base_us * 1e-6 + bus / (bandwidth * fit.p2p_bandwidth_efficiency)
+    elif fit.protocols:
+        t = np.min([p.base_us * 1e-6 + steps * p.hop_us * 1e-6 + bus / (bandwidth * p.bandwidth_efficiency)
+                    for p in fit.protocols], axis=0)
+    else:  # uncalibrated link: the scenario's latency per hop
+        t = steps * link.latency_us * 1e-6 + bus / (bandwidth * fit.bandwidth_efficiency)
+    active = (n > 1) if kind != "p2p" else np.ones_like(n, dtype=bool)
+    return np.where(active & (message > 0), t, 0.0)
+
+
+def work_time_s(work: Work, *, gpu: GpuSpec, cluster: Cluster, cal: GpuCalibration):
+    """Seconds ``work`` takes on one GPU with calibration ``cal`` (array over layouts, or a float)."""
+    repeat = work.repeat
+    if work.kind == "overhead":  # ``dtype`` names which fixed term: "layer", "step" or "sequence" (x repeat)
+        us = {"layer": cal.step.layer_overhead_us, "step": cal.step.step_overhead_us,
+              "sequence": cal.step.sequence_overhead_us}[work.dtype]
+        return repeat * 1e-6 * us
+    if work.kind in COLLECTIVE_KINDS:
+        off = np.asarray(work.offnode, dtype=float)
+        message = np.asarray(work.bytes, dtype=float)
+        peers = np.asarray(work.peers, dtype=float)
+        skew = 0.0
+        if work.kind != "p2p":  # the slowest of n ranks starts it: log2(n) x skew (calibration.StepFit)
+            skew = np.where((peers > 1) & (message > 0), cal.step.collective_skew_us * 1e-6 * np.log2(np.maximum(peers, 1.0)), 0.0)
+        if work.kind in ("allreduce", "allgather"):  # a ring is as slow as its slowest hop
+            intra = _collective_s(kind=work.kind, message=message, peers=peers, link=cluster.intra_node_link, fit=cal.intra_node)
+            inter = _collective_s(kind=work.kind, message=message, peers=peers, link=cluster.inter_node_link, fit=cal.inter_node)
+            return repeat * (np.where(off > 0, inter, intra) + skew)
+        on_node = _collective_s(kind=work.kind, message=message * (1 - off), peers=peers,
+                                link=cluster.intra_node_link, fit=cal.intra_node)
+        off_node = _collective_s(kind=work.kind, message=message * off, peers=peers,
+                                 link=cluster.inter_node_link, fit=cal.inter_node)
+        return repeat * (np.maximum(on_node, off_node) + skew)
+    hbm = float(gpu.hbm_bytes_per_s)
+    sustained, streamed = cal.step.sustained_compute, cal.step.sustained_memory
+    if work.kind == "gemm":
+        fit = cal.gemm_fit(work.dtype)
+        peak = gpu.peak_flops_per_s(ComputeDtype(work.dtype))
+        t = (work.kernels * fit.launch_us * 1e-6
+             + np.maximum(work.flops / (peak * fit.compute_efficiency * sustained), work.bytes / (hbm * fit.memory_efficiency * streamed))
+             + fit.quant_ns_per_element * 1e-9 * work.quant_elements)
+    elif work.kind == "attention_prefill":
+        a = cal.attention
+        peak = gpu.peak_flops_per_s(ComputeDtype.BF16)
+        t = work.kernels * a.prefill_launch_us * 1e-6 + np.maximum(
+            work.flops / (peak * a.prefill_compute_efficiency * sustained), work.bytes / (hbm * a.decode_memory_efficiency * streamed))
+    elif work.kind == "attention_decode":
+        a = cal.attention
+        peak = gpu.peak_flops_per_s(ComputeDtype.BF16)
+        t = work.kernels * a.decode_launch_us * 1e-6 + np.maximum(
+            work.flops / (peak * a.prefill_compute_efficiency * sustained), work.bytes / (hbm * a.decode_memory_efficiency * streamed))
+    elif work.kind == "elementwise":
+        t = work.kernels * cal.gemm_fit("bf16").launch_us * 1e-6 + work.bytes / (hbm * cal.elementwise_memory_efficiency * streamed)
+    else:
+        raise OptimizerError(f"internal: unknown operator kind {work.kind!r}")
+    return repeat * t
+
+
+def work_sol_s(work: Work, *, gpu: GpuSpec, cluster: Cluster):
+    """Speed of light: datasheet peak FLOP/s, HBM and link bandwidth, no launch or latency terms."""
+    if work.kind == "overhead":
+        return 0.0 * work.repeat
+    if work.kind in COLLECTIVE_KINDS:
+        n = np.maximum(np.asarray(work.peers, dtype=float), 1.0)
+        message = np.asarray(work.bytes, dtype=float)
+        factor = {"allreduce": 2 * (n - 1) / n, "allgather": (n - 1) / n, "alltoall": (n - 1) / n, "p2p": np.ones_like(n)}[work.kind]
+        off = np.asarray(work.offnode, dtype=float)
+        intra, inter = cluster.intra_node_link.bandwidth_bytes_per_s, cluster.inter_node_link.bandwidth_bytes_per_s
+        if work.kind in ("allreduce", "allgather"):
+            t = factor * message / np.where(off > 0, inter, intra)
+        else:
+            t = np.maximum(factor * message * (1 - off) / intra, factor * message * off / inter)
+        active = (n > 1) if work.kind != "p2p" else True
+        return work.repeat * np.where(active, t, 0.0)
+    dtype = ComputeDtype(work.dtype) if work.kind == "gemm" else ComputeDtype.BF16
+    return work.repeat * np.maximum(work.flops / gpu.peak_flops_per_s(dtype), work.bytes / float(gpu.hbm_bytes_per_s))
+
+
+@dataclass(frozen=True)
+class LayerTime:
+    """Seconds of each operator (one layer, or a stage's extras, on one GPU), one entry per layout, with
+    each operator's speed of light beside it."""
+
+    ops: dict[str, np.ndarray]
+    sol: dict[str, np.ndarray]
+    kinds: dict[str, str] = dataclasses.field(default_factory=dict)  # operator -> Work.kind
+
+    @property
+    def total_s(self) -> np.ndarray:
+        return sum(self.ops.values()) if self.ops else np.zeros(0)
+
+    def row(self, i: int) -> dict[str, float]:
+        return {name: float(t[i]) for name, t in self.ops.items()}
+
+    def sol_row(self, i: int) -> dict[str, float]:
+        return {name: float(t[i]) for name, t in self.sol.items()}
+
+
+def timed(works: dict[str, Work], *, scenario: Scenario, cal: GpuCalibration, size: int) -> LayerTime:
+    """Time and speed of light of every operator, broadcast to ``size`` layouts."""
+    gpu, cluster = scenario.cluster.gpu, scenario.cluster
+    zero = np.zeros(size)
+    return LayerTime(
+        ops={k: zero + work_time_s(w, gpu=gpu, cluster=cluster, cal=cal) for k, w in works.items()},
+        sol={k: zero + work_sol_s(w, gpu=gpu, cluster=cluster) for k, w in works.items()},
+        kinds={k: w.kind for k, w in works.items()},
+    )
+
+
+# --- the operators of a layer -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """Layout sizes as float arrays (one entry per layout) and the per-layout facts the operators use."""
+
+    tp: np.ndarray
+    pp: np.ndarray
+    dp: np.ndarray
+    ep: np.ndarray
+    etp: np.ndarray
+    edp: np.ndarray
+    batch: np.ndarray  # sequences per replica
+    microbatches: np.ndarray  # decode micro-batches in flight per replica
+    ffn_tp: np.ndarray  # tensor-parallel width of the dense FFN (engines.ffn_tp: TP, or SGLang's --tp-size)
+    kv_bytes_per_token: np.ndarray  # one layer, one GPU
+    kv_heads_local: np.ndarray
+    tp_offnode: np.ndarray  # 1.0 where a TP group spans nodes
+    etp_offnode: np.ndarray
+    ffn_offnode: np.ndarray  # 1.0 where the dense FFN's group (ffn_tp consecutive ranks) spans nodes
+    ep_offnode: np.ndarray  # share of EP peers on other nodes
+    pp_offnode: np.ndarray  # 1.0 where some PP hop crosses nodes
+
+
+def grid(scenario: Scenario, layouts: tuple[Layout, ...], batches: tuple[int, ...] | None = None) -> _Grid:
+    """Per-layout facts; ``batches`` (sequences per replica) default to ``ceil(concurrent_sequences / DP)``."""
+    model, workload, cluster = scenario.model, scenario.workload, scenario.cluster
+    gpn = cluster.gpus_per_node
+
+    def col(values) -> np.ndarray:
+        return np.asarray(list(values), dtype=float)
+
+    if batches is None:
+        batches = tuple(batch_per_replica(concurrent_sequences=workload.concurrent_sequences, dp=lay.dp) for lay in layouts)
+    return _Grid(
+        tp=col(lay.tp for lay in layouts),
+        pp=col(lay.pp for lay in layouts),
+        dp=col(lay.dp for lay in layouts),
+        ep=col(lay.ep for lay in layouts),
+        etp=col(lay.etp for lay in layouts),
+        edp=col(lay.edp for lay in layouts),
+        batch=col(batches),
+        microbatches=col(min(lay.pp, b) for lay, b in zip(layouts, batches)),
+        ffn_tp=col(ffn_tp(scenario, lay) for lay in layouts),
+        kv_bytes_per_token=col(kv_cache_bytes_per_token_layer(model=model, workload=workload, tp=lay.tp) for lay in layouts),
+        kv_heads_local=col(kv_heads_per_rank(model=model, tp=lay.tp) for lay in layouts),
+        tp_offnode=col(0.0 if tp_intra_node(tp=lay.tp, gpus_per_node=gpn) else 1.0 for lay in layouts),
+        etp_offnode=col(0.0 if tp_intra_node(tp=lay.etp, gpus_per_node=gpn) else 1.0 for lay in layouts),
+        ffn_offnode=col(0.0 if tp_intra_node(tp=ffn_tp(scenario, lay), gpus_per_node=gpn) else 1.0 for lay in layouts),
+        ep_offnode=col(ep_offnode_fraction(ep=lay.ep, etp=lay.etp, gpus_per_node=gpn) for lay in layouts),
+        pp_offnode=col(1.0 if pp_inter_node_boundaries(tp=lay.tp, dp=lay.dp, pp=lay.pp, gpus_per_node=gpn) else 0.0 for lay in layouts),
+    )
+
+
+def causal_pairs(length, window: int | None):
+    """(query, key) pairs one causal sequence of ``length`` tokens scores: ``L(L+1)/2``, or with a
+    window of ``W`` keys ``W x L - W(W-1)/2`` once ``L > W``."""
+    length = np.asarray(length, dtype=float)
+    full = length * (length + 1) / 2
+    if window is None:
+        return full
+    return np.where(length > window, window * length - window * (window - 1) / 2, full)
+
+
+def _bytes(values, dtype_bits) -> np.ndarray:
+    return np.asarray(values, dtype=float) * float(dtype_bits) / 8
+
+
+def attention_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _Grid, tokens, seqs, context,
+                    prefill: bool, tp_allreduces=2.0) -> dict[str, Work]:
+    """QKV projection, attention core (full and sliding-window layers in their shares), output
+    projection, norms and elementwise work, and the two TP all-reduces, for ``tokens`` tokens from
+    ``seqs`` sequences attending over ``context`` tokens each (prefill: the prompt; decode: the cache)."""
+    h, nh = model.hidden_size, model.num_attention_heads
+    act = ACTIVATION_BYTES
+    wbits = workload.weight_dtype.bits
+    dtype = _gemm_dtype(gpu, workload.weight_dtype.compute)
+    heads = np.ceil(nh / g.tp)
+    quant = tokens * h if dtype == "fp8" else 0.0
+    if model.is_mla:
+        qk, v = model.qk_nope_head_dim + model.qk_rope_head_dim, model.v_head_dim  # type: ignore[operator]
+        replicated = h * (model.kv_lora_rank + model.qk_rope_head_dim)  # type: ignore[operator]
+        sharded = model.kv_lora_rank * nh * (model.qk_nope_head_dim + v)  # type: ignore[operator]
+        if model.q_lora_rank is None:
+            sharded += h * nh * qk
+        else:
+            replicated += h * model.q_lora_rank
+            sharded += model.q_lora_rank * nh * qk
+        qkv_params = replicated + sharded / g.tp
+        qkv_kernels = 4.0
+        o_in = heads * v
+    else:
+        d = model.attn_head_dim
+        qkv_params = h * (heads + 2 * g.kv_heads_local) * d
+        qkv_kernels = 1.0
+        o_in = heads * d
+    works = {
+        "qkv_proj": Work("gemm", flops=2.0 * tokens * qkv_params, kernels=qkv_kernels, dtype=dtype, quant_elements=quant,
+                         bytes=_bytes(qkv_params, wbits) + act * tokens * (h + qkv_params / h)),
+        "o_proj": Work("gemm", flops=2.0 * tokens * o_in * h, dtype=dtype, quant_elements=tokens * o_in if dtype == "fp8" else 0.0,
+                       bytes=_bytes(o_in * h, wbits) + act * tokens * (o_in + h)),
+    }
+    # Attention core over this rank's heads; sliding-window layers take their share.
+    sliding = model.num_sliding_layers / model.num_hidden_layers
+    windows = [("attention", None, 1.0 - sliding)]
+    if sliding:
+        windows.append(("attention_sliding", model.sliding_window, sliding))
+    for name, window, share in windows:
+        if share <= 0:
+            continue
+        if prefill:
+            if model.is_mla:
+                qk_dim, v_dim = model.qk_nope_head_dim + model.qk_rope_head_dim, model.v_head_dim  # type: ignore[operator]
+                kv_width = heads * (qk_dim + v_dim)
+            else:
+                qk_dim = v_dim = model.attn_head_dim
+                kv_width = 2 * g.kv_heads_local * qk_dim
+            pairs = seqs * causal_pairs(context, window)
+            flops = 2.0 * heads * (qk_dim + v_dim) * pairs
+            moved = act * tokens * (heads * (qk_dim + v_dim) + kv_width)
+            works[name] = Work("attention_prefill", flops=flops, bytes=moved, repeat=share)
+        else:
+            span = np.minimum(context, window) if window is not None else context
+            if model.is_mla:  # absorbed: scores over the latent + rope width, values over the latent
+                per_pair = 2.0 * (2 * model.kv_lora_rank + model.qk_rope_head_dim)  # type: ignore[operator]
+            else:
+                per_pair = 4.0 * model.attn_head_dim
+            flops = per_pair * heads * seqs * span
+            moved = seqs * span * g.kv_bytes_per_token + act * seqs * 2 * o_in
+            works[name] = Work("attention_decode", flops=flops, bytes=moved, repeat=share)
+    # RMSNorm x2 (residual add fused), rotary on q and k, plus the KV-cache write.
+    works["norms_elementwise"] = Work("elementwise", kernels=3.0,
+                                      bytes=act * tokens * (8 * h + 2 * qkv_params / h) + tokens * g.kv_bytes_per_token)
+    # After o_proj and after the FFN (or MoE block); ``tp_allreduces`` is 1 where the dense FFN reduces
+    # over its own, wider group (``ffn_works``).
+    works["tp_allreduce"] = Work("allreduce", bytes=tokens * h * act, peers=g.tp, offnode=g.tp_offnode, repeat=tp_allreduces)
+    return works
+
+
+def ffn_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _Grid, tokens, dense: bool,
+              routing_imbalance: float) -> dict[str, Work]:
+    """A dense SwiGLU FFN over TP, or a MoE block: router, routed experts (grouped GEMMs over the experts
+    this GPU holds, the busiest GPU's tokens), shared experts over TP, the EP all-to-all (dispatch and
+    combine) and the ETP all-reduce."""
+    h, act = model.hidden_size, ACTIVATION_BYTES
+    wbits = workload.weight_dtype.bits
+    dtype = _gemm_dtype(gpu, workload.weight_dtype.compute)
+    if dense:
+        # Over ``ffn_tp`` ranks; where that is wider than TP (SGLang's attention DP) each rank first gathers
+        # the tokens of the ``ffn_tp / TP`` attention-DP ranks, and the output is reduced over ``ffn_tp``.
+        # Every rank is taken to bring as many tokens as this one: the loaded case (SGLang steps its DP
+        # ranks together), conservative for a lone prompt's prefill.
+        w = model.dense_ffn_width / g.ffn_tp
+        gathered = tokens * g.ffn_tp / g.tp
+        works = {
+            "gate_up_proj": Work("gemm", flops=2.0 * gathered * h * 2 * w, dtype=dtype,
+                                 quant_elements=gathered * h if dtype == "fp8" else 0.0,
+                                 bytes=_bytes(2 * h * w, wbits) + act * gathered * (h + 2 * w)),
+            "act_elementwise": Work("elementwise", bytes=act * gathered * 3 * w),
+            "down_proj": Work("gemm", flops=2.0 * gathered * w * h, dtype=dtype, quant_elements=gathered * w if dtype == "fp8" else 0.0,
+                              bytes=_bytes(w * h, wbits) + act * gathered * (w + h)),
+        }
+        if np.any(g.ffn_tp > g.tp):  # gather + reduce-scatter over the FFN group: one all-reduce's bus bytes
+            works["ffn_allreduce"] = Work("allreduce", bytes=gathered * h * act, peers=g.ffn_tp, offnode=g.ffn_offnode,
+                                          repeat=np.where(g.ffn_tp > g.tp, 1.0, 0.0))
+        return works
+    k, num_experts = model.num_experts_per_tok, model.num_experts
+    edtype = _gemm_dtype(gpu, workload.experts_dtype.compute)
+    width = model.expert_width / g.etp
+    # Tokens whose experts sit on this GPU: the pool's tokens x k spread over its EP ranks (the TP ranks
+    # of one replica hold the same tokens; with EP x ETP > TP they are split, not repeated).
+    # The busiest EP rank holds ceil(E / EP) experts (vLLM spreads a remainder of E / EP over the first
+    # ranks: fused_moe/layer.py determine_expert_map), so it gets that share of the routed tokens.
+    busiest = np.ceil(num_experts / g.ep) * g.ep / num_experts  # exactly 1.0 when EP divides the experts
+    routed = tokens * k * np.maximum(g.tp, g.ep * g.etp) / (g.tp * g.ep) * routing_imbalance * busiest
+    pool_tokens = tokens * g.dp / g.edp
+    touched = np.ceil(num_experts / g.ep) * (1 - (1 - k / num_experts) ** pool_tokens)
+    works = {
+        "router": Work("gemm", flops=2.0 * tokens * h * num_experts, dtype="bf16",
+                       bytes=_bytes(h * num_experts, HIGH_PRECISION.bits) + act * tokens * h),
+        "experts": Work("gemm", kernels=2.0, dtype=edtype, flops=2.0 * routed * 3 * h * width,
+                        quant_elements=routed * (h + width) if edtype == "fp8" else 0.0,
+                        bytes=touched * _bytes(3 * h * width, workload.experts_dtype.bits) + act * routed * (2 * h + 3 * width)),
+        "experts_elementwise": Work("elementwise", bytes=act * routed * 3 * width),
+    }
+    if model.shared_ffn_width:
+        # Over the FFN group (``ffn_tp``): SGLang shards the shared experts over its whole --tp-size, on the
+        # tokens gathered from its attention-DP ranks (models/deepseek_v2.py); elsewhere ffn_tp = TP.
+        ws = model.shared_ffn_width / g.ffn_tp
+        shared_tokens = tokens * g.ffn_tp / g.tp
+        works["shared_experts"] = Work("gemm", kernels=2.0, dtype=dtype, flops=2.0 * shared_tokens * 3 * h * ws,
+                                       quant_elements=shared_tokens * (h + ws) if dtype == "fp8" else 0.0,
+                                       bytes=_bytes(3 * h * ws, wbits) + act * shared_tokens * (2 * h + 3 * ws))
+    # Each TP rank sends its 1/TP share of the tokens, k copies each, to the EP ranks that hold them.
+    works["ep_alltoall"] = Work("alltoall", bytes=tokens / g.tp * k * h * act, peers=g.ep, offnode=g.ep_offnode, repeat=2.0)
+    # The fused MoE kernels of vLLM (fused_moe: moe_sum of the top-k outputs, then one tensor_model_parallel_
+    # all_reduce in FusedMoE.forward) and SGLang (the same, in its FusedMoE layer) combine a token's top-k
+    # expert outputs on each rank before reducing, so the ETP all-reduce carries each token once:
+    # tokens x hidden, not tokens x top-k x hidden. With EP > 1 a rank reduces only the tokens routed to
+    # it, at most its ``routed`` (token, expert) pairs, at most the group's tokens.
+    group_tokens = tokens * np.maximum(g.tp, g.ep * g.etp) / g.tp
+    combined = np.minimum(routed, group_tokens)
+    works["etp_allreduce"] = Work("allreduce", bytes=combined * h * act, peers=g.etp, offnode=g.etp_offnode)
+    return works
+
+
+def layer_time(*, scenario: Scenario, g: _Grid, tokens, seqs, context, prefill: bool, dense: bool, cal: GpuCalibration) -> LayerTime:
+    """One layer on one GPU for a step of ``tokens`` tokens from ``seqs`` sequences whose attention spans
+    ``context`` tokens (prefill: the prompt, causal; decode: one new token over the KV cache)."""
+    works = layer_works(scenario=scenario, g=g, tokens=tokens, seqs=seqs, context=context, prefill=prefill, dense=dense)
+    return timed(works, scenario=scenario, cal=cal, size=len(g.tp))
+
+
+def layer_works(*, scenario: Scenario, g: _Grid, tokens, seqs, context, prefill: bool, dense: bool) -> dict[str, Work]:
+    """Every operator of one layer (attention block, FFN or MoE block, the per-layer overhead)."""
+    model, workload, gpu = scenario.model, scenario.workload, scenario.cluster.gpu
+    works = attention_works(model=model, workload=workload, gpu=gpu, g=g, tokens=tokens, seqs=seqs, context=context, prefill=prefill,
+                            tp_allreduces=np.where(g.ffn_tp > g.tp, 1.0, 2.0) if dense else 2.0)
+    works.update(ffn_works(model=model, workload=workload, gpu=gpu, g=g, tokens=tokens, dense=dense,
+                           routing_imbalance=workload.routing_imbalance))
+    works["layer_overhead"] = Work("overhead", dtype="layer")
+    return works
+
+
+def first_stage_works(*, model: ModelSpec, tokens) -> dict[str, Work]:
+    """The embedding lookup: one row of ``hidden`` values read and written per token."""
+    return {"embedding": Work("elementwise", bytes=2.0 * tokens * model.hidden_size * ACTIVATION_BYTES)}
+
+
+def last_stage_works(*, model: ModelSpec, g: _Grid, seqs) -> dict[str, Work]:
+    """Final norm, the vocab-parallel LM head for ``seqs`` sampled positions, the gather of FP32 logits
+    over TP (vLLM gathers them for the sampler), the step's fixed overhead and its per-sequence host work."""
+    # The LM head is vocab-parallel over the FFN group: SGLang's ParallelLMHead uses its whole --tp-size
+    # unless --enable-dp-lm-head (models/deepseek_v2.py: use_attn_tp_group=enable_dp_lm_head), on the
+    # positions gathered from the attention-DP ranks; elsewhere ffn_tp = TP.
+    h, shard = model.hidden_size, np.ceil(model.vocab_size / g.ffn_tp)
+    gathered = seqs * g.ffn_tp / g.tp
+    return {
+        "final_norm": Work("elementwise", bytes=2.0 * seqs * h * ACTIVATION_BYTES),
+        "lm_head": Work("gemm", dtype="bf16", flops=2.0 * gathered * h * shard,
+                        bytes=_bytes(shard * h, HIGH_PRECISION.bits) + gathered * shard * LOGITS_BYTES),
+        "logits_gather": Work("allgather", bytes=gathered * shard * g.ffn_tp * LOGITS_BYTES, peers=g.ffn_tp,
+                              offnode=g.ffn_offnode),
+        "step_overhead": Work("overhead", dtype="step"),
+        "sequence_overhead": Work("overhead", dtype="sequence", repeat=seqs),
+    }
+
+
+def boundary_works(*, model: ModelSpec, g: _Grid, tokens) -> dict[str, Work]:
+    """One pipeline hop of ``tokens`` hidden states (off-node if any of the layout's hops is)."""
+    return {"pp_send": Work("p2p", bytes=tokens * model.hidden_size * ACTIVATION_BYTES * np.where(g.pp > 1, 1.0, 0.0),
+                            offnode=g.pp_offnode, repeat=np.where(g.pp > 1, 1.0, 0.0))}
+
+
+# Largest per-term time in ns the integer tables accept (~146 years): beyond it the cast to int64 would
+# wrap silently, and no real step takes that long.
+MAX_TERM_NS = 1 << 62
+
+
+def _ceil_ns(seconds: np.ndarray) -> np.ndarray:
+    """Seconds -> whole ns, rounded up (conservative), as int64.
+
+    Raises:
+        OptimizerError: a time is not finite or exceeds ``MAX_TERM_NS`` (absurd hardware or model numbers).
+    """
+    ns = np.ceil(np.asarray(seconds, dtype=float) * 1e9)
+    if not np.all(np.isfinite(ns)) or np.any(ns >= MAX_TERM_NS):
+        worst = float(np.nanmax(np.where(np.isfinite(ns), ns, np.inf)))
+        raise OptimizerError(f"an estimated step time of {worst / 1e9:.3g} s leaves the cost model's integer range; "
+                             "check the scenario for bandwidths, FLOPS or sizes far outside real hardware and models")
+    return ns.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class PhaseCosts:
+    """Integer nanoseconds per layout for one phase (prefill of the whole batch, or one decode step of
+    one micro-batch): per dense layer, per MoE layer, first-stage and last-stage extras, one PP hop."""
+
+    dense_layer_ns: np.ndarray
+    moe_layer_ns: np.ndarray
+    first_extra_ns: np.ndarray
+    last_extra_ns: np.ndarray
+    boundary_ns: np.ndarray
+    dense_breakdown: LayerTime
+    moe_breakdown: LayerTime
+    first_breakdown: LayerTime
+    last_breakdown: LayerTime
+    boundary_breakdown: LayerTime
+
+
+@dataclass(frozen=True)
+class CostTable:
+    """What the solver, the oracle and the certificate read: integer costs per layout, in grid order."""
+
+    layouts: tuple[Layout, ...]
+    batch: tuple[int, ...]
+    microbatches: tuple[int, ...]
+    prefill: PhaseCosts
+    decode: PhaseCosts
+    calibration: GpuCalibration
+    calibration_id: str  # the calibration file's id
+    calibration_text: str  # which calibration file and entry produced these numbers
+
+    num_dense_layers: int
+    num_moe_layers: int
+    prefill_share_ns: tuple[int, ...]  # added to every decode step: the prefills that keep the batch full
+
+    def phase_total_ns(self, phase: PhaseCosts, c: int) -> int:
+        """All stages of layout ``c`` back to back plus its PP hops: independent of the layer split."""
+        pp = self.layouts[c].pp
+        return (
+            self.num_dense_layers * int(phase.dense_layer_ns[c])
+            + self.num_moe_layers * int(phase.moe_layer_ns[c])
+            + int(phase.first_extra_ns[c])
+            + int(phase.last_extra_ns[c])
+            + (pp - 1) * int(phase.boundary_ns[c])
+        )
+
+    def ttft_ns(self, c: int) -> int:
+        """TTFT of layout ``c``: the whole batch's prefill through every stage."""
+        return self.phase_total_ns(self.prefill, c)
+
+
+def _phase(*, scenario: Scenario, g: _Grid, tokens, seqs, context, prefill: bool, cal: GpuCalibration) -> PhaseCosts:
+    model = scenario.model
+    kw = dict(scenario=scenario, g=g, tokens=tokens, seqs=seqs, context=context, prefill=prefill, cal=cal)
+    dense = layer_time(**kw, dense=True)
+    moe = layer_time(**kw, dense=False) if model.is_moe else dense
+    size = len(g.tp)
+    first = timed(first_stage_works(model=model, tokens=tokens), scenario=scenario, cal=cal, size=size)
+    last = timed(last_stage_works(model=model, g=g, seqs=seqs), scenario=scenario, cal=cal, size=size)
+    boundary = timed(boundary_works(model=model, g=g, tokens=tokens), scenario=scenario, cal=cal, size=size)
+    return PhaseCosts(
+        dense_layer_ns=_ceil_ns(dense.total_s),
+        moe_layer_ns=_ceil_ns(moe.total_s),
+        first_extra_ns=_ceil_ns(first.total_s),
+        last_extra_ns=_ceil_ns(last.total_s),
+        boundary_ns=_ceil_ns(boundary.total_s),
+        dense_breakdown=dense,
+        moe_breakdown=moe,
+        first_breakdown=first,
+        last_breakdown=last,
+        boundary_breakdown=boundary,
+    )
+
+
+def integer_costs(*, scenario: Scenario, layouts: tuple[Layout, ...], batches: tuple[int, ...] | None = None,
+                  calibration: Calibration | None = None) -> CostTable:
+    """Cost tables for every candidate (``layouts[c]`` serving ``batches[c]`` sequences per replica;
+    default ``ceil(concurrent_sequences / DP)``), rounded up to nanoseconds term by term, with
+    ``calibration`` (default: the shipped one) for the scenario's GPU.
+
+    Serving with continuous batching (vLLM, SGLang): a replica keeps ``batch`` sequences in flight; a new
+    request's prompt is prefilled on its own (``ISL`` tokens, one sequence: its TTFT), and every decode
+    step of one micro-batch (``ceil(batch / m)`` sequences at the mean context ``ISL + ceil(OSL / 2)``)
+    also carries its share of the prefills that keep the batch full: ``batch / OSL`` prompts per step,
+    spread over the PP stages (``prefill_share_ns``).
+    """
+    workload = scenario.workload
+    calibration = calibration or shipped_calibration()
+    stack = calibration.stack_for(scenario.engine.name.value, scenario.engine.calibration_stack)
+    cal = calibration.for_gpu(scenario.cluster.gpu.name, stack)
+    g = grid(scenario, layouts, batches)
+    context_decode = workload.input_tokens + ceil_div(workload.output_tokens, 2)
+    micro_seqs = np.ceil(g.batch / g.microbatches)
+    one = np.ones_like(g.tp)
+    prefill = _phase(scenario=scenario, g=g, tokens=one * workload.input_tokens, seqs=one,
+                     context=workload.input_tokens, prefill=True, cal=cal)
+    table = CostTable(
+        layouts=layouts,
+        batch=tuple(int(b) for b in g.batch),
+        microbatches=tuple(int(m) for m in g.microbatches),
+        prefill=prefill,
+        decode=_phase(scenario=scenario, g=g, tokens=micro_seqs, seqs=micro_seqs,
+                      context=context_decode, prefill=False, cal=cal),
+        calibration=cal,
+        calibration_id=calibration.id,
+        calibration_text=calibration.describe(scenario.cluster.gpu.name, stack, scenario.engine.name.value),
+        num_dense_layers=scenario.model.num_dense_layers,
+        num_moe_layers=scenario.model.num_moe_layers,
+        prefill_share_ns=(),
+    )
+    osl = max(workload.output_tokens, 1)
+    share = tuple(
+        ceil_div(table.batch[c] * table.ttft_ns(c), osl * layouts[c].pp) for c in range(len(layouts))
+    )
+    return dataclasses.replace(table, prefill_share_ns=share)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Latencies of a concrete plan in integer nanoseconds (sums of the table's rounded terms)."""
+
+    prefill_stage_ns: tuple[int, ...]
+    decode_stage_ns: tuple[int, ...]
+    ttft_ns: int
+    tpot_ns: int
+    request_latency_ns: int
+    concurrent_sequences: int
+    output_tokens: int
+
+    @property
+    def output_tokens_per_s(self) -> float:
+        """Steady-state output rate of the whole deployment: ``B x OSL / request latency``."""
+        if self.request_latency_ns == 0:
+            return 0.0
+        return self.concurrent_sequences * self.output_tokens * 1e9 / self.request_latency_ns
+
+
+def stage_ns(phase: PhaseCosts, i: int, kinds: list[tuple[int, int]]) -> tuple[int, ...]:
+    """Time of each stage (one GPU) for layout ``i`` with ``(dense, moe)`` layers per stage."""
+    last = len(kinds) - 1
+    return tuple(
+        d * int(phase.dense_layer_ns[i]) + m * int(phase.moe_layer_ns[i])  # Python ints: no int64 wrap
+        + (int(phase.first_extra_ns[i]) if s == 0 else 0)
+        + (int(phase.last_extra_ns[i]) if s == last else 0)
+        for s, (d, m) in enumerate(kinds)
+    )
+
+
+def estimate(*, table: CostTable, i: int, kinds: list[tuple[int, int]], concurrent_sequences: int, output_tokens: int) -> Estimate:
+    """TTFT = one prompt through all prefill stages + (PP-1) hops; TPOT = ``max(m x slowest decode stage,
+    all decode stages + (PP-1) hops) + prefill share``; request latency = TTFT + max(OSL - 1, 0) x TPOT."""
+    pp = len(kinds)
+    prefill = stage_ns(table.prefill, i, kinds)
+    decode = stage_ns(table.decode, i, kinds)
+    ttft = sum(prefill) + (pp - 1) * int(table.prefill.boundary_ns[i])
+    cycle = max(table.microbatches[i] * max(decode), sum(decode) + (pp - 1) * int(table.decode.boundary_ns[i]))
+    tpot = cycle + table.prefill_share_ns[i]
+    return Estimate(
+        prefill_stage_ns=prefill,
+        decode_stage_ns=decode,
+        ttft_ns=ttft,
+        tpot_ns=tpot,
+        request_latency_ns=ttft + max(output_tokens - 1, 0) * tpot,
+        concurrent_sequences=concurrent_sequences,
+        output_tokens=output_tokens,
+    )
+
+
+@dataclass(frozen=True)
+class BatchedPrefill:
+    """A replica's ``batch`` prompts prefilled together, as the engines' schedulers batch them."""
+
+    steps: int  # scheduler steps (forward passes) that prefill them
+    step_tokens: int  # tokens per full step: engine.max_num_batched_tokens
+    batched_prefill_ns: int  # from the first step's start to the last prompt's first token
+
+
+def batched_prefill(*, scenario: Scenario, table: CostTable, index: int, kinds: list[tuple[int, int]]) -> BatchedPrefill:
+    """The ``batch`` prompts of one replica (``ISL`` tokens each) prefilled as vLLM's and SGLang's schedulers
+    batch them: steps of at most ``engine.max_num_batched_tokens`` tokens (vLLM ``--max-num-batched-tokens``,
+    SGLang ``--chunked-prefill-size``: a prompt longer than the budget is chunked over steps, shorter ones
+    share a step). A step of ``T`` tokens is costed by the same operators as a prompt's prefill, for
+    ``T / ISL`` prompts attending over ``ISL`` tokens. Steps follow one another through the pipeline: the
+    first takes every stage and ``PP - 1`` hops, each later one its slowest stage.
+
+    Shapes: ``kinds`` the ``(dense, moe)`` layers per stage of the plan. Units: ns, rounded up per term as
+    the cost tables are.
+    """
+    workload, layout, batch = scenario.workload, table.layouts[index], table.batch[index]
+    budget = scenario.engine.max_num_batched_tokens
+    total = batch * workload.input_tokens
+    full, rest = divmod(total, budget)
+    sizes = [budget if full else rest, rest or budget]
+    g = grid(scenario, (layout, layout), (batch, batch))
+    tokens = np.asarray(sizes, dtype=float)
+    phase = _phase(scenario=scenario, g=g, tokens=tokens, seqs=tokens / workload.input_tokens, context=workload.input_tokens,
+                   prefill=True, cal=table.calibration)
+    first, last = stage_ns(phase, 0, kinds), stage_ns(phase, 1, kinds)
+    hops = (len(kinds) - 1) * int(phase.boundary_ns[0])
+    later = max(full - 1, 0) * max(first) + (max(last) if full and rest else 0)
+    return BatchedPrefill(steps=full + (1 if rest else 0), step_tokens=budget, batched_prefill_ns=sum(first) + hops + later)

@@ -1,0 +1,134 @@
+"""Engine profiles: what each serving engine makes of a planner layout, beyond the folding rules
+(``rules.py`` holds those as constraints). Pure functions of the scenario and the layout, exact integers.
+
+Three things differ by engine (sources per item; the research record is ``docs/engine-rules.md``):
+
+1. **Engine instances.** vLLM, SGLang and TensorRT-LLM run one instance per expert-data-parallel copy of a
+   MoE model (its experts live inside one instance's TP x DP GPUs) and one per DP replica of a dense
+   model; Megatron-Core runs one job.
+2. **The tensor-parallel width of the dense FFN** (dense layers of a MoE model such as DeepSeek's first
+   three). SGLang keeps the FFN tensor parallel over the whole ``--tp-size`` group when attention runs
+   data parallel inside it (``--attn-dp-size``): ``ffn_tp = TP x DP / EDP``, with the tokens of every
+   attention-DP rank gathered first (sglang 0.5.23 ``arg_groups/fields/parallel.py`` help of
+   ``attn_dp_size``: "the FFN stays tensor parallel"; ``--moe-dense-tp-size`` default None = the whole
+   TP group). Everyone else shards it over the attention TP.
+3. **What the memory fraction means** (``search.gpu_memory_utilization``, ``u``):
+   - vLLM ``--gpu-memory-utilization``: everything the instance holds, weights, KV cache, activation peak,
+     CUDA graphs, NCCL buffers and context, within ``memory x u`` (vLLM ``gpu_worker.py``
+     ``determine_available_memory``). Megatron-Core has no such knob; the planner applies vLLM's.
+   - SGLang ``--mem-fraction-static``: weights and the KV pool within ``T x u``, where ``T`` is the memory
+     free when the model starts loading (after the CUDA context and NCCL buffers); the rest ``T - T x u``
+     must hold the activations and CUDA graphs (sglang ``model_runner_kv_cache_mixin.py``
+     ``profile_max_num_token``: ``rest_memory = available_gpu_memory - total_gpu_memory x (1 -
+     mem_fraction_static)``, ``available`` measured after the weights load).
+   - TensorRT-LLM ``KvCacheConfig.free_gpu_memory_fraction``: the KV cache gets ``u`` of the memory still
+     free once the weights, activations and runtime are placed ("allocate 90% of free GPU memory for KV
+     cache", nvidia.github.io/TensorRT-LLM examples/kvcacheconfig.html): ``kv <= u x (memory - rest)``,
+     i.e. ``q x kv + p x rest <= p x memory`` for ``u = p / q``.
+   Each is one or two integer-linear limits per GPU (``MemoryLimit``); the memory rule enforces all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from optimizer.model.parallel import Layout
+from optimizer.inputs.scenario import EngineName, Scenario
+
+
+def instances(scenario: Scenario, layout: Layout) -> int:
+    """Independent engine instances to launch: EDP for a MoE model and DP for a dense one (vLLM, SGLang,
+    TensorRT-LLM), one job for Megatron-Core."""
+    if scenario.engine.name is EngineName.MEGATRON:
+        return 1
+    return layout.edp if scenario.model.is_moe else layout.dp
+
+
+def attention_dp_per_instance(scenario: Scenario, layout: Layout) -> int:
+    """Attention data-parallel ranks inside one instance, ``DP / instances`` (1 when that does not divide:
+    the folding rule then rejects the layout)."""
+    n = instances(scenario, layout)
+    return layout.dp // n if layout.dp % n == 0 else 1
+
+
+def ffn_tp(scenario: Scenario, layout: Layout) -> int:
+    """Tensor-parallel width of the dense FFN: SGLang's whole ``--tp-size`` group ``TP x DP / EDP`` for a
+    MoE model (item 2 of the module docstring), else the attention TP."""
+    if scenario.engine.name is EngineName.SGLANG and scenario.model.is_moe:
+        return layout.tp * attention_dp_per_instance(scenario, layout)
+    return layout.tp
+
+
+@dataclass(frozen=True)
+class MemoryLimit:
+    """One integer-linear limit on one GPU's bytes:
+    ``weights x w + kv_cache x k + activations x a + preload x p + cuda_graphs x g <= cap``, where
+    ``preload`` is what the runtime holds before the weights load (``engine.reserve_bytes`` for the CUDA
+    context and allocator, ``engine.comm_buffer_bytes`` for NCCL). ``label`` names the limit in the
+    certificate (empty for an engine's only limit)."""
+
+    label: str
+    formula: str
+    weights: int
+    kv_cache: int
+    activations: int
+    preload: int
+    cuda_graphs: int
+    cap: int
+
+    def charge(self, *, weights: int, kv_cache: int, activations: int, preload: int, cuda_graphs: int) -> int:
+        """The left-hand side for these component bytes (Python ints: no overflow)."""
+        return (self.weights * weights + self.kv_cache * kv_cache + self.activations * activations
+                + self.preload * preload + self.cuda_graphs * cuda_graphs)
+
+
+def _floor_times(value: int, fraction) -> int:
+    return value * fraction.numerator // fraction.denominator
+
+
+def memory_limits(scenario: Scenario) -> tuple[MemoryLimit, ...]:
+    """The engine's memory limits (item 3 of the module docstring), in exact integers."""
+    memory, u = scenario.cluster.gpu.memory_bytes, scenario.search.gpu_memory_utilization
+    engine = scenario.engine
+    name = engine.name
+    if name is EngineName.SGLANG:
+        free = memory - engine.reserve_bytes - engine.comm_buffer_bytes  # T: free when the weights start loading
+        static = _floor_times(free, u) if free > 0 else -1  # -1: nothing fits
+        return (
+            MemoryLimit("", "weights + kv_cache <= floor(T x mem_fraction_static), T = memory_bytes - reserve - comm_buffers",
+                        1, 1, 0, 0, 0, static),
+            MemoryLimit("runtime", "activations + cuda_graphs <= T - floor(T x mem_fraction_static)",
+                        0, 0, 1, 0, 1, (free - static) if free > 0 else -1),
+        )
+    if name is EngineName.TENSORRT_LLM:
+        p, q = u.numerator, u.denominator
+        return (MemoryLimit("", "kv_cache <= free_gpu_memory_fraction x (memory_bytes - weights - activations - runtime), "
+                                "as q x kv_cache + p x (the rest) <= p x memory_bytes for the fraction p/q",
+                            p, q, p, p, p, p * memory),)
+    return (MemoryLimit("", "weights + kv_cache + activations + runtime <= floor(memory_bytes x gpu_memory_utilization)",
+                        1, 1, 1, 1, 1, _floor_times(memory, u)),)
+
+
+def usable_bytes(scenario: Scenario) -> int:
+    """What a GPU's whole footprint must fit in when the limits hold: ``floor(memory x u)`` under vLLM's
+    meaning (and Megatron's), the whole ``memory_bytes`` under SGLang's and TensorRT-LLM's, whose fraction
+    splits the memory rather than capping it (their limits imply the total fits)."""
+    if scenario.engine.name in (EngineName.SGLANG, EngineName.TENSORRT_LLM):
+        return scenario.cluster.gpu.memory_bytes
+    return memory_limits(scenario)[0].cap
+
+
+def weights_and_kv_room_bytes(scenario: Scenario) -> int:
+    """An upper bound on the weights plus KV cache one GPU can hold under the limits, for sound lower
+    bounds on GPU counts: ``floor(memory x u) - runtime`` (vLLM), ``floor(T x u)`` (SGLang), ``memory -
+    runtime`` (TensorRT-LLM: ``q/p >= 1`` weighs the KV cache at least as much as the rest)."""
+    if scenario.engine.name is EngineName.SGLANG:
+        return memory_limits(scenario)[0].cap
+    return usable_bytes(scenario) - scenario.engine.runtime_bytes
+
+
+def memory_fraction_flag(scenario: Scenario) -> str:
+    """The engine's own name for ``search.gpu_memory_utilization``."""
+    return {EngineName.SGLANG: "--mem-fraction-static",
+            EngineName.TENSORRT_LLM: "kv_cache_config.free_gpu_memory_fraction"}.get(scenario.engine.name,
+                                                                                    "--gpu-memory-utilization")
