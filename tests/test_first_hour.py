@@ -18,18 +18,23 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project built as a wheel, as `pip install .` builds it (no build isolation: no network)."""
+    """The project built as a wheel, as `pip install .` builds it (no build isolation: no network), from a
+    copy of the tracked files so that no stale build/ folder of the checkout leaks into it."""
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(ROOT)],
+    source = tmp_path_factory.mktemp("source") / "optimizer"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(source)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(source)],
                    check=True, capture_output=True, cwd=out)
     (built,) = out.glob("optimizer-*.whl")
     return built
 
 
-def test_a_wheel_ships_every_scenario(wheel: Path) -> None:
+def test_a_wheel_ships_every_scenario_and_fleet(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
-    shipped = sorted(p.name for p in (ROOT / "scenarios").glob("*.yaml"))
-    assert shipped and sorted(Path(n).name for n in names if n.startswith("optimizer/scenarios/")) == shipped
+    for folder in ("scenarios", "fleets"):
+        shipped = sorted(p.name for p in (ROOT / folder).glob("*.yaml"))
+        packed = sorted(Path(n).name for n in names if n.startswith(f"optimizer/inputs/{folder}/"))
+        assert shipped and packed == shipped, folder
 
 
 def test_a_non_editable_install_lists_and_plans_shipped_scenarios(wheel: Path, tmp_path: Path) -> None:
@@ -47,6 +52,9 @@ def test_a_non_editable_install_lists_and_plans_shipped_scenarios(wheel: Path, t
                              capture_output=True, text=True, timeout=120)
     assert planned.returncode == 0, planned.stderr
     assert "proved optimal" in planned.stdout.lower() or "optimal" in planned.stdout
+    fleet = subprocess.run([sys.executable, "-m", "optimizer.cli", "fleet", "chat-2x2"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert fleet.returncode == 0, fleet.stderr
 
 
 # --- item 3: a config.json pasted inline reads as the file does -------------------------------------------------
