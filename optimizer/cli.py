@@ -13,22 +13,20 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
 
-from optimizer.search.diagnose import diagnose
-from optimizer.search.disagg import capacity_document, fewest_gpus, render_capacity
-from optimizer.search.disagg import compare as compare_serving, comparison_document, render_comparison
+# Only what every command needs is imported here: the search (CP-SAT, matplotlib for Pareto plots) is
+# imported inside the commands that run it, so `optimize --help`, `verify`, `estimate` of a given plan and
+# `launch` of a plan file never load OR-Tools.
 from optimizer.errors import Infeasible, OptimizerError, ScenarioError, SolveIncomplete
-from optimizer.search.exhaustive import optimize_exhaustive, runner_up, top_plans
-from optimizer.search.fleet import plan_fleet
 from optimizer.inputs.fleet import fleet_schema, load_fleet, shipped_fleets
-from optimizer.outputs.fleet_report import fleet_document, fleet_launch, is_fleet_document, render_fleet, render_fleet_markdown
-from optimizer.search.pareto import plot as plot_pareto, pareto_points, points_csv
-from optimizer.outputs.launch import LaunchEngine, NotExpressible, launch_commands
 from optimizer.inputs.loader import load_scenario, read_mapping, scenario_from_dict, scenario_from_flags, shipped_scenarios
+from optimizer.inputs.scenario import Objective, Scenario
+from optimizer.inputs.schema import plan_schema, scenario_schema
+from optimizer.outputs.launch import LaunchEngine, NotExpressible, launch_commands
 from optimizer.outputs.report import (
     alternatives_section,
     render_alternatives,
@@ -44,14 +42,16 @@ from optimizer.outputs.report import (
     solution_document,
     to_json,
 )
-from optimizer.inputs.scenario import Objective, Scenario
-from optimizer.inputs.schema import plan_schema, scenario_schema
+from optimizer.outputs.sweep import EXECUTORS, Outcome, atomic_write, expand_jobs, progress_line, run_sweep
 from optimizer.search.certify import check_optimality
+from optimizer.search.exhaustive import optimize_exhaustive, runner_up, top_plans
 from optimizer.search.result import build_tables
 from optimizer.search.rules import build_rules
-from optimizer.search.solve import DEFAULT_BUDGET_S, Deadline, confirm_optimum, disjoint_conflicts, is_feasible, optimize
-from optimizer.outputs.sweep import EXECUTORS, Outcome, atomic_write, expand_jobs, progress_line, run_sweep
 from optimizer.search.verify import certify, plan_context, read_plan, scenario_for_plan
+from optimizer.units import DEFAULT_BUDGET_S
+
+if TYPE_CHECKING:
+    from optimizer.search.solve import Deadline
 
 EXIT_OK, EXIT_INFEASIBLE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -269,6 +269,7 @@ def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, m
     """
     if ctx.invoked_subcommand is not None:
         return
+    from optimizer.search.solve import Deadline, confirm_optimum, optimize
     if scenario_name is None:
         click.echo(ctx.get_help())
         _fail("give --scenario NAME|PATH (see `optimize scenarios` for the shipped names)", EXIT_BAD_INPUT)
@@ -327,6 +328,7 @@ def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, m
 def _infeasible(scenario: Scenario, exc: Infeasible, *, solver: str, explain: bool, json_path: str | None,
                 inputs: list[Path], deadline: Deadline | None = None) -> None:
     """Report a proved infeasibility: the independent conflicts, then (``explain``) the smallest changes."""
+    from optimizer.search.diagnose import diagnose
     lines = [f"no feasible plan for {scenario.name}."]
     if solver == "exhaustive":
         lines += ["The exhaustive search rejected every layout:", *(f"  - {r}" for r in exc.reasons)]
@@ -480,6 +482,8 @@ def estimate(plan_path: str | None, scenario_name: str, json_path: str | None, *
     scenario = _load(scenario_name)
     given = {key: value for key, value in sizes.items() if value is not None}  # an unset switch is None
     if plan_path is None and not given:
+        from optimizer.search.solve import optimize
+
         try:
             plan = optimize(scenario).plan
         except Infeasible as exc:
@@ -513,6 +517,7 @@ def pareto(scenario_names: tuple[str, ...], out_dir: str) -> None:
     DIR/<scenario>-pareto.png, and prints the front. Exit 0, 1 if a scenario has no feasible point at
     all, 2 for bad input.
     """
+    from optimizer.search.pareto import pareto_points, plot as plot_pareto, points_csv
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -560,6 +565,7 @@ def disagg(scenario_name: str, json_path: str | None, solver: str) -> None:
 
     Exit 0 with a winner, 1 if neither meets the targets, 2 for bad input.
     """
+    from optimizer.search.disagg import compare as compare_serving, comparison_document, render_comparison
     scenario = _load(scenario_name)
     try:
         comparison = compare_serving(scenario, solver=solver)
@@ -597,6 +603,8 @@ def launch(plan_path: str | None, scenario_name: str | None, engines: tuple[str,
         return
     scenario = _load(scenario_name)
     if plan_path is None:
+        from optimizer.search.solve import optimize
+
         try:
             document = solution_document(optimize(scenario))
         except Infeasible as exc:
@@ -626,6 +634,7 @@ def launch(plan_path: str | None, scenario_name: str | None, engines: tuple[str,
 
 def _launch_fleet(plan_path: str, engines: tuple[str, ...], node_addresses: tuple[str, ...]) -> bool:
     """``launch`` on a fleet plan: each instance type's commands; False when the file is not a fleet plan."""
+    from optimizer.outputs.fleet_report import fleet_launch, is_fleet_document
     try:
         document = read_mapping(Path(plan_path))
     except ScenarioError as exc:
@@ -663,6 +672,8 @@ def fleet(fleet_name: str, json_path: str | None, markdown_path: str | None, tim
 
     Exit 0 with a plan, 1 if no allocation carries the traffic (or --require-proof and no proof), 2 for bad input.
     """
+    from optimizer.outputs.fleet_report import fleet_document, render_fleet, render_fleet_markdown
+    from optimizer.search.fleet import plan_fleet
     try:
         fleet_spec = load_fleet(fleet_name)
     except ScenarioError as exc:
@@ -705,6 +716,7 @@ def capacity(scenario_name: str, rate: float | None, json_path: str | None, solv
 
     Exit 0 with a plan, 1 if the cluster cannot carry the rate either way, 2 for bad input.
     """
+    from optimizer.search.disagg import capacity_document, fewest_gpus, render_capacity
     scenario = _load(scenario_name)
     if rate is not None:
         targets = scenario.targets.model_copy(update={"request_rate_per_s": Fraction(str(rate))})
@@ -856,6 +868,7 @@ def scenarios() -> None:
 
 def _no_plan_note(scenario: Scenario) -> str:
     """``\tNO PLAN as shipped: ...`` naming the conflicting rules (see ``optimize --scenario NAME``), or nothing."""
+    from optimizer.search.solve import disjoint_conflicts, is_feasible
     try:
         rules = build_rules(scenario)
         if is_feasible(scenario, rules=rules):

@@ -56,3 +56,6 @@ def human_bytes(n_bytes: int) -> str:
         if abs(n_bytes) >= size:
             return f"{n_bytes / size:.2f} {unit}"
     return f"{n_bytes} B"
+
+
+DEFAULT_BUDGET_S = 60.0  # one wall-clock budget per command unless --time-limit says otherwise (DESIGN.md)

@@ -305,3 +305,41 @@ def test_one_line_mistakes_are_bad_input_with_the_flag() -> None:
     for args, message in cases:
         result = _invoke(*args)
         assert result.exit_code == 2 and message in result.output, (args, result.output)
+
+
+# --- item 15: start-up ---------------------------------------------------------------------------------------------
+
+_PROBE = """
+import sys
+from click.testing import CliRunner
+from optimizer.cli import main
+result = CliRunner().invoke(main, sys.argv[1:])
+print(result.exit_code, sorted(m for m in ("ortools", "matplotlib", "ray") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(("args", "loaded"), [
+    (["--help"], []),
+    (["verify", "--help"], []),
+    (["verify", "--scenario", "16gpu-30b", "--tp", "1", "--dp", "16", "--ep", "4", "--etp", "4"], []),
+    (["estimate", "--scenario", "16gpu-30b", "--tp", "1", "--dp", "16", "--ep", "4", "--etp", "4"], []),
+    (["schema", "scenario"], []),
+    (["--scenario", "16gpu-30b"], ["ortools"]),  # the probe itself: a command that solves does load it
+])
+def test_commands_that_do_not_solve_do_not_load_the_solver(args: list[str], loaded: list[str]) -> None:
+    """A fresh interpreter per command (nothing imported by other tests): which heavy packages it loads."""
+    out = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    code, modules = out.stdout.strip().split(" ", 1)
+    assert code == "0", out.stdout + out.stderr
+    assert modules == str(loaded)
+
+
+def test_yaml_is_read_with_the_c_loader_where_pyyaml_has_it() -> None:
+    import yaml
+
+    from optimizer.inputs.loader import _StrictLoader
+
+    if hasattr(yaml, "CSafeLoader"):
+        assert issubclass(_StrictLoader, yaml.CSafeLoader)
+    else:  # pragma: no cover (a PyYAML built without libyaml)
+        assert issubclass(_StrictLoader, yaml.SafeLoader)

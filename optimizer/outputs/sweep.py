@@ -37,13 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from optimizer.inputs import catalog
-from optimizer.search.diagnose import diagnose
 from optimizer.errors import Infeasible, OptimizerError, ScenarioError
-from optimizer.search.exhaustive import runner_up
 from optimizer.inputs.loader import read_mapping, scenario_from_dict, shipped_scenarios
 from optimizer.outputs.report import infeasible_document, render_markdown, solution_document, to_json
 from optimizer.inputs.scenario import Scenario
-from optimizer.search.solve import DEFAULT_BUDGET_S, Deadline, optimize
+from optimizer.units import DEFAULT_BUDGET_S
 
 try:
     import fcntl
@@ -264,6 +262,10 @@ def run_job(job: Job, *, time_limit_s: float | None = DEFAULT_BUDGET_S, explain:
     scenario = validate(job)
     if isinstance(scenario, str):
         return Outcome(job.name, "error", error=scenario, seconds=time.perf_counter() - start)
+    from optimizer.search.diagnose import diagnose  # the search loads in the worker that runs it (CP-SAT at use)
+    from optimizer.search.exhaustive import runner_up
+    from optimizer.search.solve import Deadline, optimize
+
     deadline = Deadline(time_limit_s)
     try:
         solution = optimize(scenario, time_limit_s=time_limit_s, deadline=deadline)

@@ -64,10 +64,9 @@ from optimizer.search.result import Evidence, Solution, Tables, build_tables, ca
 from optimizer.search.rules import ComputeBalance, EvenLayers, LayoutRule, MemoryBalance, MemoryCap, Rule, SizeArrays, build_rules
 from optimizer.inputs.scenario import Objective, Scenario
 from optimizer.search.split import DENSE_FIRST_NOTE, best_split, leading_dense_layers
-from optimizer.units import NS_PER_S
+from optimizer.units import DEFAULT_BUDGET_S, NS_PER_S  # noqa: F401 (DEFAULT_BUDGET_S: re-exported, the budget of every search)
 
 SOLVER_NAME = f"cp-sat {ortools.__version__}"
-DEFAULT_BUDGET_S = 60.0  # one wall-clock budget per command unless --time-limit says otherwise (DESIGN.md)
 _INT_LIMIT = 1 << 62
 
 
