@@ -472,14 +472,17 @@ class Scenario(BaseModel):
     @classmethod
     def _engine_defaults(cls, data: Any) -> Any:
         """Fill ``cluster.allow_tp_across_nodes`` from the engine when the scenario leaves it unset."""
-        if not isinstance(data, dict) or not isinstance(data.get("cluster"), dict):
+        if not isinstance(data, dict) or not isinstance(data.get("cluster"), (dict, Cluster)):
             return data
         cluster = data["cluster"]
-        if cluster.get("allow_tp_across_nodes") is not None:
+        given = cluster.get("allow_tp_across_nodes") if isinstance(cluster, dict) else cluster.allow_tp_across_nodes
+        if given is not None:
             return data
         engine = data.get("engine")
         name = engine.get("name", "megatron") if isinstance(engine, dict) else getattr(engine, "name", "megatron")
         default = TP_ACROSS_NODES_BY_ENGINE.get(str(getattr(name, "value", name)))
         if default is None:
             return data  # an unknown engine: its own validation error says so
+        if isinstance(cluster, Cluster):  # built in code (a fleet's instance scenarios)
+            return {**data, "cluster": cluster.model_copy(update={"allow_tp_across_nodes": default})}
         return {**data, "cluster": {**cluster, "allow_tp_across_nodes": default}}
