@@ -263,9 +263,13 @@ def _scenario_inputs(name_or_path: str, model_config: str | None = None) -> list
 def main(ctx: click.Context, scenario_name: str | None, json_path: str | None, markdown_path: str | None,
          dag_path: str | None, model_config: str | None, solver: str, time_limit_s: float | None, require_proof: bool, double_check: bool, explain: bool,
          top_k: int | None, workers: int) -> None:
-    """Plan a deployment: the parallel layout with the lowest estimated latency, with its proof.
+    """Plan a deployment: the best parallel layout and batch for the objective, with its proof.
 
-    Example: optimize --scenario 16gpu-30b
+    Ask in one line, or give a scenario file (or a shipped name):
+
+    optimize --model Qwen3-30B-A3B --gpu h100 --gpus 8 --isl 2048 --osl 512 --ttft-ms 2000 --tpot-ms 50
+
+    optimize --scenario 16gpu-30b
     """
     if ctx.invoked_subcommand is not None:
         return
