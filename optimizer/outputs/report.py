@@ -460,7 +460,7 @@ def render_table(document: dict[str, Any], *, title: str = "Plan", timing: str |
         "",
         f"  TTFT {est['ttft_s'] * 1e3:.1f} ms   TPOT {est['tpot_s'] * 1e3:.2f} ms   request latency {est['request_latency_s']:.3f} s   "
         f"{est['output_tokens_per_s']:,.0f} output tokens/s ({est['output_tokens_per_s_per_gpu']:,.0f} per GPU)",
-        *([f"  TTFT model {est['ttft_model_text']}"] if "ttft_model_text" in est else []),
+        *([f"  TTFT model: {est['ttft_model_text']}"] if "ttft_model_text" in est else []),
         f"  memory per GPU (stage {peak['stage']}): weights {human_bytes(peak['weights_bytes'])} + KV cache "
         f"{human_bytes(peak['kv_cache_bytes'])} + activations {human_bytes(peak['activation_bytes'])} + runtime "
         f"{human_bytes(peak['reserve_bytes'] + peak['cuda_graph_bytes'] + peak['comm_buffer_bytes'])} = "
