@@ -74,8 +74,11 @@ def chunked_prefill(scenario: Scenario) -> bool:
     else the engine's default. vLLM V1: on (``SchedulerConfig.enable_chunked_prefill``; V1's scheduler
     ``vllm/v1/core/sched/scheduler.py`` ``schedule()`` gives a waiting request ``min(remaining prompt,
     token_budget)`` tokens, and with chunking off skips a prompt that does not fit the budget left).
-    SGLang: on (``--chunked-prefill-size``, 8192 or 16384 by GPU memory, -1 turns it off). TensorRT-LLM:
-    off (LLM API ``enable_chunked_prefill=False``). Megatron-Core: off (static batch)."""
+    SGLang: on (``ServerArgs.chunked_prefill_size`` None, then set by GPU memory; -1 turns it off).
+    TensorRT-LLM: off ("To enable chunked context, please set the enable_chunked_prefill in LLM API to
+    True", nvidia.github.io/TensorRT-LLM features/long-sequence.html). Megatron-Core: off (static batch).
+    vLLM's default was read in ``SchedulerConfig`` (docs.vllm.ai api/vllm/config/scheduler: the budget is
+    "Maximum number of tokens that can be processed in a single iteration") and its V1 scheduler code."""
     if scenario.engine.chunked_prefill is not None:
         return scenario.engine.chunked_prefill
     return scenario.engine.name in (EngineName.VLLM, EngineName.SGLANG)
@@ -85,10 +88,12 @@ def prefill_rides_decode(scenario: Scenario) -> bool:
     """Whether a step that prefills a prompt also carries the running sequences' decode tokens, sharing one
     token budget. vLLM V1: yes (``schedule()`` schedules the RUNNING requests first, one decode token
     each, taking them off ``token_budget``, then the WAITING prompts with what is left). TensorRT-LLM:
-    yes (in-flight batching puts context and generation requests in one step, within ``max_num_tokens``).
-    SGLang: no (prefill first: ``get_next_batch_to_run`` runs a new prefill batch before any decode batch,
-    and mixes decode tokens in only with ``--enable-mixed-chunk``, off by default); its running decodes
-    wait instead, which the TPOT's prefill share counts. Megatron-Core: no (static batch)."""
+    yes ("sequences in the context phase can be processed together with sequences in the generation
+    phase", nvidia.github.io/TensorRT-LLM features/paged-attention-ifb-scheduler.html, within
+    ``max_num_tokens``). SGLang: no (prefill first: the scheduler's ``get_next_batch_to_run`` runs a new
+    prefill batch before the running decode batch, and mixes decode tokens into it only with
+    ``--enable-mixed-chunk``, ``ServerArgs.enable_mixed_chunk = False``); its running decodes wait instead,
+    which the TPOT's prefill share counts. Megatron-Core: no (static batch)."""
     return scenario.engine.name in (EngineName.VLLM, EngineName.TENSORRT_LLM)
 
 
