@@ -146,3 +146,14 @@ def test_cp_sat_equals_the_oracle_and_the_certificate_holds_under_the_loaded_ttf
     assert check_optimality(sc, cp.plan, cp.evidence.certificate).holds
     assert certify(sc, cp.plan, cp.tables).estimate.ttft_ns == cp.tables.cost.ttft_ns(_index(cp))
     assert isinstance(cp.plan, Plan)
+
+
+def test_a_replica_whose_prompts_outrun_the_token_budget_is_called_overloaded():
+    """64 sequences, ISL 32768, OSL 512: 64 x 32768 / 512 = 4096 prompt tokens join per step, against 2048 -
+    64 = 1984 admitted: no steady state; the plan says so (its TTFT is a lower bound). At ISL 2048 it is not."""
+    from optimizer.outputs.report import ttft_section
+    for isl, overloaded in ((32768, True), (2048, False)):
+        sc = _scenario(concurrency=64, isl=isl, osl=512, budget=2048)
+        section = ttft_section(sc, integer_costs(scenario=sc, layouts=(TP8,)), 0)
+        assert section["ttft_overloaded"] is overloaded
+        assert ("OVERLOADED" in section["ttft_model_text"]) is overloaded

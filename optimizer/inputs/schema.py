@@ -128,6 +128,7 @@ class EstimateSection(BaseModel):
     ttft_steps_carry_decode: bool = Field(description="each of those steps also runs the batch's decode step")
     ttft_steps_carry_prefill_share: bool = Field(description="each of those steps also runs the other prompts' prefill share")
     ttft_isolated_ns: int = Field(description="one prompt's prefill alone through every stage and hop")
+    ttft_overloaded: bool = Field(description="prompts arrive faster than a step admits them: no steady state, TTFT a lower bound")
     prefill_step_s: float = Field(description="one prompt through every stage and hop (the isolated TTFT)")
     decode_step_s: float = Field(description="one decode step of one micro-batch through every stage and hop")
     breakdown_per_layer_s: dict[str, dict[str, float]] = Field(description="phase -> operator -> seconds per layer")

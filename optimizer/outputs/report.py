@@ -75,7 +75,7 @@ def plan_document(
             "decode_stage_ns": list(est.decode_stage_ns),
             "prefill_share_per_decode_step_ns": table.prefill_share_ns[index],
             "decode_microbatches": table.microbatches[index],
-            **ttft_section(table, index),
+            **ttft_section(scenario, table, index),
             **step_section(scenario, table, index, plan),
             "breakdown_per_layer_s": _breakdown(scenario, table, index),
             "speed_of_light_per_layer_s": _breakdown(scenario, table, index, sol=True),
@@ -218,14 +218,22 @@ def memory_section(scenario: Scenario, certificate: Certificate) -> dict[str, An
     }
 
 
-def ttft_section(table: CostTable, i: int) -> dict[str, Any]:
+def ttft_section(scenario: Scenario, table: CostTable, i: int) -> dict[str, Any]:
     """Which TTFT model the estimate used (``cost.integer_costs``) and its terms: ``ttft_model``
     (isolated | loaded), the prompt's chunks and their tokens, whether each chunk's step also carries the
     batch's decode step and the other prompts' prefill share, the isolated TTFT beside it (ns), and a
-    sentence saying so."""
+    sentence saying so. ``ttft_overloaded``: under the loaded model, the prompts arriving per step of a
+    micro-batch (``d x ISL / OSL`` tokens for its ``d = ceil(batch / m)`` sequences, each replaced after
+    OSL steps) exceed the prompt tokens a step admits (``max_num_batched_tokens`` less the decode tokens
+    where the engine mixes them): no steady state exists and the queue grows, so the TTFT is a lower bound."""
     chunks, tokens = table.ttft_chunks[i], table.chunk_tokens[i]
     rides, waits = table.ttft_rides_decode[i], table.ttft_waits[i]
     isolated = table.phase_total_ns(table.prefill, i)
+    workload = scenario.workload
+    decode_tokens = -(-table.batch[i] // table.microbatches[i])
+    room = max(scenario.engine.max_num_batched_tokens - (decode_tokens if rides else 0), 1)
+    overloaded = (table.ttft_model != "isolated" and waits == 1
+                  and decode_tokens * workload.input_tokens > room * max(workload.output_tokens, 1))
     if table.ttft_model == "isolated":
         text = "isolated: one prompt's prefill alone on an idle replica"
     else:
@@ -235,8 +243,12 @@ def ttft_section(table: CostTable, i: int) -> dict[str, Any]:
         if waits:
             parts.append("and the other prompts' prefill share (FCFS)")
         text = (f"loaded: {', '.join(parts)}; isolated prefill {isolated / 1e6:.2f} ms")
+        if overloaded:
+            text += (f"; OVERLOADED: prompts bring {decode_tokens * workload.input_tokens / max(workload.output_tokens, 1):,.0f} "
+                     f"tokens per step against {room} admitted, the queue grows and this TTFT is a lower bound")
     return {"ttft_model": table.ttft_model, "ttft_model_text": text, "ttft_chunks": chunks, "ttft_chunk_tokens": tokens,
-            "ttft_steps_carry_decode": bool(rides), "ttft_steps_carry_prefill_share": bool(waits), "ttft_isolated_ns": isolated}
+            "ttft_steps_carry_decode": bool(rides), "ttft_steps_carry_prefill_share": bool(waits), "ttft_isolated_ns": isolated,
+            "ttft_overloaded": overloaded}
 
 
 def step_section(scenario: Scenario, table: CostTable, i: int, plan: Plan) -> dict[str, float]:
