@@ -94,7 +94,9 @@ def scenarios(draw, max_layers=12, large=False, memory_factors=MEMORY_FACTORS, t
                                    {"name": "tensorrt-llm"}]))
     engine.update(reserve_bytes=draw(st.sampled_from([0, 1 << 20])), cuda_graph_bytes=0, comm_buffer_bytes=0,
                   max_num_seqs=draw(st.sampled_from([1, 6, 16])),  # the chosen-batch ladder: 1 / 1,2,4,6 / 1..16
-                  max_num_batched_tokens=draw(st.sampled_from([256, 8192])))
+                  max_num_batched_tokens=draw(st.sampled_from([256, 8192])),
+                  ttft_model=draw(st.sampled_from([None, None, "isolated", "loaded"])),  # issue 13 item 4
+                  chunked_prefill=draw(st.sampled_from([None, None, True, False])))
     data = deep_merge(BASE, {
         "cluster": {
             "gpu": {"memory_bytes": 1 << 50},  # replaced below

@@ -539,3 +539,23 @@ def test_launch_cli_tensorrt_llm_and_the_plans_own_engine_by_default():
     assert "vllm serve" in vllm_plan.output and "sglang.launch_server" not in vllm_plan.output
     bad = runner.invoke(main, ["launch", "--scenario", "llama-3.1-70b-8xh100", "--engine", "trtllm"])
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+def test_the_chunked_prefill_choice_reaches_the_command_lines():
+    """engine.chunked_prefill (issue 13 item 4: the TTFT model's chunking) reaches the engines where it
+    differs from their default: vLLM --no-enable-chunked-prefill, SGLang --chunked-prefill-size -1,
+    TensorRT-LLM enable_chunked_prefill in the options file; the defaults add nothing."""
+    doc = document("qwen3-30b-a3b-8xh100")
+    vllm, sglang = both(doc)
+    assert "--no-enable-chunked-prefill" not in vllm.commands[0].argv
+    assert "--chunked-prefill-size=-1" not in sglang.commands[0].argv
+    doc["scenario"]["engine"]["chunked_prefill"] = False
+    vllm, sglang = both(doc)
+    assert "--no-enable-chunked-prefill" in vllm.commands[0].argv
+    assert "--chunked-prefill-size=-1" in sglang.commands[0].argv and "--chunked-prefill-size" not in sglang.commands[0].argv
+    doc = document("deepseek-v3-8xb200-trtllm")
+    assert not any("enable_chunked_prefill" in text for _, text in trtllm_commands(doc).files)
+    doc["scenario"]["engine"]["chunked_prefill"] = True
+    plan = trtllm_commands(doc)
+    check_flag_sources(plan)
+    assert any("enable_chunked_prefill: true" in text for _, text in plan.files)

@@ -373,11 +373,22 @@ class EngineName(StrEnum):
     TENSORRT_LLM = "tensorrt-llm"  # 1.2: moe_tp x moe_ep = tp_size; attention DP all (TP = 1) or none
 
 
+class TtftModel(StrEnum):
+    """How TTFT is modelled (``cost.integer_costs``): ``isolated``, one prompt's prefill alone on an idle
+    replica; ``loaded``, the prompt's chunks scheduled among the replica's running decodes and the other
+    prompts' prefills, as the engine's scheduler does at the scenario's concurrency."""
+
+    ISOLATED = "isolated"
+    LOADED = "loaded"
+
+
 class Engine(_Frozen):
     """Engine profile. ``enable_expert_parallel`` mirrors vLLM's ``--enable-expert-parallel`` (off by
     default there; only vLLM reads it: SGLang and TensorRT-LLM take EP from the layout);
     ``max_num_batched_tokens`` the prefill chunk vLLM profiles activations with (SGLang's
-    ``--chunked-prefill-size``, TensorRT-LLM's ``max_num_tokens``).
+    ``--chunked-prefill-size``, TensorRT-LLM's ``max_num_tokens``) and the token budget of a scheduler step
+    under load; ``ttft_model`` and ``chunked_prefill`` say how TTFT is modelled (``engines.ttft_model``,
+    ``engines.chunked_prefill``; None: the engine's default).
 
     Memory the runtime holds besides weights, KV cache and activations, per GPU, each counted inside
     ``gpu_memory_utilization`` (vLLM profiles weights, the activation peak and non-torch memory, then
@@ -393,6 +404,13 @@ class Engine(_Frozen):
     name: EngineName = EngineName.MEGATRON
     enable_expert_parallel: bool = False
     max_num_batched_tokens: int = Field(default=8192, gt=0)
+    ttft_model: TtftModel | None = Field(
+        default=None, description="isolated | loaded; default: loaded for vLLM, SGLang and TensorRT-LLM (continuous batching), "
+                                  "isolated for Megatron-Core (one static batch)")
+    chunked_prefill: bool | None = Field(
+        default=None, description="prompts longer than the step's token budget are split over steps (vLLM --enable-chunked-prefill, "
+                                  "on by default in V1; SGLang --chunked-prefill-size > 0; TensorRT-LLM enable_chunked_prefill, off by "
+                                  "default); default: the engine's")
     max_num_seqs: int = Field(default=256, gt=0, le=1 << 16,
                               description="most sequences a replica batches (vLLM --max-num-seqs, SGLang --max-running-requests)")
     reserve_bytes: int = Field(default=1 << 30, ge=0)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from optimizer.inputs import catalog
 from optimizer.inputs.scenario import Scenario
 
-SCHEMA_VERSION = "3.3"
+SCHEMA_VERSION = "3.4"
 _STRICT = ConfigDict(extra="forbid")
 
 
@@ -121,7 +121,15 @@ class EstimateSection(BaseModel):
     decode_stage_ns: list[int]
     prefill_share_per_decode_step_ns: int
     decode_microbatches: int
-    prefill_step_s: float = Field(description="one prompt through every stage and hop (= TTFT)")
+    ttft_model: str = Field(description="isolated | loaded: how TTFT was modelled (cost.integer_costs)")
+    ttft_model_text: str
+    ttft_chunks: int = Field(description="scheduler steps the prompt is prefilled in")
+    ttft_chunk_tokens: int = Field(description="prompt tokens per step (the last may hold fewer)")
+    ttft_steps_carry_decode: bool = Field(description="each of those steps also runs the batch's decode step")
+    ttft_steps_carry_prefill_share: bool = Field(description="each of those steps also runs the other prompts' prefill share")
+    ttft_isolated_ns: int = Field(description="one prompt's prefill alone through every stage and hop")
+    ttft_overloaded: bool = Field(description="prompts arrive faster than a step admits them: no steady state, TTFT a lower bound")
+    prefill_step_s: float = Field(description="one prompt through every stage and hop (the isolated TTFT)")
     decode_step_s: float = Field(description="one decode step of one micro-batch through every stage and hop")
     breakdown_per_layer_s: dict[str, dict[str, float]] = Field(description="phase -> operator -> seconds per layer")
     speed_of_light_per_layer_s: dict[str, dict[str, float]] = Field(
@@ -244,7 +252,7 @@ class PlanDocument(BaseModel):
     """A plan (``plan`` set, ``infeasible`` absent) or a proved infeasibility (``plan`` null)."""
 
     model_config = ConfigDict(extra="forbid", title=f"optimizer plan document, schema {SCHEMA_VERSION}")
-    schema_version: Literal["3.3"]
+    schema_version: Literal["3.4"]
     scenario: dict[str, Any] = Field(description="the validated scenario, every field explicit")
     plan: PlanSizes | None
     rank_map: RankMap | None = None

@@ -38,10 +38,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from optimizer.model.calibration import Calibration, GpuCalibration, LinkFit, shipped_calibration
-from optimizer.model.engines import ffn_tp
+from optimizer.model.engines import chunked_prefill, ffn_tp, prefill_rides_decode, ttft_model
 from optimizer.model.memory import ACTIVATION_BYTES, HIGH_PRECISION, LOGITS_BYTES, kv_cache_bytes_per_token_layer, kv_heads_per_rank
 from optimizer.model.parallel import Layout, batch_per_replica, ep_offnode_fraction, pp_inter_node_boundaries, tp_intra_node
-from optimizer.inputs.scenario import Cluster, ComputeDtype, GpuSpec, Link, ModelSpec, Scenario, Workload
+from optimizer.inputs.scenario import Cluster, ComputeDtype, GpuSpec, Link, ModelSpec, Scenario, TtftModel, Workload
 from optimizer.errors import OptimizerError
 from optimizer.units import ceil_div
 
@@ -508,6 +508,16 @@ class CostTable:
     num_dense_layers: int
     num_moe_layers: int
     prefill_share_ns: tuple[int, ...]  # added to every decode step: the prefills that keep the batch full
+    # TTFT (``ttft_ns``): a prompt is prefilled in ``ttft_chunks[c]`` steps of the ``chunk`` phase; each of
+    # those steps also carries the batch's decode step where ``ttft_rides_decode[c]`` is 1 and the other
+    # prompts' prefill share where ``ttft_waits[c]`` is 1. Isolated model: ``chunk`` is ``prefill``, one
+    # chunk, both flags 0.
+    chunk: PhaseCosts | None = None
+    chunk_tokens: tuple[int, ...] = ()
+    ttft_chunks: tuple[int, ...] = ()
+    ttft_rides_decode: tuple[int, ...] = ()
+    ttft_waits: tuple[int, ...] = ()
+    ttft_model: str = "isolated"
 
     def phase_total_ns(self, phase: PhaseCosts, c: int) -> int:
         """All stages of layout ``c`` back to back plus its PP hops: independent of the layer split."""
@@ -520,9 +530,16 @@ class CostTable:
             + (pp - 1) * int(phase.boundary_ns[c])
         )
 
+    def prompt_prefill_ns(self, c: int) -> int:
+        """One prompt's prefill work in layout ``c``: its chunks through every stage (ns); the isolated
+        prefill of ``ISL`` tokens under the isolated model."""
+        return self.ttft_chunks[c] * self.phase_total_ns(self.chunk, c)
+
     def ttft_ns(self, c: int) -> int:
-        """TTFT of layout ``c``: the whole batch's prefill through every stage."""
-        return self.phase_total_ns(self.prefill, c)
+        """TTFT of layout ``c`` (ns): ``chunks x (chunk + rides x decode step + waits x prefill share)``,
+        each step through every stage and hop (``integer_costs``). Independent of the layer split."""
+        step = self.phase_total_ns(self.chunk, c) + self.ttft_rides_decode[c] * self.phase_total_ns(self.decode, c)
+        return self.ttft_chunks[c] * (step + self.ttft_waits[c] * self.prefill_share_ns[c])
 
 
 def _phase(*, scenario: Scenario, g: _Grid, tokens, seqs, context, prefill: bool, cal: GpuCalibration) -> PhaseCosts:
@@ -554,11 +571,34 @@ def integer_costs(*, scenario: Scenario, layouts: tuple[Layout, ...], batches: t
     default ``ceil(concurrent_sequences / DP)``), rounded up to nanoseconds term by term, with
     ``calibration`` (default: the shipped one) for the scenario's GPU.
 
-    Serving with continuous batching (vLLM, SGLang): a replica keeps ``batch`` sequences in flight; a new
-    request's prompt is prefilled on its own (``ISL`` tokens, one sequence: its TTFT), and every decode
-    step of one micro-batch (``ceil(batch / m)`` sequences at the mean context ``ISL + ceil(OSL / 2)``)
-    also carries its share of the prefills that keep the batch full: ``batch / OSL`` prompts per step,
-    spread over the PP stages (``prefill_share_ns``).
+    Serving with continuous batching (vLLM, SGLang, TensorRT-LLM): a replica keeps ``batch`` sequences in
+    flight; every decode step of one micro-batch (``ceil(batch / m)`` sequences at the mean context ``ISL +
+    ceil(OSL / 2)``) also carries its share of the prefills that keep the batch full: ``batch / OSL``
+    prompts per step, each costing ``prompt_prefill_ns`` (its chunks), spread over the PP stages
+    (``prefill_share_ns = ceil(batch x prompt_prefill / (OSL x PP))``).
+
+    TTFT, by ``engines.ttft_model``:
+
+    - ``isolated``: the prompt alone, ``ISL`` tokens in one step through every stage and hop.
+    - ``loaded`` (steady state at the scenario's concurrency, as the engines' schedulers produce it): the
+      step's token budget ``C = engine.max_num_batched_tokens`` is shared with the decode tokens of the
+      running sequences where the engine mixes them into a prefill step (``engines.prefill_rides_decode``:
+      vLLM V1, TensorRT-LLM; ``d = ceil(batch / m)`` tokens, 0 when ``batch = 1``: no other sequence runs),
+      leaving ``p = max(C - d, 1)`` prompt tokens per step. With chunked prefill
+      (``engines.chunked_prefill``) the prompt takes ``n = ceil(ISL / p)`` steps of ``min(ISL, p)`` tokens
+      (a chunk costed by the prefill operators for ``chunk / ISL`` of a sequence over ``ISL`` tokens of
+      context, as ``batched_prefill`` costs its steps); without, one step of ``ISL`` tokens. Each of its
+      steps is a mixed step, approximated conservatively as the chunk's prefill *plus* a whole decode
+      step of the micro-batch (two passes' launches and weight reads where the engine runs one),
+      where the engine mixes; and, when ``batch > 1``, plus the prefill share of the other prompts that
+      arrive at ``batch / OSL`` per step and go first (FCFS: the chunks ahead of it). So
+      ``TTFT = n x (chunk + rides x decode step + waits x prefill share)``, every term through every
+      stage and hop. At ``batch = 1`` with ``ISL <= C`` it equals the isolated TTFT. It does not depend on
+      the layer split (the decode step is the sum of the stages, not the pipeline cycle ``max(m x
+      slowest, ...)``, which is larger by the bubble for PP > 1 with uneven stages), so the search's
+      bounding by the slowest stage is unchanged. Left out: a queue that grows when the prompts' mean
+      demand ``batch x ISL / OSL`` tokens per step exceeds ``p`` (an overloaded replica has no steady
+      state), and queueing from bursty arrivals beyond the mean share.
     """
     workload = scenario.workload
     calibration = calibration or shipped_calibration()
@@ -584,11 +624,35 @@ def integer_costs(*, scenario: Scenario, layouts: tuple[Layout, ...], batches: t
         num_moe_layers=scenario.model.num_moe_layers,
         prefill_share_ns=(),
     )
+    table = _with_ttft(scenario=scenario, table=table, g=g, micro_seqs=micro_seqs, cal=cal)
     osl = max(workload.output_tokens, 1)
     share = tuple(
-        ceil_div(table.batch[c] * table.ttft_ns(c), osl * layouts[c].pp) for c in range(len(layouts))
+        ceil_div(table.batch[c] * table.prompt_prefill_ns(c), osl * layouts[c].pp) for c in range(len(layouts))
     )
     return dataclasses.replace(table, prefill_share_ns=share)
+
+
+def _with_ttft(*, scenario: Scenario, table: CostTable, g: _Grid, micro_seqs: np.ndarray, cal: GpuCalibration) -> CostTable:
+    """``table`` with the TTFT model's chunk phase, chunk counts and flags (``integer_costs``)."""
+    isl, n = scenario.workload.input_tokens, len(table.layouts)
+    model = ttft_model(scenario)
+    if model is TtftModel.ISOLATED:
+        return dataclasses.replace(table, chunk=table.prefill, chunk_tokens=(isl,) * n, ttft_chunks=(1,) * n,
+                                   ttft_rides_decode=(0,) * n, ttft_waits=(0,) * n, ttft_model=model.value)
+    budget, rides = scenario.engine.max_num_batched_tokens, prefill_rides_decode(scenario)
+    busy = [b > 1 for b in table.batch]
+    decode_tokens = [int(d) if rides and on else 0 for d, on in zip(micro_seqs, busy)]
+    room = [max(budget - d, 1) for d in decode_tokens]
+    if chunked_prefill(scenario):
+        sizes, chunks = [min(isl, r) for r in room], [ceil_div(isl, r) for r in room]
+    else:
+        sizes, chunks = [isl] * n, [1] * n
+    tokens = np.asarray(sizes, dtype=float)
+    chunk = table.prefill if all(t == isl for t in sizes) else _phase(
+        scenario=scenario, g=g, tokens=tokens, seqs=tokens / isl, context=isl, prefill=True, cal=cal)
+    return dataclasses.replace(table, chunk=chunk, chunk_tokens=tuple(sizes), ttft_chunks=tuple(chunks),
+                               ttft_rides_decode=tuple(int(rides and on) for on in busy), ttft_waits=tuple(int(on) for on in busy),
+                               ttft_model=model.value)
 
 
 @dataclass(frozen=True)
@@ -623,12 +687,13 @@ def stage_ns(phase: PhaseCosts, i: int, kinds: list[tuple[int, int]]) -> tuple[i
 
 
 def estimate(*, table: CostTable, i: int, kinds: list[tuple[int, int]], concurrent_sequences: int, output_tokens: int) -> Estimate:
-    """TTFT = one prompt through all prefill stages + (PP-1) hops; TPOT = ``max(m x slowest decode stage,
-    all decode stages + (PP-1) hops) + prefill share``; request latency = TTFT + max(OSL - 1, 0) x TPOT."""
+    """TTFT = ``table.ttft_ns(i)`` (isolated: one prompt through all prefill stages + (PP-1) hops; loaded:
+    its chunks among the running decodes, ``integer_costs``); TPOT = ``max(m x slowest decode stage, all
+    decode stages + (PP-1) hops) + prefill share``; request latency = TTFT + max(OSL - 1, 0) x TPOT."""
     pp = len(kinds)
     prefill = stage_ns(table.prefill, i, kinds)
     decode = stage_ns(table.decode, i, kinds)
-    ttft = sum(prefill) + (pp - 1) * int(table.prefill.boundary_ns[i])
+    ttft = table.ttft_ns(i)
     cycle = max(table.microbatches[i] * max(decode), sum(decode) + (pp - 1) * int(table.decode.boundary_ns[i]))
     tpot = cycle + table.prefill_share_ns[i]
     return Estimate(

@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from optimizer.model.parallel import Layout
-from optimizer.inputs.scenario import EngineName, Scenario
+from optimizer.inputs.scenario import EngineName, Scenario, TtftModel
 
 
 def instances(scenario: Scenario, layout: Layout) -> int:
@@ -57,6 +57,44 @@ def ffn_tp(scenario: Scenario, layout: Layout) -> int:
     if scenario.engine.name is EngineName.SGLANG and scenario.model.is_moe:
         return layout.tp * attention_dp_per_instance(scenario, layout)
     return layout.tp
+
+
+def ttft_model(scenario: Scenario) -> TtftModel:
+    """How TTFT is modelled: the scenario's ``engine.ttft_model``, else ``loaded`` for the engines that batch
+    continuously (vLLM, SGLang, TensorRT-LLM's in-flight batching: a new request's prompt is scheduled
+    among the running sequences) and ``isolated`` for Megatron-Core, whose profile here is one job serving
+    one static batch (no request joins a running batch, so a prompt is prefilled on its own)."""
+    if scenario.engine.ttft_model is not None:
+        return scenario.engine.ttft_model
+    return TtftModel.ISOLATED if scenario.engine.name is EngineName.MEGATRON else TtftModel.LOADED
+
+
+def chunked_prefill(scenario: Scenario) -> bool:
+    """Whether a prompt longer than a step's token budget is split over steps: ``engine.chunked_prefill``,
+    else the engine's default. vLLM V1: on (``SchedulerConfig.enable_chunked_prefill``; V1's scheduler
+    ``vllm/v1/core/sched/scheduler.py`` ``schedule()`` gives a waiting request ``min(remaining prompt,
+    token_budget)`` tokens, and with chunking off skips a prompt that does not fit the budget left).
+    SGLang: on (``ServerArgs.chunked_prefill_size`` None, then set by GPU memory; -1 turns it off).
+    TensorRT-LLM: off ("To enable chunked context, please set the enable_chunked_prefill in LLM API to
+    True", nvidia.github.io/TensorRT-LLM features/long-sequence.html). Megatron-Core: off (static batch).
+    vLLM's default was read in ``SchedulerConfig`` (docs.vllm.ai api/vllm/config/scheduler: the budget is
+    "Maximum number of tokens that can be processed in a single iteration") and its V1 scheduler code."""
+    if scenario.engine.chunked_prefill is not None:
+        return scenario.engine.chunked_prefill
+    return scenario.engine.name in (EngineName.VLLM, EngineName.SGLANG)
+
+
+def prefill_rides_decode(scenario: Scenario) -> bool:
+    """Whether a step that prefills a prompt also carries the running sequences' decode tokens, sharing one
+    token budget. vLLM V1: yes (``schedule()`` schedules the RUNNING requests first, one decode token
+    each, taking them off ``token_budget``, then the WAITING prompts with what is left). TensorRT-LLM:
+    yes ("sequences in the context phase can be processed together with sequences in the generation
+    phase", nvidia.github.io/TensorRT-LLM features/paged-attention-ifb-scheduler.html, within
+    ``max_num_tokens``). SGLang: no (prefill first: the scheduler's ``get_next_batch_to_run`` runs a new
+    prefill batch before the running decode batch, and mixes decode tokens into it only with
+    ``--enable-mixed-chunk``, ``ServerArgs.enable_mixed_chunk = False``); its running decodes wait instead,
+    which the TPOT's prefill share counts. Megatron-Core: no (static batch)."""
+    return scenario.engine.name in (EngineName.VLLM, EngineName.TENSORRT_LLM)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,9 @@ model, one per DP replica for a dense one, as ``report.instances`` counts them f
   attention-DP rank).
 - engine.max_num_batched_tokens: vLLM ``--max-num-batched-tokens`` (per DP rank); SGLang
   ``--chunked-prefill-size`` x dp_i (divided by the attention-DP size); TensorRT-LLM ``--max_num_tokens``.
+- engine.chunked_prefill, where the scenario sets it against the launched engine's default (vLLM, SGLang:
+  on; TensorRT-LLM: off): vLLM ``--no-enable-chunked-prefill``; SGLang ``--chunked-prefill-size=-1``;
+  TensorRT-LLM ``enable_chunked_prefill: true`` in the options file.
 - The longest request, ISL + OSL (tokens; every request has these lengths in a scenario), rounded up to a
   multiple of 256 unless the plan's KV cache per replica holds less: ``--max-model-len`` /
   ``--context-length`` / ``--max_seq_len``.
@@ -163,6 +166,8 @@ FLAG_SOURCES: tuple[FlagSource, ...] = (
     FlagSource("vllm", "--max-num-seqs", _VARGS + " SchedulerConfig group; data_parallel_deployment.md "
                "(per DP rank)", _V),
     FlagSource("vllm", "--max-num-batched-tokens", _VARGS + " SchedulerConfig group", _V),
+    FlagSource("vllm", "--no-enable-chunked-prefill", _VARGS + " SchedulerConfig group (enable_chunked_prefill, a "
+               "boolean optional flag; on by default in V1)", _V),
     FlagSource("vllm", "--port", "vllm/entrypoints/common/cli_args.py FrontendArgs.port", _V),
     FlagSource("sglang", "-m", "python/sglang/launch_server.py (python3 -m sglang.launch_server)", _S),
     FlagSource("sglang", "--model-path", "python/sglang/srt/arg_groups/fields/model.py", _S),
@@ -209,6 +214,8 @@ FLAG_SOURCES: tuple[FlagSource, ...] = (
     FlagSource("trtllm", "--host", _TSERVE + " (default localhost)", _T),
     FlagSource("trtllm", "--port", _TSERVE + " (default 8000)", _T),
     FlagSource("trtllm", "trtllm-llmapi-launch", "tensorrt_llm/llmapi/trtllm-llmapi-launch (script); " + _TMULTI, _T),
+    FlagSource("trtllm-options", "enable_chunked_prefill", _TARGS + " (default False; features/long-sequence.md "
+               "'Chunked Context')", _T),
     FlagSource("trtllm-options", "enable_attention_dp", _TARGS + "; _torch/modules/attention.py", _T),
     FlagSource("trtllm-options", "moe_tensor_parallel_size", _TARGS + "; mapping.py (moe_tp x moe_ep = tp_size)", _T),
     FlagSource("trtllm-options", "pp_partition", _TARGS + " ('a list of each rank's layer number', prototype)", _T),
@@ -692,6 +699,7 @@ def vllm_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str] 
                "--max-model-len", str(max_model_len(p.scenario, kv_capacity_tokens=p.kv_capacity_tokens)),
                "--max-num-seqs", str(p.batch_per_replica),
                "--max-num-batched-tokens", str(p.scenario.engine.max_num_batched_tokens), *dtype_flags]
+    common += ["--no-enable-chunked-prefill"] if p.scenario.engine.chunked_prefill is False else []
     extra_env = [("VLLM_PP_LAYER_PARTITION", ",".join(map(str, p.layers_per_stage)))] if layout.pp > 1 else []
     gpn = p.scenario.cluster.gpus_per_node
     commands: list[NodeCommand] = []
@@ -776,7 +784,8 @@ def sglang_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str
     common += ["--mem-fraction-static", decimal_text(p.scenario.search.gpu_memory_utilization),
                "--max-running-requests", str(p.batch_per_replica * dp_i),
                "--context-length", str(max_model_len(p.scenario, kv_capacity_tokens=p.kv_capacity_tokens)),
-               "--chunked-prefill-size", str(p.scenario.engine.max_num_batched_tokens * dp_i), *dtype_flags]
+               *(["--chunked-prefill-size=-1"] if p.scenario.engine.chunked_prefill is False
+                 else ["--chunked-prefill-size", str(p.scenario.engine.max_num_batched_tokens * dp_i)]), *dtype_flags]
     extra_env = [("SGLANG_PP_LAYER_PARTITION", ",".join(map(str, p.layers_per_stage)))] if layout.pp > 1 else []
     gpn = p.scenario.cluster.gpus_per_node
     commands: list[NodeCommand] = []
@@ -812,6 +821,8 @@ def _trtllm_options(p: _Plan, dp_i: int) -> str:
     say everything. The file's ``kv_cache_config`` replaces the one the flags build
     (``update_llm_args_with_extra_dict``), so it repeats the memory fraction."""
     lines = ["enable_attention_dp: true"] if dp_i > 1 else []
+    if p.scenario.engine.chunked_prefill:
+        lines.append("enable_chunked_prefill: true")
     if p.scenario.model.is_moe:
         lines.append(f"moe_tensor_parallel_size: {p.layout.etp}")
     if p.layout.pp > 1:

@@ -75,6 +75,7 @@ def plan_document(
             "decode_stage_ns": list(est.decode_stage_ns),
             "prefill_share_per_decode_step_ns": table.prefill_share_ns[index],
             "decode_microbatches": table.microbatches[index],
+            **ttft_section(scenario, table, index),
             **step_section(scenario, table, index, plan),
             "breakdown_per_layer_s": _breakdown(scenario, table, index),
             "speed_of_light_per_layer_s": _breakdown(scenario, table, index, sol=True),
@@ -217,8 +218,41 @@ def memory_section(scenario: Scenario, certificate: Certificate) -> dict[str, An
     }
 
 
+def ttft_section(scenario: Scenario, table: CostTable, i: int) -> dict[str, Any]:
+    """Which TTFT model the estimate used (``cost.integer_costs``) and its terms: ``ttft_model``
+    (isolated | loaded), the prompt's chunks and their tokens, whether each chunk's step also carries the
+    batch's decode step and the other prompts' prefill share, the isolated TTFT beside it (ns), and a
+    sentence saying so. ``ttft_overloaded``: under the loaded model, the prompts arriving per step of a
+    micro-batch (``d x ISL / OSL`` tokens for its ``d = ceil(batch / m)`` sequences, each replaced after
+    OSL steps) exceed the prompt tokens a step admits (``max_num_batched_tokens`` less the decode tokens
+    where the engine mixes them): no steady state exists and the queue grows, so the TTFT is a lower bound."""
+    chunks, tokens = table.ttft_chunks[i], table.chunk_tokens[i]
+    rides, waits = table.ttft_rides_decode[i], table.ttft_waits[i]
+    isolated = table.phase_total_ns(table.prefill, i)
+    workload = scenario.workload
+    decode_tokens = -(-table.batch[i] // table.microbatches[i])
+    room = max(scenario.engine.max_num_batched_tokens - (decode_tokens if rides else 0), 1)
+    overloaded = (table.ttft_model != "isolated" and waits == 1
+                  and decode_tokens * workload.input_tokens > room * max(workload.output_tokens, 1))
+    if table.ttft_model == "isolated":
+        text = "isolated: one prompt's prefill alone on an idle replica"
+    else:
+        parts = [f"{chunks} step(s) of {tokens} prompt tokens"]
+        if rides:
+            parts.append(f"each with a decode step of {table.batch[i]} running sequence(s) per replica")
+        if waits:
+            parts.append("and the other prompts' prefill share (FCFS)")
+        text = (f"loaded: {', '.join(parts)}; isolated prefill {isolated / 1e6:.2f} ms")
+        if overloaded:
+            text += (f"; OVERLOADED: prompts bring {decode_tokens * workload.input_tokens / max(workload.output_tokens, 1):,.0f} "
+                     f"tokens per step against {room} admitted, the queue grows and this TTFT is a lower bound")
+    return {"ttft_model": table.ttft_model, "ttft_model_text": text, "ttft_chunks": chunks, "ttft_chunk_tokens": tokens,
+            "ttft_steps_carry_decode": bool(rides), "ttft_steps_carry_prefill_share": bool(waits), "ttft_isolated_ns": isolated,
+            "ttft_overloaded": overloaded}
+
+
 def step_section(scenario: Scenario, table: CostTable, i: int, plan: Plan) -> dict[str, float]:
-    """``prefill_step_s``: one prompt through every stage and hop (= TTFT); ``decode_step_s``: one decode
+    """``prefill_step_s``: one prompt through every stage and hop (the isolated TTFT); ``decode_step_s``: one decode
     step of one micro-batch through every stage and hop, without the prefill share (TPOT adds it, and
     waits for the slowest stage when micro-batches overlap)."""
     kinds = layer_kinds(model=scenario.model, layers_per_stage=plan.layers_per_stage)
@@ -271,7 +305,8 @@ def estimate_document(*, scenario: Scenario, plan: Plan, certificate: Certificat
         "failing_rules": base["certificate"]["failing_rules"],
         "failing_checks": [{"name": c.name, "detail": c.detail} for c in certificate.failing],
         **{k: est[k] for k in ("prefill_step_s", "decode_step_s", "ttft_s", "tpot_s", "request_latency_s",
-                               "output_tokens_per_s", "output_tokens_per_s_per_gpu", "decode_microbatches")},
+                               "output_tokens_per_s", "output_tokens_per_s_per_gpu", "decode_microbatches", "ttft_model",
+                               "ttft_model_text")},
         "prefill_share_per_decode_step_s": est["prefill_share_per_decode_step_ns"] / 1e9,
         **_static_batch(scenario=scenario, plan=plan, table=table, index=index, certificate=certificate, kinds=kinds),
         "kv_cache_capacity_tokens": mem["kv_cache_capacity_tokens"],
@@ -309,7 +344,9 @@ def render_estimate(document: dict[str, Any]) -> str:
         f"  batch/replica {p['batch_per_replica']}  layers per stage {p['layers_per_stage']}",
         f"  calibration {document['calibration']['text']}",
         "",
-        f"  prefill step {document['prefill_step_s'] * 1e3:.2f} ms (= TTFT)   decode step {document['decode_step_s'] * 1e3:.3f} ms   "
+        f"  prefill step {document['prefill_step_s'] * 1e3:.2f} ms   TTFT {document['ttft_s'] * 1e3:.2f} ms "
+        f"({document['ttft_model_text']})",
+        f"  decode step {document['decode_step_s'] * 1e3:.3f} ms   "
         f"TPOT {document['tpot_s'] * 1e3:.3f} ms (with {document['prefill_share_per_decode_step_s'] * 1e3:.3f} ms of prefills per step, "
         f"{document['decode_microbatches']} micro-batch(es))",
         f"  request latency {document['request_latency_s']:.3f} s   {document['output_tokens_per_s']:,.0f} output tokens/s "
@@ -435,6 +472,7 @@ def render_table(document: dict[str, Any], *, title: str = "Plan", timing: str |
         "",
         f"  TTFT {est['ttft_s'] * 1e3:.1f} ms   TPOT {est['tpot_s'] * 1e3:.2f} ms   request latency {est['request_latency_s']:.3f} s   "
         f"{est['output_tokens_per_s']:,.0f} output tokens/s ({est['output_tokens_per_s_per_gpu']:,.0f} per GPU)",
+        *([f"  TTFT model: {est['ttft_model_text']}"] if "ttft_model_text" in est else []),
         f"  memory per GPU (stage {peak['stage']}): weights {human_bytes(peak['weights_bytes'])} + KV cache "
         f"{human_bytes(peak['kv_cache_bytes'])} + activations {human_bytes(peak['activation_bytes'])} + runtime "
         f"{human_bytes(peak['reserve_bytes'] + peak['cuda_graph_bytes'] + peak['comm_buffer_bytes'])} = "
@@ -511,6 +549,7 @@ def render_markdown(document: dict[str, Any], runner_up: dict[str, Any] | None =
         f"| {est['ttft_s']:.4f} | {est['tpot_s']:.5f} | {est['request_latency_s']:.3f} | {est['output_tokens_per_s']:,.0f} "
         f"| {est['output_tokens_per_s_per_gpu']:,.0f} |",
         "",
+        *([f"TTFT model: {est['ttft_model_text']}.", ""] if "ttft_model_text" in est else []),
         f"Calibration: {est['calibration']['text']}.",
         "",
         "## Memory per GPU (bytes)",

@@ -318,9 +318,13 @@ class CandidateValues:
             return (cost.num_dense_layers * col(phase.dense_layer_ns) + cost.num_moe_layers * col(phase.moe_layer_ns)
                     + col(phase.first_extra_ns) + col(phase.last_extra_ns) + (pp - 1) * col(phase.boundary_ns))
 
-        ttft = total(cost.prefill)
+        # TTFT (cost.CostTable.ttft_ns): chunks x (chunk step + rides x decode step + waits x prefill share)
+        obj = lambda a: np.asarray(a, dtype=object)  # noqa: E731
+        share = obj(cost.prefill_share_ns)
+        ttft = obj(cost.ttft_chunks) * (total(cost.chunk) + obj(cost.ttft_rides_decode) * total(cost.decode)
+                                         + obj(cost.ttft_waits) * share)
         micro = np.asarray(cost.microbatches, dtype=object)
-        tpot = np.maximum(micro * np.where(missing, 0, slow), total(cost.decode)) + np.asarray(cost.prefill_share_ns, dtype=object)
+        tpot = np.maximum(micro * np.where(missing, 0, slow), total(cost.decode)) + share
         latency = ttft + steps * tpot
         objective = s.search.objective
         if objective is Objective.TTFT:

@@ -252,7 +252,9 @@ class _Space:
 
     def figures(self, c: int, slowest: int) -> tuple[int, int, int, int]:
         """``(ttft, tpot, request latency, primary)`` for a slowest decode stage of ``slowest`` ns, by
-        ``cost.estimate``'s formulas: every one grows with ``slowest``."""
+        ``cost.estimate``'s formulas: every one grows with ``slowest``. TTFT (isolated or loaded, the scalar
+        ``CostTable.ttft_ns``; the search evaluates it vectorised in ``candidates.py``) does not depend on
+        the split, so it is exact here for every candidate."""
         cost, s = self.tables.cost, self.scenario
         layout = self.tables.layouts[c]
         ttft = cost.ttft_ns(c)
