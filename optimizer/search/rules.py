@@ -767,7 +767,10 @@ def build_rules(scenario: Scenario) -> tuple[Rule, ...]:
         rules.append(Divisible("dense_ffn_divisible", "intermediate_size", "ffn_tp" if sglang_moe else "tp", model.dense_ffn_width))
     if model.is_moe:
         if engine.name is not EngineName.VLLM:  # vLLM spreads a remainder (fused_moe/layer.py determine_expert_map)
-            rules.append(Divisible("experts_divisible", "num_experts", "ep", model.num_experts))
+            # SGLang asserts (E + R) % ep_size == 0 with R redundant experts (eplb/expert_location.py)
+            redundant = engine.num_redundant_experts
+            rules.append(Divisible("experts_divisible", "num_experts + num_redundant_experts" if redundant else "num_experts",
+                                   "ep", model.num_experts + redundant))
         rules.append(Divisible("moe_ffn_divisible", "moe_intermediate_size", "etp", model.expert_width))
         if model.shared_ffn_width:
             rules.append(Divisible("shared_ffn_divisible", "shared_expert_width", "ffn_tp" if sglang_moe else "tp", model.shared_ffn_width))
