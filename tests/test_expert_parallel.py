@@ -190,3 +190,34 @@ def test_large_scale_ep_prefill_against_the_sglang_96_h100_measurement():
     assert "below the measurement" in old and "above the measurement" in new
     predicted = float(new.split(":")[1].split("tokens/s")[0].replace(",", ""))
     assert predicted < 52_300  # conservative: the estimate does not beat the measurement
+
+
+def test_launch_lines_carry_the_ep_switches():
+    """`optimize launch` writes the scenario's EP switches as each engine spells them: SGLang --moe-a2a-backend
+    deepep --deepep-mode --enable-two-batch-overlap --ep-num-redundant-experts; vLLM --all2all-backend
+    deepep_high_throughput|deepep_low_latency, --enable-dbo, --enable-eplb --eplb-config. vLLM has no auto mode."""
+    import copy
+
+    from optimizer.errors import OptimizerError
+    from optimizer.outputs.launch import sglang_commands, vllm_commands
+    from tests.test_launch import check_flag_sources
+
+    run = subprocess.run([sys.executable, "-m", "optimizer.cli", "--scenario", "deepseek-v3-32xh100-sglang-deepep", "--json", "-"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    sglang = sglang_commands(doc)
+    check_flag_sources(sglang)
+    argv = " ".join(sglang.commands[0].argv)
+    assert ("--moe-a2a-backend deepep --deepep-mode auto --enable-two-batch-overlap --ep-num-redundant-experts 32" in argv)
+    with pytest.raises(OptimizerError, match="no auto DeepEP mode"):
+        vllm_commands(doc)
+    # the same sizes under vLLM (EP = TP x DP of an instance: one instance of 32), normal mode
+    vdoc = copy.deepcopy(doc)
+    vdoc["scenario"]["engine"].update(name="vllm", enable_expert_parallel=True, deepep_mode="normal")
+    vdoc["plan"].update(ep=32, edp=1, instances=1)
+    vllm = vllm_commands(vdoc)
+    check_flag_sources(vllm)
+    argv = vllm.commands[0].argv
+    assert argv[argv.index("--all2all-backend") + 1] == "deepep_high_throughput"
+    assert "--enable-dbo" in argv and json.loads(argv[argv.index("--eplb-config") + 1]) == {"num_redundant_experts": 32}
