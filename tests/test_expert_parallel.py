@@ -221,3 +221,14 @@ def test_launch_lines_carry_the_ep_switches():
     argv = vllm.commands[0].argv
     assert argv[argv.index("--all2all-backend") + 1] == "deepep_high_throughput"
     assert "--enable-dbo" in argv and json.loads(argv[argv.index("--eplb-config") + 1]) == {"num_redundant_experts": 32}
+
+
+def test_deepep_needs_whole_experts_per_rank():
+    """SGLang sets ep_size = tp_size with DeepEP (server_args.py _handle_a2a_moe): no expert is split (ETP 1)."""
+    sc = _deepseek(moe_a2a_backend="deepep")
+    rule = next(r for r in build_rules(sc) if r.name == "deepep_whole_experts")
+    assert rule.evaluate(sc, EP32).holds
+    split = Layout(tp=1, pp=1, dp=32, ep=16, etp=2, edp=1)
+    check = rule.evaluate(sc, split)
+    assert not check.holds and (check.lhs, check.rhs) == (2, 1)
+    assert "deepep_whole_experts" not in {r.name for r in build_rules(_deepseek())}
