@@ -232,3 +232,13 @@ def test_deepep_needs_whole_experts_per_rank():
     check = rule.evaluate(sc, split)
     assert not check.holds and (check.lhs, check.rhs) == (2, 1)
     assert "deepep_whole_experts" not in {r.name for r in build_rules(_deepseek())}
+
+
+def test_a_misspelt_backend_is_bad_input_with_file_and_field(tmp_path):
+    text = (ROOT / "scenarios" / "qwen3-235b-a22b-16xh100-sglang-deepep.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("moe_a2a_backend: deepep", "moe_a2a_backend: deepepp"))
+    run = subprocess.run([sys.executable, "-m", "optimizer.cli", "--scenario", str(bad)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 2
+    assert "bad.yaml" in run.stderr and "engine.moe_a2a_backend" in run.stderr and "'deepep'" in run.stderr
