@@ -335,7 +335,9 @@ def test_estimate_works_on_every_shipped_scenario(name):
     for phase, step in (("prefill", doc["prefill_step_s"]), ("decode", doc["decode_step_s"])):
         operators = doc["breakdown"][phase]["operators"]
         assert sum(op["total_s"] for op in operators) == pytest.approx(step, rel=1e-4, abs=1e-6)
-        assert all(op["speed_of_light_s"] <= op["total_s"] * (1 + 1e-5) + 1e-12 for op in operators)
+        # the two-batch overlap is a credit (<= 0): at the speed of light less is hidden, as the parts are shorter
+        assert all(op["speed_of_light_s"] <= op["total_s"] * (1 + 1e-5) + 1e-12 for op in operators if op["kind"] != "overlap")
+        assert all(op["total_s"] <= op["speed_of_light_s"] <= 0 for op in operators if op["kind"] == "overlap")
         assert doc["breakdown"][phase]["speed_of_light_s"] < step
 
 

@@ -59,9 +59,11 @@ def test_every_shipped_scenario_gets_a_plan_or_an_infeasibility(shipped_sweep):
             assert int(row["tp"]) == golden["plan"]["tp"] and int(row["ep"]) == golden["plan"]["ep"]
     text = (shipped_sweep / "summary.md").read_text()
     assert text.startswith("# Sweep summary") and "| 16gpu-30b |" in text
-    # DeepSeek-V3 is shipped at two ISL/OSL pairs: one plot each (plots/<model>--isl<I>-osl<O>.png)
+    # DeepSeek-V3 is shipped at three ISL/OSL pairs (2000/512: the SGLang large-EP scenario, the blog's
+    # 2000-token inputs): one plot each (plots/<model>--isl<I>-osl<O>.png)
     plots = sorted((shipped_sweep / "plots").glob("DeepSeek-V3--isl*-osl*.png"))
-    assert [p.name for p in plots] == ["DeepSeek-V3--isl1024-osl2048.png", "DeepSeek-V3--isl2048-osl512.png"]
+    assert [p.name for p in plots] == ["DeepSeek-V3--isl1024-osl2048.png", "DeepSeek-V3--isl2000-osl512.png",
+                                       "DeepSeek-V3--isl2048-osl512.png"]
     assert all(p.stat().st_size > 10_000 for p in plots)
 
 

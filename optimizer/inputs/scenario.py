@@ -382,6 +382,34 @@ class TtftModel(StrEnum):
     LOADED = "loaded"
 
 
+class MoeA2aBackend(StrEnum):
+    """How tokens reach their experts (``Engine.moe_a2a_backend``)."""
+
+    NONE = "none"  # the engine's default collective: every top-k copy sent, BF16, not overlapped
+    DEEPEP = "deepep"  # DeepEP kernels (deepseek-ai/DeepEP): SGLang --moe-a2a-backend deepep, vLLM deepep_* backends
+
+
+class DeepepMode(StrEnum):
+    """DeepEP's kernels (``Engine.deepep_mode``; SGLang ``--deepep-mode``, ``layers/moe/utils.py`` DeepEPMode)."""
+
+    NORMAL = "normal"  # high throughput: once per node over RDMA, then NVLink (vLLM deepep_high_throughput)
+    LOW_LATENCY = "low_latency"  # one RDMA write per (token, expert) (vLLM deepep_low_latency)
+    AUTO = "auto"  # SGLang's default: normal for a batch with prefill (extend), low-latency for decode
+
+
+class A2aDtype(StrEnum):
+    """What the MoE dispatch carries: BF16, or FP8 e4m3 with one FP32 scale per 128 values."""
+
+    BF16 = "bf16"
+    FP8 = "fp8"
+
+    @property
+    def bits(self) -> Fraction:
+        """Bits per hidden value on the wire, scales included (SGLang ``token_dispatcher/deepep.py``:
+        ``sglang_per_token_group_quant_fp8(hidden_states, 128)`` before the dispatch)."""
+        return Fraction(16) if self is A2aDtype.BF16 else Fraction(8) + Fraction(32, 128)
+
+
 class Engine(_Frozen):
     """Engine profile. ``enable_expert_parallel`` mirrors vLLM's ``--enable-expert-parallel`` (off by
     default there; only vLLM reads it: SGLang and TensorRT-LLM take EP from the layout);
@@ -416,10 +444,37 @@ class Engine(_Frozen):
     reserve_bytes: int = Field(default=1 << 30, ge=0)
     cuda_graph_bytes: int = Field(default=1 << 29, ge=0)
     comm_buffer_bytes: int = Field(default=1 << 29, ge=0)
+    moe_a2a_backend: MoeA2aBackend = Field(
+        default=MoeA2aBackend.NONE,
+        description="MoE token exchange: none (the engine's default collective) or deepep (SGLang --moe-a2a-backend deepep, "
+                    "vLLM --all2all-backend deepep_high_throughput|deepep_low_latency); both engines default to none")
+    deepep_mode: DeepepMode = Field(
+        default=DeepepMode.AUTO,
+        description="with deepep: normal, low_latency, or auto (SGLang --deepep-mode, default auto: normal for prefill, "
+                    "low_latency for decode); vLLM's deepep_high_throughput is normal, deepep_low_latency low_latency")
+    a2a_dispatch_dtype: A2aDtype | None = Field(
+        default=None,
+        description="dispatch payload: bf16 or fp8 (e4m3 + one fp32 scale per 128 values; deepep only); default as SGLang "
+                    "does: fp8 with deepep when the experts run FP8 GEMMs, else bf16. The combine is always bf16")
+    enable_two_batch_overlap: bool = Field(
+        default=False,
+        description="SGLang --enable-two-batch-overlap, vLLM --enable-dbo (both default off): two micro-batches, one's "
+                    "MoE all-to-all under the other's compute")
+    num_redundant_experts: int = Field(
+        default=0, ge=0, le=1 << 16,
+        description="extra expert replicas per MoE layer (SGLang --ep-num-redundant-experts, vLLM --num-redundant-experts "
+                    "with EPLB; both default 0): each EP rank holds (num_experts + this) / EP experts")
     calibration_stack: str | None = Field(
         default=None, min_length=1,
         description="software stack whose measured step overheads the estimate uses (optimizer/inputs/catalog/calibration.yaml "
                     "`stacks`); default: the engine's entry in `engine_stacks`")
+
+    @model_validator(mode="after")
+    def _deepep_only(self) -> Engine:
+        if self.a2a_dispatch_dtype is A2aDtype.FP8 and self.moe_a2a_backend is not MoeA2aBackend.DEEPEP:
+            raise ValueError("a2a_dispatch_dtype: fp8 needs moe_a2a_backend: deepep (the engines' default all-to-all "
+                             "sends the activations in BF16)")
+        return self
 
     @property
     def runtime_bytes(self) -> int:

@@ -38,10 +38,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from optimizer.model.calibration import Calibration, GpuCalibration, LinkFit, shipped_calibration
-from optimizer.model.engines import chunked_prefill, ffn_tp, prefill_rides_decode, ttft_model
+from optimizer.model.engines import a2a_dispatch_dtype, chunked_prefill, deepep_mode, ffn_tp, physical_experts, prefill_rides_decode, ttft_model
 from optimizer.model.memory import ACTIVATION_BYTES, HIGH_PRECISION, LOGITS_BYTES, kv_cache_bytes_per_token_layer, kv_heads_per_rank
 from optimizer.model.parallel import Layout, batch_per_replica, ep_offnode_fraction, pp_inter_node_boundaries, tp_intra_node
-from optimizer.inputs.scenario import Cluster, ComputeDtype, GpuSpec, Link, ModelSpec, Scenario, TtftModel, Workload
+from optimizer.inputs.scenario import Cluster, ComputeDtype, DeepepMode, GpuSpec, Link, ModelSpec, Scenario, TtftModel, Workload
 from optimizer.errors import OptimizerError
 from optimizer.units import ceil_div
 
@@ -178,6 +178,8 @@ class LayerTime:
     ops: dict[str, np.ndarray]
     sol: dict[str, np.ndarray]
     kinds: dict[str, str] = dataclasses.field(default_factory=dict)  # operator -> Work.kind
+    # collectives: operator -> (NVLink bytes, inter-node bytes) one GPU puts on its links (``wire_bytes``)
+    wire: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
 
     @property
     def total_s(self) -> np.ndarray:
@@ -189,6 +191,24 @@ class LayerTime:
     def sol_row(self, i: int) -> dict[str, float]:
         return {name: float(t[i]) for name, t in self.sol.items()}
 
+    def wire_row(self, i: int) -> dict[str, tuple[float, float]]:
+        return {name: (float(on[i]), float(off[i])) for name, (on, off) in self.wire.items()}
+
+
+def wire_bytes(work: Work, *, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bus bytes one GPU sends for a collective, ``(over NVLink, across nodes)``, repeats included: the
+    ``(n-1)/n x S`` (all-to-all, all-gather) or ``2(n-1)/n x S`` (ring all-reduce) of ``_collective_s``, a ring
+    wholly across nodes where any hop is (as ``work_time_s`` costs it), an all-to-all split by ``offnode``."""
+    zero = np.zeros(size)
+    n = np.maximum(np.asarray(work.peers, dtype=float), 1.0) + zero
+    message = np.asarray(work.bytes, dtype=float) + zero
+    off = np.asarray(work.offnode, dtype=float) + zero
+    factor = {"allreduce": 2 * (n - 1) / n, "allgather": (n - 1) / n, "alltoall": (n - 1) / n, "p2p": np.ones_like(n)}[work.kind]
+    bus = factor * message * work.repeat
+    if work.kind in ("allreduce", "allgather"):
+        return np.where(off > 0, 0.0, bus), np.where(off > 0, bus, 0.0)
+    return bus * (1 - off), bus * off
+
 
 def timed(works: dict[str, Work], *, scenario: Scenario, cal: GpuCalibration, size: int) -> LayerTime:
     """Time and speed of light of every operator, broadcast to ``size`` layouts."""
@@ -198,6 +218,7 @@ def timed(works: dict[str, Work], *, scenario: Scenario, cal: GpuCalibration, si
         ops={k: zero + work_time_s(w, gpu=gpu, cluster=cluster, cal=cal) for k, w in works.items()},
         sol={k: zero + work_sol_s(w, gpu=gpu, cluster=cluster) for k, w in works.items()},
         kinds={k: w.kind for k, w in works.items()},
+        wire={k: wire_bytes(w, size=size) for k, w in works.items() if w.kind in COLLECTIVE_KINDS},
     )
 
 
@@ -341,11 +362,89 @@ def attention_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _G
     return works
 
 
+def hit_probability(*, slots: int, group_slots, k: int):
+    """Probability that a token's ``k`` distinct experts, drawn uniformly from ``slots`` expert slots, include
+    at least one of a group of ``group_slots`` slots (a GPU's or a node's): ``1 - C(P - s, k) / C(P, k)``,
+    the hypergeometric form of ``1 - (1 - s/P)^k``. Elementwise over ``group_slots``."""
+    s = np.minimum(np.asarray(group_slots, dtype=float), slots)
+    miss = np.ones_like(s)
+    for i in range(k):
+        miss = miss * np.maximum(slots - s - i, 0.0) / (slots - i)
+    return 1.0 - miss
+
+
+@dataclass(frozen=True)
+class EpExchange:
+    """Parameters of the MoE token exchange of one step (``engines.deepep_mode``, ``a2a_dispatch_dtype``)."""
+
+    mode: DeepepMode | None  # None: the engine's default all-to-all (every top-k copy, BF16)
+    dispatch_bits: float  # per hidden value on the wire (FP8: 8 + 32/128 for the per-128 FP32 scales)
+    slots: int  # expert slots per layer, num_experts + num_redundant_experts
+
+
+def ep_exchange(scenario: Scenario, *, prefill: bool) -> EpExchange:
+    return EpExchange(mode=deepep_mode(scenario, prefill=prefill), dispatch_bits=float(a2a_dispatch_dtype(scenario).bits),
+                      slots=physical_experts(scenario))
+
+
+def ep_nodes(g: _Grid, gpus_per_node: int) -> np.ndarray:
+    """Nodes one EP group spans (``ep x etp`` ranks, ``etp`` consecutive), as ``parallel.ep_offnode_fraction``
+    places them: 1 inside a node; ``ep x etp / gpus_per_node`` when the group tiles whole nodes; else every
+    peer on its own node (conservative, as ``ep_offnode_fraction`` is)."""
+    block = g.ep * g.etp
+    tiles = (np.mod(block, gpus_per_node) == 0) & (np.mod(gpus_per_node, g.etp) == 0)
+    return np.where(np.mod(gpus_per_node, block) == 0, 1.0, np.where(tiles, block / gpus_per_node, g.ep))
+
+
+def _a2a(*, intra_bytes, inter_bytes, peers) -> Work:
+    """An all-to-all whose bus bytes are ``intra_bytes`` on NVLink and ``inter_bytes`` across nodes (per GPU):
+    the message ``S`` and off-node share that ``work_time_s``'s ``(n-1)/n x S`` form turns back into them."""
+    n = np.maximum(np.asarray(peers, dtype=float), 1.0)
+    total = np.asarray(intra_bytes, dtype=float) + np.asarray(inter_bytes, dtype=float)
+    message = np.where(n > 1, total * n / np.maximum(n - 1, 1.0), 0.0)
+    off = np.where(total > 0, np.asarray(inter_bytes, dtype=float) / np.where(total > 0, total, 1.0), 0.0)
+    return Work("alltoall", bytes=message, peers=n, offnode=off)
+
+
+def ep_exchange_works(*, model: ModelSpec, g: _Grid, tokens, exchange: EpExchange, gpus_per_node: int) -> dict[str, Work]:
+    """The MoE token exchange of one layer on one GPU, which sends its ``tokens / TP`` tokens:
+
+    - no DeepEP (``ep_alltoall``): every top-k copy, BF16, dispatch and combine alike (the engines' default
+      collectives: vLLM ``allgather_reducescatter``/naive, SGLang's standard dispatcher);
+    - DeepEP low-latency (``ep_dispatch``, ``ep_combine``): one RDMA write per (token, expert), so every
+      top-k copy still travels, the dispatch at ``exchange.dispatch_bits`` (DeepEP ``low_latency_dispatch(...,
+      use_fp8=True)``, SGLang ``token_dispatcher/deepep.py``), the combine in BF16;
+    - DeepEP normal (``ep_dispatch``, ``ep_combine``): a token goes once to each destination *node* over RDMA
+      and is forwarded there over NVLink once per destination *GPU* (DeepEP ``get_dispatch_layout``:
+      ``num_tokens_per_rdma_rank``, ``is_token_in_rank``; README "asymmetric-domain bandwidth forwarding"), the
+      combine reduces on the node before the one RDMA send back. Off-node bytes per token: ``(N - 1) x
+      p(node)``, NVLink bytes ``(EP - 1) x p(GPU)``, with ``p`` the ``hit_probability`` of a node's and a GPU's
+      expert slots under uniform routing (DeepSeek-V3's node-limited routing, at most 4 nodes a token, is not
+      modelled: conservative where EP spans more than 4 nodes).
+
+    Units: bytes per GPU per layer. Shapes: arrays over layouts."""
+    h, k = model.hidden_size, model.num_experts_per_tok
+    sent = tokens / g.tp
+    if exchange.mode is None:
+        return {"ep_alltoall": Work("alltoall", bytes=sent * k * h * ACTIVATION_BYTES, peers=g.ep, offnode=g.ep_offnode, repeat=2.0)}
+    dispatch_bytes, combine_bytes = exchange.dispatch_bits / 8, float(ACTIVATION_BYTES)
+    if exchange.mode is DeepepMode.LOW_LATENCY:
+        return {"ep_dispatch": Work("alltoall", bytes=sent * k * h * dispatch_bytes, peers=g.ep, offnode=g.ep_offnode),
+                "ep_combine": Work("alltoall", bytes=sent * k * h * combine_bytes, peers=g.ep, offnode=g.ep_offnode)}
+    nodes = ep_nodes(g, gpus_per_node)
+    node_copies = (nodes - 1) * hit_probability(slots=exchange.slots, group_slots=exchange.slots / nodes, k=k)
+    gpu_copies = (g.ep - 1) * hit_probability(slots=exchange.slots, group_slots=exchange.slots / g.ep, k=k)
+    works = {}
+    for name, width in (("ep_dispatch", dispatch_bytes), ("ep_combine", combine_bytes)):
+        works[name] = _a2a(intra_bytes=sent * gpu_copies * h * width, inter_bytes=sent * node_copies * h * width, peers=g.ep)
+    return works
+
+
 def ffn_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _Grid, tokens, dense: bool,
-              routing_imbalance: float) -> dict[str, Work]:
+              routing_imbalance: float, exchange: EpExchange | None = None, gpus_per_node: int = 8) -> dict[str, Work]:
     """A dense SwiGLU FFN over TP, or a MoE block: router, routed experts (grouped GEMMs over the experts
-    this GPU holds, the busiest GPU's tokens), shared experts over TP, the EP all-to-all (dispatch and
-    combine) and the ETP all-reduce."""
+    this GPU holds, the busiest GPU's tokens), shared experts over TP, the EP token exchange
+    (``ep_exchange_works``; default: the engines' plain all-to-all) and the ETP all-reduce."""
     h, act = model.hidden_size, ACTIVATION_BYTES
     wbits = workload.weight_dtype.bits
     dtype = _gemm_dtype(gpu, workload.weight_dtype.compute)
@@ -369,16 +468,20 @@ def ffn_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _Grid, t
                                           repeat=np.where(g.ffn_tp > g.tp, 1.0, 0.0))
         return works
     k, num_experts = model.num_experts_per_tok, model.num_experts
+    exchange = exchange or EpExchange(mode=None, dispatch_bits=16.0, slots=num_experts)
+    slots = exchange.slots  # with R redundant replicas the E + R slots share the routed tokens
     edtype = _gemm_dtype(gpu, workload.experts_dtype.compute)
     width = model.expert_width / g.etp
     # Tokens whose experts sit on this GPU: the pool's tokens x k spread over its EP ranks (the TP ranks
     # of one replica hold the same tokens; with EP x ETP > TP they are split, not repeated).
-    # The busiest EP rank holds ceil(E / EP) experts (vLLM spreads a remainder of E / EP over the first
-    # ranks: fused_moe/layer.py determine_expert_map), so it gets that share of the routed tokens.
-    busiest = np.ceil(num_experts / g.ep) * g.ep / num_experts  # exactly 1.0 when EP divides the experts
+    # The busiest EP rank holds ceil(P / EP) of the P = E + R expert slots (vLLM spreads a remainder of
+    # E / EP over the first ranks: fused_moe/layer.py determine_expert_map), so it gets that share of the
+    # routed tokens. EPLB's replicas are taken to spread the load no better than ``routing_imbalance`` says:
+    # no source gives a figure for how much they shrink it, so the scenario's input stands.
+    busiest = np.ceil(slots / g.ep) * g.ep / slots  # exactly 1.0 when EP divides the slots
     routed = tokens * k * np.maximum(g.tp, g.ep * g.etp) / (g.tp * g.ep) * routing_imbalance * busiest
     pool_tokens = tokens * g.dp / g.edp
-    touched = np.ceil(num_experts / g.ep) * (1 - (1 - k / num_experts) ** pool_tokens)
+    touched = np.ceil(slots / g.ep) * (1 - (1 - k / slots) ** pool_tokens)
     works = {
         "router": Work("gemm", flops=2.0 * tokens * h * num_experts, dtype="bf16",
                        bytes=_bytes(h * num_experts, HIGH_PRECISION.bits) + act * tokens * h),
@@ -390,13 +493,15 @@ def ffn_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _Grid, t
     if model.shared_ffn_width:
         # Over the FFN group (``ffn_tp``): SGLang shards the shared experts over its whole --tp-size, on the
         # tokens gathered from its attention-DP ranks (models/deepseek_v2.py); elsewhere ffn_tp = TP.
-        ws = model.shared_ffn_width / g.ffn_tp
-        shared_tokens = tokens * g.ffn_tp / g.tp
+        # With DeepEP SGLang keeps a whole copy on every GPU over its own tokens (engines.shared_experts_tp).
+        deepep = exchange.mode is not None
+        ws = model.shared_ffn_width / (1.0 if deepep else g.ffn_tp)
+        shared_tokens = tokens if deepep else tokens * g.ffn_tp / g.tp
         works["shared_experts"] = Work("gemm", kernels=2.0, dtype=dtype, flops=2.0 * shared_tokens * 3 * h * ws,
                                        quant_elements=shared_tokens * (h + ws) if dtype == "fp8" else 0.0,
                                        bytes=_bytes(3 * h * ws, wbits) + act * shared_tokens * (2 * h + 3 * ws))
-    # Each TP rank sends its 1/TP share of the tokens, k copies each, to the EP ranks that hold them.
-    works["ep_alltoall"] = Work("alltoall", bytes=tokens / g.tp * k * h * act, peers=g.ep, offnode=g.ep_offnode, repeat=2.0)
+    # Each TP rank sends its 1/TP share of the tokens to the EP ranks that hold their experts.
+    works.update(ep_exchange_works(model=model, g=g, tokens=tokens, exchange=exchange, gpus_per_node=gpus_per_node))
     # The fused MoE kernels of vLLM (fused_moe: moe_sum of the top-k outputs, then one tensor_model_parallel_
     # all_reduce in FusedMoE.forward) and SGLang (the same, in its FusedMoE layer) combine a token's top-k
     # expert outputs on each rank before reducing, so the ETP all-reduce carries each token once:
@@ -412,7 +517,38 @@ def layer_time(*, scenario: Scenario, g: _Grid, tokens, seqs, context, prefill: 
     """One layer on one GPU for a step of ``tokens`` tokens from ``seqs`` sequences whose attention spans
     ``context`` tokens (prefill: the prompt, causal; decode: one new token over the KV cache)."""
     works = layer_works(scenario=scenario, g=g, tokens=tokens, seqs=seqs, context=context, prefill=prefill, dense=dense)
-    return timed(works, scenario=scenario, cal=cal, size=len(g.tp))
+    whole = timed(works, scenario=scenario, cal=cal, size=len(g.tp))
+    if dense or not scenario.engine.enable_two_batch_overlap or not scenario.model.is_moe:
+        return whole
+    halves = layer_works(scenario=scenario, g=g, tokens=tokens / 2, seqs=seqs / 2, context=context, prefill=prefill, dense=dense)
+    return two_batch_overlap(whole=whole, half=timed(halves, scenario=scenario, cal=cal, size=len(g.tp)),
+                             split=np.asarray(tokens, dtype=float) + np.zeros(len(g.tp)) >= 2)
+
+
+EP_EXCHANGE_OPS = ("ep_alltoall", "ep_dispatch", "ep_combine")
+
+
+def two_batch_overlap(*, whole: LayerTime, half: LayerTime, split: np.ndarray) -> LayerTime:
+    """A MoE layer run as two micro-batches of half the tokens, one's EP exchange under the other's compute
+    (SGLang ``--enable-two-batch-overlap``, ``batch_overlap/two_batch_overlap.py``; vLLM ``--enable-dbo``;
+    DeepSeek's "dual micro-batch overlap", DeepSeek-V3 report section 3.4). Each micro-batch pays every
+    operator at its own size, launches and per-layer overheads included (the calibration's fixed terms,
+    twice: the cost of splitting), and the ``tbo_overlap`` term takes back the hidden part, ``min(compute,
+    exchange)`` of the two micro-batches together, so the layer costs ``max(compute, exchange) + overheads``:
+    at most perfect overlap, never below either part. The ETP and TP collectives are not overlapped
+    (conservative). Layouts where ``split`` is false (fewer than 2 tokens) run whole.
+
+    Units: seconds per layer, per layout; the speed of light overlaps the same way."""
+    def merged(whole_t: dict[str, np.ndarray], half_t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ops = {k: np.where(split, 2 * half_t[k], whole_t[k]) for k in whole_t}
+        comm = sum((ops[k] for k in EP_EXCHANGE_OPS if k in ops), np.zeros_like(split, dtype=float))
+        compute = sum((v for k, v in ops.items() if k not in EP_EXCHANGE_OPS and whole.kinds[k] != "overhead"),
+                      np.zeros_like(split, dtype=float))
+        ops["tbo_overlap"] = np.where(split, -np.minimum(comm, compute), 0.0)
+        return ops
+
+    return LayerTime(ops=merged(whole.ops, half.ops), sol=merged(whole.sol, half.sol),
+                     kinds={**whole.kinds, "tbo_overlap": "overlap"}, wire=whole.wire)
 
 
 def layer_works(*, scenario: Scenario, g: _Grid, tokens, seqs, context, prefill: bool, dense: bool) -> dict[str, Work]:
@@ -421,7 +557,8 @@ def layer_works(*, scenario: Scenario, g: _Grid, tokens, seqs, context, prefill:
     works = attention_works(model=model, workload=workload, gpu=gpu, g=g, tokens=tokens, seqs=seqs, context=context, prefill=prefill,
                             tp_allreduces=np.where(g.ffn_tp > g.tp, 1.0, 2.0) if dense else 2.0)
     works.update(ffn_works(model=model, workload=workload, gpu=gpu, g=g, tokens=tokens, dense=dense,
-                           routing_imbalance=workload.routing_imbalance))
+                           routing_imbalance=workload.routing_imbalance, exchange=ep_exchange(scenario, prefill=prefill),
+                           gpus_per_node=scenario.cluster.gpus_per_node))
     works["layer_overhead"] = Work("overhead", dtype="layer")
     return works
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from optimizer.model.parallel import Layout
-from optimizer.inputs.scenario import EngineName, Scenario, TtftModel
+from optimizer.inputs.scenario import A2aDtype, ComputeDtype, DeepepMode, EngineName, MoeA2aBackend, Scenario, TtftModel
 
 
 def instances(scenario: Scenario, layout: Layout) -> int:
@@ -95,6 +95,47 @@ def prefill_rides_decode(scenario: Scenario) -> bool:
     ``--enable-mixed-chunk``, ``ServerArgs.enable_mixed_chunk = False``); its running decodes wait instead,
     which the TPOT's prefill share counts. Megatron-Core: no (static batch)."""
     return scenario.engine.name in (EngineName.VLLM, EngineName.TENSORRT_LLM)
+
+
+def shared_experts_tp(scenario: Scenario, layout: Layout) -> int:
+    """Tensor-parallel width of a MoE layer's shared experts: 1 (a whole copy on every GPU, over its own
+    tokens) with DeepEP, as SGLang builds them (``models/deepseek_v2.py``: ``dict(tp_rank=0, tp_size=1) if
+    get_moe_a2a_backend().is_deepep()``: DeepEP returns each rank's own tokens, nothing is reduced over TP);
+    else the dense FFN's width (``ffn_tp``)."""
+    if scenario.engine.moe_a2a_backend is MoeA2aBackend.DEEPEP:
+        return 1
+    return ffn_tp(scenario, layout)
+
+
+def physical_experts(scenario: Scenario) -> int:
+    """Expert slots per MoE layer: ``num_experts + engine.num_redundant_experts`` (SGLang
+    ``eplb/expert_location.py``: ``num_physical_experts = num_logical_experts + ep_num_redundant_experts``,
+    asserted divisible by ``ep_size``; vLLM EPLB ``global_num_experts = num_experts + num_redundant_experts``)."""
+    return scenario.model.num_experts + scenario.engine.num_redundant_experts
+
+
+def deepep_mode(scenario: Scenario, *, prefill: bool) -> DeepepMode | None:
+    """The DeepEP kernels a step runs, or None without DeepEP: ``auto`` resolves as SGLang's
+    ``DeepEPMode.resolve(is_extend_in_batch)`` does (``layers/moe/utils.py``; ``token_dispatcher/deepep.py``
+    ``_get_impl``): normal for a batch with prefill, low-latency for decode."""
+    engine = scenario.engine
+    if engine.moe_a2a_backend is not MoeA2aBackend.DEEPEP:
+        return None
+    if engine.deepep_mode is DeepepMode.AUTO:
+        return DeepepMode.NORMAL if prefill else DeepepMode.LOW_LATENCY
+    return engine.deepep_mode
+
+
+def a2a_dispatch_dtype(scenario: Scenario) -> A2aDtype:
+    """What the MoE dispatch carries: ``engine.a2a_dispatch_dtype``, else as SGLang decides
+    (``token_dispatcher/deepep.py``: FP8 per-128 groups when the DeepEP output dtype is FP8, i.e. the experts run
+    FP8 GEMMs on DeepGEMM; BF16 otherwise, and always BF16 without DeepEP)."""
+    engine = scenario.engine
+    if engine.a2a_dispatch_dtype is not None:
+        return engine.a2a_dispatch_dtype
+    if engine.moe_a2a_backend is MoeA2aBackend.DEEPEP and scenario.workload.experts_dtype.compute is ComputeDtype.FP8:
+        return A2aDtype.FP8
+    return A2aDtype.BF16
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from optimizer.model.engines import MemoryLimit, ffn_tp, memory_limits
+from optimizer.model.engines import MemoryLimit, ffn_tp, memory_limits, physical_experts, shared_experts_tp
 from optimizer.errors import OptimizerError
 from optimizer.model.parallel import Layout
 from optimizer.inputs.scenario import Dtype, ModelSpec, Scenario, Workload
@@ -145,18 +145,22 @@ def attention_weight_bytes(*, model: ModelSpec, workload: Workload, tp: int) -> 
     return bytes_for(qo + kv + bias, bits) + norms
 
 
-def ffn_weight_bytes(*, model: ModelSpec, workload: Workload, layout: Layout, dense: bool, dense_tp: int | None = None) -> int:
+def ffn_weight_bytes(*, model: ModelSpec, workload: Workload, layout: Layout, dense: bool, dense_tp: int | None = None,
+                     redundant_experts: int = 0, shared_tp: int | None = None) -> int:
     """One layer's FFN weights on one GPU: the dense FFN over ``dense_tp`` (the engine's FFN width,
-    ``engines.ffn_tp``; default TP), or a MoE layer's local experts (``ceil(E / EP)`` experts, each split
-    over ETP), the shared experts over ``dense_tp`` too and the router."""
+    ``engines.ffn_tp``; default TP), or a MoE layer's local experts (``ceil((E + R) / EP)`` experts, each split
+    over ETP, with ``R = redundant_experts`` replicas: SGLang ``--ep-num-redundant-experts``, vLLM EPLB
+    ``--num-redundant-experts``; ``engines.physical_experts``), the shared experts over ``dense_tp`` too and the
+    router (over the E logical experts). ``shared_tp`` overrides the shared experts' width
+    (``engines.shared_experts_tp``: 1 under DeepEP)."""
     h = model.hidden_size
     bits = workload.weight_dtype.bits
     if dense:
         return bytes_for(ceil_div(ffn_params(hidden_size=h, width=model.dense_ffn_width), dense_tp or layout.tp), bits)
-    local_experts = ceil_div(model.num_experts, layout.ep)
+    local_experts = ceil_div(model.num_experts + redundant_experts, layout.ep)
     expert = ceil_div(ffn_params(hidden_size=h, width=model.expert_width), layout.etp)
     # the shared experts over the FFN group (SGLang: its whole --tp-size, models/deepseek_v2.py), else TP
-    shared = ceil_div(ffn_params(hidden_size=h, width=model.shared_ffn_width), dense_tp or layout.tp)
+    shared = ceil_div(ffn_params(hidden_size=h, width=model.shared_ffn_width), shared_tp or dense_tp or layout.tp)
     return (
         bytes_for(local_experts * expert, workload.experts_dtype.bits)
         + bytes_for(shared, bits)
@@ -180,7 +184,8 @@ class LayerBytes:
 def layer_bytes(*, scenario: Scenario, layout: Layout, batch: int, dense: bool) -> LayerBytes:
     model, workload = scenario.model, scenario.workload
     weights = attention_weight_bytes(model=model, workload=workload, tp=layout.tp) + ffn_weight_bytes(
-        model=model, workload=workload, layout=layout, dense=dense, dense_tp=ffn_tp(scenario, layout)
+        model=model, workload=workload, layout=layout, dense=dense, dense_tp=ffn_tp(scenario, layout),
+        redundant_experts=scenario.engine.num_redundant_experts, shared_tp=shared_experts_tp(scenario, layout),
     )
     per_token = kv_cache_bytes_per_token_layer(model=model, workload=workload, tp=layout.tp)
     return LayerBytes(weights=weights, kv_cache=per_token * batch * workload.max_sequence_tokens)
@@ -223,9 +228,11 @@ def activation_peak_bytes(*, scenario: Scenario, layout: Layout, batch: int, las
     dense_tp = ffn_tp(scenario, layout)
     ffn = ceil_div(2 * model.dense_ffn_width, dense_tp) * tokens * (dense_tp // tp)
     if model.is_moe:
-        # the busiest EP rank: it holds ceil(E / EP) experts (vLLM spreads a remainder, determine_expert_map)
+        # the busiest EP rank: it holds ceil(P / EP) of the P = E + R expert slots (vLLM spreads a remainder,
+        # determine_expert_map; R redundant replicas: engines.physical_experts)
+        slots = physical_experts(scenario)
         routed = ceil_div(tokens * model.num_experts_per_tok * max(tp, layout.ep * layout.etp)
-                          * ceil_div(model.num_experts, layout.ep), tp * model.num_experts)
+                          * ceil_div(slots, layout.ep), tp * slots)
         ffn = max(ffn, routed * ceil_div(2 * model.expert_width, layout.etp))
     per_chunk = ACTIVATION_BYTES * (tokens * (2 * h + qkv) + ffn)
     logits = LOGITS_BYTES * batch * ceil_div(model.vocab_size, tp) if last else 0

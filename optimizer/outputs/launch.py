@@ -69,6 +69,7 @@ when the engine cannot run the plan as planned (the message says what it could r
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from collections.abc import Mapping, Sequence
@@ -81,7 +82,7 @@ from pydantic import ValidationError
 
 from optimizer.errors import OptimizerError, PlanError
 from optimizer.model.parallel import Layout, process_groups, rank_info
-from optimizer.inputs.scenario import Dtype, Scenario
+from optimizer.inputs.scenario import DeepepMode, Dtype, MoeA2aBackend, Scenario
 from optimizer.units import ceil_div
 
 VLLM_VERSION = "0.33.0"
@@ -153,6 +154,11 @@ FLAG_SOURCES: tuple[FlagSource, ...] = (
                "docs/serving/data_parallel_deployment.md, parallelism_scaling.md", _V),
     FlagSource("vllm", "--enable-expert-parallel", _VPAR + "; docs/serving/expert_parallel_deployment.md "
                "(EP = TP x DP); model_executor/layers/fused_moe/config.py FusedMoEParallelConfig.make", _V),
+    FlagSource("vllm", "--all2all-backend", _VPAR + " (all2all_backend, default allgather_reducescatter; "
+               "deepep_high_throughput, deepep_low_latency)", _V),
+    FlagSource("vllm", "--enable-dbo", _VPAR + " (enable_dbo: dual batch overlap, default False)", _V),
+    FlagSource("vllm", "--enable-eplb", _VPAR + " (enable_eplb, default False)", _V),
+    FlagSource("vllm", "--eplb-config", _VPAR + " (EPLBConfig.num_redundant_experts, default 0; JSON)", _V),
     FlagSource("vllm", "--nnodes", _VPAR + "; docs/serving/parallelism_scaling.md (vllm-project/vllm#30509)", _V),
     FlagSource("vllm", "--node-rank", _VPAR + "; docs/serving/parallelism_scaling.md", _V),
     FlagSource("vllm", "--master-addr", _VPAR + "; docs/serving/parallelism_scaling.md", _V),
@@ -180,6 +186,12 @@ FLAG_SOURCES: tuple[FlagSource, ...] = (
                "a regular flag in 0.5.10-0.5.21)", _S),
     FlagSource("sglang", "--ep-size", _SPAR + "; runtime_context.py derive_parallel_widths "
                "(moe_tp = tp_size / ep_size)", _S),
+    FlagSource("sglang", "--moe-a2a-backend", "python/sglang/srt/server_args.py (moe_a2a_backend, default none)", _S),
+    FlagSource("sglang", "--deepep-mode", "python/sglang/srt/server_args.py (deepep_mode, default auto); "
+               "layers/moe/utils.py DeepEPMode", _S),
+    FlagSource("sglang", "--enable-two-batch-overlap", "python/sglang/srt/server_args.py (default False)", _S),
+    FlagSource("sglang", "--ep-num-redundant-experts", "python/sglang/srt/server_args.py (default 0); "
+               "eplb/expert_location.py ((E + R) % ep_size == 0)", _S),
     FlagSource("sglang", "--nnodes", _SMULTI, _S),
     FlagSource("sglang", "--node-rank", _SMULTI, _S),
     FlagSource("sglang", "--dist-init-addr", _SMULTI, _S),
@@ -669,6 +681,25 @@ def _vllm_experts(p: _Plan, dp_i: int) -> bool:
         engine=LaunchEngine.VLLM)
 
 
+def _vllm_ep_flags(p: _Plan, expert_parallel: bool) -> list[str]:
+    """vLLM's switches for the scenario's EP exchange (``engine.moe_a2a_backend``, ``deepep_mode``,
+    ``enable_two_batch_overlap``, ``num_redundant_experts``); ``NotExpressible`` where vLLM has no equivalent."""
+    engine = p.scenario.engine
+    flags: list[str] = []
+    if engine.moe_a2a_backend is MoeA2aBackend.DEEPEP and expert_parallel:
+        if engine.deepep_mode is DeepepMode.AUTO:
+            raise NotExpressible("vLLM has no auto DeepEP mode (SGLang's normal prefill, low-latency decode in one "
+                                 "server): set engine.deepep_mode to normal (deepep_high_throughput) or low_latency "
+                                 "(deepep_low_latency), or serve prefill and decode in separate pools (optimize disagg)",
+                                 engine=LaunchEngine.VLLM)
+        backend = "deepep_high_throughput" if engine.deepep_mode is DeepepMode.NORMAL else "deepep_low_latency"
+        flags += ["--all2all-backend", backend]
+    flags += ["--enable-dbo"] if engine.enable_two_batch_overlap else []
+    if engine.num_redundant_experts and expert_parallel:
+        flags += ["--enable-eplb", "--eplb-config", json.dumps({"num_redundant_experts": engine.num_redundant_experts})]
+    return flags
+
+
 def vllm_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str] | None = None,
                   port: int = VLLM_PORT) -> LaunchPlan:
     """``vllm serve`` commands (vLLM 0.33.0) for the plan in ``document`` (``optimize --json``).
@@ -695,6 +726,7 @@ def vllm_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str] 
               "--pipeline-parallel-size", str(layout.pp)]
     common += ["--data-parallel-size", str(dp_i)] if dp_i > 1 else []
     common += ["--enable-expert-parallel"] if expert_parallel else []
+    common += _vllm_ep_flags(p, expert_parallel) if p.scenario.model.is_moe else []
     common += ["--gpu-memory-utilization", decimal_text(p.scenario.search.gpu_memory_utilization),
                "--max-model-len", str(max_model_len(p.scenario, kv_capacity_tokens=p.kv_capacity_tokens)),
                "--max-num-seqs", str(p.batch_per_replica),
@@ -781,6 +813,13 @@ def sglang_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str
         common += (["--dp-size", str(dp_i), "--enable-dp-attention"] if legacy_dp_attention
                    else ["--attn-dp-size", str(dp_i)])
     common += ["--ep-size", str(layout.ep)] if p.scenario.model.is_moe and layout.ep > 1 else []
+    if p.scenario.model.is_moe:
+        ep_engine = p.scenario.engine
+        if ep_engine.moe_a2a_backend is MoeA2aBackend.DEEPEP:
+            common += ["--moe-a2a-backend", "deepep", "--deepep-mode", ep_engine.deepep_mode.value]
+        common += ["--enable-two-batch-overlap"] if ep_engine.enable_two_batch_overlap else []
+        common += (["--ep-num-redundant-experts", str(ep_engine.num_redundant_experts)]
+                   if ep_engine.num_redundant_experts else [])
     common += ["--mem-fraction-static", decimal_text(p.scenario.search.gpu_memory_utilization),
                "--max-running-requests", str(p.batch_per_replica * dp_i),
                "--context-length", str(max_model_len(p.scenario, kv_capacity_tokens=p.kv_capacity_tokens)),

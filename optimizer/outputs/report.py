@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from optimizer.model.cost import COLLECTIVE_KINDS, CostTable, LayerTime, batched_prefill, stage_ns
+from optimizer.model.cost import COLLECTIVE_KINDS, EP_EXCHANGE_OPS, CostTable, LayerTime, batched_prefill, stage_ns
 from optimizer.model.engines import instances as engine_instances
-from optimizer.model.engines import memory_limits
+from optimizer.model.engines import a2a_dispatch_dtype, deepep_mode, memory_limits, physical_experts
 from optimizer.model.memory import active_params, layer_kinds, total_params
 from optimizer.model.parallel import Plan, process_groups, rank_info
 from optimizer.search.result import Evidence, Solution
@@ -285,13 +285,15 @@ def estimate_document(*, scenario: Scenario, plan: Plan, certificate: Certificat
         for layer, count, where in parts:
             if count == 0:
                 continue
-            times, sols = layer.row(index), layer.sol_row(index)
+            times, sols, wire = layer.row(index), layer.sol_row(index), layer.wire_row(index)
             for name, t in times.items():
                 ops.append({"operator": name, "where": where, "kind": layer.kinds.get(name, ""), "count": count,
-                            "each_s": _round(t), "total_s": _round(t * count), "speed_of_light_s": _round(sols[name] * count)})
+                            "each_s": _round(t), "total_s": _round(t * count), "speed_of_light_s": _round(sols[name] * count),
+                            **({"each_nvlink_bytes": round(wire[name][0]), "each_internode_bytes": round(wire[name][1])}
+                               if name in wire else {})})
         by_class: dict[str, float] = {}
         for op in ops:
-            cls = "overhead" if op["kind"] == "overhead" else "collective" if op["kind"] in COLLECTIVE_KINDS else "compute"
+            cls = op["kind"] if op["kind"] in ("overhead", "overlap") else "collective" if op["kind"] in COLLECTIVE_KINDS else "compute"
             by_class[cls] = by_class.get(cls, 0.0) + op["total_s"]
         phases[phase] = {"operators": ops, "totals_s": {k: _round(v) for k, v in sorted(by_class.items())},
                          "speed_of_light_s": _round(sum(op["speed_of_light_s"] for op in ops))}
@@ -312,8 +314,24 @@ def estimate_document(*, scenario: Scenario, plan: Plan, certificate: Certificat
         "kv_cache_capacity_tokens": mem["kv_cache_capacity_tokens"],
         "max_sequences_per_replica": mem["max_sequences_per_replica"],
         "breakdown": phases,
+        **({"ep_exchange": ep_exchange_summary(scenario)} if scenario.model.is_moe else {}),
         "calibration": est["calibration"],
     }
+
+
+def ep_exchange_summary(scenario: Scenario) -> dict[str, Any]:
+    """How the estimate moves MoE tokens (``cost.ep_exchange_works``, ``cost.two_batch_overlap``): the
+    backend, the DeepEP kernels per phase, the dispatch format, the overlap and the expert slots."""
+    engine = scenario.engine
+
+    def mode(prefill: bool) -> str:
+        resolved = deepep_mode(scenario, prefill=prefill)
+        return "all top-k copies" if resolved is None else str(resolved.value)
+
+    return {"moe_a2a_backend": engine.moe_a2a_backend.value, "prefill_mode": mode(True), "decode_mode": mode(False),
+            "dispatch_dtype": a2a_dispatch_dtype(scenario).value, "combine_dtype": "bf16",
+            "two_batch_overlap": engine.enable_two_batch_overlap, "num_redundant_experts": engine.num_redundant_experts,
+            "expert_slots": physical_experts(scenario)}
 
 
 def _static_batch(*, scenario: Scenario, plan: Plan, table: CostTable, index: int, certificate: Certificate,
@@ -373,6 +391,15 @@ def render_estimate(document: dict[str, Any]) -> str:
             ratio = f"{op['total_s'] / op['speed_of_light_s']:.1f}" if op["speed_of_light_s"] > 0 else "-"
             lines.append(f"  {op['operator']:22s} {op['where']:12s} {op['kind']:18s} {op['count']:5d} {op['each_s'] * 1e3:10.4f} "
                          f"{op['total_s'] * 1e3:10.3f} {100 * op['total_s'] / total:5.1f}% {op['speed_of_light_s'] * 1e3:10.3f} {ratio:>7s}")
+        for op in b["operators"]:
+            if op["operator"] in EP_EXCHANGE_OPS and op["total_s"] > 0:
+                lines.append(f"  {op['operator']}: {human_bytes(op['each_nvlink_bytes'])} over NVLink + "
+                             f"{human_bytes(op['each_internode_bytes'])} across nodes per GPU per layer")
+    ex = document.get("ep_exchange")
+    if ex:
+        lines += ["", f"EP exchange: {ex['moe_a2a_backend']} (prefill {ex['prefill_mode']}, decode {ex['decode_mode']}), dispatch "
+                  f"{ex['dispatch_dtype']}, combine {ex['combine_dtype']}, two-batch overlap {'on' if ex['two_batch_overlap'] else 'off'}, "
+                  f"{ex['expert_slots']} expert slots ({ex['num_redundant_experts']} redundant)"]
     return "\n".join(lines) + "\n"
 
 

@@ -20,7 +20,7 @@ from optimizer.model.cost import CostTable, Estimate
 from optimizer.model.engines import MemoryLimit, ffn_tp, memory_fraction_flag, memory_limits, usable_bytes
 from optimizer.model.memory import MemoryTable, StageMemory, placed_bytes_line
 from optimizer.model.parallel import Layout, Plan, divisors
-from optimizer.inputs.scenario import EngineName, Scenario
+from optimizer.inputs.scenario import EngineName, MoeA2aBackend, Scenario
 from optimizer.units import NS_PER_S, human_bytes
 
 
@@ -299,6 +299,29 @@ class TpWithinNode(LayoutRule):
         why = (" (cluster.allow_tp_across_nodes is false; set it true to let TP span whole nodes on the inter-node link)"
                if tp > g else "")
         return make_check(self.name, self.formula, g % tp, "==", 0, f"TP = {tp} does not fit evenly in a node of {g} GPUs{why}")
+
+
+class DeepepWholeExperts(LayoutRule):
+    """DeepEP moves whole tokens to whole experts: with ``engine.moe_a2a_backend: deepep`` the experts are not
+    split inside (ETP = 1). SGLang sets ``ep_size = tp_size`` when it is on (``server_args.py``
+    ``_handle_a2a_moe``: "DeepEP MoE is enabled. The expert parallel size is adjusted to be the same as the
+    tensor parallel size"); vLLM's deepep backends run under ``--enable-expert-parallel`` (ETP = 1)."""
+
+    name = "deepep_whole_experts"
+    formula = "etp == 1 (moe_a2a_backend: deepep)"
+
+    def holds(self, scenario: Scenario, layout: Layout) -> bool:
+        return layout.etp == 1
+
+    def holds_grid(self, scenario: Scenario, grid: SizeArrays) -> np.ndarray:
+        return grid.etp == 1
+
+    def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
+        ok = layout.etp == 1
+        detail = (f"ETP = {layout.etp}: DeepEP sends tokens to whole experts on EP = {layout.ep} ranks"
+                  + ("" if ok else "; with moe_a2a_backend: deepep the experts are split by expert only (SGLang sets "
+                                   "ep_size = tp_size), or set moe_a2a_backend: none"))
+        return make_check(self.name, self.formula, layout.etp, "==", 1, detail)
 
 
 class VllmFolding(LayoutRule):
@@ -767,13 +790,18 @@ def build_rules(scenario: Scenario) -> tuple[Rule, ...]:
         rules.append(Divisible("dense_ffn_divisible", "intermediate_size", "ffn_tp" if sglang_moe else "tp", model.dense_ffn_width))
     if model.is_moe:
         if engine.name is not EngineName.VLLM:  # vLLM spreads a remainder (fused_moe/layer.py determine_expert_map)
-            rules.append(Divisible("experts_divisible", "num_experts", "ep", model.num_experts))
+            # SGLang asserts (E + R) % ep_size == 0 with R redundant experts (eplb/expert_location.py)
+            redundant = engine.num_redundant_experts
+            rules.append(Divisible("experts_divisible", "num_experts + num_redundant_experts" if redundant else "num_experts",
+                                   "ep", model.num_experts + redundant))
         rules.append(Divisible("moe_ffn_divisible", "moe_intermediate_size", "etp", model.expert_width))
         if model.shared_ffn_width:
             rules.append(Divisible("shared_ffn_divisible", "shared_expert_width", "ffn_tp" if sglang_moe else "tp", model.shared_ffn_width))
         block = scenario.workload.experts_dtype.block_size
         if block:
             rules.append(BlockAligned("moe_ffn_block_aligned", "moe_intermediate_size", "etp", model.expert_width, block))
+        if engine.moe_a2a_backend is MoeA2aBackend.DEEPEP:
+            rules.append(DeepepWholeExperts())
         if engine.name is EngineName.VLLM:
             rules.append(VllmFolding(expert_parallel=engine.enable_expert_parallel))
         elif engine.name is EngineName.SGLANG:
