@@ -35,8 +35,10 @@ instance over several nodes runs ``mpirun -H ... trtllm-llmapi-launch trtllm-ser
 
 Placement follows the plan's ``rank_map`` (order tp-dp-pp) where the engine can run it, picking each
 node's GPUs with ``CUDA_VISIBLE_DEVICES`` in the engine's rank order (vLLM: tp, then pp, then DP rank;
-SGLang: tp, then attention-DP rank, then pp); otherwise each instance takes consecutive GPUs and a note
-says which process groups then sit on other nodes than the estimate assumed.
+SGLang: tp, then attention-DP rank, then pp; ``model/placement.py``); otherwise each instance takes
+consecutive GPUs and a note says which process groups then sit on other nodes than the estimate assumed.
+The search keeps only layouts whose rank map the plan's engine runs (``rules.EnginePlacement``), so the
+note appears only for a plan launched with another engine than it was costed for, or written by hand.
 
 Multi-node, one instance over several nodes:
 - vLLM, one DP rank per instance: ``--nnodes --node-rank --master-addr --master-port``, ``--headless``

@@ -17,9 +17,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from optimizer.model.cost import CostTable, Estimate
-from optimizer.model.engines import MemoryLimit, ffn_tp, memory_fraction_flag, memory_limits, usable_bytes
+from optimizer.model.engines import MemoryLimit, ffn_tp, instances, memory_fraction_flag, memory_limits, usable_bytes
 from optimizer.model.memory import MemoryTable, StageMemory, placed_bytes_line
 from optimizer.model.parallel import Layout, Plan, divisors
+from optimizer.model.placement import rank_map_refusal
 from optimizer.inputs.scenario import EngineName, Scenario
 from optimizer.units import NS_PER_S, human_bytes
 
@@ -392,6 +393,56 @@ class TrtllmFolding(LayoutRule):
                           f"TensorRT-LLM runs an instance's attention with TP = tp_size or with enable_attention_dp (TP = 1); "
                           f"the plan has TP = {layout.tp} with {per_instance} attention-DP rank(s) per instance"
                           + (", which it cannot run" if mixed else ""))
+
+
+class EnginePlacement(LayoutRule):
+    """The engine starts every instance on the GPUs the plan's rank map gives its ranks, so the estimate,
+    which prices each collective on the link the rank map puts it on (``cost.grid``), describes the
+    deployment (issue 13 item 7: Qwen3-235B on 16 H100 under vLLM won as TP 1 PP 2 DP 8 EP 8, whose DP
+    ranks each hold a stage on both nodes; vLLM runs whole DP ranks per node, so its EP group would have
+    crossed the nodes the estimate kept it inside). Where each engine can run which GPUs, with sources:
+    ``model/placement.py``; ``outputs/launch.py`` launches the rank map of every layout this rule passes.
+
+    ``holds`` and ``holds_grid`` ask ``placement.rank_map_refusal`` (whole runs of ranks, cached per TP,
+    PP, DP per instance, instances and node size); a test ties it to the rank-by-rank
+    ``placement.rank_map_blocks`` that the launch uses. A layout whose instances do not split DP (the
+    folding rule rejects it) passes here, so that one rule names it."""
+
+    name = "engine_placement"
+    formula = "refused == 0 (refused: 1 when the engine cannot start some instance on its rank-map GPUs)"
+
+    @staticmethod
+    def _refusal(scenario: Scenario, layout: Layout) -> str | None:
+        n = instances(scenario, layout)
+        if layout.dp % n:
+            return None
+        return rank_map_refusal(scenario.engine.name, tp=layout.tp, pp=layout.pp, dp_i=layout.dp // n, instances=n,
+                                gpus_per_node=scenario.cluster.gpus_per_node)
+
+    def holds(self, scenario: Scenario, layout: Layout) -> bool:
+        return self._refusal(scenario, layout) is None
+
+    def holds_grid(self, scenario: Scenario, grid: SizeArrays) -> np.ndarray:
+        count = grid.edp if scenario.model.is_moe else grid.dp
+        keys = np.stack([grid.tp, grid.pp, grid.dp, count], axis=1)
+        unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+        gpn, engine = scenario.cluster.gpus_per_node, scenario.engine.name
+        verdict = np.fromiter((int(d) % int(n) != 0 or rank_map_refusal(
+            engine, tp=int(t), pp=int(p), dp_i=int(d) // int(n), instances=int(n), gpus_per_node=gpn) is None
+            for t, p, d, n in unique), dtype=bool, count=len(unique))
+        return verdict[np.asarray(inverse).reshape(-1)]
+
+    def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
+        why = self._refusal(scenario, layout)
+        n = instances(scenario, layout)
+        sizes = (f"{n} instance(s) of TP x PP x DP/instances = {layout.tp} x {layout.pp} x {max(layout.dp // n, 1)} "
+                 f"GPUs on nodes of {scenario.cluster.gpus_per_node}")
+        engine = scenario.engine.name.value
+        if why is None:
+            return make_check(self.name, self.formula, 0, "==", 0, f"{engine} runs the rank map: {sizes}")
+        return make_check(self.name, self.formula, 1, "==", 0,
+                          f"{engine} cannot run the rank map ({sizes}): {why}; it would place the ranks otherwise, "
+                          f"and the estimate would not describe the deployment")
 
 
 class LayerSplit(Rule):
@@ -785,6 +836,8 @@ def build_rules(scenario: Scenario) -> tuple[Rule, ...]:
         rules.append(BlockAligned("dense_ffn_block_aligned", "intermediate_size", "ffn_tp" if sglang_moe else "tp",
                                   model.dense_ffn_width, block))
     rules.append(TpWithinNode())
+    if engine.name is not EngineName.MEGATRON and scenario.cluster.num_nodes > 1:  # one node: every map runs
+        rules.append(EnginePlacement())
     rules.append(LayerSplit())
     if not scenario.search.allow_uneven_layers:
         rules.append(EvenLayers())
