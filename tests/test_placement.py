@@ -65,3 +65,25 @@ def test_sglang_and_trtllm_refusals_say_why():
     # 6 instances of PP 2 x 1 GPU on nodes of 4: instance 2 holds GPU 2 of node 0 and GPU 0 of node 1
     assert "CUDA_VISIBLE_DEVICES" in rank_map_refusal(EngineName.TENSORRT_LLM, tp=1, pp=2, dp_i=1, instances=6,
                                                       gpus_per_node=4)
+
+
+def test_grid_verdicts_on_65536_gpus_equal_the_scalar_ones():
+    """holds_grid's second key path (sizes too large for one int64 key) on the 12,597 layouts of 65,536 GPUs
+    under vLLM, against the scalar holds; a few layouts also against the rank-by-rank launch."""
+    from conftest import make_scenario
+
+    from optimizer.model.parallel import layout_grid
+    from optimizer.search.rules import EnginePlacement, SizeArrays
+
+    s = make_scenario(cluster={"num_nodes": 8192, "gpus_per_node": 8},
+                      engine={"name": "vllm", "enable_expert_parallel": True})
+    grid = layout_grid(num_gpus=65536, is_moe=True)
+    rule = EnginePlacement()
+    verdicts = rule.holds_grid(s, SizeArrays.of(grid))
+    assert [rule.holds(s, lay) for lay in grid] == verdicts.tolist()
+    assert 0 < verdicts.sum() < len(grid)
+    for lay in (Layout(tp=8, pp=2, dp=4096, ep=8, etp=1, edp=4096), Layout(tp=1, pp=2, dp=32768, ep=8, etp=1, edp=4096),
+                Layout(tp=2, pp=1, dp=32768, ep=16, etp=1, edp=4096), Layout(tp=4, pp=16, dp=1024, ep=4096, etp=1, edp=1)):
+        n = lay.edp
+        blocks, _ = rank_map_blocks(EngineName.VLLM, lay, gpus_per_node=8, n_inst=n, dp_i=lay.dp // n)
+        assert rule.holds(s, lay) == (blocks is not None), lay

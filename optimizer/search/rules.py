@@ -424,12 +424,26 @@ class EnginePlacement(LayoutRule):
 
     def holds_grid(self, scenario: Scenario, grid: SizeArrays) -> np.ndarray:
         count = grid.edp if scenario.model.is_moe else grid.dp
-        keys = np.stack([grid.tp, grid.pp, grid.dp, count], axis=1)
-        unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+        if not len(count):
+            return np.ones(0, dtype=bool)
+        # one verdict per distinct (TP, PP, DP, instances), found by a 1-D unique of one integer per layout
+        # (an axis=0 unique sorts rows, several times slower on the 171,500 layouts of 5,040 GPUs)
+        m = int(max(grid.tp.max(), grid.pp.max(), grid.dp.max(), count.max())) + 1
+        if m**4 < 1 << 62:
+            keys, inverse = np.unique(((grid.tp * m + grid.pp) * m + grid.dp) * m + count, return_inverse=True)
+            rest, n = np.divmod(keys, m)
+            rest, dp = np.divmod(rest, m)
+            tp, pp = np.divmod(rest, m)
+        else:  # two pairs, then the pair of their indices
+            (tp, pp, i1), (dp, n, i2) = (_pair_unique(a, b) for a, b in ((grid.tp, grid.pp), (grid.dp, count)))
+            keys, inverse = np.unique(i1 * len(dp) + i2, return_inverse=True)
+            j1, j2 = np.divmod(keys, len(dp))
+            tp, pp, dp, n = tp[j1], pp[j1], dp[j2], n[j2]
+        verdict = dp % n != 0  # the folding rule's to reject
         gpn, engine = scenario.cluster.gpus_per_node, scenario.engine.name
-        verdict = np.fromiter((int(d) % int(n) != 0 or rank_map_refusal(
-            engine, tp=int(t), pp=int(p), dp_i=int(d) // int(n), instances=int(n), gpus_per_node=gpn) is None
-            for t, p, d, n in unique), dtype=bool, count=len(unique))
+        for k in (~verdict).nonzero()[0].tolist():
+            verdict[k] = rank_map_refusal(engine, tp=int(tp[k]), pp=int(pp[k]), dp_i=int(dp[k] // n[k]), instances=int(n[k]),
+                                          gpus_per_node=gpn) is None
         return verdict[np.asarray(inverse).reshape(-1)]
 
     def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
@@ -443,6 +457,14 @@ class EnginePlacement(LayoutRule):
         return make_check(self.name, self.formula, 1, "==", 0,
                           f"{engine} cannot run the rank map ({sizes}): {why}; it would place the ranks otherwise, "
                           f"and the estimate would not describe the deployment")
+
+
+def _pair_unique(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (a, b) pairs as two arrays, and each position's index among them."""
+    m = int(b.max()) + 1
+    values, inverse = np.unique(a * m + b, return_inverse=True)
+    first, second = np.divmod(values, m)
+    return first, second, np.asarray(inverse).reshape(-1)
 
 
 class LayerSplit(Rule):
