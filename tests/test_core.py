@@ -28,9 +28,11 @@ from optimizer.cli import main
 from optimizer.errors import Infeasible
 from optimizer.search.exhaustive import optimize_exhaustive
 from optimizer.inputs.loader import scenario_from_dict
+from optimizer.model.engines import instances
 from optimizer.model.parallel import layout_grid
+from optimizer.model.placement import rank_map_blocks
 from optimizer.search.result import candidate_grid
-from optimizer.search.rules import LayoutRule, SizeArrays, build_rules
+from optimizer.search.rules import EnginePlacement, LayoutRule, SizeArrays, build_rules
 
 CASES_DIR = Path(__file__).parent / "data" / "core"
 CASES = {path.stem: yaml.safe_load(path.read_text()) for path in sorted(CASES_DIR.glob("*.yaml"))}
@@ -243,6 +245,19 @@ def test_layout_rules_fast_verdicts_equal_their_checks(gpus, heads, experts, eng
             for layout, fast in zip(grid, vectorised):
                 expected = rule.evaluate(scenario, layout).holds
                 assert rule.holds(scenario, layout) == expected == bool(fast), (rule.name, layout)
+                if isinstance(rule, EnginePlacement):  # its verdicts all read whole runs: rank by rank here
+                    assert expected == _launch_runs_rank_map(scenario, layout), layout
+
+
+def _launch_runs_rank_map(scenario, layout) -> bool:
+    """Whether the launch (``placement.rank_map_blocks``, rank by rank) starts every instance of ``layout``
+    on its rank-map GPUs; a layout whose instances do not split DP is the folding rule's to reject."""
+    n = instances(scenario, layout)
+    if layout.dp % n:
+        return True
+    blocks, _ = rank_map_blocks(scenario.engine.name, layout, gpus_per_node=scenario.cluster.gpus_per_node,
+                                n_inst=n, dp_i=layout.dp // n)
+    return blocks is not None
 
 
 # --- witnesses: the certificate's lower bounds are tight -------------------------------------------------

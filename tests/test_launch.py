@@ -234,8 +234,30 @@ def test_qwen3_30b_single_node_expert_parallel():
     assert vllm.notes == tuple(n for n in vllm.notes if "rank_map" not in n)  # follows the rank map
 
 
-def test_qwen3_235b_pipeline_across_nodes_uneven_layers():
+# What the search picked for Qwen3-235B on 16 H100 under vLLM before the engine_placement rule (issue 13
+# item 7), kept as a hand-written plan: the launch must still say what vLLM does with a rank map it cannot run.
+QWEN_PP2 = {"tp": 1, "pp": 2, "dp": 8, "ep": 8, "etp": 1, "edp": 1, "layers_per_stage": [48, 46]}
+
+
+def qwen_pp2() -> dict:
+    return edited("qwen3-235b-a22b-16xh100", plan=QWEN_PP2)
+
+
+def test_qwen3_235b_picked_plan_runs_the_rank_map_under_vllm():
+    """Issue 13 item 7: the plan the search picks is one vLLM starts on the rank map's GPUs, so its launch
+    has no placement note; each of its 2 instances (TP 2 x DP 4) fills one node."""
     doc = document("qwen3-235b-a22b-16xh100")
+    plan = doc["plan"]
+    assert (plan["tp"], plan["pp"], plan["dp"], plan["ep"], plan["edp"]) == (2, 1, 8, 8, 2)
+    vllm = launch_commands(doc, engine="vllm")
+    assert not any("rank_map" in n for n in vllm.notes), vllm.notes
+    assert [(c.node, c.gpus) for c in vllm.commands] == [(0, tuple(range(8))), (1, tuple(range(8)))]
+    # the hand-written TP 1 PP 2 plan it used to pick is what vLLM cannot run as mapped
+    assert any("cannot follow the plan's rank_map" in n for n in launch_commands(qwen_pp2(), engine="vllm").notes)
+
+
+def test_qwen3_235b_pipeline_across_nodes_uneven_layers():
+    doc = qwen_pp2()
     plan = doc["plan"]
     assert (plan["tp"], plan["pp"], plan["dp"], plan["layers_per_stage"]) == (1, 2, 8, [48, 46])
     vllm, sglang = both(doc, node_addresses=["10.0.0.1", "10.0.0.2"])
@@ -423,7 +445,7 @@ def test_unreadable_documents_raise_plan_error():
 
 
 def test_render_and_as_dict_round_trip():
-    plan = launch_commands(document("qwen3-235b-a22b-16xh100"), engine="vllm")
+    plan = launch_commands(qwen_pp2(), engine="vllm")
     assert plan.engine is LaunchEngine.VLLM
     text = plan.render()
     assert text.startswith("# vllm 0.33.0 launch for qwen3-235b-a22b-16xh100: TP=1 PP=2 DP=8")
@@ -481,7 +503,7 @@ def test_trtllm_deepseek_v3_attention_dp_expert_parallel_on_one_node():
 
 
 def test_trtllm_pipeline_over_two_nodes_runs_under_mpirun_with_the_layer_split():
-    doc = document("qwen3-235b-a22b-16xh100")  # TP 1 PP 2 DP 8 EP 8, layers 48/46, stage s on node s
+    doc = qwen_pp2()  # TP 1 PP 2 DP 8 EP 8, layers 48/46, stage s on node s
     launch = trtllm(doc, node_addresses=["10.0.0.1", "10.0.0.2"])
     (cmd,) = launch.commands
     assert cmd.argv[:6] == ("mpirun", "-H", "10.0.0.1:8,10.0.0.2:8", "-n", "16", "trtllm-llmapi-launch")

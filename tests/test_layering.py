@@ -27,7 +27,7 @@ LAYERS = [
     {"search.result", "search.split", "search.rules"},
     {"model.measured"},
     {"model.cost", "model.memory"},
-    {"model.engines", "model.parallel", "model.calibration"},
+    {"model.engines", "model.parallel", "model.calibration", "model.placement"},
     {"inputs.schema", "inputs.fleet"},
     {"inputs.loader"},
     {"inputs.scenario", "inputs.catalog"},
@@ -44,6 +44,7 @@ SAME_LAYER = {
     ("search.certify", "search.verify"),  # the plan's own certificate
     ("model.cost", "model.memory"),
     ("model.engines", "model.parallel"),
+    ("model.placement", "model.parallel"),
     ("search.fleet", "search.fleet_types"),
     ("search.fleet", "search.fleet_check"),  # the plan is never returned without its solver-free check
     ("search.fleet_check", "search.fleet_types"),  # the checker shares the vocabulary, never the model builder

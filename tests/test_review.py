@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from optimizer.cli import main
 from optimizer.inputs.loader import load_scenario
-from optimizer.outputs.report import render_dot, solution_document
+from optimizer.inputs.scenario import EngineName
+from optimizer.outputs.report import render_dot, solution_document, why_this_plan
 from optimizer.search.exhaustive import optimize_exhaustive, runner_up
 from optimizer.search.solve import optimize
 from optimizer.outputs.sweep import expand_jobs, run_sweep
@@ -50,7 +51,21 @@ def test_markdown_says_which_term_decides():
     assert "It beats the runner-up (TP 1 PP 1 DP 16 EP 16 ETP 1 EDP 1)" in why
     assert "Deciding term: TPOT, 511 decode steps" in why and "`decode_moe.ep_alltoall`" in why
     qwen = invoke("--scenario", "qwen3-235b-a22b-16xh100", "--markdown", "-").output
-    assert "Pipeline: PP 2 (layers [48, 46]" in qwen.split("## Why this plan")[1] and "vs PP 1 (layers [94]" in qwen
+    assert "Deciding term: TTFT" in qwen.split("## Why this plan")[1]
+
+
+def test_markdown_compares_pipelines_when_the_runner_up_has_another_pp():
+    """Qwen3-235B on 2 x 8 H100 as a Megatron-Core job (which runs any rank map) pipelines over the nodes, TP 1
+    PP 2; against the best PP 1 plan the review names both pipelines. (Under vLLM the search no longer picks
+    PP 2 there: vLLM cannot run that rank map, rules.EnginePlacement.)"""
+    s = load_scenario("qwen3-235b-a22b-16xh100")
+    s = s.model_copy(update={"engine": s.engine.model_copy(update={"name": EngineName.MEGATRON})})
+    best = optimize(s)
+    assert (best.plan.layout.tp, best.plan.layout.pp, best.plan.layers_per_stage) == (1, 2, (48, 46))
+    pipelined = frozenset(lay for lay in best.tables.layouts if lay.pp > 1)
+    flat = optimize_exhaustive(s, tables=best.tables, exclude=pipelined)
+    why = "\n".join(why_this_plan(solution_document(best), solution_document(flat)))
+    assert "Pipeline: PP 2 (layers [48, 46]" in why and "vs PP 1 (layers [94]" in why
 
 
 def test_dag_is_valid_dot_with_every_rank_and_edge():

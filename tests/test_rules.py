@@ -51,6 +51,9 @@ VLLM_EP = {"engine": {"name": "vllm", "enable_expert_parallel": True}}
 VLLM_NO_EP = {"engine": {"name": "vllm", "enable_expert_parallel": False}}
 SGLANG = {"engine": {"name": "sglang"}}
 TRTLLM = {"engine": {"name": "tensorrt-llm"}}
+# 12 heads and 6 experts: sizes of 3 and 6 divide the model on 3 nodes x 4 GPUs.
+SIX_EXPERTS = {"num_attention_heads": 12, "num_key_value_heads": 12, "intermediate_size": 384, "n_shared_experts": 0,
+               "num_experts": 6}
 
 
 def test_kv_heads_replicate_over_tp_except_under_megatron():
@@ -125,6 +128,21 @@ LAYOUT_CASES = [
      {"tp": 1, "pp": 1, "dp": 8, "ep": 8, "etp": 1, "edp": 1}, {"tp": 2, "pp": 1, "dp": 4, "ep": 8, "etp": 1, "edp": 1}, 1, 0),
     ("engine_folding", TRTLLM,
      {"tp": 4, "pp": 1, "dp": 2, "ep": 4, "etp": 1, "edp": 2}, {"tp": 4, "pp": 1, "dp": 2, "ep": 2, "etp": 1, "edp": 4}, 2, 0),
+    # vLLM runs whole DP ranks per node: TP 1 x PP 2 x DP 4 in one instance (EDP 1) gives each DP rank a stage on
+    # each node in the rank map, so vLLM would place the ranks otherwise (issue 13 item 7); PP = 1 runs the map.
+    ("engine_placement", VLLM_EP,
+     {"tp": 2, "pp": 1, "dp": 4, "ep": 8, "etp": 1, "edp": 1}, {"tp": 1, "pp": 2, "dp": 4, "ep": 4, "etp": 1, "edp": 1}, 1, 0),
+    # SGLang on 3 nodes x 4: one instance of PP 2 x 6 GPUs per stage spans the 3 nodes, and SGLang needs PP and
+    # the node count to divide one another (_calculate_rank_ranges); 2 instances of 6 GPUs each (PP 1) give
+    # a node 4 ranks of one and 2 of another. TP 4 x DP 3 in one instance (12 GPUs, whole nodes) runs.
+    ("engine_placement", {**SGLANG, "cluster": {"num_nodes": 3}, "model": SIX_EXPERTS},
+     {"tp": 4, "pp": 1, "dp": 3, "ep": 6, "etp": 2, "edp": 1}, {"tp": 1, "pp": 2, "dp": 6, "ep": 6, "etp": 1, "edp": 1}, 1, 0),
+    ("engine_placement", {**SGLANG, "cluster": {"num_nodes": 3}, "model": SIX_EXPERTS},
+     {"tp": 4, "pp": 1, "dp": 3, "ep": 6, "etp": 2, "edp": 1}, {"tp": 1, "pp": 1, "dp": 12, "ep": 6, "etp": 1, "edp": 2}, 1, 0),
+    # TensorRT-LLM on 3 nodes x 4: 6 instances of PP 2 x 1 GPU; instance 2 holds GPU 2 of node 0 and GPU 0 of
+    # node 1, and mpirun -x gives every node of an instance the same CUDA_VISIBLE_DEVICES.
+    ("engine_placement", {**TRTLLM, "cluster": {"num_nodes": 3}, "model": SIX_EXPERTS},
+     {"tp": 4, "pp": 3, "dp": 1, "ep": 2, "etp": 2, "edp": 1}, {"tp": 1, "pp": 2, "dp": 6, "ep": 1, "etp": 1, "edp": 6}, 1, 0),
     # 4 GPUs per node: TP = 8 spans two nodes.
     ("tp_within_node", {"model": {"num_key_value_heads": 8}}, {"tp": 4, "pp": 1, "dp": 2, "ep": 8}, {"tp": 8, "pp": 1, "dp": 1, "ep": 8}, 4, 0),
     # TP across nodes allowed: TP must then tile whole nodes (3 nodes x 4; TP = 6 does not).

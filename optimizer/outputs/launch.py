@@ -38,8 +38,10 @@ instance over several nodes runs ``mpirun -H ... trtllm-llmapi-launch trtllm-ser
 
 Placement follows the plan's ``rank_map`` (order tp-dp-pp) where the engine can run it, picking each
 node's GPUs with ``CUDA_VISIBLE_DEVICES`` in the engine's rank order (vLLM: tp, then pp, then DP rank;
-SGLang: tp, then attention-DP rank, then pp); otherwise each instance takes consecutive GPUs and a note
-says which process groups then sit on other nodes than the estimate assumed.
+SGLang: tp, then attention-DP rank, then pp; ``model/placement.py``); otherwise each instance takes
+consecutive GPUs and a note says which process groups then sit on other nodes than the estimate assumed.
+The search keeps only layouts whose rank map the plan's engine runs (``rules.EnginePlacement``), so the
+note appears only for a plan launched with another engine than it was costed for, or written by hand.
 
 Multi-node, one instance over several nodes:
 - vLLM, one DP rank per instance: ``--nnodes --node-rank --master-addr --master-port``, ``--headless``
@@ -82,7 +84,8 @@ from pydantic import ValidationError
 
 from optimizer.errors import OptimizerError, PlanError
 from optimizer.model.parallel import Layout, process_groups, rank_info
-from optimizer.inputs.scenario import DeepepMode, Dtype, MoeA2aBackend, Scenario
+from optimizer.model.placement import Block, engine_order, instance_blocks, plan_rank, rank_map_blocks
+from optimizer.inputs.scenario import DeepepMode, Dtype, EngineName, MoeA2aBackend, Scenario
 from optimizer.units import ceil_div
 
 VLLM_VERSION = "0.33.0"
@@ -400,17 +403,9 @@ def _read(document: Mapping[str, Any]) -> _Plan:
 
 
 @dataclass(frozen=True)
-class _Block:
-    """One node's share of an instance: ``gpus`` in the engine's rank order."""
-
-    node: int
-    gpus: tuple[int, ...]
-
-
-@dataclass(frozen=True)
 class _Instance:
     index: int
-    blocks: tuple[_Block, ...]  # one per node, in node-rank order (the first is the head)
+    blocks: tuple[Block, ...]  # one per node, in node-rank order (the first is the head)
     ray: bool = False  # placement left to Ray (vLLM, DP ranks that span nodes)
 
     @property
@@ -424,83 +419,29 @@ def instance_count(plan_layout: Layout, *, is_moe: bool) -> int:
     return plan_layout.edp if is_moe else plan_layout.dp
 
 
-def _engine_order(engine: LaunchEngine, layout: Layout, dp_i: int) -> list[tuple[int, int, int]]:
-    """(DP rank in the instance, pp, tp) of each engine-local rank, in the engine's rank order. vLLM runs
-    each DP rank as its own engine on consecutive devices (rank = tp + TP x pp); SGLang's world is
-    pp-major with the attention-DP ranks inside its TP group (rank = tp + TP x (dp + dp_i x pp))."""
-    tp, pp = range(layout.tp), range(layout.pp)
-    if engine is LaunchEngine.VLLM:
-        return [(d, p, t) for d in range(dp_i) for p in pp for t in tp]
-    return [(d, p, t) for p in pp for d in range(dp_i) for t in tp]
-
-
-def _plan_rank(layout: Layout, *, instance: int, dp_i: int, coord: tuple[int, int, int]) -> int:
-    d, p, t = coord
-    return t + layout.tp * (instance * dp_i + d + layout.dp * p)
-
-
-def _blocks(slots: list[tuple[int, int]]) -> tuple[_Block, ...] | None:
-    """Group (node, gpu) slots, in engine rank order, into one block per node; None unless every node
-    holds one run of equal length (engines give each node world_size / nnodes consecutive ranks)."""
-    blocks: list[tuple[int, list[int]]] = []
-    for node, gpu in slots:
-        if blocks and blocks[-1][0] == node:
-            blocks[-1][1].append(gpu)
-        else:
-            blocks.append((node, [gpu]))
-    nodes = [node for node, _ in blocks]
-    if len(set(nodes)) != len(nodes) or len({len(g) for _, g in blocks}) != 1:
-        return None
-    return tuple(_Block(node=node, gpus=tuple(g)) for node, g in blocks)
-
-
-def _layout_blocks(engine: LaunchEngine, slots: list[tuple[int, int]], *, layout: Layout,
-                   dp_i: int) -> tuple[tuple[_Block, ...] | None, str | None]:
-    """The per-node blocks of an instance whose engine-ordered ranks sit on ``slots`` (node, GPU), or
-    None and why the engine cannot run that. vLLM's multi-node data parallel runs whole DP ranks per node
-    (data_parallel_deployment.md); SGLang gives each node whole pipeline stages or an equal share of one
-    (entrypoints/engine.py ``_calculate_rank_ranges``)."""
-    replica = layout.tp * layout.pp
-    if engine is LaunchEngine.VLLM and dp_i > 1 and len({node for node, _ in slots}) > 1:
-        split = sum(1 for d in range(dp_i) if len({node for node, _ in slots[d * replica:(d + 1) * replica]}) > 1)
-        if split:
-            return None, (f"it spreads {split} of the instance's {dp_i} DP ranks (TP x PP = {replica} GPUs each) over "
-                          f"several nodes, and vLLM's multi-node data parallel runs whole DP ranks per node")
-    blocks = _blocks(slots)
-    if blocks is None:
-        return None, "it gives the nodes of an instance unequal or interleaved shares of its ranks"
-    nnodes = len(blocks)
-    if engine is LaunchEngine.SGLANG and nnodes > 1 and layout.pp % nnodes and nnodes % layout.pp:
-        return None, f"SGLang needs PP = {layout.pp} and the instance's {nnodes} nodes to divide one another"
-    if engine is LaunchEngine.TRTLLM and len({block.gpus for block in blocks}) > 1:
-        return None, ("mpirun -x gives every node of an instance the same CUDA_VISIBLE_DEVICES, and its nodes use "
-                      "different GPUs")
-    return blocks, None
-
-
 def _place(engine: LaunchEngine, p: _Plan, *, n_inst: int, dp_i: int) -> tuple[tuple[_Instance, ...], str | None]:
     """Each instance's nodes and GPUs, and None if they follow the plan's rank map, else why not. Tries
-    the rank map, then consecutive GPUs per instance, then (vLLM) a Ray cluster per instance."""
-    layout, gpn = p.layout, p.scenario.cluster.gpus_per_node
-    order = _engine_order(engine, layout, dp_i)
-    replica, size = layout.tp * layout.pp, len(order)
-    why_not: str | None = None
-    for follows_map in (True, False):
-        placed = []
-        for i in range(n_inst):
-            ranks = ([_plan_rank(layout, instance=i, dp_i=dp_i, coord=c) for c in order] if follows_map
-                     else range(i * size, (i + 1) * size))
-            blocks, reason = _layout_blocks(engine, [divmod(r, gpn) for r in ranks], layout=layout, dp_i=dp_i)
-            if blocks is None:
-                why_not = why_not or reason
-                break
-            placed.append(_Instance(index=i, blocks=blocks))
-        else:
-            return tuple(placed), None if follows_map else why_not
+    the rank map (``placement.rank_map_blocks``), then consecutive GPUs per instance, then (vLLM) a Ray
+    cluster per instance. The search keeps only layouts whose rank map the engine runs (rules.py
+    ``EnginePlacement``), so a plan costed for this engine takes the first."""
+    layout, gpn, kind = p.layout, p.scenario.cluster.gpus_per_node, EngineName(engine.value)
+    mapped, why_not = rank_map_blocks(kind, layout, gpus_per_node=gpn, n_inst=n_inst, dp_i=dp_i)
+    if mapped is not None:
+        return tuple(_Instance(index=i, blocks=blocks) for i, blocks in enumerate(mapped)), None
+    replica, size = layout.tp * layout.pp, layout.tp * layout.pp * dp_i
+    placed = []
+    for i in range(n_inst):
+        blocks, _ = instance_blocks(kind, [divmod(r, gpn) for r in range(i * size, (i + 1) * size)],
+                                    layout=layout, dp_i=dp_i)
+        if blocks is None:
+            break
+        placed.append(_Instance(index=i, blocks=blocks))
+    else:
+        return tuple(placed), why_not
     if engine is LaunchEngine.VLLM and replica % gpn == 0 and dp_i > 1:
         nodes_per = size // gpn
         return tuple(_Instance(index=i, ray=True, blocks=tuple(
-            _Block(node=n, gpus=tuple(range(gpn))) for n in range(i * nodes_per, (i + 1) * nodes_per)))
+            Block(node=n, gpus=tuple(range(gpn))) for n in range(i * nodes_per, (i + 1) * nodes_per)))
             for i in range(n_inst)), why_not
     raise NotExpressible(
         f"an instance of TP x PP x DP/instances = {layout.tp} x {layout.pp} x {dp_i} = {size} GPUs cannot be laid "
@@ -518,11 +459,11 @@ def _placement_note(engine: LaunchEngine, p: _Plan, instances: tuple[_Instance, 
                 f"(VLLM_RAY_DP_PACK_STRATEGY=span), so which groups cross nodes is Ray's choice; the estimate "
                 f"assumed the rank map")
     node_of = {}
-    order = _engine_order(engine, layout, dp_i)
+    order = engine_order(EngineName(engine.value), layout, dp_i)
     for inst in instances:
         slots = [block.node for block in inst.blocks for _ in block.gpus]
         for coord, node in zip(order, slots):
-            node_of[_plan_rank(layout, instance=inst.index, dp_i=dp_i, coord=coord)] = node
+            node_of[plan_rank(layout, instance=inst.index, dp_i=dp_i, coord=coord)] = node
     changes = []
     for kind, groups in process_groups(layout=layout).items():
         if kind in ("ep", "etp") and not p.scenario.model.is_moe:
@@ -607,7 +548,7 @@ def _dtype_flags(engine: LaunchEngine, p: _Plan) -> tuple[list[str], list[str]]:
     return flags, notes
 
 
-def _env(block: _Block, gpn: int, extra: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+def _env(block: Block, gpn: int, extra: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     """``CUDA_VISIBLE_DEVICES`` unless the block is the whole node in order, then ``extra``."""
     visible = [] if block.gpus == tuple(range(gpn)) else [("CUDA_VISIBLE_DEVICES", ",".join(map(str, block.gpus)))]
     return tuple(visible + extra)
@@ -934,7 +875,7 @@ def trtllm_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str
             continue
         hosts = ",".join(f"{addr[b.node]}:{len(b.gpus)}" for b in inst.blocks)
         mpi = ["mpirun", "-H", hosts, "-n", str(sum(len(b.gpus) for b in inst.blocks))]
-        if head.gpus != tuple(range(gpn)):  # every node of the instance uses the same GPUs (_layout_blocks)
+        if head.gpus != tuple(range(gpn)):  # every node of the instance uses the same GPUs (placement.instance_blocks)
             mpi += ["-x", "CUDA_VISIBLE_DEVICES=" + ",".join(map(str, head.gpus))]
         commands.append(NodeCommand(node=head.node, instance=inst.index, role=CommandRole.SERVE,
                                     argv=tuple(mpi + ["trtllm-llmapi-launch"] + argv), gpus=head.gpus,

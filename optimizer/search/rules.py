@@ -17,9 +17,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from optimizer.model.cost import CostTable, Estimate
-from optimizer.model.engines import MemoryLimit, ffn_tp, memory_fraction_flag, memory_limits, usable_bytes
+from optimizer.model.engines import MemoryLimit, ffn_tp, instances, memory_fraction_flag, memory_limits, usable_bytes
 from optimizer.model.memory import MemoryTable, StageMemory, placed_bytes_line
 from optimizer.model.parallel import Layout, Plan, divisors
+from optimizer.model.placement import rank_map_refusal
 from optimizer.inputs.scenario import EngineName, MoeA2aBackend, Scenario
 from optimizer.units import NS_PER_S, human_bytes
 
@@ -415,6 +416,81 @@ class TrtllmFolding(LayoutRule):
                           f"TensorRT-LLM runs an instance's attention with TP = tp_size or with enable_attention_dp (TP = 1); "
                           f"the plan has TP = {layout.tp} with {per_instance} attention-DP rank(s) per instance"
                           + (", which it cannot run" if mixed else ""))
+
+
+class EnginePlacement(LayoutRule):
+    """The engine starts every instance on the GPUs the plan's rank map gives its ranks, so the estimate,
+    which prices each collective on the link the rank map puts it on (``cost.grid``), describes the
+    deployment (issue 13 item 7: Qwen3-235B on 16 H100 under vLLM won as TP 1 PP 2 DP 8 EP 8, whose DP
+    ranks each hold a stage on both nodes; vLLM runs whole DP ranks per node, so its EP group would have
+    crossed the nodes the estimate kept it inside). Where each engine can run which GPUs, with sources:
+    ``model/placement.py``; ``outputs/launch.py`` launches the rank map of every layout this rule passes.
+
+    ``holds`` and ``holds_grid`` ask ``placement.rank_map_refusal`` (whole runs of ranks, cached per TP,
+    PP, DP per instance, instances and node size); a test ties it to the rank-by-rank
+    ``placement.rank_map_blocks`` that the launch uses. A layout whose instances do not split DP (the
+    folding rule rejects it) passes here, so that one rule names it."""
+
+    # Not structural: the engine does run such a plan, on another placement than its rank map; what fails
+    # is that the estimate would not describe it. verify/estimate say "runs but breaks", not "cannot run".
+    structural = False
+    name = "engine_placement"
+    formula = "refused == 0 (refused: 1 when the engine cannot start some instance on its rank-map GPUs)"
+
+    @staticmethod
+    def _refusal(scenario: Scenario, layout: Layout) -> str | None:
+        n = instances(scenario, layout)
+        if layout.dp % n:
+            return None
+        return rank_map_refusal(scenario.engine.name, tp=layout.tp, pp=layout.pp, dp_i=layout.dp // n, instances=n,
+                                gpus_per_node=scenario.cluster.gpus_per_node)
+
+    def holds(self, scenario: Scenario, layout: Layout) -> bool:
+        return self._refusal(scenario, layout) is None
+
+    def holds_grid(self, scenario: Scenario, grid: SizeArrays) -> np.ndarray:
+        count = grid.edp if scenario.model.is_moe else grid.dp
+        if not len(count):
+            return np.ones(0, dtype=bool)
+        # one verdict per distinct (TP, PP, DP, instances), found by a 1-D unique of one integer per layout
+        # (an axis=0 unique sorts rows, several times slower on the 171,500 layouts of 5,040 GPUs)
+        m = int(max(grid.tp.max(), grid.pp.max(), grid.dp.max(), count.max())) + 1
+        if m**4 < 1 << 62:
+            keys, inverse = np.unique(((grid.tp * m + grid.pp) * m + grid.dp) * m + count, return_inverse=True)
+            rest, n = np.divmod(keys, m)
+            rest, dp = np.divmod(rest, m)
+            tp, pp = np.divmod(rest, m)
+        else:  # two pairs, then the pair of their indices
+            (tp, pp, i1), (dp, n, i2) = (_pair_unique(a, b) for a, b in ((grid.tp, grid.pp), (grid.dp, count)))
+            keys, inverse = np.unique(i1 * len(dp) + i2, return_inverse=True)
+            j1, j2 = np.divmod(keys, len(dp))
+            tp, pp, dp, n = tp[j1], pp[j1], dp[j2], n[j2]
+        verdict = dp % n != 0  # the folding rule's to reject
+        gpn, engine = scenario.cluster.gpus_per_node, scenario.engine.name
+        for k in (~verdict).nonzero()[0].tolist():
+            verdict[k] = rank_map_refusal(engine, tp=int(tp[k]), pp=int(pp[k]), dp_i=int(dp[k] // n[k]), instances=int(n[k]),
+                                          gpus_per_node=gpn) is None
+        return verdict[np.asarray(inverse).reshape(-1)]
+
+    def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
+        why = self._refusal(scenario, layout)
+        n = instances(scenario, layout)
+        sizes = (f"{n} instance(s) of TP x PP x DP/instances = {layout.tp} x {layout.pp} x {max(layout.dp // n, 1)} "
+                 f"GPUs on nodes of {scenario.cluster.gpus_per_node}")
+        engine = scenario.engine.name.value
+        if why is None:
+            return make_check(self.name, self.formula, 0, "==", 0, f"{engine} runs the rank map: {sizes}")
+        return make_check(self.name, self.formula, 1, "==", 0,
+                          f"{engine} cannot run the rank map ({sizes}): {why}; it would place the ranks otherwise, "
+                          f"and the estimate would not describe the deployment")
+
+
+def _pair_unique(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (a, b) pairs as two arrays, and each position's index among them."""
+    m = int(b.max()) + 1
+    values, inverse = np.unique(a * m + b, return_inverse=True)
+    first, second = np.divmod(values, m)
+    return first, second, np.asarray(inverse).reshape(-1)
 
 
 class LayerSplit(Rule):
@@ -813,6 +889,8 @@ def build_rules(scenario: Scenario) -> tuple[Rule, ...]:
         rules.append(BlockAligned("dense_ffn_block_aligned", "intermediate_size", "ffn_tp" if sglang_moe else "tp",
                                   model.dense_ffn_width, block))
     rules.append(TpWithinNode())
+    if engine.name is not EngineName.MEGATRON and scenario.cluster.num_nodes > 1:  # one node: every map runs
+        rules.append(EnginePlacement())
     rules.append(LayerSplit())
     if not scenario.search.allow_uneven_layers:
         rules.append(EvenLayers())
