@@ -62,7 +62,7 @@ from optimizer.model.measured import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-CATALOG_FILE = ROOT / "optimizer" / "catalog" / "calibration.yaml"
+CATALOG_FILE = ROOT / "optimizer" / "inputs" / "catalog" / "calibration.yaml"
 FITTED_GPUS = ("h100-sxm", "h200-sxm", "a100-sxm-80gb", "b200", "l40s")
 LIKE = {"h800-sxm": "h100-sxm", "a100-sxm-40gb": "a100-sxm-80gb"}  # same die, no measurements of their own
 # No modern vLLM, SGLang or Megatron-Core step rows yet: those engine profiles take the closest measured
@@ -129,10 +129,11 @@ def fit_attention(gpu: str, cal: GpuCalibration) -> GpuCalibration:
     return make(r.x)
 
 
-def fit_intra_link(gpu: str, cal: GpuCalibration, *, exclude: MeasuredRow | None = None) -> GpuCalibration:
-    """Two NCCL protocols for ``gpu``'s intra-node link (``exclude``: a reference row left out)."""
+def fit_intra_link(gpu: str, cal: GpuCalibration, *, exclude: frozenset[MeasuredRow] = frozenset()) -> GpuCalibration:
+    """Two NCCL protocols for ``gpu``'s intra-node link (``exclude``: reference rows left out, for
+    validation)."""
     ks = kernel_set(gpu, "nccl")
-    refs = [r for r in reference_rows() if r.gpu == gpu and r.kind == "allreduce" and r != exclude]
+    refs = [r for r in reference_rows() if r.gpu == gpu and r.kind == "allreduce" and r not in exclude]
 
     def make(x):
         b1, h1, e1, b2, h2, e2 = np.exp(x[:6])
