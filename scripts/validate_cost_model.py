@@ -202,6 +202,25 @@ def leave_one_regime_out(rows: list[MeasuredRow], shipped: Calibration, parts: d
     return out
 
 
+OVERHEAD_PROBES_US = (0.0, 10.0, 25.0, 50.0)  # per-layer overheads a stack's fit is made to take
+
+
+def overhead_profile(steps: list[MeasuredRow], shipped: Calibration, parts: dict) -> dict[str, list[tuple[float, float, float]]]:
+    """Per stack, for each per-layer overhead in ``OVERHEAD_PROBES_US`` held fixed while the other step
+    parameters are refitted: (layer overhead us, fitted step overhead us, in-sample MAPE %). A flat MAPE
+    says the rows do not determine the overhead: every step row is an 80-layer Llama at PP 1, so per-layer,
+    per-step, per-sequence (at batch 1) and skew (two collectives per layer) time are one constant to them."""
+    cals = {g: shipped.for_gpu(g) for g in {r.gpu for r in steps}}
+    out: dict[str, list[tuple[float, float, float]]] = {}
+    for layer_us in OVERHEAD_PROBES_US:
+        fits = calibrate.fit_steps(steps, cals, parts=parts, fixed={"layer_overhead_us": layer_us})
+        for stack, per_gpu in fits.items():
+            mine = [r for r in steps if r.stack == stack]
+            err = mape(pct(step_fit_time_s(parts[r], per_gpu.get(r.gpu, per_gpu["*"])), r.measured_s) for r in mine)
+            out.setdefault(stack, []).append((layer_us, per_gpu["*"].step_overhead_us, err))
+    return out
+
+
 def held_out_table(sets: list[HeldOut], predicted: dict[MeasuredRow, float], loo: dict[MeasuredRow, float] | None,
                    *, target_pct: float = 20.0, list_misses: int = 12) -> list[str]:
     """Per held-out set: rows, in-sample, leave-one-out and held-out MAPE, rows off by more than
@@ -347,11 +366,15 @@ def _refit(ks, cal):
         calibrate.kernel_set = original
 
 
-def _print_held_out(sources: list[HeldOut], regimes: list[HeldOut], predicted, loo, shipped: Calibration) -> None:
+def _print_held_out(sources: list[HeldOut], regimes: list[HeldOut], predicted, loo, shipped: Calibration, parts: dict) -> None:
     print("Leave-one-source-out (target: every source's held-out MAPE <= 20%) and leave-one-regime-out;")
     print("MAPE of the set's rows in sample (shipped calibration), left out one row at a time, and held out whole:")
     for line in held_out_table(sources + regimes, predicted, loo):
         print("  " + line)
+    steps = [r for r in predicted if r.kind in STEP_KINDS]
+    print("\nPer-layer overhead held at a value, the other step parameters refitted (in-sample MAPE of the stack's rows):")
+    for stack, probes in overhead_profile(steps, shipped, parts).items():
+        print(f"  {stack:15s} " + "; ".join(f"{layer:4.0f} us/layer: step {step:6.0f} us, {err:5.2f}%" for layer, step, err in probes))
     print("\nKernel tables held out per GPU (aiconfigurator-core 0.12.0, one file per GPU and kind): each predicted by the")
     print("default entry of the other fitted GPUs, as for a GPU without measurements (5-fold figures: below):")
     print(f"  {'table':20s} {'gpu':14s} {'rows':>5s} {'in-sample':>10s} {'held-out':>9s}  target")
@@ -376,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     regimes = leave_one_regime_out(rows, shipped, parts)
     if args.held_out_only:
         print(f"calibration {shipped.id}; {len(rows)} reference rows\n")
-        _print_held_out(sources, regimes, predicted, None, shipped)
+        _print_held_out(sources, regimes, predicted, None, shipped, parts)
         return 0
     loo = loo_predictions(rows, shipped)
     print(f"calibration {shipped.id}; {len(rows)} reference rows\n")
@@ -420,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    the same two TP sizes one step away in batch or length: {neighbour_orders(rows, a, b)}")
 
     print()
-    _print_held_out(sources, regimes, predicted, loo, shipped)
+    _print_held_out(sources, regimes, predicted, loo, shipped, parts)
 
     print("\nKernel tables (aiconfigurator-core 0.12.0; informational, no target):")
     for line in kernel_summary(args.kernels):
