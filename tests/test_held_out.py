@@ -1,0 +1,154 @@
+"""Issue 13's validation: every source of measured rows predicted by a fit without it (leave-one-source-out),
+and the regimes plans extrapolate into predicted from the rows outside them (leave-one-regime-out), the way
+estimates are used: whole data sets and regimes held out, not neighbouring rows.
+
+The figures are what ``python scripts/validate_cost_model.py --held-out-only`` prints for the shipped
+calibration, computed here in full with the project's own fits (``scripts/calibrate.py``; nothing cached):
+about 20 s, most of it tabulating the 231 step rows once. Each held-out MAPE is pinned to a band of 1.5
+points around today's value in both directions, so that a change to the data or the fit that moves it
+(better or worse) shows here and the pin and the closing table are updated with it. The issue's target,
+held-out MAPE <= 20% per source, is one test per source; the sources that miss it today are strict xfails,
+so an improvement that meets it fails the suite until the marker is removed. The aiconfigurator kernel
+tables (one file per GPU and kind) are held out per GPU: each predicted by the default entry of the other
+fitted GPUs, which is what a plan for a GPU without measurements gets.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from optimizer.model.calibration import shipped_calibration
+from optimizer.model.measured import STEP_KINDS, predict_row, reference_rows
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+import validate_cost_model as vcm  # noqa: E402
+
+SPLITWISE, TRTLLM, NIM, VIDUR = ("Mutinifni/splitwise-sim", "NVIDIA/TensorRT-LLM",
+                                 "docs.nvidia.com/nim/benchmarking/llm/1.0.0/performance.md", "microsoft/vidur")
+BAND = 1.5  # percentage points either side of the pinned MAPE
+
+# source -> (rows, held-out MAPE %, why it misses 20% or None)
+SOURCES = {
+    SPLITWISE: (224, 28.9, "no other source measures the 2023 stack: held out, it is predicted by the TensorRT-LLM "
+                           "stand-in, which is ~2x faster per step (the gap a plan for an engine without rows carries)"),
+    TRTLLM: (3, 16.1, None),
+    NIM: (4, 23.6, "without NIM's rows the TensorRT-LLM stack is 3 batch-1 TTFT rows of 2023: nothing constrains "
+                   "its decode, which comes out ~40% slow"),
+    VIDUR: (8, 16.7, None),
+}
+# regime -> (rows, held-out MAPE %)
+REGIMES = {"batch >= 64": (8, 19.4), "TP >= 8": (76, 12.1), "input >= 4096": (26, 10.1)}
+
+
+@pytest.fixture(scope="module")
+def parts():
+    return vcm.step_parts_for([r for r in reference_rows() if r.kind in STEP_KINDS], shipped_calibration())
+
+
+@pytest.fixture(scope="module")
+def held_out(parts):
+    shipped = shipped_calibration()
+    rows = list(reference_rows())
+    sets = vcm.leave_one_source_out(rows, shipped, parts) + vcm.leave_one_regime_out(rows, shipped, parts)
+    return {h.name: h for h in sets}
+
+
+def test_every_source_and_regime_is_held_out(held_out):
+    assert set(held_out) == set(SOURCES) | set(REGIMES) | {"EP >= 16"}
+    everything = list(reference_rows())
+    assert sum(len(held_out[s].rows) for s in SOURCES) == len(everything)  # each row in exactly one source
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_held_out_source_mape_is_pinned(held_out, source):
+    rows, pinned, _ = SOURCES[source]
+    h = held_out[source]
+    assert len(h.rows) == rows
+    assert h.mape == pytest.approx(pinned, abs=BAND)
+
+
+@pytest.mark.parametrize("source", [
+    pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=why)) if why else s
+    for s, (_, _, why) in sorted(SOURCES.items())])
+def test_held_out_source_mape_meets_the_20_percent_target(held_out, source):
+    assert held_out[source].mape <= 20
+
+
+@pytest.mark.parametrize("regime", sorted(REGIMES))
+def test_held_out_regime_mape_is_pinned(held_out, regime):
+    rows, pinned = REGIMES[regime]
+    h = held_out[regime]
+    assert len(h.rows) == rows
+    assert h.mape == pytest.approx(pinned, abs=BAND)
+    assert h.mape <= 20
+
+
+def test_no_step_row_measures_expert_parallelism_yet(held_out):
+    """Every step row is a dense Llama on one TP group: EP >= 16 cannot be predicted from EP < 16 until
+    MoE rows arrive (then this fails, and the regime gets its pin)."""
+    assert held_out["EP >= 16"].rows == ()
+
+
+def test_a_held_out_source_is_really_left_out_of_its_fit(held_out):
+    """Held out, the TensorRT-LLM docs' rows are predicted worse than in sample, and the 2023 rows, whose
+    stack has no other source, by the stand-in stack a plan without measurements would use."""
+    shipped = shipped_calibration()
+    trt = held_out[TRTLLM]
+    in_sample = vcm.mape(vcm.pct(predict_row(r, shipped), r.measured_s) for r in trt.rows)
+    assert trt.mape > in_sample
+    assert held_out[SPLITWISE].stacks == ("tensorrt-llm for splitwise-2023",)
+
+
+def test_the_step_rows_do_not_determine_the_per_layer_overhead(parts):
+    """Issue 13 item 6: the shipped per-layer and per-step overheads sit at the fit's lower bound (0.01 us)
+    not because the rows measure 0 but because they cannot tell: every step row is an 80-layer Llama at
+    PP 1, so per-layer, per-step and (at batch 1) per-sequence time are one constant to them. Held at 0 to
+    50 us per layer with the rest refitted, the 2023 stack's MAPE moves by less than a point and
+    TensorRT-LLM's by under three. Rows of another depth or with PP > 1 should make this fail."""
+    steps = [r for r in reference_rows() if r.kind in STEP_KINDS]
+    profile = vcm.overhead_profile(steps, shipped_calibration(), parts)
+    spread = {stack: max(e for *_, e in probes) - min(e for *_, e in probes) for stack, probes in profile.items()}
+    assert spread["splitwise-2023"] < 1.0 and spread["tensorrt-llm"] < 3.0
+    assert [layer for layer, *_ in profile["tensorrt-llm"]] == list(vcm.OVERHEAD_PROBES_US)
+
+
+# (kind, gpu) -> held-out MAPE % of an aiconfigurator table predicted by the default entry of the other GPUs
+KERNEL_TABLES = {
+    ("gemm:bf16", "a100-sxm-80gb"): 22.2, ("gemm:bf16", "b200"): 14.1, ("gemm:fp8", "b200"): 22.4,
+    ("gemm:bf16", "h100-sxm"): 12.5, ("gemm:fp8", "h100-sxm"): 20.2, ("gemm:bf16", "h200-sxm"): 12.6,
+    ("gemm:fp8", "h200-sxm"): 21.0, ("gemm:bf16", "l40s"): 30.1, ("gemm:fp8", "l40s"): 37.9,
+    ("attention_prefill", "a100-sxm-80gb"): 27.4, ("attention_decode", "a100-sxm-80gb"): 25.0,
+    ("attention_prefill", "b200"): 29.5, ("attention_decode", "b200"): 30.0,
+    ("attention_prefill", "h100-sxm"): 21.7, ("attention_decode", "h100-sxm"): 19.4,
+    ("attention_prefill", "h200-sxm"): 25.6, ("attention_decode", "h200-sxm"): 16.2,
+    ("attention_prefill", "l40s"): 51.6, ("attention_decode", "l40s"): 88.9,
+    ("nccl", "a100-sxm-80gb"): 41.5, ("nccl", "b200"): 41.1, ("nccl", "h100-sxm"): 43.3, ("nccl", "h200-sxm"): 41.1,
+    ("nccl", "l40s"): 62.8,
+}
+KERNEL_MISS = ("most tables miss 20% in sample too (one efficiency per kernel kind and GPU); NCCL held out has no "
+               "protocol fit and takes the scenario's link latency; the PCIe L40S is unlike the NVLink GPUs averaged")
+
+
+@pytest.fixture(scope="module")
+def kernel_held_out():
+    return {(kind, gpu): held for kind, gpu, _, _, held in vcm.kernel_leave_one_gpu_out(shipped_calibration())}
+
+
+def test_every_kernel_table_is_held_out(kernel_held_out):
+    assert set(kernel_held_out) == set(KERNEL_TABLES)
+
+
+@pytest.mark.parametrize("table", sorted(KERNEL_TABLES))
+def test_held_out_kernel_table_mape_is_pinned(kernel_held_out, table):
+    assert kernel_held_out[table] == pytest.approx(KERNEL_TABLES[table], abs=BAND)
+
+
+@pytest.mark.parametrize("table", [
+    pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=KERNEL_MISS)) if mape > 20 else t
+    for t, mape in sorted(KERNEL_TABLES.items())])
+def test_held_out_kernel_table_meets_the_20_percent_target(kernel_held_out, table):
+    assert kernel_held_out[table] <= 20
