@@ -662,6 +662,78 @@ def _launch_fleet(plan_path: str, engines: tuple[str, ...], node_addresses: tupl
 
 
 @main.command()
+@click.argument("plan_path", metavar="[PLAN]", required=False)
+@click.option("--scenario", "scenario_name", metavar="NAME|PATH", required=True, help="The scenario the plan serves.")
+@click.option("--format", "fmt", type=click.Choice(["k8s", "compose"]), default="k8s", show_default=True,
+              help="k8s: Deployment or LeaderWorkerSet + Service; compose: Docker Compose, one node.")
+@click.option("--out", "out_dir", metavar="DIR", required=True, help="Folder to write the files into.")
+@click.option("--engine", "engine", type=click.Choice(["vllm", "sglang", "tensorrt-llm"]), default=None,
+              help="Engine to run [default: the plan's; required for a megatron plan].")
+@click.option("--image", default=None, metavar="IMAGE", help="Container image [default: the engine's release image].")
+@click.option("--name", default=None, metavar="NAME", help="Name of the objects [default: <engine>-<scenario>].")
+@click.option("--cache-pvc", default=None, metavar="CLAIM", help="k8s: a PersistentVolumeClaim for the Hugging Face cache.")
+@click.option("--force", is_flag=True, help="Overwrite files that exist.")
+def deploy(plan_path: str | None, scenario_name: str, fmt: str, out_dir: str, engine: str | None, image: str | None,
+           name: str | None, cache_pvc: str | None, force: bool) -> None:
+    """Manifests that run the plan: Kubernetes (a Deployment + Service for instances on one node, a
+    LeaderWorkerSet + Service for instances over several nodes) or Docker Compose (one node), with the
+    `optimize launch` command lines, GPUs, shared memory and /health probes (optimizer/outputs/deploy.py).
+
+    PLAN is a plan JSON from `optimize --json` or a hand-written plan; without it, the plan `optimize`
+    picks. A megatron plan (a training job) needs --engine to be served. Exit 0, 1 if the engine cannot
+    run the plan or no plan exists, 2 for bad input (an existing file without --force included).
+    """
+    from optimizer.outputs.deploy import deploy_manifests
+
+    document = _plan_for(plan_path, scenario_name)
+    try:
+        bundle = deploy_manifests(document, fmt=fmt, engine=engine, image=image, name=name, cache_pvc=cache_pvc)
+    except NotExpressible as exc:
+        _fail(str(exc), EXIT_INFEASIBLE)
+        return
+    except OptimizerError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+        return
+    folder = Path(out_dir)
+    if folder.exists() and not folder.is_dir():
+        _fail(f"--out {out_dir}: exists and is not a folder", EXIT_BAD_INPUT)
+    targets = [folder / f.path for f in bundle.files]
+    present = [str(t) for t in targets if t.exists()]
+    if present and not force:
+        _fail(f"{', '.join(present)} already exist(s); pass --force to overwrite, or another --out", EXIT_BAD_INPUT)
+    inputs = [Path(p).resolve() for p in (plan_path, scenario_name) if p and Path(p).exists()]
+    for target, file in zip(targets, bundle.files):
+        if target.resolve() in inputs:
+            _fail(f"{target} is an input file; it is never overwritten", EXIT_BAD_INPUT)
+        atomic_write(target, file.text)
+        click.echo(f"wrote {target}")
+    for note in bundle.notes:
+        click.echo(f"note: {note}")
+
+
+def _plan_for(plan_path: str | None, scenario_name: str) -> dict[str, Any]:
+    """The plan document for ``plan_path`` (a plan file) or, without it, the plan ``optimize`` picks for the
+    scenario; exits 2 for bad input, 1 when no plan exists."""
+    scenario = _load(scenario_name)
+    if plan_path is None:
+        from optimizer.search.solve import optimize
+
+        try:
+            return solution_document(optimize(scenario))
+        except Infeasible as exc:
+            _fail(f"{exc}", EXIT_INFEASIBLE)
+            raise
+    try:
+        plan = read_plan(Path(plan_path), scenario, {})
+    except ScenarioError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+        raise
+    context = plan_context(scenario, plan)
+    return plan_document(scenario=scenario, plan=plan, certificate=certify(scenario, plan), table=context.table,
+                         index=context.index, evidence=None)
+
+
+@main.command()
 @click.argument("fleet_name", metavar="FLEET")
 @click.option("--json", "json_path", metavar="PATH", callback=_output_path, help="Write the fleet plan as JSON (- for stdout).")
 @click.option("--markdown", "markdown_path", metavar="PATH", callback=_output_path, help="Write the fleet plan as Markdown (- for stdout).")
