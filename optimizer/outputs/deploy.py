@@ -117,6 +117,19 @@ _NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _AMD = re.compile(r"(^|[^a-z])mi\d{3}", re.IGNORECASE)
 
 
+class _Dumper(yaml.SafeDumper):
+    """YAML without anchors and aliases: a shared mapping is written out at each place (readers and
+    ``kubectl`` accept aliases, but people edit these files)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def to_yaml(*documents: Mapping[str, Any]) -> str:
+    """``documents`` as YAML, keys in the order built, no aliases; several are each opened by ``---``."""
+    return yaml.dump_all(documents, Dumper=_Dumper, sort_keys=False, explicit_start=len(documents) > 1, width=120)
+
+
 class DeployFormat(StrEnum):
     K8S = "k8s"
     COMPOSE = "compose"
@@ -313,13 +326,11 @@ def _port_of(argv: Sequence[str]) -> int:
 
 
 def _probes(port: int) -> dict[str, Any]:
-    def get() -> dict[str, Any]:  # a fresh mapping each: shared ones would be YAML anchors and aliases
-        return {"httpGet": {"path": HEALTH_PATH, "port": port}}
-
+    get = {"httpGet": {"path": HEALTH_PATH, "port": port}}
     return {
-        "startupProbe": {**get(), "periodSeconds": STARTUP_PERIOD_S, "failureThreshold": STARTUP_FAILURES},
-        "readinessProbe": {**get(), "periodSeconds": READINESS_PERIOD_S},
-        "livenessProbe": {**get(), "periodSeconds": LIVENESS_PERIOD_S, "failureThreshold": LIVENESS_FAILURES},
+        "startupProbe": {**get, "periodSeconds": STARTUP_PERIOD_S, "failureThreshold": STARTUP_FAILURES},
+        "readinessProbe": {**get, "periodSeconds": READINESS_PERIOD_S},
+        "livenessProbe": {**get, "periodSeconds": LIVENESS_PERIOD_S, "failureThreshold": LIVENESS_FAILURES},
     }
 
 
@@ -448,7 +459,7 @@ def kubernetes_manifests(document: Mapping[str, Any], *, engine: LaunchEngine, i
                                             image_given=image is not None, cache_pvc=cache_pvc)
     header = [f"# {launch.title}", "# written by `optimize deploy --format k8s` (optimizer/outputs/deploy.py)",
               *[f"# note: {n}" for n in notes]]
-    text = "\n".join(header) + "\n" + yaml.safe_dump_all(objects, sort_keys=False, explicit_start=True, width=120)
+    text = "\n".join(header) + "\n" + to_yaml(*objects)
     return DeployBundle(format=DeployFormat.K8S, engine=engine, name=name,
                         files=(DeployFile(path=f"{name}.yaml", text=text, documents=tuple(objects)),),
                         notes=tuple(notes))
@@ -533,7 +544,7 @@ def compose_manifest(document: Mapping[str, Any], *, engine: LaunchEngine, image
             env |= {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(map(str, local))}
         env |= {"HF_HOME": HF_CACHE_PATH, "HF_TOKEN": "${HF_TOKEN:-}"}
         service: dict[str, Any] = {
-            "image": image, "command": _options_path(command.argv), "environment": env, "ipc": "host",
+            "image": image, "entrypoint": _options_path(command.argv), "environment": env, "ipc": "host",
             "ports": [f"{port}:{port}"], "volumes": [f"~/.cache/huggingface:{HF_CACHE_PATH}"],
             "deploy": {"resources": {"reservations": {"devices": [
                 {"driver": "nvidia", "device_ids": [str(g) for g in ordered], "capabilities": ["gpu"]}]}}},
@@ -553,7 +564,7 @@ def compose_manifest(document: Mapping[str, Any], *, engine: LaunchEngine, image
         "HF_TOKEN is read from the environment (or an .env file) for gated models"]
     header = [f"# {launch.title}", "# written by `optimize deploy --format compose` (optimizer/outputs/deploy.py)",
               *[f"# note: {n}" for n in notes]]
-    text = "\n".join(header) + "\n" + yaml.safe_dump(compose, sort_keys=False, width=120)
+    text = "\n".join(header) + "\n" + to_yaml(compose)
     files = [DeployFile(path="compose.yaml", text=text, documents=(compose,))]
     files += [DeployFile(path=path, text=body) for path, body in launch.files]
     return DeployBundle(format=DeployFormat.COMPOSE, engine=engine, name=name, files=tuple(files), notes=tuple(notes))
