@@ -20,7 +20,7 @@ FOLDERS = ["cli", "outputs", "search", "model", "inputs", "base"]
 LAYERS = [
     {"cli"},
     {"outputs.sweep"},
-    {"outputs.report", "outputs.fleet_report"},
+    {"outputs.report", "outputs.fleet_report", "outputs.deploy"},
     {"outputs.launch"},
     {"search.pareto", "search.diagnose", "search.disagg", "search.fleet", "search.fleet_check", "search.fleet_types"},
     {"search.verify", "search.solve", "search.exhaustive", "search.certify", "search.candidates"},

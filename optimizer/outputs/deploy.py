@@ -362,14 +362,13 @@ def _pod_spec(s: _PodSettings, *, command: list[str], env: Sequence[tuple[str, s
     return {"containers": [container], "volumes": volumes}
 
 
-def _ray_leader(group: _Group) -> list[str]:
+def _ray_leader(ray_head: NodeCommand, serve: NodeCommand) -> list[str]:
     """``ray start --head``, a wait until every pod of the group has joined (``ray.nodes()``), then the
     ``vllm serve`` line (exec'd so it gets the container's signals)."""
-    assert group.ray_head is not None
-    wait = ("import ray, sys; ray.init(address='auto'); "
-            "sys.exit(sum(1 for n in ray.nodes() if n['Alive']) < int(sys.argv[1]))")
-    script = (f"{shlex.join(group.ray_head.argv)} && until python3 -c {shlex.quote(wait)} \"$$LWS_GROUP_SIZE\"; "
-              f"do sleep 5; done && exec {shlex.join(group.leader.argv)}")
+    wait = ('import ray, sys; ray.init(address="auto"); '
+            'sys.exit(sum(1 for n in ray.nodes() if n["Alive"]) < int(sys.argv[1]))')
+    script = (f"{shlex.join(ray_head.argv)} && until python3 -c {shlex.quote(wait)} \"$$LWS_GROUP_SIZE\"; "
+              f"do sleep 5; done && exec {shlex.join(serve.argv)}")
     return ["/bin/sh", "-c", script]
 
 
@@ -432,7 +431,7 @@ def kubernetes_manifests(document: Mapping[str, Any], *, engine: LaunchEngine, i
         selector = {"app.kubernetes.io/name": name}
     else:
         if group.ray_head is not None:
-            leader_cmd, worker_cmd = _ray_leader(group), _ray_worker(group.workers[0])
+            leader_cmd, worker_cmd = _ray_leader(group.ray_head, group.leader), _ray_worker(group.workers[0])
             for w in group.workers:
                 if w.argv != group.workers[0].argv:
                     raise NotExpressible("Ray workers of one group differ", engine=engine)
