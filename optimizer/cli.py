@@ -720,7 +720,7 @@ def _plan_for(plan_path: str | None, scenario_name: str) -> dict[str, Any]:
 
         try:
             return solution_document(optimize(scenario))
-        except Infeasible as exc:
+        except (Infeasible, SolveIncomplete) as exc:
             _fail(f"{exc}", EXIT_INFEASIBLE)
             raise
     try:

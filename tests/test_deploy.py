@@ -413,6 +413,13 @@ def test_validation_catches_a_broken_manifest():
         jsonschema.Draft7Validator(COMPOSE_SCHEMA).validate(compose)
 
 
+@pytest.mark.parametrize("name", sorted(set(GOLDEN) - set(PLANNED)))
+def test_a_scenario_without_a_plan_deploys_nothing(name, tmp_path):
+    result = deploy("--scenario", name, "--out", str(tmp_path / "o"))
+    assert result.exit_code == 1 and "no feasible plan" in result.output, result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_no_plan_path_solves_the_scenario(tmp_path):
     result = deploy("--scenario", "qwen3-30b-a3b-8xh100", "--out", str(tmp_path / "o"))
     assert result.exit_code == 0, result.output
