@@ -22,8 +22,10 @@ What is written, per plan (engine instances as ``launch`` counts them; all insta
   arithmetic. Each worker command is checked, for every index, against the command ``launch`` gives
   that node (``_Template.evaluate``).
   - vLLM, one DP rank over several nodes: ``--nnodes --node-rank --master-addr``, ``--headless`` on the
-    workers; several DP ranks, whole ranks per node: ``--data-parallel-address`` and
-    ``--data-parallel-start-rank``; DP ranks that span nodes: a Ray cluster per group (the leader runs
+    workers; several DP ranks, whole ranks per node: ``--data-parallel-address $(LWS_LEADER_ADDRESS)``
+    and ``--data-parallel-start-rank`` = index x local DP ranks (the recipe of llm-d's
+    guides/wide-ep-lws/manifests/modelserver/base/decode.yaml, which also probes ``/health``); DP ranks
+    that span nodes: a Ray cluster per group (the leader runs
     ``ray start --head``, waits for ``LWS_GROUP_SIZE`` nodes, then ``vllm serve``; the workers run
     ``ray start --address=$(LWS_LEADER_ADDRESS):6379 --block``, as vLLM's LWS page does through its
     examples/online_serving/multi-node-serving.sh).
