@@ -32,8 +32,9 @@ from optimizer.outputs.deploy import (
     deploy_manifests,
     gpu_resource,
     resource_name,
+    worker_template,
 )
-from optimizer.outputs.launch import LaunchEngine, NotExpressible, launch_commands
+from optimizer.outputs.launch import CommandRole, LaunchEngine, NodeCommand, NotExpressible, launch_commands
 from optimizer.outputs.report import plan_document
 from optimizer.search.verify import certify, plan_context, read_plan
 
@@ -424,3 +425,15 @@ def test_no_plan_path_solves_the_scenario(tmp_path):
     result = deploy("--scenario", "qwen3-30b-a3b-8xh100", "--out", str(tmp_path / "o"))
     assert result.exit_code == 0, result.output
     assert (tmp_path / "o" / "vllm-qwen3-30b-a3b-8xh100.yaml").exists()
+
+
+def test_worker_template_takes_only_index_valued_flags():
+    def node(k: int, extra: str = "x") -> NodeCommand:
+        return NodeCommand(node=k, instance=0, role=CommandRole.HEADLESS, gpus=(0, 1),
+                           argv=("vllm", "serve", extra, "--node-rank", str(k), "--data-parallel-start-rank", str(4 * k)))
+    template = worker_template([node(1), node(2), node(3)], engine=LaunchEngine.VLLM)
+    assert [template.evaluate(k) for k in (1, 2, 3)] == [node(k).argv for k in (1, 2, 3)]
+    with pytest.raises(NotExpressible, match="node 2"):
+        worker_template([node(1), node(2, extra="y")], engine=LaunchEngine.VLLM)
+    with pytest.raises(NotExpressible):  # a node rank that is not the pod's index
+        worker_template([node(1), node(3)], engine=LaunchEngine.VLLM)

@@ -225,7 +225,7 @@ class _Template:
         return ["/bin/sh", "-c", "exec " + " ".join(words)]
 
 
-def worker_template(commands: Sequence[NodeCommand]) -> _Template:
+def worker_template(commands: Sequence[NodeCommand], *, engine: LaunchEngine) -> _Template:
     """One template for the workers (pod indices 1..n-1) of a group: the command of pod 1 with the value of
     each ``INDEX_FLAGS`` flag replaced by index x (value at pod 1), then checked against every worker's
     command from ``launch``. ``NotExpressible`` if the workers differ otherwise."""
@@ -238,15 +238,8 @@ def worker_template(commands: Sequence[NodeCommand]) -> _Template:
     for index, command in enumerate(commands, start=1):
         if template.evaluate(index) != command.argv or _env_list(command.env) != _env_list(commands[0].env):
             raise NotExpressible(f"the command of node {index} of an instance is not node 1's with its index: "
-                                 f"{shlex.join(command.argv)}", engine=_engine_of(command))
+                                 f"{shlex.join(command.argv)}", engine=engine)
     return template
-
-
-def _engine_of(command: NodeCommand) -> LaunchEngine:
-    text = " ".join(command.argv)
-    if "sglang" in text:
-        return LaunchEngine.SGLANG
-    return LaunchEngine.TRTLLM if "trtllm" in text else LaunchEngine.VLLM
 
 
 # --------------------------------------------------------------------------------------- the instances
@@ -320,11 +313,12 @@ def _options_path(argv: Sequence[str]) -> list[str]:
     return [f"{CONFIG_PATH}/{TRTLLM_OPTIONS_FILE}" if a == TRTLLM_OPTIONS_FILE else a for a in argv]
 
 
-def _port_of(argv: Sequence[str]) -> int:
+def _port_of(argv: Sequence[str], engine: LaunchEngine) -> int:
+    """The HTTP port of a serving command (launch always gives ``--port``)."""
     for flag, value in zip(argv, argv[1:]):
         if flag == "--port":
             return int(value)
-    raise NotExpressible(f"no --port in {shlex.join(argv)}", engine=LaunchEngine.VLLM)
+    raise NotExpressible(f"no --port in {shlex.join(argv)}", engine=engine)
 
 
 def _probes(port: int) -> dict[str, Any]:
@@ -413,7 +407,7 @@ def kubernetes_manifests(document: Mapping[str, Any], *, engine: LaunchEngine, i
     settings = _PodSettings(engine=engine, image=settings_image, gpu_resource=gpu_resource(gpu_name),
                             gpus=group.gpus_per_pod, cache_pvc=cache_pvc,
                             options_configmap=f"{name}-options" if options else None)
-    port = _port_of(group.leader.argv)
+    port = _port_of(group.leader.argv, engine)
     labels = _labels(name)
     annotations = {"optimizer/plan": launch.title, "optimizer/placement": _placement(launch)}
     objects: list[dict[str, Any]] = []
@@ -439,7 +433,7 @@ def kubernetes_manifests(document: Mapping[str, Any], *, engine: LaunchEngine, i
                     raise NotExpressible("Ray workers of one group differ", engine=engine)
         else:
             leader_cmd = leader_argv
-            worker_cmd = worker_template(group.workers).container_command()
+            worker_cmd = worker_template(group.workers, engine=engine).container_command()
             worker_cmd = _options_path(worker_cmd)
         leader_pod = _pod_spec(settings, command=leader_cmd, env=group.leader.env, port=port)
         worker_pod = _pod_spec(settings, command=worker_cmd, env=group.workers[0].env, port=None)
@@ -537,7 +531,7 @@ def compose_manifest(document: Mapping[str, Any], *, engine: LaunchEngine, image
     options = dict(launch.files)
     services: dict[str, Any] = {}
     for command in launch.commands:
-        port = _port_of(command.argv)
+        port = _port_of(command.argv, engine)
         env = {k: v for k, v in command.env if k != "CUDA_VISIBLE_DEVICES"}
         ordered = sorted(command.gpus)
         local = [ordered.index(g) for g in command.gpus]
