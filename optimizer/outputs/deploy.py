@@ -84,7 +84,6 @@ import yaml
 
 from optimizer.errors import PlanError
 from optimizer.outputs.launch import (
-    RAY_PORT,
     SGLANG_VERSION,
     TRTLLM_OPTIONS_FILE,
     TRTLLM_VERSION,
