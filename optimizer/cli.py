@@ -605,24 +605,7 @@ def launch(plan_path: str | None, scenario_name: str | None, engines: tuple[str,
     if scenario_name is None:
         _fail("--scenario is required (except for a fleet plan)", EXIT_BAD_INPUT)
         return
-    scenario = _load(scenario_name)
-    if plan_path is None:
-        from optimizer.search.solve import optimize
-
-        try:
-            document = solution_document(optimize(scenario))
-        except Infeasible as exc:
-            _fail(f"{exc}", EXIT_INFEASIBLE)
-            return
-    else:
-        try:
-            plan = read_plan(Path(plan_path), scenario, {})
-        except ScenarioError as exc:
-            _fail(str(exc), EXIT_BAD_INPUT)
-            return
-        context = plan_context(scenario, plan)
-        document = plan_document(scenario=scenario, plan=plan, certificate=certify(scenario, plan), table=context.table,
-                                 index=context.index, evidence=None)
+    document = _plan_for(plan_path, scenario_name)
     failed = []
     own = document["plan"]["engine"]
     for engine in engines or ((own,) if own in {e.value for e in LaunchEngine} else ("vllm", "sglang")):
