@@ -226,6 +226,10 @@ def scenario_from_dict(data: dict[str, Any], *, source: str = "<inline>", base_d
         resolved["cluster"] = _resolve_cluster(resolved["cluster"], source=source)
     if "model" in resolved:
         resolved["model"] = resolve_model(resolved["model"], source=source, base_dir=base_dir or Path("."))
+    engine = resolved.get("engine")
+    if isinstance(engine, dict) and isinstance(engine.get("calibration_file"), str) and engine["calibration_file"].strip():
+        cal_path = Path(engine["calibration_file"])  # relative to the scenario's folder, as model.config_json
+        resolved["engine"] = {**engine, "calibration_file": str(cal_path if cal_path.is_absolute() else (base_dir or Path(".")) / cal_path)}
     try:
         scenario = Scenario.model_validate(resolved)
     except ValidationError as exc:
@@ -236,6 +240,16 @@ def scenario_from_dict(data: dict[str, Any], *, source: str = "<inline>", base_d
     problem = catalog.stack_problem(scenario.engine.calibration_stack)  # said here, not deep in the cost model
     if problem:
         raise ScenarioError(problem, source=source, field="engine.calibration_stack")
+    if scenario.engine.calibration_file is not None:
+        from optimizer.inputs.calibration_file import calibration_file_problem, read_calibration_file
+
+        try:
+            cal_data = read_calibration_file(Path(scenario.engine.calibration_file))
+        except ScenarioError as exc:
+            raise ScenarioError(str(exc), source=source, field="engine.calibration_file") from None
+        problem = calibration_file_problem(cal_data, gpu=scenario.cluster.gpu.name, engine=scenario.engine.name.value)
+        if problem:
+            raise ScenarioError(f"{scenario.engine.calibration_file} {problem}", source=source, field="engine.calibration_file")
     return scenario
 
 
