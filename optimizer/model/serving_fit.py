@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -68,17 +69,29 @@ class ServingFit:
     left_out: tuple[Prediction | None, ...]
 
 
+_HF_REPO = re.compile(r"huggingface\.co/([A-Za-z0-9][\w.-]*/[\w.-]+)")
+
+
+def same_model(measured: str, scenario: Scenario) -> bool:
+    """Whether a tool's model name (a Hugging Face repo id or a local path) is the scenario's model: its last
+    path part, case-insensitively, is the scenario's model name or the repo id in ``model.source``, or
+    one of them followed by a ``-`` suffix (``Llama-3.1-70B-Instruct`` for ``Llama-3.1-70B``: a fine-tune
+    of the same architecture, which is all the estimate sees)."""
+    name = measured.lower().rstrip("/").rsplit("/", 1)[-1]
+    bases = {scenario.model.name.lower().rsplit("/", 1)[-1]}
+    bases |= {m.lower().rsplit("/", 1)[-1] for m in _HF_REPO.findall(scenario.model.source or "")}
+    return any(name == b or name.startswith(b + "-") for b in bases)
+
+
 def row_problems(scenario: Scenario, rows: list[ServingRow]) -> list[str]:
-    """Why rows do not measure ``scenario``: another model (where the tool records it: vLLM's
-    ``model_id``, genai-perf's ``model_names``, compared with the scenario's model name and its Hugging
-    Face repo id, case-insensitively, the part after the last ``/``), or a mean ISL / OSL more than
-    ``LENGTH_TOLERANCE`` from the scenario's."""
+    """Why rows do not measure ``scenario``: another model (``same_model``, where the tool records it:
+    vLLM's ``model_id``, genai-perf's ``model_names``; SGLang's result has none), or a mean ISL / OSL more
+    than ``LENGTH_TOLERANCE`` from the scenario's."""
     w = scenario.workload
-    names = {scenario.model.name.lower().rsplit("/", 1)[-1]}
     problems = []
     for r in rows:
         where = f"{r.file}" + (f" line {r.line}" if r.line else "")
-        if r.model is not None and r.model.lower().rstrip("/").rsplit("/", 1)[-1] not in names:
+        if r.model is not None and not same_model(r.model, scenario):
             problems.append(f"{where}: model {r.model!r} is not the scenario's model {scenario.model.name!r}")
         for what, measured, planned in (("input tokens (ISL)", r.input_tokens, w.input_tokens),
                                         ("output tokens (OSL)", r.output_tokens, w.output_tokens)):

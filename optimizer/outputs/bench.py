@@ -55,6 +55,23 @@ class BenchTool(StrEnum):
     GENAI_PERF = "genai-perf"
 
 
+# Each tool's flags this module writes: flag -> whether it takes a value (the sources: the module docstring).
+FLAGS: dict[str, dict[str, bool]] = {
+    "vllm": {"--backend": True, "--host": True, "--port": True, "--model": True, "--dataset-name": True,
+             "--random-input-len": True, "--random-output-len": True, "--random-range-ratio": True, "--ignore-eos": False,
+             "--num-prompts": True, "--max-concurrency": True, "--request-rate": True, "--percentile-metrics": True,
+             "--save-result": False, "--result-dir": True, "--result-filename": True},
+    "sglang": {"--backend": True, "--host": True, "--port": True, "--model": True, "--dataset-name": True,
+               "--random-input-len": True, "--random-output-len": True, "--random-range-ratio": True, "--num-prompts": True,
+               "--max-concurrency": True, "--request-rate": True, "--output-file": True},
+    "genai-perf": {"--model": True, "--tokenizer": True, "--endpoint-type": True, "--streaming": False, "--url": True,
+                   "--synthetic-input-tokens-mean": True, "--synthetic-input-tokens-stddev": True, "--output-tokens-mean": True,
+                   "--output-tokens-stddev": True, "--extra-inputs": True, "--concurrency": True, "--request-rate": True,
+                   "--request-count": True, "--artifact-dir": True, "--profile-export-file": True},
+}
+PROGRAM = {"vllm": ("vllm", "bench", "serve"), "sglang": ("python", "-m", "sglang.bench_serving"),
+           "genai-perf": ("genai-perf", "profile")}
+
 DEFAULT_TOOL = {"vllm": BenchTool.VLLM, "sglang": BenchTool.SGLANG, "tensorrt-llm": BenchTool.GENAI_PERF,
                 "megatron": BenchTool.VLLM}  # TensorRT-LLM's trtllm-serve speaks the OpenAI API: genai-perf is NVIDIA's client
 SERVER_PORT = {"vllm": VLLM_PORT, "sglang": SGLANG_PORT, "tensorrt-llm": TRTLLM_PORT, "megatron": VLLM_PORT}
