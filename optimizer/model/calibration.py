@@ -170,7 +170,7 @@ class Calibration:
         else:
             where = name + ("" if cal.entry == name else f" (as {cal.entry})")
         steps = f"stack {cal.stack}" + ("" if cal.step_measured else " (step parameters: the stack's mean over its GPUs)")
-        if engine and cal.stack != engine:
+        if engine and cal.stack != engine and not cal.stack.startswith(f"measured-{engine}-"):  # optimize calibrate's stacks
             steps += f", standing in for {engine} (no {engine} measurements in this calibration)"
         return f"{self.id}: {where}, {steps}"
 
