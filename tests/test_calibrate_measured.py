@@ -19,8 +19,7 @@ from click.testing import CliRunner
 from optimizer.cli import main
 from optimizer.errors import ScenarioError
 from optimizer.inputs.bench_results import ServingRow, read_results
-from optimizer.inputs.calibration_file import read_calibration_file
-from optimizer.inputs.loader import load_scenario
+from optimizer.inputs.loader import load_scenario, read_calibration_file
 from optimizer.model import serving_fit
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,7 +21,6 @@ rows: [...]                   # the measured rows, their files and errors (infor
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 from optimizer.errors import ScenarioError
@@ -32,18 +31,13 @@ STEP_FIELDS = ("sustained_compute", "layer_overhead_us", "step_overhead_us", "co
 TEXT_FIELDS = ("id", "engine", "gpu", "stack", "base_calibration", "base_stack")
 
 
-def read_calibration_file(path: Path) -> dict[str, Any]:
-    """The calibration file at ``path``, checked field by field.
+def calibration_data(data: dict[str, Any], *, source: str) -> dict[str, Any]:
+    """``data`` (the parsed file; ``loader.read_calibration_file`` reads it) checked field by field.
 
     Raises:
-        ScenarioError: unreadable or not a mapping (``read_mapping``'s errors), ``kind`` not
-            ``serving-calibration``, a text field missing or empty, a step parameter missing, not a number,
-            negative or not finite (the file and the field named).
+        ScenarioError: ``kind`` not ``serving-calibration``, a text field missing or empty, a step
+            parameter missing, unknown, not a number, negative or not finite (``source`` and the field named).
     """
-    from optimizer.inputs.loader import read_mapping  # the loader imports this module
-
-    data = read_mapping(path)
-    source = str(path)
     if data.get("kind") != KIND:
         raise ScenarioError(f"kind is {data.get('kind')!r}; a calibration file written by `optimize calibrate --out` "
                             f"has kind: {KIND}", source=source, field="kind")

@@ -15,6 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from optimizer.inputs import catalog
+from optimizer.inputs.calibration_file import calibration_data, calibration_file_problem
 from optimizer.errors import ScenarioError
 from optimizer.inputs.scenario import ModelSpec, Objective, Scenario
 
@@ -241,8 +242,6 @@ def scenario_from_dict(data: dict[str, Any], *, source: str = "<inline>", base_d
     if problem:
         raise ScenarioError(problem, source=source, field="engine.calibration_stack")
     if scenario.engine.calibration_file is not None:
-        from optimizer.inputs.calibration_file import calibration_file_problem, read_calibration_file
-
         try:
             cal_data = read_calibration_file(Path(scenario.engine.calibration_file))
         except ScenarioError as exc:
@@ -482,3 +481,13 @@ def scenario_from_flags(*, model: str, gpu: str, gpus: int, isl: int, osl: int, 
         "engine": {"name": engine or ONE_LINE_DEFAULTS["engine"]},
         "search": {"objective": objective, "gpu_memory_utilization": ONE_LINE_DEFAULTS["gpu_memory_utilization"]},
     }
+
+
+def read_calibration_file(path: Path) -> dict[str, Any]:
+    """A serving calibration file (``optimize calibrate --out``; ``inputs/calibration_file.py``), read
+    strictly (``read_mapping``) and checked field by field.
+
+    Raises:
+        ScenarioError: unreadable, not a mapping, or a field missing or malformed (the file and field named).
+    """
+    return calibration_data(read_mapping(path), source=str(path))

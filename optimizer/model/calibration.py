@@ -287,7 +287,7 @@ def file_calibration(path: str) -> Calibration:
     """
     from pathlib import Path
 
-    from optimizer.inputs.calibration_file import read_calibration_file
+    from optimizer.inputs.loader import read_calibration_file
 
     data = read_calibration_file(Path(path))
     fit = StepFit(**{name: float(value) for name, value in data["step"].items()})
