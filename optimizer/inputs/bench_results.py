@@ -25,6 +25,9 @@ Three tools, each in its own documented format (the keys read are listed per too
 
 The concurrency of a row is the tool's ``max_concurrency`` (or genai-perf's stimulus); a rate-driven run
 without a cap gets Little's law from its own measurements, ``request_throughput x mean latency``.
+
+Sources read at these commits: vllm-project/vllm 009e6d4a1cd6 (vllm/benchmarks/serve.py), sgl-project/sglang
+0033168f0f58 (python/sglang/bench_serving.py), triton-inference-server/perf_analyzer 263c5f6e0c7a (genai-perf/).
 """
 
 from __future__ import annotations

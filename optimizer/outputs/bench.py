@@ -31,6 +31,9 @@ is offered (Poisson arrivals, both clients' default); every other plan claims it
 sequences it serves (``workload.concurrent_sequences``, or DP x batch per replica where the objective
 chooses the batch), so that many requests are kept in flight. ``NUM_PROMPTS_PER_SLOT`` requests per
 slot (at least ``MIN_NUM_PROMPTS``) give a steady state well past the ramp-up.
+
+Sources read at these commits: vllm-project/vllm 009e6d4a1cd6 (vllm/benchmarks/serve.py), sgl-project/sglang
+0033168f0f58 (python/sglang/bench_serving.py), triton-inference-server/perf_analyzer 263c5f6e0c7a (genai-perf/).
 """
 
 from __future__ import annotations
