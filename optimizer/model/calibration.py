@@ -34,7 +34,9 @@ Forms (all times in seconds, efficiencies as shares of the datasheet figure):
   and do not see it). These differ by
   stack far more than by GPU: a 2023 stack and a 2025 TensorRT-LLM build differ by ~1.5x per decode step
   on the same H100 (``scripts/validate_cost_model.py``). A scenario picks its stack with
-  ``engine.calibration_stack``, or gets ``engine_stacks[engine.name]``.
+  ``engine.calibration_stack``, or gets ``engine_stacks[engine.name]``; or names a serving calibration file
+(``engine.calibration_file``, written by ``optimize calibrate``: ``with_step_fit``, ``file_calibration``)
+whose refitted step parameters become its engine's stack on its GPU, under the file's id.
 
 A GPU with no entry takes ``default`` (the geometric mean of the fitted GPUs, with the scenario's own
 link latency), and the plan says so ("uncalibrated").
