@@ -215,7 +215,8 @@ def _source_of(name_or_path: str) -> str:
 
 def _scenario_inputs(name_or_path: str, model_config: str | None = None) -> list[Path]:
     """Every file a scenario reads, which no output may overwrite: the scenario file, the config.json its
-    ``model.config_json`` names (relative to the scenario's folder) and a ``--model-config``."""
+    ``model.config_json`` names and the calibration its ``engine.calibration_file`` names (relative to the
+    scenario's folder) and a ``--model-config``."""
     if isinstance(name_or_path, _FlagScenario):  # no scenario file; a config.json it names is still an input
         model = name_or_path.data.get("model")
         config = [Path(model["config_json"])] if isinstance(model, dict) and "config_json" in model else []
@@ -224,12 +225,16 @@ def _scenario_inputs(name_or_path: str, model_config: str | None = None) -> list
     path = shipped.get(name_or_path, Path(name_or_path))
     inputs = [path]
     try:
-        model = read_mapping(path).get("model")
+        data = read_mapping(path)
     except ScenarioError:
-        model = None
+        data = {}
+    model, engine = data.get("model"), data.get("engine")
     if isinstance(model, dict) and isinstance(model.get("config_json"), str):
         config = Path(model["config_json"])
         inputs.append(config if config.is_absolute() else path.parent / config)
+    if isinstance(engine, dict) and isinstance(engine.get("calibration_file"), str):  # optimize calibrate --out must not overwrite it
+        cal = Path(engine["calibration_file"])
+        inputs.append(cal if cal.is_absolute() else path.parent / cal)
     if model_config:
         inputs.append(Path(model_config))
     return inputs

@@ -199,11 +199,17 @@ def test_unreadable_result_files_exit_2(tmp_path: Path) -> None:
         read_results(tmp_path / "list.jsonl")
 
 
-def test_the_output_never_overwrites_a_measured_file(tmp_path: Path) -> None:
+def test_the_output_never_overwrites_a_measured_file_or_the_scenarios_calibration(tmp_path: Path) -> None:
     copy = tmp_path / "run.json"
     shutil.copy(VLLM, copy)
     result = calibrate("--out", str(copy), files=(copy,))
     assert result.exit_code == 2 and copy.read_text() == VLLM.read_text()
+    cal = tmp_path / "cal.yaml"
+    assert calibrate("--out", str(cal)).exit_code == 0
+    before = cal.read_text()
+    scenario = _scenario_with(tmp_path, cal, tpot_s=0.1)
+    again = run("calibrate", "--measured", str(VLLM), "--scenario", str(scenario), "--plan", str(PLAN), "--out", str(cal))
+    assert again.exit_code == 2 and "refusing to overwrite" in again.output and cal.read_text() == before
 
 
 def test_a_plan_file_of_an_infeasible_scenario_exits_1() -> None:
