@@ -215,3 +215,12 @@ def test_the_output_never_overwrites_a_measured_file_or_the_scenarios_calibratio
 def test_a_plan_file_of_an_infeasible_scenario_exits_1() -> None:
     result = run("calibrate", "--measured", str(VLLM), "--scenario", SCENARIO, "--plan", str(GOLDEN / "4gpu-10b.json"))
     assert result.exit_code == 1 and "no feasible plan" in result.output
+
+
+def test_one_row_fits_but_has_no_leave_one_out(tmp_path: Path) -> None:
+    out = tmp_path / "one.yaml"
+    result = calibrate("--out", str(out), files=(GENAI,))
+    assert result.exit_code == 0, result.output
+    assert "leave-one-out n/a (one row)" in result.output
+    doc = yaml.safe_load(out.read_text())
+    assert doc["error"]["leave_one_out_mape_pct"] is None and doc["error"]["mape_after_pct"] < doc["error"]["mape_before_pct"]
