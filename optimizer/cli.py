@@ -215,7 +215,8 @@ def _source_of(name_or_path: str) -> str:
 
 def _scenario_inputs(name_or_path: str, model_config: str | None = None) -> list[Path]:
     """Every file a scenario reads, which no output may overwrite: the scenario file, the config.json its
-    ``model.config_json`` names (relative to the scenario's folder) and a ``--model-config``."""
+    ``model.config_json`` names and the calibration its ``engine.calibration_file`` names (relative to the
+    scenario's folder) and a ``--model-config``."""
     if isinstance(name_or_path, _FlagScenario):  # no scenario file; a config.json it names is still an input
         model = name_or_path.data.get("model")
         config = [Path(model["config_json"])] if isinstance(model, dict) and "config_json" in model else []
@@ -224,12 +225,16 @@ def _scenario_inputs(name_or_path: str, model_config: str | None = None) -> list
     path = shipped.get(name_or_path, Path(name_or_path))
     inputs = [path]
     try:
-        model = read_mapping(path).get("model")
+        data = read_mapping(path)
     except ScenarioError:
-        model = None
+        data = {}
+    model, engine = data.get("model"), data.get("engine")
     if isinstance(model, dict) and isinstance(model.get("config_json"), str):
         config = Path(model["config_json"])
         inputs.append(config if config.is_absolute() else path.parent / config)
+    if isinstance(engine, dict) and isinstance(engine.get("calibration_file"), str):  # optimize calibrate --out must not overwrite it
+        cal = Path(engine["calibration_file"])
+        inputs.append(cal if cal.is_absolute() else path.parent / cal)
     if model_config:
         inputs.append(Path(model_config))
     return inputs
@@ -714,6 +719,124 @@ def _plan_for(plan_path: str | None, scenario_name: str) -> dict[str, Any]:
     context = plan_context(scenario, plan)
     return plan_document(scenario=scenario, plan=plan, certificate=certify(scenario, plan), table=context.table,
                          index=context.index, evidence=None)
+
+
+@main.command("bench-command")
+@click.argument("plan_path", metavar="[PLAN]", required=False)
+@click.option("--scenario", "scenario_name", metavar="NAME|PATH", required=True, help="The scenario the plan serves.")
+@click.option("--tool", type=click.Choice(["vllm", "sglang", "genai-perf"]), default=None,
+              help="Benchmark client [default: the plan engine's own; genai-perf for TensorRT-LLM].")
+@click.option("--host", default="127.0.0.1", show_default=True, help="The server's host.")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="The server's port [default: the engine's].")
+def bench_command_cmd(plan_path: str | None, scenario_name: str, tool: str | None, host: str, port: int | None) -> None:
+    """The serving benchmark that measures the plan's claim: `vllm bench serve`, `python -m
+    sglang.bench_serving` or `genai-perf profile` with the scenario's ISL, OSL and concurrency (or request
+    rate), the result file it writes (for `optimize calibrate --measured`) and the TTFT, TPOT and
+    tokens/s the plan claims. Flags and their sources: optimizer/outputs/bench.py.
+
+    PLAN is a plan JSON from `optimize --json` or a hand-written plan; without it, the plan `optimize`
+    picks. Exit 0, 1 if there is no plan to measure, 2 for bad input.
+    """
+    from optimizer.outputs.bench import bench_command
+
+    _no_plan_exit(plan_path)
+    document = _plan_for(plan_path, scenario_name)
+    try:
+        command = bench_command(document, scenario=_load(scenario_name), tool=tool, host=host, port=port)
+    except OptimizerError as exc:
+        _fail(str(exc), EXIT_INFEASIBLE)
+        return
+    click.echo(command.render(), nl=False)
+
+
+def _no_plan_exit(plan_path: str | None) -> None:
+    """Exit 1 when ``plan_path`` is an ``optimize --json`` document of a scenario with no plan (``plan: null``,
+    or only the ``infeasible`` section)."""
+    if plan_path is None or not Path(plan_path).is_file():
+        return
+    try:
+        data = read_mapping(Path(plan_path))
+    except ScenarioError:
+        return  # read_plan reports it
+    if ("plan" in data and data["plan"] is None) or ("infeasible" in data and "plan" not in data):
+        _fail(f"{plan_path}: the scenario has no feasible plan (plan: null); nothing to measure", EXIT_INFEASIBLE)
+
+
+@main.command()
+@click.option("--measured", "measured", multiple=True, required=True, metavar="FILE",
+              help="A result file of vllm bench serve, sglang.bench_serving or genai-perf (repeatable).")
+@click.option("--scenario", "scenario_name", metavar="NAME|PATH", required=True, help="The scenario the runs measured.")
+@click.option("--plan", "plan_path", metavar="PLAN", default=None,
+              help="The plan that was benchmarked [default: the plan optimize picks for the scenario].")
+@click.option("--out", "out_path", metavar="PATH", callback=_output_path, default=None,
+              help="Write the calibration file (YAML) here; a scenario names it as engine.calibration_file.")
+def calibrate(measured: tuple[str, ...], scenario_name: str, plan_path: str | None, out_path: str | None) -> None:
+    """Refit the GPU's step parameters for the scenario's engine to serving benchmarks of one plan
+    (sustained compute and memory rates, step overhead; optimizer/model/serving_fit.py), and print the
+    error of the estimate before and after, per row and as MAPE over TTFT and TPOT, with a leave-one-out
+    figure. With --out, write the calibration file; plans of a scenario that names it record its id.
+
+    Each file is one or more runs (rows) of `optimize bench-command`'s benchmark; they must measure the
+    scenario's model, ISL and OSL. Exit 0, 1 if the scenario has no plan, 2 for bad input.
+    """
+    from optimizer.inputs.bench_results import read_results
+    from optimizer.model.serving_fit import calibration_document, fit_serving, mape, percent_errors, row_problems
+
+    scenario = _load(scenario_name)
+    rows = []
+    for name in measured:
+        try:
+            rows.extend(read_results(Path(name)))
+        except ScenarioError as exc:
+            _fail(str(exc), EXIT_BAD_INPUT)
+    problems = row_problems(scenario, rows)
+    if problems:
+        _fail("the measurements do not match the scenario " + scenario.name + ":\n  " + "\n  ".join(problems), EXIT_BAD_INPUT)
+    _no_plan_exit(plan_path)
+    if plan_path is None:
+        from optimizer.search.solve import optimize
+
+        try:
+            plan = optimize(scenario).plan
+        except (Infeasible, SolveIncomplete) as exc:
+            _fail(f"{exc}", EXIT_INFEASIBLE)
+            return
+    else:
+        try:
+            plan = read_plan(Path(plan_path), scenario, {})
+        except ScenarioError as exc:
+            _fail(str(exc), EXIT_BAD_INPUT)
+            return
+    try:
+        fit = fit_serving(scenario, plan, rows)
+    except OptimizerError as exc:
+        _fail(f"{_source_of(scenario_name)}: {exc}", EXIT_BAD_INPUT)
+        return
+    document = calibration_document(fit, scenario=scenario, plan=plan)
+    layout = plan.layout
+    click.echo(f"{scenario.name}: TP{layout.tp} PP{layout.pp} DP{layout.dp} EP{layout.ep} on {fit.gpu}, {fit.engine}; "
+               f"{len(rows)} measured row(s); prior: stack {fit.base_stack} of {fit.base_calibration_id}")
+    click.echo(f"{'row':44s} {'conc':>5s} {'TTFT ms':>9s} {'before':>8s} {'after':>8s} {'TPOT ms':>9s} {'before':>8s} "
+               f"{'after':>8s} {'tok/s':>9s} {'before':>8s} {'after':>8s}")
+    for r, b, a in zip(fit.rows, fit.before, fit.after):
+        eb, ea = percent_errors(b, r), percent_errors(a, r)
+        label = Path(r.file).name + (f":{r.line}" if r.line else "")
+        click.echo(f"{label[-44:]:44s} {r.concurrency:5d} {r.ttft_ms:9.1f} {eb[0]:+7.1f}% {ea[0]:+7.1f}% {r.tpot_ms:9.2f} "
+                   f"{eb[1]:+7.1f}% {ea[1]:+7.1f}% {r.output_tokens_per_s:9.0f} {eb[2]:+7.1f}% {ea[2]:+7.1f}%")
+    loo = mape(fit.left_out, fit.rows)
+    click.echo(f"MAPE (TTFT and TPOT): before {mape(fit.before, fit.rows):.1f}%, after {mape(fit.after, fit.rows):.1f}%, "
+               + ("leave-one-out n/a (one row)" if loo is None else f"leave-one-out {loo:.1f}%"))
+    step = document["step"]
+    click.echo(f"fitted: sustained_compute {step['sustained_compute']:g} (prior {fit.prior.sustained_compute:g}), "
+               f"sustained_memory {step['sustained_memory']:g} (prior {fit.prior.sustained_memory:g}), "
+               f"step_overhead_us {step['step_overhead_us']:g} (prior {fit.prior.step_overhead_us:g})")
+    if out_path:
+        header = ("# Serving calibration written by optimize calibrate: name it in a scenario as engine.calibration_file.\n"
+                  "# Format: optimizer/inputs/calibration_file.py; fit: optimizer/model/serving_fit.py.\n")
+        _write(out_path, header + yaml.safe_dump(document, sort_keys=False, width=140),
+               inputs=[*map(Path, measured), *_scenario_inputs(scenario_name), *([Path(plan_path)] if plan_path else [])])
+        if out_path != "-":
+            click.echo(f"wrote {out_path} ({document['id']})")
 
 
 @main.command()

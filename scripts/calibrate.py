@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from scipy.optimize import least_squares
 
 from optimizer.model.calibration import (
     AttentionFit,
@@ -46,6 +45,7 @@ from optimizer.model.calibration import (
     StepFit,
     calibration_from_dict,
 )
+from optimizer.model.fit import least_squares_fit, log_error
 from optimizer.model.measured import (
     DATA_DIR,
     STACKS,
@@ -83,13 +83,8 @@ PRIOR = GpuCalibration(
 )
 
 
-def _fit(residuals, x0, *, lower=None, upper=None):
-    bounds = (-np.inf if lower is None else lower, np.inf if upper is None else upper)
-    return least_squares(residuals, np.asarray(x0, dtype=float), bounds=bounds, x_scale="jac", max_nfev=2000)
-
-
-def _log_err(predicted, measured):
-    return np.log(np.maximum(predicted, 1e-12)) - np.log(measured)
+_fit = least_squares_fit  # the fitting core lives in the package (optimizer/model/fit.py): optimize calibrate uses it too
+_log_err = log_error
 
 
 def kernel_set(gpu: str, kind: str) -> KernelSet | None:

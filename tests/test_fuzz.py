@@ -353,7 +353,7 @@ SECTION_KEYS = {
                  "kv_cache_dtype", "routing_imbalance"},
     "targets": {"ttft_s", "tpot_s", "output_tokens_per_s", "request_rate_per_s"},
     "engine": {"name", "enable_expert_parallel", "max_num_batched_tokens", "reserve_bytes", "cuda_graph_bytes",
-               "comm_buffer_bytes", "calibration_stack"},
+               "comm_buffer_bytes", "calibration_stack", "calibration_file"},
     "search": {"objective", "gpu_memory_utilization", "allow_uneven_layers"},
     "gpu": {"name", "memory_bytes", "hbm_bytes_per_s", "dense_tflops", "source", "gpus_per_node", "intra_node_link",
             "inter_node_link"},

@@ -20,17 +20,17 @@ FOLDERS = ["cli", "outputs", "search", "model", "inputs", "base"]
 LAYERS = [
     {"cli"},
     {"outputs.sweep"},
-    {"outputs.report", "outputs.fleet_report", "outputs.deploy"},
+    {"outputs.report", "outputs.fleet_report", "outputs.deploy", "outputs.bench"},
     {"outputs.launch"},
     {"search.pareto", "search.diagnose", "search.disagg", "search.fleet", "search.fleet_check", "search.fleet_types"},
     {"search.verify", "search.solve", "search.exhaustive", "search.certify", "search.candidates"},
     {"search.result", "search.split", "search.rules"},
-    {"model.measured"},
+    {"model.measured", "model.serving_fit"},
     {"model.cost", "model.memory"},
-    {"model.engines", "model.parallel", "model.calibration", "model.placement"},
+    {"model.engines", "model.parallel", "model.calibration", "model.placement", "model.fit"},
     {"inputs.schema", "inputs.fleet"},
     {"inputs.loader"},
-    {"inputs.scenario", "inputs.catalog"},
+    {"inputs.scenario", "inputs.catalog", "inputs.bench_results", "inputs.calibration_file"},
     {"units", "errors", "inputs", "model", "search", "outputs"},  # the folders' own __init__: a docstring each
 ]
 RANK = {module: rank for rank, layer in enumerate(LAYERS) for module in layer}

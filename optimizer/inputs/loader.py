@@ -15,6 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from optimizer.inputs import catalog
+from optimizer.inputs.calibration_file import calibration_data, calibration_file_problem
 from optimizer.errors import ScenarioError
 from optimizer.inputs.scenario import ModelSpec, Objective, Scenario
 
@@ -226,6 +227,10 @@ def scenario_from_dict(data: dict[str, Any], *, source: str = "<inline>", base_d
         resolved["cluster"] = _resolve_cluster(resolved["cluster"], source=source)
     if "model" in resolved:
         resolved["model"] = resolve_model(resolved["model"], source=source, base_dir=base_dir or Path("."))
+    engine = resolved.get("engine")
+    if isinstance(engine, dict) and isinstance(engine.get("calibration_file"), str) and engine["calibration_file"].strip():
+        cal_path = Path(engine["calibration_file"])  # relative to the scenario's folder, as model.config_json
+        resolved["engine"] = {**engine, "calibration_file": str(cal_path if cal_path.is_absolute() else (base_dir or Path(".")) / cal_path)}
     try:
         scenario = Scenario.model_validate(resolved)
     except ValidationError as exc:
@@ -236,6 +241,14 @@ def scenario_from_dict(data: dict[str, Any], *, source: str = "<inline>", base_d
     problem = catalog.stack_problem(scenario.engine.calibration_stack)  # said here, not deep in the cost model
     if problem:
         raise ScenarioError(problem, source=source, field="engine.calibration_stack")
+    if scenario.engine.calibration_file is not None:
+        try:
+            cal_data = read_calibration_file(Path(scenario.engine.calibration_file))
+        except ScenarioError as exc:
+            raise ScenarioError(str(exc), source=source, field="engine.calibration_file") from None
+        problem = calibration_file_problem(cal_data, gpu=scenario.cluster.gpu.name, engine=scenario.engine.name.value)
+        if problem:
+            raise ScenarioError(f"{scenario.engine.calibration_file} {problem}", source=source, field="engine.calibration_file")
     return scenario
 
 
@@ -468,3 +481,13 @@ def scenario_from_flags(*, model: str, gpu: str, gpus: int, isl: int, osl: int, 
         "engine": {"name": engine or ONE_LINE_DEFAULTS["engine"]},
         "search": {"objective": objective, "gpu_memory_utilization": ONE_LINE_DEFAULTS["gpu_memory_utilization"]},
     }
+
+
+def read_calibration_file(path: Path) -> dict[str, Any]:
+    """A serving calibration file (``optimize calibrate --out``; ``inputs/calibration_file.py``), read
+    strictly (``read_mapping``) and checked field by field.
+
+    Raises:
+        ScenarioError: unreadable, not a mapping, or a field missing or malformed (the file and field named).
+    """
+    return calibration_data(read_mapping(path), source=str(path))

@@ -468,12 +468,19 @@ class Engine(_Frozen):
         default=None, min_length=1,
         description="software stack whose measured step overheads the estimate uses (optimizer/inputs/catalog/calibration.yaml "
                     "`stacks`); default: the engine's entry in `engine_stacks`")
+    calibration_file: str | None = Field(
+        default=None, min_length=1,
+        description="a serving calibration written by `optimize calibrate --out` (path, relative to the scenario file): "
+                    "its step parameters for this GPU and engine, refitted to the engine's own benchmarks, replace the "
+                    "stack's; plans name its id. Default: none (the shipped calibration)")
 
     @model_validator(mode="after")
     def _deepep_only(self) -> Engine:
         if self.a2a_dispatch_dtype is A2aDtype.FP8 and self.moe_a2a_backend is not MoeA2aBackend.DEEPEP:
             raise ValueError("a2a_dispatch_dtype: fp8 needs moe_a2a_backend: deepep (the engines' default all-to-all "
                              "sends the activations in BF16)")
+        if self.calibration_file is not None and self.calibration_stack is not None:
+            raise ValueError("give calibration_file or calibration_stack, not both (the file's stack is the one used)")
         return self
 
     @property

@@ -34,7 +34,9 @@ Forms (all times in seconds, efficiencies as shares of the datasheet figure):
   and do not see it). These differ by
   stack far more than by GPU: a 2023 stack and a 2025 TensorRT-LLM build differ by ~1.5x per decode step
   on the same H100 (``scripts/validate_cost_model.py``). A scenario picks its stack with
-  ``engine.calibration_stack``, or gets ``engine_stacks[engine.name]``.
+  ``engine.calibration_stack``, or gets ``engine_stacks[engine.name]``; or names a serving calibration file
+(``engine.calibration_file``, written by ``optimize calibrate``: ``with_step_fit``, ``file_calibration``)
+whose refitted step parameters become its engine's stack on its GPU, under the file's id.
 
 A GPU with no entry takes ``default`` (the geometric mean of the fitted GPUs, with the scenario's own
 link latency), and the plan says so ("uncalibrated").
@@ -170,7 +172,7 @@ class Calibration:
         else:
             where = name + ("" if cal.entry == name else f" (as {cal.entry})")
         steps = f"stack {cal.stack}" + ("" if cal.step_measured else " (step parameters: the stack's mean over its GPUs)")
-        if engine and cal.stack != engine:
+        if engine and cal.stack != engine and not cal.stack.startswith(f"measured-{engine}-"):  # optimize calibrate's stacks
             steps += f", standing in for {engine} (no {engine} measurements in this calibration)"
         return f"{self.id}: {where}, {steps}"
 
@@ -254,3 +256,51 @@ def calibration_from_dict(data: dict[str, Any]) -> Calibration:
 def shipped_calibration() -> Calibration:
     """The calibration in ``optimizer/inputs/catalog/calibration.yaml`` (what every estimate uses unless told)."""
     return calibration_from_dict(calibration_data())
+
+
+def with_step_fit(base: Calibration, *, calibration_id: str, gpu: str, engine: str, stack: str, fit: StepFit,
+                  what: str) -> Calibration:
+    """``base`` with ``fit`` as GPU ``gpu``'s step parameters under a new stack ``stack`` (described by
+    ``what``), made ``engine``'s default stack, and the id ``calibration_id``: how a serving calibration
+    (``optimize calibrate``) refines the shipped one. Every other parameter is ``base``'s.
+
+    Raises:
+        OptimizerError: ``gpu`` has no fitted entry in ``base`` (nothing to refine: the kernel and link
+            parameters would be the default entry's).
+    """
+    entry = base.gpus.get(gpu)
+    if entry is None:
+        raise OptimizerError(f"GPU {gpu!r} has no entry in calibration {base.id}; a serving calibration refines a "
+                             f"calibrated GPU ({', '.join(sorted(base.gpus))})")
+    refined = replace(entry, steps={**entry.steps, stack: fit})
+    gpus = {name: (refined if cal is entry else cal) for name, cal in base.gpus.items()}  # ``like:`` aliases follow
+    return replace(base, id=calibration_id, gpus=gpus, stacks={**base.stacks, stack: what},
+                   engine_stacks={**base.engine_stacks, engine: stack})
+
+
+@cache
+def file_calibration(path: str) -> Calibration:
+    """The shipped calibration refined by the serving calibration file at ``path``
+    (``optimizer/inputs/calibration_file.py`` describes it; ``engine.calibration_file`` names it).
+
+    Raises:
+        ScenarioError: the file is unreadable or malformed (file and field named).
+        OptimizerError: its GPU has no fitted entry.
+    """
+    from pathlib import Path
+
+    from optimizer.inputs.loader import read_calibration_file
+
+    data = read_calibration_file(Path(path))
+    fit = StepFit(**{name: float(value) for name, value in data["step"].items()})
+    what = (f"{data['engine']} on {data['gpu']}: step parameters refitted by optimize calibrate to serving benchmarks "
+            f"({path}), from {data['base_stack']} of {data['base_calibration']}")
+    return with_step_fit(shipped_calibration(), calibration_id=data["id"], gpu=data["gpu"], engine=data["engine"],
+                         stack=data["stack"], fit=fit, what=what)
+
+
+def calibration_for(scenario: Any) -> Calibration:
+    """The calibration a scenario's estimates use: its ``engine.calibration_file`` over the shipped one, or
+    the shipped one."""
+    path = scenario.engine.calibration_file
+    return shipped_calibration() if path is None else file_calibration(path)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from optimizer.model.calibration import Calibration, GpuCalibration, LinkFit, shipped_calibration
+from optimizer.model.calibration import Calibration, GpuCalibration, LinkFit, calibration_for
 from optimizer.model.engines import a2a_dispatch_dtype, chunked_prefill, deepep_mode, ffn_tp, physical_experts, prefill_rides_decode, ttft_model
 from optimizer.model.memory import ACTIVATION_BYTES, HIGH_PRECISION, LOGITS_BYTES, kv_cache_bytes_per_token_layer, kv_heads_per_rank
 from optimizer.model.parallel import Layout, batch_per_replica, ep_offnode_fraction, pp_inter_node_boundaries, tp_intra_node
@@ -738,7 +738,7 @@ def integer_costs(*, scenario: Scenario, layouts: tuple[Layout, ...], batches: t
       state), and queueing from bursty arrivals beyond the mean share.
     """
     workload = scenario.workload
-    calibration = calibration or shipped_calibration()
+    calibration = calibration or calibration_for(scenario)  # the shipped one unless engine.calibration_file
     stack = calibration.stack_for(scenario.engine.name.value, scenario.engine.calibration_stack)
     cal = calibration.for_gpu(scenario.cluster.gpu.name, stack)
     g = grid(scenario, layouts, batches)

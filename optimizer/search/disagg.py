@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
-from optimizer.model.calibration import shipped_calibration
+from optimizer.model.calibration import calibration_for
 from optimizer.model.cost import Work, work_time_s
 from optimizer.errors import Infeasible, OptimizerError
 from optimizer.search.exhaustive import feasible_plans, optimize_exhaustive
@@ -93,7 +93,7 @@ def _kv_transfer_ns(scenario: Scenario, layout: Layout, layers_per_stage: tuple[
     """One prompt's KV cache in or out of one GPU of an instance, over the inter-node link (ns, rounded up)."""
     per_token_layer = kv_cache_bytes_per_token_layer(model=scenario.model, workload=scenario.workload, tp=layout.tp)
     shard = scenario.workload.input_tokens * max(layers_per_stage) * per_token_layer
-    cal = shipped_calibration()
+    cal = calibration_for(scenario)
     stack = cal.stack_for(scenario.engine.name.value, scenario.engine.calibration_stack)
     seconds = work_time_s(Work("p2p", bytes=float(shard), offnode=1.0), gpu=scenario.cluster.gpu, cluster=scenario.cluster,
                           cal=cal.for_gpu(scenario.cluster.gpu.name, stack))
