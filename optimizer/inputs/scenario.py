@@ -319,6 +319,18 @@ class Workload(_Frozen):
     routing_imbalance: float = Field(
         default=1.0, ge=1.0, le=1024.0, allow_inf_nan=False,
         description="MoE: tokens on the busiest expert GPU over the mean (1 = perfectly balanced)")
+    prefix_cache_hit_rate: ExactNumber = Field(
+        default=Fraction(0),
+        description="fraction of each prompt's tokens found in the prefix cache, 0 <= rate < 1 (vLLM automatic prefix "
+                    "caching, on by default in V1; SGLang RadixAttention, on by default): prefill computes only the "
+                    "rest, which still attends over the whole prompt (optimizer/model/workload_features.py); 0: none")
+
+    @model_validator(mode="after")
+    def _hit_rate(self) -> Workload:
+        if not 0 <= self.prefix_cache_hit_rate < 1:
+            raise ValueError(f"prefix_cache_hit_rate must be at least 0 and below 1 (a fraction of the prompt's tokens), "
+                             f"got {float(self.prefix_cache_hit_rate)}")
+        return self
 
     @property
     def experts_dtype(self) -> Dtype:
@@ -410,6 +422,48 @@ class A2aDtype(StrEnum):
         return Fraction(16) if self is A2aDtype.BF16 else Fraction(8) + Fraction(32, 128)
 
 
+class SpeculativeMethod(StrEnum):
+    """Where draft tokens come from (vLLM ``--speculative-config`` ``method``, vllm/config/speculative.py
+    SpeculativeMethod; SGLang ``--speculative-algorithm``; TensorRT-LLM ``speculative_config.decoding_type``)."""
+
+    MTP = "mtp"  # the model's own multi-token-prediction layers (DeepSeek-V3 num_nextn_predict_layers)
+    EAGLE = "eagle"  # an EAGLE head: one decoder layer on the target's hidden states (arXiv 2401.15077)
+    EAGLE3 = "eagle3"  # EAGLE-3: one decoder layer fed three of the target's hidden layers (arXiv 2503.01840)
+    NGRAM = "ngram"  # prompt lookup: drafts copied from the context, no draft network
+
+
+class Speculative(_Frozen):
+    """Speculative decoding (``Engine.speculative``): each decode step drafts ``num_speculative_tokens`` (k)
+    tokens per sequence and the target verifies them with the next token in one forward pass of ``1 + k``
+    tokens. ``acceptance_rate`` (a) is the probability that a draft token is accepted given the ones before
+    it were; a step then yields ``(1 - a^(k+1)) / (1 - a)`` tokens in expectation (Leviathan, Kalman, Matias,
+    "Fast Inference from Transformers via Speculative Decoding", ICML 2023, eq. 1; ``k + 1`` at ``a = 1``).
+    Measure ``a`` on your traffic (vLLM's spec-decode acceptance metrics, SGLang's accept length)."""
+
+    method: SpeculativeMethod
+    num_speculative_tokens: int = Field(gt=0, le=64, description="k: draft tokens per step (SGLang --speculative-num-steps)")
+    acceptance_rate: ExactNumber = Field(description="a: per-token acceptance probability, 0 <= a <= 1 (exact decimal)")
+    draft_layers: int = Field(
+        default=1, gt=0, le=64,
+        description="decoder layers of the draft module (MTP: the model's config.json num_nextn_predict_layers, 1 for "
+                    "DeepSeek-V3; EAGLE/EAGLE-3: 1); ignored for ngram")
+    draft_model: str | None = Field(
+        default=None, min_length=1,
+        description="the draft head's checkpoint (Hugging Face id or path) for eagle/eagle3: launch commands only")
+
+    @model_validator(mode="after")
+    def _rate(self) -> Speculative:
+        if not 0 <= self.acceptance_rate <= 1:
+            raise ValueError(f"acceptance_rate must be a probability from 0 to 1, got {float(self.acceptance_rate)}")
+        return self
+
+    @property
+    def expected_tokens_per_step(self) -> Fraction:
+        """Tokens a verify step emits in expectation, ``sum_{i=0..k} a^i = (1 - a^(k+1)) / (1 - a)`` (exact)."""
+        a, k = self.acceptance_rate, self.num_speculative_tokens
+        return sum((a ** i for i in range(k + 1)), Fraction(0))
+
+
 class Engine(_Frozen):
     """Engine profile. ``enable_expert_parallel`` mirrors vLLM's ``--enable-expert-parallel`` (off by
     default there; only vLLM reads it: SGLang and TensorRT-LLM take EP from the layout);
@@ -464,6 +518,10 @@ class Engine(_Frozen):
         default=0, ge=0, le=1 << 16,
         description="extra expert replicas per MoE layer (SGLang --ep-num-redundant-experts, vLLM --num-redundant-experts "
                     "with EPLB; both default 0): each EP rank holds (num_experts + this) / EP experts")
+    speculative: Speculative | None = Field(
+        default=None,
+        description="speculative decoding / MTP (vLLM --speculative-config, SGLang --speculative-algorithm, TensorRT-LLM "
+                    "speculative_config); default none")
     calibration_stack: str | None = Field(
         default=None, min_length=1,
         description="software stack whose measured step overheads the estimate uses (optimizer/inputs/catalog/calibration.yaml "
