@@ -661,6 +661,7 @@ class CostTable:
     # whole verify + draft step divided by the expected tokens per step, rounded up) and ``decode_step`` is
     # the whole step, which is what rides along with a prompt's chunk in the loaded TTFT; None without
     decode_step: PhaseCosts | None = None
+    draft_ns: tuple[int, ...] = ()  # per layout: the draft module's k passes in one step (last stage), () without
 
     @property
     def ride_phase(self) -> PhaseCosts:
@@ -760,7 +761,7 @@ def integer_costs(*, scenario: Scenario, layouts: tuple[Layout, ...], batches: t
     new_tokens, pair_share = uncached_prompt_tokens(scenario), float(uncached_pair_share(scenario))
     prefill = _phase(scenario=scenario, g=g, tokens=one * new_tokens, seqs=one * pair_share,
                      context=workload.input_tokens, prefill=True, cal=cal)
-    decode, decode_step = _decode_phases(scenario=scenario, g=g, micro_seqs=micro_seqs, context=context_decode, cal=cal)
+    decode, decode_step, draft_ns = _decode_phases(scenario=scenario, g=g, micro_seqs=micro_seqs, context=context_decode, cal=cal)
     table = CostTable(
         layouts=layouts,
         batch=tuple(int(b) for b in g.batch),
@@ -774,6 +775,7 @@ def integer_costs(*, scenario: Scenario, layouts: tuple[Layout, ...], batches: t
         num_moe_layers=scenario.model.num_moe_layers,
         prefill_share_ns=(),
         decode_step=decode_step,
+        draft_ns=draft_ns,
     )
     table = _with_ttft(scenario=scenario, table=table, g=g, micro_seqs=micro_seqs * verify_tokens_per_sequence(scenario), cal=cal)
     osl = max(workload.output_tokens, 1)
@@ -784,8 +786,9 @@ def integer_costs(*, scenario: Scenario, layouts: tuple[Layout, ...], batches: t
 
 
 def _decode_phases(*, scenario: Scenario, g: _Grid, micro_seqs: np.ndarray, context: int,
-                   cal: GpuCalibration) -> tuple[PhaseCosts, PhaseCosts | None]:
-    """The decode phase the tables carry, and the whole speculative step (None without speculation).
+                   cal: GpuCalibration) -> tuple[PhaseCosts, PhaseCosts | None, tuple[int, ...]]:
+    """The decode phase the tables carry, the whole speculative step (None without speculation) and the
+    draft's share of that step per layout (ns; () without).
 
     With ``engine.speculative`` (``workload_features``): the target's pass runs ``(1 + k)`` tokens per
     sequence (its LM head scores all of them); the draft module's ``k`` passes, each one layer of the
@@ -797,7 +800,7 @@ def _decode_phases(*, scenario: Scenario, g: _Grid, micro_seqs: np.ndarray, cont
     plain = _phase(scenario=scenario, g=g, tokens=micro_seqs, seqs=micro_seqs, context=context, prefill=False, cal=cal)
     width = verify_tokens_per_sequence(scenario)
     if scenario.engine.speculative is None:
-        return plain, None
+        return plain, None, ()
     size = len(g.tp)
     verify = _phase(scenario=scenario, g=g, tokens=micro_seqs * width, seqs=micro_seqs, context=context, prefill=False, cal=cal)
     heads = timed(last_stage_works(model=scenario.model, g=g, seqs=micro_seqs * width), scenario=scenario, cal=cal, size=size)
@@ -811,7 +814,7 @@ def _decode_phases(*, scenario: Scenario, g: _Grid, micro_seqs: np.ndarray, cont
 
     decode = dataclasses.replace(step, **{f: per_token(getattr(step, f)) for f in (
         "dense_layer_ns", "moe_layer_ns", "first_extra_ns", "last_extra_ns", "boundary_ns")})
-    return decode, step
+    return decode, step, tuple(int(v) for v in draft_ns)
 
 
 def _with_ttft(*, scenario: Scenario, table: CostTable, g: _Grid, micro_seqs: np.ndarray, cal: GpuCalibration) -> CostTable:
