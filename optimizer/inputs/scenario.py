@@ -325,12 +325,12 @@ class Workload(_Frozen):
                     "caching, on by default in V1; SGLang RadixAttention, on by default): prefill computes only the "
                     "rest, which still attends over the whole prompt (optimizer/model/workload_features.py); 0: none")
 
-    @model_validator(mode="after")
-    def _hit_rate(self) -> Workload:
-        if not 0 <= self.prefix_cache_hit_rate < 1:
-            raise ValueError(f"prefix_cache_hit_rate must be at least 0 and below 1 (a fraction of the prompt's tokens), "
-                             f"got {float(self.prefix_cache_hit_rate)}")
-        return self
+    @field_validator("prefix_cache_hit_rate")
+    @classmethod
+    def _hit_rate(cls, value: Fraction) -> Fraction:
+        if not 0 <= value < 1:
+            raise ValueError(f"must be at least 0 and below 1 (a fraction of the prompt's tokens), got {float(value)}")
+        return value
 
     @property
     def experts_dtype(self) -> Dtype:
@@ -451,11 +451,12 @@ class Speculative(_Frozen):
         default=None, min_length=1,
         description="the draft head's checkpoint (Hugging Face id or path) for eagle/eagle3: launch commands only")
 
-    @model_validator(mode="after")
-    def _rate(self) -> Speculative:
-        if not 0 <= self.acceptance_rate <= 1:
-            raise ValueError(f"acceptance_rate must be a probability from 0 to 1, got {float(self.acceptance_rate)}")
-        return self
+    @field_validator("acceptance_rate")
+    @classmethod
+    def _rate(cls, value: Fraction) -> Fraction:
+        if not 0 <= value <= 1:
+            raise ValueError(f"must be a probability from 0 to 1, got {float(value)}")
+        return value
 
     @property
     def expected_tokens_per_step(self) -> Fraction:
