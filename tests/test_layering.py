@@ -27,7 +27,7 @@ LAYERS = [
     {"search.result", "search.split", "search.rules"},
     {"model.measured"},
     {"model.cost", "model.memory"},
-    {"model.engines", "model.parallel", "model.calibration", "model.placement"},
+    {"model.engines", "model.parallel", "model.calibration", "model.placement", "model.workload_features"},
     {"inputs.schema", "inputs.fleet"},
     {"inputs.loader"},
     {"inputs.scenario", "inputs.catalog"},
