@@ -295,3 +295,60 @@ def test_launch_lines_carry_the_speculative_flags():
     assert "--speculative-config" not in vllm_commands(deep_merge(_document("vllm", "mtp"), {"scenario": {"engine": {"speculative": None}}})).commands[0].argv
     with pytest.raises(NotExpressible, match="EAGLE-3"):
         trtllm_commands(_document("tensorrt-llm", "eagle"))
+
+
+# --- KV offload to host memory: a capacity, not a cost or memory term -----------------------------------
+
+
+def test_kv_offload_is_a_capacity_that_changes_no_estimate_or_memory():
+    on = scenario_from_dict(deep_merge(LLAMA, {"engine": {"kv_offload_bytes": 32 << 30}}))
+    a, b = certify(llama(), TP8), certify(on, TP8)
+    assert a.estimate == b.estimate and a.memory == b.memory  # running sequences still live in HBM only
+    from optimizer.model.workload_features import host_kv_cache_tokens
+
+    per_token = 80 * 2 * 1 * 128 * 2  # 80 layers x K and V x ceil(8 KV heads / TP 8) x head_dim 128 x BF16
+    assert b.memory[0].kv_bytes_per_token == per_token
+    assert host_kv_cache_tokens(kv_offload_bytes=32 << 30, kv_bytes_per_token=(per_token,)) == (32 << 30) // per_token
+    # per replica: the stage whose GPUs hold the most KV per token bounds it
+    assert host_kv_cache_tokens(kv_offload_bytes=1000, kv_bytes_per_token=(10, 30, 0)) == 33
+    assert host_kv_cache_tokens(kv_offload_bytes=0, kv_bytes_per_token=(10,)) == 0
+
+
+def test_the_plan_reports_the_host_tier(tmp_path):
+    path = _scenario_file(tmp_path, {"name": "vllm", "kv_offload_bytes": 1 << 30}, {"prefix_cache_hit_rate": "0.5"})
+    doc = json.loads(CliRunner().invoke(main, ["--scenario", str(path), "--json", "-"], catch_exceptions=False).output)
+    PlanDocument.model_validate(doc)
+    wf = doc["estimate"]["workload_features"]
+    per_token = max(s["kv_cache_bytes"] for s in doc["memory"]["stages"]) // (doc["plan"]["batch_per_replica"] * (128 + 64))
+    assert wf["kv_offload_bytes"] == 1 << 30 and wf["host_kv_cache_tokens"] == (1 << 30) // per_token
+    assert wf["hbm_free_kv_cache_tokens"] == doc["memory"]["kv_cache_capacity_tokens"] - doc["plan"]["batch_per_replica"] * 192
+    assert "KV offload: host memory keeps" in wf["text"]
+
+
+def test_launch_lines_carry_the_kv_offload_flags():
+    from test_launch import check_flag_sources
+
+    def doc(engine):
+        sc = scenario_from_dict(deep_merge(LLAMA, {"engine": {"name": engine, "kv_offload_bytes": 16 << 30}}))
+        return {"scenario": sc.model_dump(mode="json"),
+                "plan": {**TP8.layout.as_dict(), "batch_per_replica": 8, "layers_per_stage": [80], "engine": engine}}
+
+    v = vllm_commands(doc("vllm"))
+    check_flag_sources(v)
+    argv = v.commands[0].argv
+    assert argv[argv.index("--kv-offloading-size") + 1] == "128"  # GiB summed over the 8 TP ranks
+    s = sglang_commands(doc("sglang"))
+    check_flag_sources(s)
+    argv = s.commands[0].argv
+    assert "--enable-hierarchical-cache" in argv and argv[argv.index("--hicache-size") + 1] == str((16 << 30) // 10 ** 9)
+    t = trtllm_commands(doc("tensorrt-llm"))
+    check_flag_sources(t)
+    assert f"  host_cache_size: {16 << 30}\n" in "".join(dict(t.files).values())
+    small = deep_merge(doc("sglang"), {"scenario": {"engine": {"kv_offload_bytes": 10 ** 8}}})
+    with pytest.raises(NotExpressible, match="whole GB"):
+        sglang_commands(small)
+
+
+def test_a_negative_offload_exits_2(tmp_path):
+    result = CliRunner().invoke(main, ["--scenario", str(_scenario_file(tmp_path, {"kv_offload_bytes": -1}))])
+    assert result.exit_code == 2 and "engine.kv_offload_bytes" in result.output

@@ -523,6 +523,12 @@ class Engine(_Frozen):
         default=None,
         description="speculative decoding / MTP (vLLM --speculative-config, SGLang --speculative-algorithm, TensorRT-LLM "
                     "speculative_config); default none")
+    kv_offload_bytes: int = Field(
+        default=0, ge=0, le=1 << 50,
+        description="host (CPU) memory per GPU that keeps KV-cache blocks evicted from HBM for later prefix hits: vLLM "
+                    "--kv-offloading-size (GiB, summed over an engine's TP ranks), SGLang --enable-hierarchical-cache "
+                    "--hicache-size (GB per rank), TensorRT-LLM kv_cache_config.host_cache_size (bytes per rank); 0: off. "
+                    "A capacity the plan reports, not a cost or memory term (workload_features.host_kv_cache_tokens)")
     calibration_stack: str | None = Field(
         default=None, min_length=1,
         description="software stack whose measured step overheads the estimate uses (optimizer/inputs/catalog/calibration.yaml "

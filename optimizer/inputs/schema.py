@@ -108,7 +108,7 @@ class CalibrationRef(BaseModel):
 
 
 class WorkloadFeaturesSection(BaseModel):
-    """Present only when speculative decoding or prefix caching is on (optimizer/model/workload_features.py)."""
+    """Present only when speculative decoding, prefix caching or KV offload is on (optimizer/model/workload_features.py)."""
 
     model_config = _STRICT
     speculative_method: str | None = Field(description="mtp | eagle | eagle3 | ngram, or null: no speculation")
@@ -123,6 +123,10 @@ class WorkloadFeaturesSection(BaseModel):
     prefix_cache_hit_rate: float = Field(description="fraction of prompt tokens served from the prefix cache")
     cached_prompt_tokens: int = Field(description="floor(hit rate x ISL): not prefilled")
     uncached_prompt_tokens: int = Field(description="ISL - cached: prefilled, attending over the whole prompt")
+    kv_offload_bytes: int = Field(description="host memory per GPU for evicted KV blocks (engine.kv_offload_bytes)")
+    host_kv_cache_tokens: int = Field(description="prefix-cache tokens the host tier holds per replica (a capacity only)")
+    hbm_free_kv_cache_tokens: int | None = Field(
+        description="KV-cache tokens of HBM per replica the running batch leaves free for cached prefixes")
     text: str
 
 

@@ -27,6 +27,13 @@ docs/design/prefix_caching.md; SGLang RadixAttention, arXiv 2312.07104) prefills
 still attend over the whole prompt, so the attention core does ``pairs(L) - pairs(c)`` of the causal
 ``pairs(L) = L(L+1)/2`` (query, key) pairs. The running sequences' KV cache is unchanged (a hit shares
 blocks, the sequence still holds its whole context).
+
+KV-cache offload to host memory (``engine.kv_offload_bytes``): blocks evicted from HBM are kept in host memory
+and copied back on a later prefix hit (vLLM's OffloadingConnector, ``--kv-offloading-size``, vllm/config/cache.py;
+SGLang HiCache, docs/advanced_features/hicache_best_practices.md; TensorRT-LLM ``kv_cache_config.host_cache_size``).
+It enlarges the store prefix hits come from; it never lets running sequences hold more KV cache than HBM does.
+Modelled as a capacity only (``host_kv_cache_tokens``), reported beside the HBM the running batch leaves free:
+the hit rate stays an input, and the copy back over PCIe is not costed.
 """
 
 from __future__ import annotations
@@ -100,3 +107,13 @@ def uncached_pair_share(scenario: Scenario) -> Fraction:
     ``(pairs(L) - pairs(c)) / pairs(L)`` with ``pairs(n) = n(n+1)/2``; 1 with no hits. Exact."""
     isl, cached = scenario.workload.input_tokens, cached_prompt_tokens(scenario)
     return Fraction(isl * (isl + 1) - cached * (cached + 1), isl * (isl + 1))
+
+
+def host_kv_cache_tokens(*, kv_offload_bytes: int, kv_bytes_per_token: tuple[int, ...]) -> int:
+    """Tokens of prefix cache the host tier holds per replica: every GPU of a stage keeps the KV of its own
+    layers for a token, so the smallest over stages of ``floor(kv_offload_bytes / KV bytes per token on that
+    stage's GPU)``; 0 when offload is off or no stage holds KV cache. Exact."""
+    per_token = [b for b in kv_bytes_per_token if b > 0]
+    if not kv_offload_bytes or not per_token:
+        return 0
+    return min(kv_offload_bytes // b for b in per_token)

@@ -86,7 +86,7 @@ from optimizer.errors import OptimizerError, PlanError
 from optimizer.model.parallel import Layout, process_groups, rank_info
 from optimizer.model.placement import Block, engine_order, instance_blocks, plan_rank, rank_map_blocks
 from optimizer.inputs.scenario import DeepepMode, Dtype, EngineName, MoeA2aBackend, Scenario, SpeculativeMethod
-from optimizer.units import ceil_div
+from optimizer.units import ceil_div, human_bytes
 
 VLLM_VERSION = "0.33.0"
 SGLANG_VERSION = "0.5.23"
@@ -246,6 +246,13 @@ FLAG_SOURCES: tuple[FlagSource, ...] = (
     FlagSource("sglang", "--speculative-num-draft-tokens", "python/sglang/srt/server_args.py (tokens verified per step; "
                "num_steps + 1 for a chain)", _S),
     FlagSource("sglang", "--speculative-draft-model-path", "python/sglang/srt/server_args.py (the EAGLE head)", _S),
+    FlagSource("vllm", "--kv-offloading-size", "vllm/engine/arg_utils.py CacheConfig group; vllm/config/cache.py "
+               "(kv_offloading_size: GiB, summed over the TP ranks)", _V),
+    FlagSource("vllm", "--kv-offloading-backend", "vllm/config/cache.py (native: OffloadingConnector to CPU; lmcache)", _V),
+    FlagSource("sglang", "--enable-hierarchical-cache", "python/sglang/srt/server_args.py (HiCache: host-memory tier under "
+               "RadixAttention); docs/advanced_features/hicache_best_practices.md", _S),
+    FlagSource("sglang", "--hicache-size", "python/sglang/srt/server_args.py (host pool in GB, overrides --hicache-ratio); "
+               "docs/advanced_features/hicache_best_practices.md", _S),
     FlagSource("trtllm-options", "speculative_config", _TARGS + " (decoding_type MTP with num_nextn_predict_layers, "
                "Eagle3 or NGram with max_draft_len, speculative_model; docs/source/features/speculative-decoding.md)", _T),
     FlagSource("mpirun", "-H", _MPI + " (--host host:slots,...); " + _TMULTI, "Open MPI 4.1 / 5.0"),
@@ -686,7 +693,9 @@ def vllm_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str] 
                "--max-num-batched-tokens", str(p.scenario.engine.max_num_batched_tokens), *dtype_flags]
     common += ["--no-enable-chunked-prefill"] if p.scenario.engine.chunked_prefill is False else []
     spec_flags, spec_notes = _speculative(engine, p)
-    common += spec_flags
+    offload_flags, offload_notes = _kv_offload(engine, p)
+    common += spec_flags + offload_flags
+    spec_notes += offload_notes
     extra_env = [("VLLM_PP_LAYER_PARTITION", ",".join(map(str, p.layers_per_stage)))] if layout.pp > 1 else []
     gpn = p.scenario.cluster.gpus_per_node
     commands: list[NodeCommand] = []
@@ -781,7 +790,9 @@ def sglang_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str
                *(["--chunked-prefill-size=-1"] if p.scenario.engine.chunked_prefill is False
                  else ["--chunked-prefill-size", str(p.scenario.engine.max_num_batched_tokens * dp_i)]), *dtype_flags]
     spec_flags, spec_notes = _speculative(engine, p)
-    common += spec_flags
+    offload_flags, offload_notes = _kv_offload(engine, p)
+    common += spec_flags + offload_flags
+    spec_notes += offload_notes
     extra_env = [("SGLANG_PP_LAYER_PARTITION", ",".join(map(str, p.layers_per_stage)))] if layout.pp > 1 else []
     gpn = p.scenario.cluster.gpus_per_node
     commands: list[NodeCommand] = []
@@ -810,6 +821,33 @@ def sglang_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str
 
 
 # ------------------------------------------------------------------------------------- TensorRT-LLM
+
+
+def _kv_offload(engine: LaunchEngine, p: _Plan) -> tuple[list[str], list[str]]:
+    """Host-memory KV offload flags for ``engine.kv_offload_bytes`` (per GPU) and notes; TensorRT-LLM's is a key
+    of the options file (``_trtllm_options``).
+
+    vLLM ``--kv-offloading-size`` is GiB summed over an engine's TP ranks (vllm/config/cache.py CacheConfig), so
+    TP x the per-GPU bytes; SGLang ``--hicache-size`` whole GB per rank (overrides ``--hicache-ratio``).
+
+    Raises:
+        NotExpressible: SGLang, where the per-GPU figure is under 1 GB (its flag takes whole GB).
+    """
+    offload = p.scenario.engine.kv_offload_bytes
+    if not offload:
+        return [], []
+    notes = [f"KV offload: {human_bytes(offload)} of host memory per GPU for evicted KV blocks; check the nodes have it "
+             "beside the weights' page cache and the processes' own memory"]
+    if engine is LaunchEngine.VLLM:
+        total = Fraction(offload * p.layout.tp, 1 << 30)
+        return ["--kv-offloading-backend", "native", "--kv-offloading-size", decimal_text(total)], notes
+    if engine is LaunchEngine.SGLANG:
+        gb = offload // 10 ** 9
+        if gb == 0:
+            raise NotExpressible(f"--hicache-size takes whole GB per rank; engine.kv_offload_bytes = {offload} is under "
+                                 "1 GB", engine=engine)
+        return ["--enable-hierarchical-cache", "--hicache-size", str(gb)], notes
+    return [], notes
 
 
 DRAFT_MODEL_PLACEHOLDER = "DRAFT_MODEL"  # where the scenario names no EAGLE head (engine.speculative.draft_model)
@@ -869,9 +907,13 @@ def _trtllm_options(p: _Plan, dp_i: int) -> str:
         lines.append(f"moe_tensor_parallel_size: {p.layout.etp}")
     if p.layout.pp > 1:
         lines.append(f"pp_partition: [{', '.join(map(str, p.layers_per_stage))}]")
-    if p.scenario.workload.kv_cache_dtype is Dtype.FP8:
-        lines += ["kv_cache_config:", f"  dtype: {_KV_DTYPE[LaunchEngine.TRTLLM]}",
-                  f"  free_gpu_memory_fraction: {decimal_text(p.scenario.search.gpu_memory_utilization)}"]
+    offload = p.scenario.engine.kv_offload_bytes
+    if p.scenario.workload.kv_cache_dtype is Dtype.FP8 or offload:
+        lines += ["kv_cache_config:"]
+        lines += [f"  dtype: {_KV_DTYPE[LaunchEngine.TRTLLM]}"] if p.scenario.workload.kv_cache_dtype is Dtype.FP8 else []
+        lines += [f"  free_gpu_memory_fraction: {decimal_text(p.scenario.search.gpu_memory_utilization)}"]
+        # host_cache_size: bytes of host memory per rank for evicted blocks (KvCacheConfig; block reuse is on by default)
+        lines += [f"  host_cache_size: {offload}"] if offload else []
     lines += _speculative(LaunchEngine.TRTLLM, p)[0]
     return "".join(line + "\n" for line in lines)
 
@@ -945,6 +987,7 @@ def trtllm_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str
                                     other_nodes=tuple((b.node, b.gpus) for b in inst.blocks[1:])))
     ports = [port + inst.index for inst in instances]
     notes = _common_notes(engine, p, instances, why_not, dp_i, node_addresses is None, ports) + dtype_notes + _speculative(engine, p)[1]
+    notes += _kv_offload(engine, p)[1]
     if options:
         notes.append(f"write {TRTLLM_OPTIONS_FILE} (below) in the working directory of each trtllm-serve line; it "
                      f"overrides the flags (llm_args.py keys)")

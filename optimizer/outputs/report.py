@@ -11,7 +11,7 @@ from optimizer.model.engines import instances as engine_instances
 from optimizer.model.engines import a2a_dispatch_dtype, deepep_mode, memory_limits, physical_experts
 from optimizer.model.memory import active_params, layer_kinds, total_params
 from optimizer.model.parallel import Plan, process_groups, rank_info
-from optimizer.model.workload_features import cached_prompt_tokens, expected_tokens_per_step
+from optimizer.model.workload_features import cached_prompt_tokens, expected_tokens_per_step, host_kv_cache_tokens
 from optimizer.search.result import Evidence, Solution
 from optimizer.search.rules import MemoryCap
 from optimizer.inputs.scenario import Scenario
@@ -271,15 +271,19 @@ def workload_features_section(scenario: Scenario, table: CostTable, i: int, plan
     share of it (ns), the draft module's bytes on a last-stage GPU, and the cached / prefilled prompt tokens
     (``optimizer/model/workload_features.py``). With speculation, ``decode_step_s`` and ``decode_stage_ns``
     are per emitted token (the step divided by the expected tokens)."""
-    spec, hit = scenario.engine.speculative, scenario.workload.prefix_cache_hit_rate
-    if spec is None and hit == 0:
+    spec, hit, offload = scenario.engine.speculative, scenario.workload.prefix_cache_hit_rate, scenario.engine.kv_offload_bytes
+    if spec is None and hit == 0 and offload == 0:
         return {}
     cached = cached_prompt_tokens(scenario)
+    capacities = [c for c in (s.kv_capacity_tokens(memory_limits(scenario)) for s in certificate.memory) if c is not None]
+    running = table.batch[i] * scenario.workload.max_sequence_tokens
+    host = host_kv_cache_tokens(kv_offload_bytes=offload, kv_bytes_per_token=tuple(s.kv_bytes_per_token for s in certificate.memory))
     section: dict[str, Any] = {
         "speculative_method": None, "num_speculative_tokens": None, "acceptance_rate": None, "expected_tokens_per_step": None,
         "verify_tokens_per_sequence": None, "speculative_step_ns": None, "draft_ns": None, "draft_weight_bytes": None,
         "draft_kv_cache_bytes": None, "prefix_cache_hit_rate": float(hit), "cached_prompt_tokens": cached,
-        "uncached_prompt_tokens": scenario.workload.input_tokens - cached}
+        "uncached_prompt_tokens": scenario.workload.input_tokens - cached, "kv_offload_bytes": offload,
+        "host_kv_cache_tokens": host, "hbm_free_kv_cache_tokens": max(min(capacities) - running, 0) if capacities else None}
     parts = []
     if spec is not None and table.decode_step is not None:
         kinds = layer_kinds(model=scenario.model, layers_per_stage=plan.layers_per_stage)
@@ -299,6 +303,11 @@ def workload_features_section(scenario: Scenario, table: CostTable, i: int, plan
     if hit:
         parts.append(f"prefix cache: {cached} of {scenario.workload.input_tokens} prompt tokens served from cache "
                      f"(hit rate {float(hit):g}); prefill computes the other {scenario.workload.input_tokens - cached}")
+    if offload:
+        free = section["hbm_free_kv_cache_tokens"]
+        parts.append(f"KV offload: host memory keeps {host:,} tokens of evicted prefix blocks per replica "
+                     f"({human_bytes(offload)} per GPU) beside the {free if free is not None else 0:,} KV tokens of HBM the "
+                     f"running batch leaves free; a capacity only: the hit rate is the scenario's, the copy back is not costed")
     section["text"] = "; ".join(parts)
     return {"workload_features": section}
 
