@@ -352,8 +352,10 @@ def attention_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _G
                 per_pair = 2.0 * (2 * model.kv_lora_rank + model.qk_rope_head_dim)  # type: ignore[operator]
             else:
                 per_pair = 4.0 * model.attn_head_dim
-            flops = per_pair * heads * seqs * span
-            moved = seqs * span * g.kv_bytes_per_token + act * seqs * 2 * o_in
+            # every query token scores the cache: ``tokens`` (= seqs, or seqs x (1 + k) when a speculative verify
+            # step checks k drafts per sequence); the cache is read once per sequence
+            flops = per_pair * heads * tokens * span
+            moved = seqs * span * g.kv_bytes_per_token + act * tokens * 2 * o_in
             works[name] = Work("attention_decode", flops=flops, bytes=moved, repeat=share)
     # RMSNorm x2 (residual add fused), rotary on q and k, plus the KV-cache write.
     works["norms_elementwise"] = Work("elementwise", kernels=3.0,
@@ -794,9 +796,9 @@ def _decode_phases(*, scenario: Scenario, g: _Grid, micro_seqs: np.ndarray, cont
     sequence (its LM head scores all of them); the draft module's ``k`` passes, each one layer of the
     target's kind plus the LM head over the micro-batch's sequences, are added to the last stage; every
     term of that step is then divided by the expected tokens per step ``E`` and rounded up, so the tables'
-    decode time is per emitted token and TPOT = step / E. Left out: the attention core's FLOPs count one
-    query per sequence (its KV-cache read, which bounds decode, is counted once per sequence as the
-    verify kernels read it), and the draft's sampling and tree bookkeeping."""
+    decode time is per emitted token and TPOT = step / E. The attention core scores ``1 + k`` queries per
+    sequence and reads each sequence's cache once. Left out: the draft's sampling and tree bookkeeping, and
+    the rejection sampler."""
     plain = _phase(scenario=scenario, g=g, tokens=micro_seqs, seqs=micro_seqs, context=context, prefill=False, cal=cal)
     width = verify_tokens_per_sequence(scenario)
     if scenario.engine.speculative is None:
