@@ -269,7 +269,7 @@ def test_bad_values_exit_2_naming_the_field(tmp_path, engine, workload, field):
     assert field in result.output and "Traceback" not in result.output
 
 
-def _document(engine: str, method: str, **spec) -> dict:
+def _document(engine: str, method: str, **spec) -> dict:  # a plan document at TP 8
     sc = scenario_from_dict(deep_merge(LLAMA, {"engine": {"name": engine, "speculative": {**eagle(3, "0.7", method), **spec}}}))
     return {"scenario": sc.model_dump(mode="json"),
             "plan": {**TP8.layout.as_dict(), "batch_per_replica": 8, "layers_per_stage": [80], "engine": engine}}
@@ -352,3 +352,49 @@ def test_launch_lines_carry_the_kv_offload_flags():
 def test_a_negative_offload_exits_2(tmp_path):
     result = CliRunner().invoke(main, ["--scenario", str(_scenario_file(tmp_path, {"kv_offload_bytes": -1}))])
     assert result.exit_code == 2 and "engine.kv_offload_bytes" in result.output
+
+
+# --- a separate draft model -----------------------------------------------------------------------------
+
+
+def test_a_draft_model_is_sized_and_costed_as_a_whole_model():
+    spec = {"method": "draft_model", "num_speculative_tokens": 4, "acceptance_rate": "0.8", "draft_config": "Llama-3.1-8B"}
+    sc = llama(spec)
+    assert sc.engine.speculative.draft_config.num_hidden_layers == 32
+    [on], [off] = certify(sc, TP8).memory, certify(llama(), TP8).memory
+    draft = scenario_from_dict(deep_merge(LLAMA, {"model": "Llama-3.1-8B"}))
+    [alone] = stage_memory(scenario=draft, layout=TP8.layout, layers_per_stage=(32,), batch=8)
+    # the draft model at the target's TP 8: all its weights (embedding and LM head too) and its KV cache
+    assert on.draft_weight_bytes == alone.weights_bytes and on.draft_kv_cache_bytes == alone.kv_cache_bytes
+    assert on.weights_bytes == off.weights_bytes + alone.weights_bytes
+    table = integer_costs(scenario=sc, layouts=(TP8.layout,), batches=(8,))
+    eight_b = integer_costs(scenario=draft, layouts=(TP8.layout,), batches=(8,))
+    assert table.draft_ns[0] == 4 * eight_b.phase_total_ns(eight_b.decode, 0)  # k passes of the whole 8B
+    assert tpot_ns(sc) < tpot_ns(llama())
+
+
+def test_draft_config_is_for_draft_model_only_and_resolved_like_model(tmp_path):
+    bad = [({"method": "draft_model", "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "draft_config"),
+           ({"method": "eagle", "num_speculative_tokens": 2, "acceptance_rate": 0.5, "draft_config": "Llama-3.1-8B"},
+            "draft_config is for method draft_model"),
+           ({"method": "draft_model", "num_speculative_tokens": 2, "acceptance_rate": 0.5, "draft_config": "Llama-9Z"},
+            "engine.speculative.draft_config")]
+    for spec, text in bad:
+        result = CliRunner().invoke(main, ["--scenario", str(_scenario_file(tmp_path, {"speculative": spec}))])
+        assert result.exit_code == 2 and text in result.output, result.output
+
+
+def test_launch_lines_for_a_draft_model():
+    from test_launch import check_flag_sources
+
+    doc = _document("vllm", "draft_model", draft_config="Llama-3.1-8B", draft_model="meta-llama/Llama-3.1-8B")
+    v = vllm_commands(doc)
+    check_flag_sources(v)
+    argv = v.commands[0].argv
+    assert json.loads(argv[argv.index("--speculative-config") + 1]) == {
+        "method": "draft_model", "model": "meta-llama/Llama-3.1-8B", "num_speculative_tokens": 3}
+    s = sglang_commands(deep_merge(doc, {"plan": {"engine": "sglang"}}))
+    assert s.commands[0].argv[s.commands[0].argv.index("--speculative-algorithm") + 1] == "STANDALONE"
+    t = trtllm_commands(deep_merge(doc, {"plan": {"engine": "tensorrt-llm"}}))
+    check_flag_sources(t)
+    assert "  decoding_type: DraftTarget\n  max_draft_len: 3\n" in "".join(dict(t.files).values())

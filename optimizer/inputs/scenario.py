@@ -430,6 +430,7 @@ class SpeculativeMethod(StrEnum):
     EAGLE = "eagle"  # an EAGLE head: one decoder layer on the target's hidden states (arXiv 2401.15077)
     EAGLE3 = "eagle3"  # EAGLE-3: one decoder layer fed three of the target's hidden layers (arXiv 2503.01840)
     NGRAM = "ngram"  # prompt lookup: drafts copied from the context, no draft network
+    DRAFT_MODEL = "draft_model"  # a smaller model of the same tokenizer (vLLM draft_model, SGLang STANDALONE)
 
 
 class Speculative(_Frozen):
@@ -449,7 +450,21 @@ class Speculative(_Frozen):
                     "DeepSeek-V3; EAGLE/EAGLE-3: 1); ignored for ngram")
     draft_model: str | None = Field(
         default=None, min_length=1,
-        description="the draft head's checkpoint (Hugging Face id or path) for eagle/eagle3: launch commands only")
+        description="the draft's checkpoint (Hugging Face id or path) for eagle/eagle3/draft_model: launch commands only")
+    draft_config: ModelSpec | None = Field(
+        default=None,
+        description="method draft_model: the draft model's architecture, written as `model` is (a catalog name, inline "
+                    "config.json fields or config_json: PATH); its layers are costed and sized like the target's")
+
+    @model_validator(mode="after")
+    def _draft_config(self) -> Speculative:
+        if self.method is SpeculativeMethod.DRAFT_MODEL and self.draft_config is None:
+            raise ValueError("method draft_model needs draft_config: the draft model (a catalog name such as "
+                             "Llama-3.1-8B, or its config.json fields)")
+        if self.method is not SpeculativeMethod.DRAFT_MODEL and self.draft_config is not None:
+            raise ValueError(f"draft_config is for method draft_model; method {self.method.value} drafts with "
+                             + ("no network" if self.method is SpeculativeMethod.NGRAM else "a head of the target's own shape"))
+        return self
 
     @field_validator("acceptance_rate")
     @classmethod

@@ -40,8 +40,8 @@ import numpy as np
 from optimizer.model.calibration import Calibration, GpuCalibration, LinkFit, shipped_calibration
 from optimizer.model.engines import a2a_dispatch_dtype, chunked_prefill, deepep_mode, ffn_tp, physical_experts, prefill_rides_decode, ttft_model
 from optimizer.model.memory import ACTIVATION_BYTES, HIGH_PRECISION, LOGITS_BYTES, kv_cache_bytes_per_token_layer, kv_heads_per_rank
-from optimizer.model.workload_features import (draft_passes, expected_tokens_per_step, per_token_ns, uncached_pair_share,
-                                                uncached_prompt_tokens, verify_tokens_per_sequence)
+from optimizer.model.workload_features import (draft_passes, draft_scenario, expected_tokens_per_step, per_token_ns,
+                                                uncached_pair_share, uncached_prompt_tokens, verify_tokens_per_sequence)
 from optimizer.model.parallel import Layout, batch_per_replica, ep_offnode_fraction, pp_inter_node_boundaries, tp_intra_node
 from optimizer.inputs.scenario import Cluster, ComputeDtype, DeepepMode, GpuSpec, Link, ModelSpec, Scenario, TtftModel, Workload
 from optimizer.errors import OptimizerError
@@ -806,8 +806,18 @@ def _decode_phases(*, scenario: Scenario, g: _Grid, micro_seqs: np.ndarray, cont
     size = len(g.tp)
     verify = _phase(scenario=scenario, g=g, tokens=micro_seqs * width, seqs=micro_seqs, context=context, prefill=False, cal=cal)
     heads = timed(last_stage_works(model=scenario.model, g=g, seqs=micro_seqs * width), scenario=scenario, cal=cal, size=size)
-    draft_layer_ns = plain.moe_layer_ns if scenario.model.is_moe else plain.dense_layer_ns
-    draft_ns = draft_passes(scenario) * (draft_layer_ns + plain.last_extra_ns)
+    whole = draft_scenario(scenario)
+    if whole is not None:  # a separate draft model: every layer, its embedding and its LM head, per pass
+        layouts = tuple(Layout(tp=int(t), pp=int(p), dp=int(d), ep=int(e), etp=int(et), edp=int(ed))
+                        for t, p, d, e, et, ed in zip(g.tp, g.pp, g.dp, g.ep, g.etp, g.edp))
+        dg = grid(whole, layouts, tuple(int(b) for b in g.batch))
+        pass_ = _phase(scenario=whole, g=dg, tokens=micro_seqs, seqs=micro_seqs, context=context, prefill=False, cal=cal)
+        one_pass = (whole.model.num_dense_layers * pass_.dense_layer_ns + whole.model.num_moe_layers * pass_.moe_layer_ns
+                    + pass_.first_extra_ns + pass_.last_extra_ns)
+    else:
+        draft_layer_ns = plain.moe_layer_ns if scenario.model.is_moe else plain.dense_layer_ns
+        one_pass = draft_layer_ns + plain.last_extra_ns
+    draft_ns = draft_passes(scenario) * one_pass
     step = dataclasses.replace(verify, last_extra_ns=_ceil_ns(heads.total_s) + draft_ns, last_breakdown=heads)
     expected = expected_tokens_per_step(scenario)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from optimizer.model.engines import MemoryLimit, ffn_tp, memory_limits, physical_experts, shared_experts_tp
 from optimizer.errors import OptimizerError
 from optimizer.model.parallel import Layout
-from optimizer.model.workload_features import draft_layers, draft_projection_params
+from optimizer.model.workload_features import draft_layers, draft_projection_params, draft_scenario
 from optimizer.inputs.scenario import Dtype, ModelSpec, Scenario, Workload
 from optimizer.units import bytes_for, ceil_div
 
@@ -231,6 +231,14 @@ def draft_bytes(*, scenario: Scenario, layout: Layout, batch: int) -> DraftBytes
     layers = draft_layers(scenario)
     if not layers:
         return DraftBytes(0, 0, 0)
+    whole = draft_scenario(scenario)
+    if whole is not None:  # a separate draft model: all its layers, its embedding and LM head, at the target's TP
+        kinds = [(whole.model.num_dense_layers, True), (whole.model.num_moe_layers, False)]
+        parts = [(count, layer_bytes(scenario=whole, layout=layout, batch=batch, dense=dense)) for count, dense in kinds]
+        ends = stage_fixed_bytes(scenario=whole, layout=layout, batch=batch, first=True, last=True)
+        per_token = kv_cache_bytes_per_token_layer(model=whole.model, workload=whole.workload, tp=layout.tp)
+        return DraftBytes(weights=sum(n * b.weights for n, b in parts) + ends.weights,
+                          kv_cache=sum(n * b.kv_cache for n, b in parts), kv_bytes_per_token=layers * per_token)
     layer = layer_bytes(scenario=scenario, layout=layout, batch=batch, dense=not scenario.model.is_moe)
     per_token = kv_cache_bytes_per_token_layer(model=scenario.model, workload=scenario.workload, tp=layout.tp)
     projection = bytes_for(draft_projection_params(scenario), HIGH_PRECISION.bits)

@@ -17,7 +17,9 @@ Speculative decoding (``engine.speculative``), sources:
   takes three hidden states, ``3h x h`` (arXiv 2503.01840). Here the draft layer is costed and sized as
   one layer of the target's own kind (MoE for an MoE model, else dense): a published EAGLE head with its
   own width or vocabulary differs, so its figures are an approximation. N-gram drafting (prompt lookup)
-  has no network: no draft cost, no draft memory.
+  has no network: no draft cost, no draft memory. A separate draft model (``method: draft_model``, vLLM
+  ``draft_model``, SGLang STANDALONE; Leviathan et al.'s setting) runs all its layers and its own embedding
+  and LM head per pass, at the target's TP (``draft_scenario``), and holds all its weights and KV cache.
 - The draft layers keep their own KV cache, one layer's worth per draft layer for every token of every
   running sequence (vLLM allocates KV-cache groups for the draft layers beside the target's).
 
@@ -66,11 +68,25 @@ def draft_passes(scenario: Scenario) -> int:
 
 
 def draft_layers(scenario: Scenario) -> int:
-    """Decoder layers the draft module holds (weights and KV cache); 0 without one (none, ngram)."""
+    """Decoder layers the draft module holds (weights and KV cache); 0 without one (none, ngram); the draft
+    model's own count for ``draft_model``."""
     spec = scenario.engine.speculative
     if spec is None or spec.method is SpeculativeMethod.NGRAM:
         return 0
+    if spec.draft_config is not None:
+        return spec.draft_config.num_hidden_layers
     return spec.draft_layers
+
+
+def draft_scenario(scenario: Scenario) -> Scenario | None:
+    """For ``method: draft_model``, the scenario with the draft model in the target's place and no speculation,
+    so the cost and memory models size and cost it with the target's layout (vLLM runs the draft at the target's
+    TP, ``draft_tensor_parallel_size`` defaulting to it: vllm/config/speculative.py); None otherwise."""
+    spec = scenario.engine.speculative
+    if spec is None or spec.draft_config is None:
+        return None
+    return scenario.model_copy(update={"model": spec.draft_config,
+                                       "engine": scenario.engine.model_copy(update={"speculative": None})})
 
 
 def draft_projection_params(scenario: Scenario) -> int:
@@ -78,7 +94,7 @@ def draft_projection_params(scenario: Scenario) -> int:
     RMSNorms per draft layer, EAGLE ``fc`` ``2h x h``, EAGLE-3 ``fc`` ``3h x h`` (0 for ngram / none)."""
     spec = scenario.engine.speculative
     h = scenario.model.hidden_size
-    if spec is None or spec.method is SpeculativeMethod.NGRAM:
+    if spec is None or spec.method in (SpeculativeMethod.NGRAM, SpeculativeMethod.DRAFT_MODEL):
         return 0
     if spec.method is SpeculativeMethod.MTP:
         return spec.draft_layers * (2 * h * h + 2 * h)

@@ -238,7 +238,8 @@ FLAG_SOURCES: tuple[FlagSource, ...] = (
                "backend) and .free_gpu_memory_fraction", _T),
     FlagSource("vllm", "--speculative-config", "vllm/config/speculative.py SpeculativeConfig (JSON: method in "
                "SpeculativeMethod, num_speculative_tokens, model); docs/features/speculative_decoding/", _V),
-    FlagSource("sglang", "--speculative-algorithm", "python/sglang/srt/server_args.py (EAGLE, EAGLE3, NGRAM; MTP models "
+    FlagSource("sglang", "--speculative-algorithm", "python/sglang/srt/server_args.py (EAGLE, EAGLE3, NGRAM, STANDALONE; "
+               "MTP models "
                "run EAGLE with their own NextN layers); docs/advanced_features/speculative_decoding.md", _S),
     FlagSource("sglang", "--speculative-num-steps", "python/sglang/srt/server_args.py (draft forward passes per step)", _S),
     FlagSource("sglang", "--speculative-eagle-topk", "python/sglang/srt/server_args.py (branching per draft step; 1: a "
@@ -254,7 +255,7 @@ FLAG_SOURCES: tuple[FlagSource, ...] = (
     FlagSource("sglang", "--hicache-size", "python/sglang/srt/server_args.py (host pool in GB, overrides --hicache-ratio); "
                "docs/advanced_features/hicache_best_practices.md", _S),
     FlagSource("trtllm-options", "speculative_config", _TARGS + " (decoding_type MTP with num_nextn_predict_layers, "
-               "Eagle3 or NGram with max_draft_len, speculative_model; docs/source/features/speculative-decoding.md)", _T),
+               "Eagle3, DraftTarget or NGram with max_draft_len, speculative_model; docs/source/features/speculative-decoding.md)", _T),
     FlagSource("mpirun", "-H", _MPI + " (--host host:slots,...); " + _TMULTI, "Open MPI 4.1 / 5.0"),
     FlagSource("mpirun", "-n", _MPI + " (number of processes)", "Open MPI 4.1 / 5.0"),
     FlagSource("mpirun", "-x", _MPI + " (export an environment variable to every process)", "Open MPI 4.1 / 5.0"),
@@ -868,19 +869,20 @@ def _speculative(engine: LaunchEngine, p: _Plan) -> tuple[list[str], list[str]]:
     head = spec.draft_model or DRAFT_MODEL_PLACEHOLDER
     notes = [f"speculative decoding: {method.value}, {k} draft tokens per step, costed at acceptance rate "
              f"{decimal_text(spec.acceptance_rate)} per token; measure it on your traffic and re-plan if it differs"]
-    if method in (SpeculativeMethod.EAGLE, SpeculativeMethod.EAGLE3) and spec.draft_model is None:
-        notes.append(f"replace {DRAFT_MODEL_PLACEHOLDER} with the EAGLE head's checkpoint (engine.speculative.draft_model)")
+    drafted = method in (SpeculativeMethod.EAGLE, SpeculativeMethod.EAGLE3, SpeculativeMethod.DRAFT_MODEL)
+    if drafted and spec.draft_model is None:
+        notes.append(f"replace {DRAFT_MODEL_PLACEHOLDER} with the draft's checkpoint (engine.speculative.draft_model)")
     if engine is LaunchEngine.VLLM:
         config: dict[str, Any] = {"method": method.value, "num_speculative_tokens": k}
-        if method in (SpeculativeMethod.EAGLE, SpeculativeMethod.EAGLE3):
+        if drafted:
             config["model"] = head
         return ["--speculative-config", json.dumps(config, sort_keys=True)], notes
     if engine is LaunchEngine.SGLANG:
         algorithm = {SpeculativeMethod.MTP: "EAGLE", SpeculativeMethod.EAGLE: "EAGLE", SpeculativeMethod.EAGLE3: "EAGLE3",
-                     SpeculativeMethod.NGRAM: "NGRAM"}[method]
+                     SpeculativeMethod.NGRAM: "NGRAM", SpeculativeMethod.DRAFT_MODEL: "STANDALONE"}[method]
         flags = ["--speculative-algorithm", algorithm, "--speculative-num-steps", str(k), "--speculative-eagle-topk", "1",
                  "--speculative-num-draft-tokens", str(k + 1)]
-        if method in (SpeculativeMethod.EAGLE, SpeculativeMethod.EAGLE3):
+        if drafted:
             flags += ["--speculative-draft-model-path", head]
         return flags, notes
     if method is SpeculativeMethod.EAGLE:
@@ -891,6 +893,8 @@ def _speculative(engine: LaunchEngine, p: _Plan) -> tuple[list[str], list[str]]:
         lines += ["  decoding_type: MTP", f"  num_nextn_predict_layers: {k}"]
     elif method is SpeculativeMethod.EAGLE3:
         lines += ["  decoding_type: Eagle3", f"  max_draft_len: {k}", f"  speculative_model: {head}"]
+    elif method is SpeculativeMethod.DRAFT_MODEL:
+        lines += ["  decoding_type: DraftTarget", f"  max_draft_len: {k}", f"  speculative_model: {head}"]
     else:
         lines += ["  decoding_type: NGram", f"  max_draft_len: {k}"]
     return lines, notes
