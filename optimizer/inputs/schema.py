@@ -316,6 +316,9 @@ def scenario_schema() -> dict[str, Any]:
              "description": "a catalog model with fields overridden"}
     schema["properties"]["model"] = {"anyOf": [{"type": "string", "enum": catalog.model_names(), "description": "a catalog model"},
                                                named, config_json, {"$ref": "#/$defs/ModelSpec"}]}
+    # engine.speculative.draft_config takes what `model` takes (loader._resolve_draft_model)
+    defs["Speculative"]["properties"]["draft_config"] = {"anyOf": [*schema["properties"]["model"]["anyOf"], {"type": "null"}],
+                                                         "default": None}
     schema["required"] = [k for k in schema.get("required", []) if k != "name"]  # defaults to the file name
     schema["title"] = "optimizer scenario file"
     return schema
