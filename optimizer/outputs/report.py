@@ -299,7 +299,8 @@ def workload_features_section(scenario: Scenario, table: CostTable, i: int, plan
                      f"tokens per sequence and emits {float(expected):.3f} in expectation (acceptance "
                      f"{float(spec.acceptance_rate):g}); a step takes {step / 1e6:.3f} ms, of which the draft "
                      f"{table.draft_ns[i] / 1e6:.3f} ms; the draft holds {human_bytes(last.draft_weight_bytes)} of weights and "
-                     f"{human_bytes(last.draft_kv_cache_bytes)} of KV cache per last-stage GPU")
+                     f"{human_bytes(last.draft_kv_cache_bytes)} of KV cache per last-stage GPU; the decode step and stage times "
+                     f"are per emitted token (the step over {float(expected):.3f})")
     if hit:
         parts.append(f"prefix cache: {cached} of {scenario.workload.input_tokens} prompt tokens served from cache "
                      f"(hit rate {float(hit):g}); prefill computes the other {scenario.workload.input_tokens - cached}")
