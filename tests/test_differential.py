@@ -102,7 +102,11 @@ def scenarios(draw, max_layers=12, large=False, memory_factors=MEMORY_FACTORS, t
     engine["speculative"] = draw(st.sampled_from([None, None, None, None,
                                                   {"method": "eagle", "num_speculative_tokens": 2, "acceptance_rate": "0.6"},
                                                   {"method": "mtp", "num_speculative_tokens": 1, "acceptance_rate": "0.8"},
-                                                  {"method": "ngram", "num_speculative_tokens": 3, "acceptance_rate": "1/3"}]))
+                                                  {"method": "ngram", "num_speculative_tokens": 3, "acceptance_rate": "1/3"},
+                                                  {"method": "draft_model", "num_speculative_tokens": 2, "acceptance_rate": "0.7",
+                                                   "draft_config": {"name": "draft", "num_hidden_layers": 1, "hidden_size": 64,
+                                                                    "intermediate_size": 128, "num_attention_heads": 2,
+                                                                    "num_key_value_heads": 1, "head_dim": 16, "vocab_size": 128}}]))
     workload["prefix_cache_hit_rate"] = draw(st.sampled_from([0, 0, 0, "0.5", "0.9"]))
     data = deep_merge(BASE, {
         "cluster": {
