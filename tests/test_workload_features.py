@@ -398,3 +398,18 @@ def test_launch_lines_for_a_draft_model():
     t = trtllm_commands(deep_merge(doc, {"plan": {"engine": "tensorrt-llm"}}))
     check_flag_sources(t)
     assert "  decoding_type: DraftTarget\n  max_draft_len: 3\n" in "".join(dict(t.files).values())
+
+
+def test_the_draft_prefills_the_prompt_too():
+    """The draft keeps the prompt's KV cache as well: an EAGLE head adds one layer's prefill to the last stage,
+    a draft model its whole prefill; ngram nothing."""
+    def prefill(sc):
+        t = integer_costs(scenario=sc, layouts=(TP8.layout,), batches=(8,))
+        return t.phase_total_ns(t.prefill, 0), int(t.prefill.dense_layer_ns[0])
+
+    plain, layer = prefill(llama())
+    assert prefill(llama(eagle(3, "0.7")))[0] == plain + layer
+    assert prefill(llama(eagle(3, "0.7", "ngram")))[0] == plain
+    spec = {"method": "draft_model", "num_speculative_tokens": 2, "acceptance_rate": "0.8", "draft_config": "Llama-3.1-8B"}
+    eight_b = scenario_from_dict(deep_merge(LLAMA, {"model": "Llama-3.1-8B"}))
+    assert prefill(llama(spec))[0] == plain + prefill(eight_b)[0]

@@ -40,7 +40,7 @@ import numpy as np
 from optimizer.model.calibration import Calibration, GpuCalibration, LinkFit, shipped_calibration
 from optimizer.model.engines import a2a_dispatch_dtype, chunked_prefill, deepep_mode, ffn_tp, physical_experts, prefill_rides_decode, ttft_model
 from optimizer.model.memory import ACTIVATION_BYTES, HIGH_PRECISION, LOGITS_BYTES, kv_cache_bytes_per_token_layer, kv_heads_per_rank
-from optimizer.model.workload_features import (draft_passes, draft_scenario, expected_tokens_per_step, per_token_ns,
+from optimizer.model.workload_features import (draft_layers, draft_passes, draft_scenario, expected_tokens_per_step, per_token_ns,
                                                 uncached_pair_share, uncached_prompt_tokens, verify_tokens_per_sequence)
 from optimizer.model.parallel import Layout, batch_per_replica, ep_offnode_fraction, pp_inter_node_boundaries, tp_intra_node
 from optimizer.inputs.scenario import Cluster, ComputeDtype, DeepepMode, GpuSpec, Link, ModelSpec, Scenario, TtftModel, Workload
@@ -761,8 +761,8 @@ def integer_costs(*, scenario: Scenario, layouts: tuple[Layout, ...], batches: t
     one = np.ones_like(g.tp)
     # prefix caching (workload_features): only the uncached tokens are computed, over the whole prompt's context
     new_tokens, pair_share = uncached_prompt_tokens(scenario), float(uncached_pair_share(scenario))
-    prefill = _phase(scenario=scenario, g=g, tokens=one * new_tokens, seqs=one * pair_share,
-                     context=workload.input_tokens, prefill=True, cal=cal)
+    prefill = _prefill_phase(scenario=scenario, g=g, tokens=one * new_tokens, seqs=one * pair_share,
+                             context=workload.input_tokens, cal=cal)
     decode, decode_step, draft_ns = _decode_phases(scenario=scenario, g=g, micro_seqs=micro_seqs, context=context_decode, cal=cal)
     table = CostTable(
         layouts=layouts,
@@ -787,6 +787,36 @@ def integer_costs(*, scenario: Scenario, layouts: tuple[Layout, ...], batches: t
     return dataclasses.replace(table, prefill_share_ns=share)
 
 
+def _layouts(g: _Grid) -> tuple[Layout, ...]:
+    return tuple(Layout(tp=int(t), pp=int(p), dp=int(d), ep=int(e), etp=int(et), edp=int(ed))
+                 for t, p, d, e, et, ed in zip(g.tp, g.pp, g.dp, g.ep, g.etp, g.edp))
+
+
+def _draft_model_pass_ns(*, whole: Scenario, g: _Grid, tokens, seqs, context, prefill: bool, cal: GpuCalibration) -> np.ndarray:
+    """One pass of a separate draft model (``workload_features.draft_scenario``) at the target's layouts: all
+    its layers, its embedding and its LM head, on one GPU of the last stage (ns per layout)."""
+    dg = grid(whole, _layouts(g), tuple(int(b) for b in g.batch))
+    phase = _phase(scenario=whole, g=dg, tokens=tokens, seqs=seqs, context=context, prefill=prefill, cal=cal)
+    return (whole.model.num_dense_layers * phase.dense_layer_ns + whole.model.num_moe_layers * phase.moe_layer_ns
+            + phase.first_extra_ns + phase.last_extra_ns)
+
+
+def _prefill_phase(*, scenario: Scenario, g: _Grid, tokens, seqs, context, cal: GpuCalibration) -> PhaseCosts:
+    """A prefill phase; with a speculative draft network, plus its own prefill of the same tokens on the last
+    stage (the draft keeps a KV cache of the prompt too: MTP / EAGLE one layer per draft layer, a draft
+    model all of its layers, vLLM's proposers run over the prefill's hidden states / tokens)."""
+    phase = _phase(scenario=scenario, g=g, tokens=tokens, seqs=seqs, context=context, prefill=True, cal=cal)
+    layers = draft_layers(scenario)
+    if not layers:
+        return phase
+    whole = draft_scenario(scenario)
+    if whole is not None:
+        extra = _draft_model_pass_ns(whole=whole, g=g, tokens=tokens, seqs=seqs, context=context, prefill=True, cal=cal)
+    else:
+        extra = layers * (phase.moe_layer_ns if scenario.model.is_moe else phase.dense_layer_ns)
+    return dataclasses.replace(phase, last_extra_ns=phase.last_extra_ns + extra)
+
+
 def _decode_phases(*, scenario: Scenario, g: _Grid, micro_seqs: np.ndarray, context: int,
                    cal: GpuCalibration) -> tuple[PhaseCosts, PhaseCosts | None, tuple[int, ...]]:
     """The decode phase the tables carry, the whole speculative step (None without speculation) and the
@@ -794,7 +824,8 @@ def _decode_phases(*, scenario: Scenario, g: _Grid, micro_seqs: np.ndarray, cont
 
     With ``engine.speculative`` (``workload_features``): the target's pass runs ``(1 + k)`` tokens per
     sequence (its LM head scores all of them); the draft module's ``k`` passes, each one layer of the
-    target's kind plus the LM head over the micro-batch's sequences, are added to the last stage; every
+    target's kind plus the LM head over the micro-batch's sequences (a separate draft model: the whole
+    model, ``_draft_model_pass_ns``), are added to the last stage; every
     term of that step is then divided by the expected tokens per step ``E`` and rounded up, so the tables'
     decode time is per emitted token and TPOT = step / E. The attention core scores ``1 + k`` queries per
     sequence and reads each sequence's cache once. Left out: the draft's sampling and tree bookkeeping, and
@@ -808,12 +839,8 @@ def _decode_phases(*, scenario: Scenario, g: _Grid, micro_seqs: np.ndarray, cont
     heads = timed(last_stage_works(model=scenario.model, g=g, seqs=micro_seqs * width), scenario=scenario, cal=cal, size=size)
     whole = draft_scenario(scenario)
     if whole is not None:  # a separate draft model: every layer, its embedding and its LM head, per pass
-        layouts = tuple(Layout(tp=int(t), pp=int(p), dp=int(d), ep=int(e), etp=int(et), edp=int(ed))
-                        for t, p, d, e, et, ed in zip(g.tp, g.pp, g.dp, g.ep, g.etp, g.edp))
-        dg = grid(whole, layouts, tuple(int(b) for b in g.batch))
-        pass_ = _phase(scenario=whole, g=dg, tokens=micro_seqs, seqs=micro_seqs, context=context, prefill=False, cal=cal)
-        one_pass = (whole.model.num_dense_layers * pass_.dense_layer_ns + whole.model.num_moe_layers * pass_.moe_layer_ns
-                    + pass_.first_extra_ns + pass_.last_extra_ns)
+        one_pass = _draft_model_pass_ns(whole=whole, g=g, tokens=micro_seqs, seqs=micro_seqs, context=context,
+                                        prefill=False, cal=cal)
     else:
         draft_layer_ns = plain.moe_layer_ns if scenario.model.is_moe else plain.dense_layer_ns
         one_pass = draft_layer_ns + plain.last_extra_ns
@@ -846,9 +873,8 @@ def _with_ttft(*, scenario: Scenario, table: CostTable, g: _Grid, micro_seqs: np
     else:
         sizes, chunks = [isl] * n, [1] * n
     tokens = np.asarray(sizes, dtype=float)
-    chunk = table.prefill if all(t == isl for t in sizes) else _phase(
-        scenario=scenario, g=g, tokens=tokens, seqs=tokens / isl * pair_share, context=scenario.workload.input_tokens,
-        prefill=True, cal=cal)
+    chunk = table.prefill if all(t == isl for t in sizes) else _prefill_phase(
+        scenario=scenario, g=g, tokens=tokens, seqs=tokens / isl * pair_share, context=scenario.workload.input_tokens, cal=cal)
     return dataclasses.replace(table, chunk=chunk, chunk_tokens=tuple(sizes), ttft_chunks=tuple(chunks),
                                ttft_rides_decode=tuple(int(rides and on) for on in busy), ttft_waits=tuple(int(on) for on in busy),
                                ttft_model=model.value)
