@@ -447,7 +447,7 @@ class Speculative(_Frozen):
     draft_layers: int = Field(
         default=1, gt=0, le=64,
         description="decoder layers of the draft module (MTP: the model's config.json num_nextn_predict_layers, 1 for "
-                    "DeepSeek-V3; EAGLE/EAGLE-3: 1); ignored for ngram")
+                    "DeepSeek-V3; EAGLE/EAGLE-3: 1); ignored for ngram and draft_model (draft_config gives its layers)")
     draft_model: str | None = Field(
         default=None, min_length=1,
         description="the draft's checkpoint (Hugging Face id or path) for eagle/eagle3/draft_model: launch commands only")
