@@ -101,7 +101,7 @@ def scenarios(draw, max_layers=12, large=False, memory_factors=MEMORY_FACTORS, t
     # prefix caching (fewer prefill tokens), now and then
     engine["speculative"] = draw(st.sampled_from([None, None, None, None,
                                                   {"method": "eagle", "num_speculative_tokens": 2, "acceptance_rate": "0.6"},
-                                                  {"method": "mtp", "num_speculative_tokens": 1, "acceptance_rate": "0.8"},
+                                                  {"method": "mtp", "num_speculative_tokens": 1, "acceptance_rate": "0.8", "draft_layers": 1},
                                                   {"method": "ngram", "num_speculative_tokens": 3, "acceptance_rate": "1/3"},
                                                   {"method": "draft_model", "num_speculative_tokens": 2, "acceptance_rate": "0.7",
                                                    "draft_config": {"name": "draft", "num_hidden_layers": 1, "hidden_size": 64,

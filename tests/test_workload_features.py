@@ -123,7 +123,8 @@ def test_memory_includes_the_draft_on_the_last_stage_only():
 
 def test_mtp_draft_is_a_moe_layer_with_eh_proj():
     """DeepSeek-V3's MTP module is one MoE block plus eh_proj (2h x h) and two norms (arXiv 2412.19437 §2.2)."""
-    data = deep_merge(BASE, {"engine": {"speculative": {"method": "mtp", "num_speculative_tokens": 1, "acceptance_rate": "0.8"}}})
+    data = deep_merge(BASE, {"engine": {"speculative": {"method": "mtp", "num_speculative_tokens": 1, "acceptance_rate": "0.8"}},
+                             "model": {"num_nextn_predict_layers": 1}})
     sc = scenario_from_dict(data)
     layout = Layout(tp=1, pp=1, dp=8, ep=8, etp=1, edp=1)
     [on] = stage_memory(scenario=sc, layout=layout, layers_per_stage=(4,), batch=1)
@@ -270,6 +271,8 @@ def test_bad_values_exit_2_naming_the_field(tmp_path, engine, workload, field):
 
 
 def _document(engine: str, method: str, **spec) -> dict:  # a plan document at TP 8
+    if method == "mtp":  # Llama has no MTP layers of its own: say how many the draft has
+        spec = {"draft_layers": 1, **spec}
     sc = scenario_from_dict(deep_merge(LLAMA, {"engine": {"name": engine, "speculative": {**eagle(3, "0.7", method), **spec}}}))
     return {"scenario": sc.model_dump(mode="json"),
             "plan": {**TP8.layout.as_dict(), "batch_per_replica": 8, "layers_per_stage": [80], "engine": engine}}
@@ -413,3 +416,20 @@ def test_the_draft_prefills_the_prompt_too():
     spec = {"method": "draft_model", "num_speculative_tokens": 2, "acceptance_rate": "0.8", "draft_config": "Llama-3.1-8B"}
     eight_b = scenario_from_dict(deep_merge(LLAMA, {"model": "Llama-3.1-8B"}))
     assert prefill(llama(spec))[0] == plain + prefill(eight_b)[0]
+
+
+def test_mtp_takes_its_layers_from_the_model_and_refuses_a_model_without():
+    """DeepSeek-V3's catalog entry (config.json num_nextn_predict_layers 1) drafts with its MTP module; a
+    model without MTP layers is refused unless draft_layers says how many."""
+    from optimizer.model.workload_features import draft_layers
+
+    mtp = {"method": "mtp", "num_speculative_tokens": 2, "acceptance_rate": "0.85"}
+    ds = scenario_from_dict(deep_merge(LLAMA, {"model": "DeepSeek-V3", "cluster": {"gpu": "h200-sxm"},
+                                               "engine": {"speculative": mtp}}))
+    assert ds.model.num_nextn_predict_layers == 1 and draft_layers(ds) == 1
+    assert draft_layers(scenario_from_dict(deep_merge(LLAMA, {"model": {"name": "DeepSeek-V3", "num_nextn_predict_layers": 2},
+                                                              "cluster": {"gpu": "h200-sxm"},
+                                                              "engine": {"speculative": mtp}}))) == 2
+    with pytest.raises(Exception, match="num_nextn_predict_layers = 0"):
+        llama(mtp)
+    assert draft_layers(llama({**mtp, "draft_layers": 1})) == 1

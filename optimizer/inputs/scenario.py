@@ -221,6 +221,10 @@ class ModelSpec(_Frozen):
     layer_types: tuple[Literal["sliding_attention", "full_attention"], ...] | None = Field(
         default=None, description="per layer (gpt-oss, Gemma, Qwen3): which layers use the window")
     use_sliding_window: bool | None = Field(default=None, description="Qwen2/3: false turns sliding_window off")
+    num_nextn_predict_layers: int = Field(
+        default=0, ge=0, le=64,
+        description="multi-token-prediction layers the checkpoint holds (DeepSeek-V3: 1); served, sized and costed "
+                    "only with engine.speculative.method mtp, else not loaded (vLLM, SGLang)")
     source: str = ""
     published_params: str | None = Field(default=None, description='total parameters as published, e.g. "46.7B"')
     ignored_config_fields: tuple[str, ...] = Field(
@@ -444,10 +448,10 @@ class Speculative(_Frozen):
     method: SpeculativeMethod
     num_speculative_tokens: int = Field(gt=0, le=64, description="k: draft tokens per step (SGLang --speculative-num-steps)")
     acceptance_rate: ExactNumber = Field(description="a: per-token acceptance probability, 0 <= a <= 1 (exact decimal)")
-    draft_layers: int = Field(
-        default=1, gt=0, le=64,
-        description="decoder layers of the draft module (MTP: the model's config.json num_nextn_predict_layers, 1 for "
-                    "DeepSeek-V3; EAGLE/EAGLE-3: 1); ignored for ngram and draft_model (draft_config gives its layers)")
+    draft_layers: int | None = Field(
+        default=None, gt=0, le=64,
+        description="decoder layers of the draft module; default: MTP the model's num_nextn_predict_layers (config.json; "
+                    "1 for DeepSeek-V3), EAGLE/EAGLE-3 1; ignored for ngram and draft_model (draft_config gives its layers)")
     draft_model: str | None = Field(
         default=None, min_length=1,
         description="the draft's checkpoint (Hugging Face id or path) for eagle/eagle3/draft_model: launch commands only")
@@ -620,6 +624,16 @@ class Scenario(BaseModel):
     targets: Targets = Targets()
     engine: Engine = Engine()
     search: Search = Search()
+
+    @model_validator(mode="after")
+    def _mtp_layers(self) -> Scenario:
+        spec = self.engine.speculative
+        if (spec is not None and spec.method is SpeculativeMethod.MTP and spec.draft_layers is None
+                and not self.model.num_nextn_predict_layers):
+            raise ValueError(f"engine.speculative.method mtp drafts with the model's own MTP layers, and model "
+                             f"{self.model.name} has none (model.num_nextn_predict_layers = 0): set it from the checkpoint's "
+                             "config.json, or engine.speculative.draft_layers, or use eagle3 / draft_model")
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -75,7 +75,9 @@ def draft_layers(scenario: Scenario) -> int:
         return 0
     if spec.draft_config is not None:
         return spec.draft_config.num_hidden_layers
-    return spec.draft_layers
+    if spec.draft_layers is not None:
+        return spec.draft_layers
+    return scenario.model.num_nextn_predict_layers or 1 if spec.method is SpeculativeMethod.MTP else 1
 
 
 def draft_scenario(scenario: Scenario) -> Scenario | None:
@@ -97,7 +99,7 @@ def draft_projection_params(scenario: Scenario) -> int:
     if spec is None or spec.method in (SpeculativeMethod.NGRAM, SpeculativeMethod.DRAFT_MODEL):
         return 0
     if spec.method is SpeculativeMethod.MTP:
-        return spec.draft_layers * (2 * h * h + 2 * h)
+        return draft_layers(scenario) * (2 * h * h + 2 * h)
     return (3 if spec.method is SpeculativeMethod.EAGLE3 else 2) * h * h
 
 
