@@ -118,7 +118,8 @@ def test_memory_includes_the_draft_on_the_last_stage_only():
     kv = kv_cache_bytes_per_token_layer(model=m, workload=w, tp=4) * 8 * (2048 + 512)
     assert on[1].draft_kv_cache_bytes == kv == on[1].kv_cache_bytes - off[1].kv_cache_bytes
     ngram = stage_memory(scenario=llama(eagle(2, "0.6", "ngram")), layout=plan.layout, layers_per_stage=(40, 40), batch=8)
-    assert ngram == off
+    assert [(s.weights_bytes, s.kv_cache_bytes) for s in ngram] == [(s.weights_bytes, s.kv_cache_bytes) for s in off]
+    assert ngram[0] == off[0]
 
 
 def test_mtp_draft_is_a_moe_layer_with_eh_proj():
@@ -433,3 +434,9 @@ def test_mtp_takes_its_layers_from_the_model_and_refuses_a_model_without():
     with pytest.raises(Exception, match="num_nextn_predict_layers = 0"):
         llama(mtp)
     assert draft_layers(llama({**mtp, "draft_layers": 1})) == 1
+
+
+def test_the_verify_step_keeps_logits_for_every_drafted_position():
+    [off], [on] = certify(llama(), TP8).memory, certify(llama(eagle(3, "0.7", "ngram")), TP8).memory
+    vocab_shard = -(-128256 // 8)
+    assert on.activation_bytes - off.activation_bytes == 4 * 8 * 3 * vocab_shard  # FP32, batch 8, 3 more positions

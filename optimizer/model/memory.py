@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from optimizer.model.engines import MemoryLimit, ffn_tp, memory_limits, physical_experts, shared_experts_tp
 from optimizer.errors import OptimizerError
 from optimizer.model.parallel import Layout
-from optimizer.model.workload_features import draft_layers, draft_projection_params, draft_scenario
+from optimizer.model.workload_features import draft_layers, draft_projection_params, draft_scenario, verify_tokens_per_sequence
 from optimizer.inputs.scenario import Dtype, ModelSpec, Scenario, Workload
 from optimizer.units import bytes_for, ceil_div
 
@@ -255,8 +255,9 @@ def activation_peak_bytes(*, scenario: Scenario, layout: Layout, batch: int, las
     and the local FFN gate+up output (``2 x width / TP`` dense, or under SGLang's attention DP the
     gathered ``tokens x ffn_tp / TP`` at ``2 x width / ffn_tp``; for MoE the tokens routed to this GPU's
     experts, ``tokens x k x max(TP, EP x ETP) / (TP x EP)``, at ``2 x width / ETP``). The last stage adds
-    FP32 logits for ``batch`` sampled positions over ``V / TP`` (vocab-parallel). An estimate, not a
-    measurement: issue #3 calibrates it.
+    FP32 logits for ``batch`` sampled positions over ``V / TP`` (vocab-parallel; ``batch x (1 + k)`` when a
+    speculative verify step scores k drafts per sequence). An estimate, not a measurement: issue #3
+    calibrates it.
     """
     model, workload = scenario.model, scenario.workload
     tokens = min(batch * workload.input_tokens, scenario.engine.max_num_batched_tokens)
@@ -274,7 +275,9 @@ def activation_peak_bytes(*, scenario: Scenario, layout: Layout, batch: int, las
                           * ceil_div(slots, layout.ep), tp * slots)
         ffn = max(ffn, routed * ceil_div(2 * model.expert_width, layout.etp))
     per_chunk = ACTIVATION_BYTES * (tokens * (2 * h + qkv) + ffn)
-    logits = LOGITS_BYTES * batch * ceil_div(model.vocab_size, tp) if last else 0
+    # a speculative verify step scores 1 + k positions per sequence (workload_features)
+    positions = batch * verify_tokens_per_sequence(scenario)
+    logits = LOGITS_BYTES * positions * ceil_div(model.vocab_size, tp) if last else 0
     return per_chunk + logits
 
 
