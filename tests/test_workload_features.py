@@ -440,3 +440,13 @@ def test_the_verify_step_keeps_logits_for_every_drafted_position():
     [off], [on] = certify(llama(), TP8).memory, certify(llama(eagle(3, "0.7", "ngram")), TP8).memory
     vocab_shard = -(-128256 // 8)
     assert on.activation_bytes - off.activation_bytes == 4 * 8 * 3 * vocab_shard  # FP32, batch 8, 3 more positions
+
+
+def test_the_plan_warns_when_drafts_overflow_the_token_budget(tmp_path):
+    spec = eagle(4, "0.7")
+    small = _scenario_file(tmp_path, {"name": "vllm", "speculative": spec, "max_num_batched_tokens": 4})
+    doc = json.loads(CliRunner().invoke(main, ["--scenario", str(small), "--json", "-"], catch_exceptions=False).output)
+    assert "exceeds engine.max_num_batched_tokens = 4" in doc["estimate"]["workload_features"]["text"]  # 5 tokens a sequence
+    roomy = _scenario_file(tmp_path, {"name": "vllm", "speculative": spec})
+    doc = json.loads(CliRunner().invoke(main, ["--scenario", str(roomy), "--json", "-"], catch_exceptions=False).output)
+    assert "exceeds" not in doc["estimate"]["workload_features"]["text"]

@@ -828,8 +828,9 @@ def _decode_phases(*, scenario: Scenario, g: _Grid, micro_seqs: np.ndarray, cont
     model, ``_draft_model_pass_ns``), are added to the last stage; every
     term of that step is then divided by the expected tokens per step ``E`` and rounded up, so the tables'
     decode time is per emitted token and TPOT = step / E. The attention core scores ``1 + k`` queries per
-    sequence and reads each sequence's cache once. Left out: the draft's sampling and tree bookkeeping, and
-    the rejection sampler."""
+    sequence and reads each sequence's cache once. The prefill share added to TPOT stays as it is: a step
+    finishes E times as many tokens, so E times as many prompts arrive per step, the same share per emitted
+    token. Left out: the draft's sampling and tree bookkeeping, and the rejection sampler."""
     plain = _phase(scenario=scenario, g=g, tokens=micro_seqs, seqs=micro_seqs, context=context, prefill=False, cal=cal)
     width = verify_tokens_per_sequence(scenario)
     if scenario.engine.speculative is None:

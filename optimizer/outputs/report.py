@@ -301,6 +301,11 @@ def workload_features_section(scenario: Scenario, table: CostTable, i: int, plan
                      f"{table.draft_ns[i] / 1e6:.3f} ms; the draft holds {human_bytes(last.draft_weight_bytes)} of weights and "
                      f"{human_bytes(last.draft_kv_cache_bytes)} of KV cache per last-stage GPU; the decode step and stage times "
                      f"are per emitted token (the step over {float(expected):.3f})")
+        verify = -(-table.batch[i] // table.microbatches[i]) * (1 + spec.num_speculative_tokens)
+        if verify > scenario.engine.max_num_batched_tokens:
+            parts.append(f"WARNING: a verify step of {verify} tokens exceeds engine.max_num_batched_tokens = "
+                         f"{scenario.engine.max_num_batched_tokens} (vLLM --max-num-batched-tokens counts the drafts): "
+                         "raise it or the engine runs fewer sequences per step than planned")
     if hit:
         parts.append(f"prefix cache: {cached} of {scenario.workload.input_tokens} prompt tokens served from cache "
                      f"(hit rate {float(hit):g}); prefill computes the other {scenario.workload.input_tokens - cached}")
