@@ -97,6 +97,17 @@ def scenarios(draw, max_layers=12, large=False, memory_factors=MEMORY_FACTORS, t
                   max_num_batched_tokens=draw(st.sampled_from([256, 8192])),
                   ttft_model=draw(st.sampled_from([None, None, "isolated", "loaded"])),  # issue 13 item 4
                   chunked_prefill=draw(st.sampled_from([None, None, True, False])))
+    # issue 16 item 5: speculative decoding (draft memory on the last stage, per-token decode terms) and
+    # prefix caching (fewer prefill tokens), now and then
+    engine["speculative"] = draw(st.sampled_from([None, None, None, None,
+                                                  {"method": "eagle", "num_speculative_tokens": 2, "acceptance_rate": "0.6"},
+                                                  {"method": "mtp", "num_speculative_tokens": 1, "acceptance_rate": "0.8", "draft_layers": 1},
+                                                  {"method": "ngram", "num_speculative_tokens": 3, "acceptance_rate": "1/3"},
+                                                  {"method": "draft_model", "num_speculative_tokens": 2, "acceptance_rate": "0.7",
+                                                   "draft_config": {"name": "draft", "num_hidden_layers": 1, "hidden_size": 64,
+                                                                    "intermediate_size": 128, "num_attention_heads": 2,
+                                                                    "num_key_value_heads": 1, "head_dim": 16, "vocab_size": 128}}]))
+    workload["prefix_cache_hit_rate"] = draw(st.sampled_from([0, 0, 0, "0.5", "0.9"]))
     data = deep_merge(BASE, {
         "cluster": {
             "gpu": {"memory_bytes": 1 << 50},  # replaced below

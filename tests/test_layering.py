@@ -27,7 +27,7 @@ LAYERS = [
     {"search.result", "search.split", "search.rules"},
     {"model.measured", "model.serving_fit"},
     {"model.cost", "model.memory"},
-    {"model.engines", "model.parallel", "model.calibration", "model.placement", "model.fit"},
+    {"model.engines", "model.parallel", "model.calibration", "model.placement", "model.fit", "model.workload_features"},
     {"inputs.schema", "inputs.fleet"},
     {"inputs.loader"},
     {"inputs.scenario", "inputs.catalog", "inputs.bench_results", "inputs.calibration_file"},

@@ -231,6 +231,7 @@ def scenario_from_dict(data: dict[str, Any], *, source: str = "<inline>", base_d
     if isinstance(engine, dict) and isinstance(engine.get("calibration_file"), str) and engine["calibration_file"].strip():
         cal_path = Path(engine["calibration_file"])  # relative to the scenario's folder, as model.config_json
         resolved["engine"] = {**engine, "calibration_file": str(cal_path if cal_path.is_absolute() else (base_dir or Path(".")) / cal_path)}
+    resolved = _resolve_draft_model(resolved, source=source, base_dir=base_dir or Path("."))
     try:
         scenario = Scenario.model_validate(resolved)
     except ValidationError as exc:
@@ -250,6 +251,20 @@ def scenario_from_dict(data: dict[str, Any], *, source: str = "<inline>", base_d
         if problem:
             raise ScenarioError(f"{scenario.engine.calibration_file} {problem}", source=source, field="engine.calibration_file")
     return scenario
+
+
+def _resolve_draft_model(data: dict[str, Any], *, source: str, base_dir: Path) -> dict[str, Any]:
+    """``engine.speculative.draft_config`` resolved as ``model`` is (catalog name, config.json fields or path)."""
+    engine = data.get("engine")
+    spec = engine.get("speculative") if isinstance(engine, dict) else None
+    if not isinstance(spec, dict) or spec.get("draft_config") is None:
+        return data
+    try:
+        draft = resolve_model(spec["draft_config"], source=source, base_dir=base_dir)
+    except ScenarioError as exc:
+        raise ScenarioError(exc.message, source=source, field="engine.speculative.draft_config" +
+                            (exc.field[len("model"):] if exc.field and exc.field.startswith("model") else "")) from None
+    return {**data, "engine": {**engine, "speculative": {**spec, "draft_config": draft}}}
 
 
 def _resolve_cluster(cluster: Any, *, source: str) -> Any:

@@ -221,6 +221,10 @@ class ModelSpec(_Frozen):
     layer_types: tuple[Literal["sliding_attention", "full_attention"], ...] | None = Field(
         default=None, description="per layer (gpt-oss, Gemma, Qwen3): which layers use the window")
     use_sliding_window: bool | None = Field(default=None, description="Qwen2/3: false turns sliding_window off")
+    num_nextn_predict_layers: int = Field(
+        default=0, ge=0, le=64,
+        description="multi-token-prediction layers the checkpoint holds (DeepSeek-V3: 1); served, sized and costed "
+                    "only with engine.speculative.method mtp, else not loaded (vLLM, SGLang)")
     source: str = ""
     published_params: str | None = Field(default=None, description='total parameters as published, e.g. "46.7B"')
     ignored_config_fields: tuple[str, ...] = Field(
@@ -319,6 +323,18 @@ class Workload(_Frozen):
     routing_imbalance: float = Field(
         default=1.0, ge=1.0, le=1024.0, allow_inf_nan=False,
         description="MoE: tokens on the busiest expert GPU over the mean (1 = perfectly balanced)")
+    prefix_cache_hit_rate: ExactNumber = Field(
+        default=Fraction(0),
+        description="fraction of each prompt's tokens found in the prefix cache, 0 <= rate < 1 (vLLM automatic prefix "
+                    "caching, on by default in V1; SGLang RadixAttention, on by default): prefill computes only the "
+                    "rest, which still attends over the whole prompt (optimizer/model/workload_features.py); 0: none")
+
+    @field_validator("prefix_cache_hit_rate")
+    @classmethod
+    def _hit_rate(cls, value: Fraction) -> Fraction:
+        if not 0 <= value < 1:
+            raise ValueError(f"must be at least 0 and below 1 (a fraction of the prompt's tokens), got {float(value)}")
+        return value
 
     @property
     def experts_dtype(self) -> Dtype:
@@ -410,6 +426,64 @@ class A2aDtype(StrEnum):
         return Fraction(16) if self is A2aDtype.BF16 else Fraction(8) + Fraction(32, 128)
 
 
+class SpeculativeMethod(StrEnum):
+    """Where draft tokens come from (vLLM ``--speculative-config`` ``method``, vllm/config/speculative.py
+    SpeculativeMethod; SGLang ``--speculative-algorithm``; TensorRT-LLM ``speculative_config.decoding_type``)."""
+
+    MTP = "mtp"  # the model's own multi-token-prediction layers (DeepSeek-V3 num_nextn_predict_layers)
+    EAGLE = "eagle"  # an EAGLE head: one decoder layer on the target's hidden states (arXiv 2401.15077)
+    EAGLE3 = "eagle3"  # EAGLE-3: one decoder layer fed three of the target's hidden layers (arXiv 2503.01840)
+    NGRAM = "ngram"  # prompt lookup: drafts copied from the context, no draft network
+    DRAFT_MODEL = "draft_model"  # a smaller model of the same tokenizer (vLLM draft_model, SGLang STANDALONE)
+
+
+class Speculative(_Frozen):
+    """Speculative decoding (``Engine.speculative``): each decode step drafts ``num_speculative_tokens`` (k)
+    tokens per sequence and the target verifies them with the next token in one forward pass of ``1 + k``
+    tokens. ``acceptance_rate`` (a) is the probability that a draft token is accepted given the ones before
+    it were; a step then yields ``(1 - a^(k+1)) / (1 - a)`` tokens in expectation (Leviathan, Kalman, Matias,
+    "Fast Inference from Transformers via Speculative Decoding", ICML 2023, eq. 1; ``k + 1`` at ``a = 1``).
+    Measure ``a`` on your traffic (vLLM's spec-decode acceptance metrics, SGLang's accept length)."""
+
+    method: SpeculativeMethod
+    num_speculative_tokens: int = Field(gt=0, le=64, description="k: draft tokens per step (SGLang --speculative-num-steps)")
+    acceptance_rate: ExactNumber = Field(description="a: per-token acceptance probability, 0 <= a <= 1 (exact decimal)")
+    draft_layers: int | None = Field(
+        default=None, gt=0, le=64,
+        description="decoder layers of the draft module; default: MTP the model's num_nextn_predict_layers (config.json; "
+                    "1 for DeepSeek-V3), EAGLE/EAGLE-3 1; ignored for ngram and draft_model (draft_config gives its layers)")
+    draft_model: str | None = Field(
+        default=None, min_length=1,
+        description="the draft's checkpoint (Hugging Face id or path) for eagle/eagle3/draft_model: launch commands only")
+    draft_config: ModelSpec | None = Field(
+        default=None,
+        description="method draft_model: the draft model's architecture, written as `model` is (a catalog name, inline "
+                    "config.json fields or config_json: PATH); its layers are costed and sized like the target's")
+
+    @model_validator(mode="after")
+    def _draft_config(self) -> Speculative:
+        if self.method is SpeculativeMethod.DRAFT_MODEL and self.draft_config is None:
+            raise ValueError("method draft_model needs draft_config: the draft model (a catalog name such as "
+                             "Llama-3.1-8B, or its config.json fields)")
+        if self.method is not SpeculativeMethod.DRAFT_MODEL and self.draft_config is not None:
+            raise ValueError(f"draft_config is for method draft_model; method {self.method.value} drafts with "
+                             + ("no network" if self.method is SpeculativeMethod.NGRAM else "a head of the target's own shape"))
+        return self
+
+    @field_validator("acceptance_rate")
+    @classmethod
+    def _rate(cls, value: Fraction) -> Fraction:
+        if not 0 <= value <= 1:
+            raise ValueError(f"must be a probability from 0 to 1, got {float(value)}")
+        return value
+
+    @property
+    def expected_tokens_per_step(self) -> Fraction:
+        """Tokens a verify step emits in expectation, ``sum_{i=0..k} a^i = (1 - a^(k+1)) / (1 - a)`` (exact)."""
+        a, k = self.acceptance_rate, self.num_speculative_tokens
+        return sum((a ** i for i in range(k + 1)), Fraction(0))
+
+
 class Engine(_Frozen):
     """Engine profile. ``enable_expert_parallel`` mirrors vLLM's ``--enable-expert-parallel`` (off by
     default there; only vLLM reads it: SGLang and TensorRT-LLM take EP from the layout);
@@ -464,6 +538,16 @@ class Engine(_Frozen):
         default=0, ge=0, le=1 << 16,
         description="extra expert replicas per MoE layer (SGLang --ep-num-redundant-experts, vLLM --num-redundant-experts "
                     "with EPLB; both default 0): each EP rank holds (num_experts + this) / EP experts")
+    speculative: Speculative | None = Field(
+        default=None,
+        description="speculative decoding / MTP (vLLM --speculative-config, SGLang --speculative-algorithm, TensorRT-LLM "
+                    "speculative_config); default none")
+    kv_offload_bytes: int = Field(
+        default=0, ge=0, le=1 << 50,
+        description="host (CPU) memory per GPU that keeps KV-cache blocks evicted from HBM for later prefix hits: vLLM "
+                    "--kv-offloading-size (GiB, summed over an engine's TP ranks), SGLang --enable-hierarchical-cache "
+                    "--hicache-size (GB per rank), TensorRT-LLM kv_cache_config.host_cache_size (bytes per rank); 0: off. "
+                    "A capacity the plan reports, not a cost or memory term (workload_features.host_kv_cache_tokens)")
     calibration_stack: str | None = Field(
         default=None, min_length=1,
         description="software stack whose measured step overheads the estimate uses (optimizer/inputs/catalog/calibration.yaml "
@@ -547,6 +631,16 @@ class Scenario(BaseModel):
     targets: Targets = Targets()
     engine: Engine = Engine()
     search: Search = Search()
+
+    @model_validator(mode="after")
+    def _mtp_layers(self) -> Scenario:
+        spec = self.engine.speculative
+        if (spec is not None and spec.method is SpeculativeMethod.MTP and spec.draft_layers is None
+                and not self.model.num_nextn_predict_layers):
+            raise ValueError(f"engine.speculative.method mtp drafts with the model's own MTP layers, and model "
+                             f"{self.model.name} has none (model.num_nextn_predict_layers = 0): set it from the checkpoint's "
+                             "config.json, or engine.speculative.draft_layers, or use eagle3 / draft_model")
+        return self
 
     @model_validator(mode="before")
     @classmethod

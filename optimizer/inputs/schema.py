@@ -107,6 +107,29 @@ class CalibrationRef(BaseModel):
     text: str
 
 
+class WorkloadFeaturesSection(BaseModel):
+    """Present only when speculative decoding, prefix caching or KV offload is on (optimizer/model/workload_features.py)."""
+
+    model_config = _STRICT
+    speculative_method: str | None = Field(description="mtp | eagle | eagle3 | ngram, or null: no speculation")
+    num_speculative_tokens: int | None = Field(description="k: draft tokens per step")
+    acceptance_rate: float | None = Field(description="a: per-token acceptance probability the plan is costed at")
+    expected_tokens_per_step: float | None = Field(description="(1 - a^(k+1)) / (1 - a): tokens a step emits per sequence")
+    verify_tokens_per_sequence: int | None = Field(description="1 + k: tokens per sequence the target's pass verifies")
+    speculative_step_ns: int | None = Field(description="one whole verify + draft step of a micro-batch, every stage and hop")
+    draft_ns: int | None = Field(description="the draft module's k passes in that step (last stage)")
+    draft_weight_bytes: int | None = Field(description="the draft module's weights on one GPU of the last stage")
+    draft_kv_cache_bytes: int | None = Field(description="the draft layers' KV cache on one GPU of the last stage")
+    prefix_cache_hit_rate: float = Field(description="fraction of prompt tokens served from the prefix cache")
+    cached_prompt_tokens: int = Field(description="floor(hit rate x ISL): not prefilled")
+    uncached_prompt_tokens: int = Field(description="ISL - cached: prefilled, attending over the whole prompt")
+    kv_offload_bytes: int = Field(description="host memory per GPU for evicted KV blocks (engine.kv_offload_bytes)")
+    host_kv_cache_tokens: int = Field(description="prefix-cache tokens the host tier holds per replica (a capacity only)")
+    hbm_free_kv_cache_tokens: int | None = Field(
+        description="KV-cache tokens of HBM per replica the running batch leaves free for cached prefixes")
+    text: str
+
+
 class EstimateSection(BaseModel):
     model_config = _STRICT
     ttft_s: float
@@ -136,6 +159,8 @@ class EstimateSection(BaseModel):
         description="phase -> operator -> seconds per layer at datasheet peak, no launch or latency terms")
     stage_extras_s: dict[str, dict[str, float]] = Field(description="first/last stage and PP hop operators, seconds")
     calibration: CalibrationRef
+    workload_features: WorkloadFeaturesSection | None = Field(
+        default=None, description="speculative decoding and prefix caching terms; absent when both are off")
 
 
 
@@ -291,6 +316,9 @@ def scenario_schema() -> dict[str, Any]:
              "description": "a catalog model with fields overridden"}
     schema["properties"]["model"] = {"anyOf": [{"type": "string", "enum": catalog.model_names(), "description": "a catalog model"},
                                                named, config_json, {"$ref": "#/$defs/ModelSpec"}]}
+    # engine.speculative.draft_config takes what `model` takes (loader._resolve_draft_model)
+    defs["Speculative"]["properties"]["draft_config"] = {"anyOf": [*schema["properties"]["model"]["anyOf"], {"type": "null"}],
+                                                         "default": None}
     schema["required"] = [k for k in schema.get("required", []) if k != "name"]  # defaults to the file name
     schema["title"] = "optimizer scenario file"
     return schema

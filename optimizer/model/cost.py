@@ -40,6 +40,8 @@ import numpy as np
 from optimizer.model.calibration import Calibration, GpuCalibration, LinkFit, calibration_for
 from optimizer.model.engines import a2a_dispatch_dtype, chunked_prefill, deepep_mode, ffn_tp, physical_experts, prefill_rides_decode, ttft_model
 from optimizer.model.memory import ACTIVATION_BYTES, HIGH_PRECISION, LOGITS_BYTES, kv_cache_bytes_per_token_layer, kv_heads_per_rank
+from optimizer.model.workload_features import (draft_layers, draft_passes, draft_scenario, expected_tokens_per_step, per_token_ns,
+                                                uncached_pair_share, uncached_prompt_tokens, verify_tokens_per_sequence)
 from optimizer.model.parallel import Layout, batch_per_replica, ep_offnode_fraction, pp_inter_node_boundaries, tp_intra_node
 from optimizer.inputs.scenario import Cluster, ComputeDtype, DeepepMode, GpuSpec, Link, ModelSpec, Scenario, TtftModel, Workload
 from optimizer.errors import OptimizerError
@@ -350,8 +352,10 @@ def attention_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _G
                 per_pair = 2.0 * (2 * model.kv_lora_rank + model.qk_rope_head_dim)  # type: ignore[operator]
             else:
                 per_pair = 4.0 * model.attn_head_dim
-            flops = per_pair * heads * seqs * span
-            moved = seqs * span * g.kv_bytes_per_token + act * seqs * 2 * o_in
+            # every query token scores the cache: ``tokens`` (= seqs, or seqs x (1 + k) when a speculative verify
+            # step checks k drafts per sequence); the cache is read once per sequence
+            flops = per_pair * heads * tokens * span
+            moved = seqs * span * g.kv_bytes_per_token + act * tokens * 2 * o_in
             works[name] = Work("attention_decode", flops=flops, bytes=moved, repeat=share)
     # RMSNorm x2 (residual add fused), rotary on q and k, plus the KV-cache write.
     works["norms_elementwise"] = Work("elementwise", kernels=3.0,
@@ -655,6 +659,16 @@ class CostTable:
     ttft_rides_decode: tuple[int, ...] = ()
     ttft_waits: tuple[int, ...] = ()
     ttft_model: str = "isolated"
+    # speculative decoding (workload_features): ``decode`` is then charged per emitted token (each term of the
+    # whole verify + draft step divided by the expected tokens per step, rounded up) and ``decode_step`` is
+    # the whole step, which is what rides along with a prompt's chunk in the loaded TTFT; None without
+    decode_step: PhaseCosts | None = None
+    draft_ns: tuple[int, ...] = ()  # per layout: the draft module's k passes in one step (last stage), () without
+
+    @property
+    def ride_phase(self) -> PhaseCosts:
+        """The decode step that shares a scheduler step with a prompt's chunk (``ttft_ns``)."""
+        return self.decode_step or self.decode
 
     def phase_total_ns(self, phase: PhaseCosts, c: int) -> int:
         """All stages of layout ``c`` back to back plus its PP hops: independent of the layer split."""
@@ -675,7 +689,7 @@ class CostTable:
     def ttft_ns(self, c: int) -> int:
         """TTFT of layout ``c`` (ns): ``chunks x (chunk + rides x decode step + waits x prefill share)``,
         each step through every stage and hop (``integer_costs``). Independent of the layer split."""
-        step = self.phase_total_ns(self.chunk, c) + self.ttft_rides_decode[c] * self.phase_total_ns(self.decode, c)
+        step = self.phase_total_ns(self.chunk, c) + self.ttft_rides_decode[c] * self.phase_total_ns(self.ride_phase, c)
         return self.ttft_chunks[c] * (step + self.ttft_waits[c] * self.prefill_share_ns[c])
 
 
@@ -745,23 +759,27 @@ def integer_costs(*, scenario: Scenario, layouts: tuple[Layout, ...], batches: t
     context_decode = workload.input_tokens + ceil_div(workload.output_tokens, 2)
     micro_seqs = np.ceil(g.batch / g.microbatches)
     one = np.ones_like(g.tp)
-    prefill = _phase(scenario=scenario, g=g, tokens=one * workload.input_tokens, seqs=one,
-                     context=workload.input_tokens, prefill=True, cal=cal)
+    # prefix caching (workload_features): only the uncached tokens are computed, over the whole prompt's context
+    new_tokens, pair_share = uncached_prompt_tokens(scenario), float(uncached_pair_share(scenario))
+    prefill = _prefill_phase(scenario=scenario, g=g, tokens=one * new_tokens, seqs=one * pair_share,
+                             context=workload.input_tokens, cal=cal)
+    decode, decode_step, draft_ns = _decode_phases(scenario=scenario, g=g, micro_seqs=micro_seqs, context=context_decode, cal=cal)
     table = CostTable(
         layouts=layouts,
         batch=tuple(int(b) for b in g.batch),
         microbatches=tuple(int(m) for m in g.microbatches),
         prefill=prefill,
-        decode=_phase(scenario=scenario, g=g, tokens=micro_seqs, seqs=micro_seqs,
-                      context=context_decode, prefill=False, cal=cal),
+        decode=decode,
         calibration=cal,
         calibration_id=calibration.id,
         calibration_text=calibration.describe(scenario.cluster.gpu.name, stack, scenario.engine.name.value),
         num_dense_layers=scenario.model.num_dense_layers,
         num_moe_layers=scenario.model.num_moe_layers,
         prefill_share_ns=(),
+        decode_step=decode_step,
+        draft_ns=draft_ns,
     )
-    table = _with_ttft(scenario=scenario, table=table, g=g, micro_seqs=micro_seqs, cal=cal)
+    table = _with_ttft(scenario=scenario, table=table, g=g, micro_seqs=micro_seqs * verify_tokens_per_sequence(scenario), cal=cal)
     osl = max(workload.output_tokens, 1)
     share = tuple(
         ceil_div(table.batch[c] * table.prompt_prefill_ns(c), osl * layouts[c].pp) for c in range(len(layouts))
@@ -769,9 +787,80 @@ def integer_costs(*, scenario: Scenario, layouts: tuple[Layout, ...], batches: t
     return dataclasses.replace(table, prefill_share_ns=share)
 
 
+def _layouts(g: _Grid) -> tuple[Layout, ...]:
+    return tuple(Layout(tp=int(t), pp=int(p), dp=int(d), ep=int(e), etp=int(et), edp=int(ed))
+                 for t, p, d, e, et, ed in zip(g.tp, g.pp, g.dp, g.ep, g.etp, g.edp))
+
+
+def _draft_model_pass_ns(*, whole: Scenario, g: _Grid, tokens, seqs, context, prefill: bool, cal: GpuCalibration) -> np.ndarray:
+    """One pass of a separate draft model (``workload_features.draft_scenario``) at the target's layouts: all
+    its layers, its embedding and its LM head, on one GPU of the last stage (ns per layout)."""
+    dg = grid(whole, _layouts(g), tuple(int(b) for b in g.batch))
+    phase = _phase(scenario=whole, g=dg, tokens=tokens, seqs=seqs, context=context, prefill=prefill, cal=cal)
+    return (whole.model.num_dense_layers * phase.dense_layer_ns + whole.model.num_moe_layers * phase.moe_layer_ns
+            + phase.first_extra_ns + phase.last_extra_ns)
+
+
+def _prefill_phase(*, scenario: Scenario, g: _Grid, tokens, seqs, context, cal: GpuCalibration) -> PhaseCosts:
+    """A prefill phase; with a speculative draft network, plus its own prefill of the same tokens on the last
+    stage (the draft keeps a KV cache of the prompt too: MTP / EAGLE one layer per draft layer, a draft
+    model all of its layers, vLLM's proposers run over the prefill's hidden states / tokens)."""
+    phase = _phase(scenario=scenario, g=g, tokens=tokens, seqs=seqs, context=context, prefill=True, cal=cal)
+    layers = draft_layers(scenario)
+    if not layers:
+        return phase
+    whole = draft_scenario(scenario)
+    if whole is not None:
+        extra = _draft_model_pass_ns(whole=whole, g=g, tokens=tokens, seqs=seqs, context=context, prefill=True, cal=cal)
+    else:
+        extra = layers * (phase.moe_layer_ns if scenario.model.is_moe else phase.dense_layer_ns)
+    return dataclasses.replace(phase, last_extra_ns=phase.last_extra_ns + extra)
+
+
+def _decode_phases(*, scenario: Scenario, g: _Grid, micro_seqs: np.ndarray, context: int,
+                   cal: GpuCalibration) -> tuple[PhaseCosts, PhaseCosts | None, tuple[int, ...]]:
+    """The decode phase the tables carry, the whole speculative step (None without speculation) and the
+    draft's share of that step per layout (ns; () without).
+
+    With ``engine.speculative`` (``workload_features``): the target's pass runs ``(1 + k)`` tokens per
+    sequence (its LM head scores all of them); the draft module's ``k`` passes, each one layer of the
+    target's kind plus the LM head over the micro-batch's sequences (a separate draft model: the whole
+    model, ``_draft_model_pass_ns``), are added to the last stage; every
+    term of that step is then divided by the expected tokens per step ``E`` and rounded up, so the tables'
+    decode time is per emitted token and TPOT = step / E. The attention core scores ``1 + k`` queries per
+    sequence and reads each sequence's cache once. The prefill share added to TPOT stays as it is: a step
+    finishes E times as many tokens, so E times as many prompts arrive per step, the same share per emitted
+    token. Left out: the draft's sampling and tree bookkeeping, and the rejection sampler."""
+    plain = _phase(scenario=scenario, g=g, tokens=micro_seqs, seqs=micro_seqs, context=context, prefill=False, cal=cal)
+    width = verify_tokens_per_sequence(scenario)
+    if scenario.engine.speculative is None:
+        return plain, None, ()
+    size = len(g.tp)
+    verify = _phase(scenario=scenario, g=g, tokens=micro_seqs * width, seqs=micro_seqs, context=context, prefill=False, cal=cal)
+    heads = timed(last_stage_works(model=scenario.model, g=g, seqs=micro_seqs * width), scenario=scenario, cal=cal, size=size)
+    whole = draft_scenario(scenario)
+    if whole is not None:  # a separate draft model: every layer, its embedding and its LM head, per pass
+        one_pass = _draft_model_pass_ns(whole=whole, g=g, tokens=micro_seqs, seqs=micro_seqs, context=context,
+                                        prefill=False, cal=cal)
+    else:
+        draft_layer_ns = plain.moe_layer_ns if scenario.model.is_moe else plain.dense_layer_ns
+        one_pass = draft_layer_ns + plain.last_extra_ns
+    draft_ns = draft_passes(scenario) * one_pass
+    step = dataclasses.replace(verify, last_extra_ns=_ceil_ns(heads.total_s) + draft_ns, last_breakdown=heads)
+    expected = expected_tokens_per_step(scenario)
+
+    def per_token(ns: np.ndarray) -> np.ndarray:
+        return np.asarray([per_token_ns(int(v), expected) for v in ns], dtype=np.int64)
+
+    decode = dataclasses.replace(step, **{f: per_token(getattr(step, f)) for f in (
+        "dense_layer_ns", "moe_layer_ns", "first_extra_ns", "last_extra_ns", "boundary_ns")})
+    return decode, step, tuple(int(v) for v in draft_ns)
+
+
 def _with_ttft(*, scenario: Scenario, table: CostTable, g: _Grid, micro_seqs: np.ndarray, cal: GpuCalibration) -> CostTable:
     """``table`` with the TTFT model's chunk phase, chunk counts and flags (``integer_costs``)."""
-    isl, n = scenario.workload.input_tokens, len(table.layouts)
+    isl, n = uncached_prompt_tokens(scenario), len(table.layouts)  # the prompt tokens prefill computes
+    pair_share = float(uncached_pair_share(scenario))
     model = ttft_model(scenario)
     if model is TtftModel.ISOLATED:
         return dataclasses.replace(table, chunk=table.prefill, chunk_tokens=(isl,) * n, ttft_chunks=(1,) * n,
@@ -785,8 +874,8 @@ def _with_ttft(*, scenario: Scenario, table: CostTable, g: _Grid, micro_seqs: np
     else:
         sizes, chunks = [isl] * n, [1] * n
     tokens = np.asarray(sizes, dtype=float)
-    chunk = table.prefill if all(t == isl for t in sizes) else _phase(
-        scenario=scenario, g=g, tokens=tokens, seqs=tokens / isl, context=isl, prefill=True, cal=cal)
+    chunk = table.prefill if all(t == isl for t in sizes) else _prefill_phase(
+        scenario=scenario, g=g, tokens=tokens, seqs=tokens / isl * pair_share, context=scenario.workload.input_tokens, cal=cal)
     return dataclasses.replace(table, chunk=chunk, chunk_tokens=tuple(sizes), ttft_chunks=tuple(chunks),
                                ttft_rides_decode=tuple(int(rides and on) for on in busy), ttft_waits=tuple(int(on) for on in busy),
                                ttft_model=model.value)

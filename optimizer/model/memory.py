@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from optimizer.model.engines import MemoryLimit, ffn_tp, memory_limits, physical_experts, shared_experts_tp
 from optimizer.errors import OptimizerError
 from optimizer.model.parallel import Layout
+from optimizer.model.workload_features import draft_layers, draft_projection_params, draft_scenario, verify_tokens_per_sequence
 from optimizer.inputs.scenario import Dtype, ModelSpec, Scenario, Workload
 from optimizer.units import bytes_for, ceil_div
 
@@ -201,10 +202,48 @@ class StageFixedBytes:
     reserve: int
     cuda_graphs: int
     comm_buffers: int
+    draft_weights: int = 0  # speculative decoding's draft module, last stage only (draft_bytes)
+    draft_kv_cache: int = 0
 
     @property
     def total(self) -> int:
-        return self.weights + self.activations + self.reserve + self.cuda_graphs + self.comm_buffers
+        return (self.weights + self.activations + self.reserve + self.cuda_graphs + self.comm_buffers
+                + self.draft_weights + self.draft_kv_cache)
+
+
+@dataclass(frozen=True)
+class DraftBytes:
+    """The speculative draft module on one GPU of the last stage (``workload_features``): its weights and the
+    KV cache of ``batch`` sequences at full length in its layers; ``kv_bytes_per_token`` for one token."""
+
+    weights: int
+    kv_cache: int
+    kv_bytes_per_token: int
+
+
+def draft_bytes(*, scenario: Scenario, layout: Layout, batch: int) -> DraftBytes:
+    """Bytes of the draft module (MTP, EAGLE, EAGLE-3; none for ngram) on one GPU of the last pipeline stage,
+    where vLLM and SGLang load it: ``draft_layers`` layers of the target's own kind (MoE for an MoE model,
+    sharded as the target's are), the input projection (``eh_proj`` / ``fc``, replicated, BF16) and, per
+    draft layer, one layer's KV cache for every token of ``batch`` full-length sequences. The embedding and
+    LM head are the target's, shared (DeepSeek-V3 report section 2.2; vLLM's EAGLE/MTP proposers share them).
+    All zero without speculation."""
+    layers = draft_layers(scenario)
+    if not layers:
+        return DraftBytes(0, 0, 0)
+    whole = draft_scenario(scenario)
+    if whole is not None:  # a separate draft model: all its layers, its embedding and LM head, at the target's TP
+        kinds = [(whole.model.num_dense_layers, True), (whole.model.num_moe_layers, False)]
+        parts = [(count, layer_bytes(scenario=whole, layout=layout, batch=batch, dense=dense)) for count, dense in kinds]
+        ends = stage_fixed_bytes(scenario=whole, layout=layout, batch=batch, first=True, last=True)
+        per_token = kv_cache_bytes_per_token_layer(model=whole.model, workload=whole.workload, tp=layout.tp)
+        return DraftBytes(weights=sum(n * b.weights for n, b in parts) + ends.weights,
+                          kv_cache=sum(n * b.kv_cache for n, b in parts), kv_bytes_per_token=layers * per_token)
+    layer = layer_bytes(scenario=scenario, layout=layout, batch=batch, dense=not scenario.model.is_moe)
+    per_token = kv_cache_bytes_per_token_layer(model=scenario.model, workload=scenario.workload, tp=layout.tp)
+    projection = bytes_for(draft_projection_params(scenario), HIGH_PRECISION.bits)
+    return DraftBytes(weights=layers * layer.weights + projection, kv_cache=layers * layer.kv_cache,
+                      kv_bytes_per_token=layers * per_token)
 
 
 def activation_peak_bytes(*, scenario: Scenario, layout: Layout, batch: int, last: bool) -> int:
@@ -216,8 +255,9 @@ def activation_peak_bytes(*, scenario: Scenario, layout: Layout, batch: int, las
     and the local FFN gate+up output (``2 x width / TP`` dense, or under SGLang's attention DP the
     gathered ``tokens x ffn_tp / TP`` at ``2 x width / ffn_tp``; for MoE the tokens routed to this GPU's
     experts, ``tokens x k x max(TP, EP x ETP) / (TP x EP)``, at ``2 x width / ETP``). The last stage adds
-    FP32 logits for ``batch`` sampled positions over ``V / TP`` (vocab-parallel). An estimate, not a
-    measurement: issue #3 calibrates it.
+    FP32 logits for ``batch`` sampled positions over ``V / TP`` (vocab-parallel; ``batch x (1 + k)`` when a
+    speculative verify step scores k drafts per sequence). An estimate, not a measurement: issue #3
+    calibrates it.
     """
     model, workload = scenario.model, scenario.workload
     tokens = min(batch * workload.input_tokens, scenario.engine.max_num_batched_tokens)
@@ -235,7 +275,9 @@ def activation_peak_bytes(*, scenario: Scenario, layout: Layout, batch: int, las
                           * ceil_div(slots, layout.ep), tp * slots)
         ffn = max(ffn, routed * ceil_div(2 * model.expert_width, layout.etp))
     per_chunk = ACTIVATION_BYTES * (tokens * (2 * h + qkv) + ffn)
-    logits = LOGITS_BYTES * batch * ceil_div(model.vocab_size, tp) if last else 0
+    # a speculative verify step scores 1 + k positions per sequence (workload_features)
+    positions = batch * verify_tokens_per_sequence(scenario)
+    logits = LOGITS_BYTES * positions * ceil_div(model.vocab_size, tp) if last else 0
     return per_chunk + logits
 
 
@@ -246,12 +288,15 @@ def stage_fixed_bytes(*, scenario: Scenario, layout: Layout, batch: int, first: 
     # TP elsewhere. Tied weights on one stage are one tensor, the embedding's.
     h, shard, head_shard = model.hidden_size, ceil_div(model.vocab_size, layout.tp), ceil_div(model.vocab_size, ffn_tp(scenario, layout))
     params = (shard * h if first else 0) + ((head_shard * h if not (model.tie_word_embeddings and first) else 0) + h if last else 0)
+    draft = draft_bytes(scenario=scenario, layout=layout, batch=batch) if last else DraftBytes(0, 0, 0)
     return StageFixedBytes(
         weights=bytes_for(params, HIGH_PRECISION.bits),
         activations=activation_peak_bytes(scenario=scenario, layout=layout, batch=batch, last=last),
         reserve=scenario.engine.reserve_bytes,
         cuda_graphs=scenario.engine.cuda_graph_bytes,
         comm_buffers=scenario.engine.comm_buffer_bytes,
+        draft_weights=draft.weights,
+        draft_kv_cache=draft.kv_cache,
     )
 
 
@@ -268,7 +313,9 @@ class StageMemory:
     reserve_bytes: int
     cuda_graph_bytes: int
     comm_buffer_bytes: int
-    kv_bytes_per_token: int  # KV cache one token takes on this GPU (all of the stage's layers)
+    kv_bytes_per_token: int  # KV cache one token takes on this GPU (all of the stage's layers, draft layers too)
+    draft_weight_bytes: int = 0  # of weights_bytes: the speculative draft module's (last stage)
+    draft_kv_cache_bytes: int = 0  # of kv_cache_bytes: the draft layers' KV cache
 
     @property
     def total_bytes(self) -> int:
@@ -324,22 +371,28 @@ def stage_memory(*, scenario: Scenario, layout: Layout, layers_per_stage: tuple[
     dense_b = layer_bytes(scenario=scenario, layout=layout, batch=batch, dense=True)
     moe_b = layer_bytes(scenario=scenario, layout=layout, batch=batch, dense=False)
     per_token = kv_cache_bytes_per_token_layer(model=scenario.model, workload=scenario.workload, tp=layout.tp)
+    draft = draft_bytes(scenario=scenario, layout=layout, batch=batch)
     result = []
     last_stage = len(layers_per_stage) - 1
     for s, (dense, moe) in enumerate(layer_kinds(model=scenario.model, layers_per_stage=layers_per_stage)):
         fixed = stage_fixed_bytes(scenario=scenario, layout=layout, batch=batch, first=s == 0, last=s == last_stage)
+        # the draft module: computed again here (draft_bytes) rather than read from ``fixed``, so the check
+        # adds the draft's terms by its own path (the solver's memory_table reads them through _fixed_charge)
+        own = draft if s == last_stage else DraftBytes(0, 0, 0)
         result.append(
             StageMemory(
                 stage=s,
                 dense_layers=dense,
                 moe_layers=moe,
-                weights_bytes=dense * dense_b.weights + moe * moe_b.weights + fixed.weights,
-                kv_cache_bytes=dense * dense_b.kv_cache + moe * moe_b.kv_cache,
+                weights_bytes=dense * dense_b.weights + moe * moe_b.weights + fixed.weights + own.weights,
+                kv_cache_bytes=dense * dense_b.kv_cache + moe * moe_b.kv_cache + own.kv_cache,
                 activation_bytes=fixed.activations,
                 reserve_bytes=fixed.reserve,
                 cuda_graph_bytes=fixed.cuda_graphs,
                 comm_buffer_bytes=fixed.comm_buffers,
-                kv_bytes_per_token=(dense + moe) * per_token,
+                kv_bytes_per_token=(dense + moe) * per_token + own.kv_bytes_per_token,
+                draft_weight_bytes=own.weights,
+                draft_kv_cache_bytes=own.kv_cache,
             )
         )
     return result
@@ -386,8 +439,8 @@ def _layer_charge(limit: MemoryLimit, b: LayerBytes) -> int:
 
 
 def _fixed_charge(limit: MemoryLimit, f: StageFixedBytes) -> int:
-    return limit.charge(weights=f.weights, kv_cache=0, activations=f.activations, preload=f.reserve + f.comm_buffers,
-                        cuda_graphs=f.cuda_graphs)
+    return limit.charge(weights=f.weights + f.draft_weights, kv_cache=f.draft_kv_cache, activations=f.activations,
+                        preload=f.reserve + f.comm_buffers, cuda_graphs=f.cuda_graphs)
 
 
 def memory_table(*, scenario: Scenario, layouts: tuple[Layout, ...], batches: tuple[int, ...]) -> MemoryTable:
@@ -423,4 +476,5 @@ def placed_bytes_line(*, scenario: Scenario, layout: Layout, batch: int) -> Plac
     kw = dict(scenario=scenario, layout=layout, batch=batch)
     dense, moe = layer_bytes(**kw, dense=True), layer_bytes(**kw, dense=not scenario.model.is_moe)
     fixed = [stage_fixed_bytes(**kw, first=first, last=last) for first, last in ((True, False), (False, False), (False, True), (True, True))]
-    return PlacedBytesLine(dense.total, moe.total, *(f.weights + f.activations for f in fixed))
+    return PlacedBytesLine(dense.total, moe.total, *(f.weights + f.activations + f.draft_weights + f.draft_kv_cache
+                                                     for f in fixed))

@@ -85,8 +85,8 @@ from pydantic import ValidationError
 from optimizer.errors import OptimizerError, PlanError
 from optimizer.model.parallel import Layout, process_groups, rank_info
 from optimizer.model.placement import Block, engine_order, instance_blocks, plan_rank, rank_map_blocks
-from optimizer.inputs.scenario import DeepepMode, Dtype, EngineName, MoeA2aBackend, Scenario
-from optimizer.units import ceil_div
+from optimizer.inputs.scenario import DeepepMode, Dtype, EngineName, MoeA2aBackend, Scenario, SpeculativeMethod
+from optimizer.units import ceil_div, human_bytes
 
 VLLM_VERSION = "0.33.0"
 SGLANG_VERSION = "0.5.23"
@@ -236,6 +236,26 @@ FLAG_SOURCES: tuple[FlagSource, ...] = (
     FlagSource("trtllm-options", "pp_partition", _TARGS + " ('a list of each rank's layer number', prototype)", _T),
     FlagSource("trtllm-options", "kv_cache_config", _TARGS + "; KvCacheConfig.dtype ('auto' or e.g. fp8, PyTorch "
                "backend) and .free_gpu_memory_fraction", _T),
+    FlagSource("vllm", "--speculative-config", "vllm/config/speculative.py SpeculativeConfig (JSON: method in "
+               "SpeculativeMethod, num_speculative_tokens, model); docs/features/speculative_decoding/", _V),
+    FlagSource("sglang", "--speculative-algorithm", "python/sglang/srt/server_args.py (EAGLE, EAGLE3, NGRAM, STANDALONE; "
+               "MTP models "
+               "run EAGLE with their own NextN layers); docs/advanced_features/speculative_decoding.md", _S),
+    FlagSource("sglang", "--speculative-num-steps", "python/sglang/srt/server_args.py (draft forward passes per step)", _S),
+    FlagSource("sglang", "--speculative-eagle-topk", "python/sglang/srt/server_args.py (branching per draft step; 1: a "
+               "chain)", _S),
+    FlagSource("sglang", "--speculative-num-draft-tokens", "python/sglang/srt/server_args.py (tokens verified per step; "
+               "num_steps + 1 for a chain)", _S),
+    FlagSource("sglang", "--speculative-draft-model-path", "python/sglang/srt/server_args.py (the EAGLE head)", _S),
+    FlagSource("vllm", "--kv-offloading-size", "vllm/engine/arg_utils.py CacheConfig group; vllm/config/cache.py "
+               "(kv_offloading_size: GiB, summed over the TP ranks)", _V),
+    FlagSource("vllm", "--kv-offloading-backend", "vllm/config/cache.py (native: OffloadingConnector to CPU; lmcache)", _V),
+    FlagSource("sglang", "--enable-hierarchical-cache", "python/sglang/srt/server_args.py (HiCache: host-memory tier under "
+               "RadixAttention); docs/advanced_features/hicache_best_practices.md", _S),
+    FlagSource("sglang", "--hicache-size", "python/sglang/srt/server_args.py (host pool in GB, overrides --hicache-ratio); "
+               "docs/advanced_features/hicache_best_practices.md", _S),
+    FlagSource("trtllm-options", "speculative_config", _TARGS + " (decoding_type MTP with num_nextn_predict_layers, "
+               "Eagle3, DraftTarget or NGram with max_draft_len, speculative_model; docs/source/features/speculative-decoding.md)", _T),
     FlagSource("mpirun", "-H", _MPI + " (--host host:slots,...); " + _TMULTI, "Open MPI 4.1 / 5.0"),
     FlagSource("mpirun", "-n", _MPI + " (number of processes)", "Open MPI 4.1 / 5.0"),
     FlagSource("mpirun", "-x", _MPI + " (export an environment variable to every process)", "Open MPI 4.1 / 5.0"),
@@ -673,6 +693,10 @@ def vllm_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str] 
                "--max-num-seqs", str(p.batch_per_replica),
                "--max-num-batched-tokens", str(p.scenario.engine.max_num_batched_tokens), *dtype_flags]
     common += ["--no-enable-chunked-prefill"] if p.scenario.engine.chunked_prefill is False else []
+    spec_flags, spec_notes = _speculative(engine, p)
+    offload_flags, offload_notes = _kv_offload(engine, p)
+    common += spec_flags + offload_flags
+    spec_notes += offload_notes
     extra_env = [("VLLM_PP_LAYER_PARTITION", ",".join(map(str, p.layers_per_stage)))] if layout.pp > 1 else []
     gpn = p.scenario.cluster.gpus_per_node
     commands: list[NodeCommand] = []
@@ -705,7 +729,7 @@ def vllm_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str] 
                                         role=CommandRole.HEADLESS if rank else CommandRole.SERVE,
                                         argv=tuple(argv), env=_env(block, gpn, extra_env), gpus=block.gpus))
     ports = [port + inst.index for inst in instances]
-    notes = _common_notes(engine, p, instances, why_not, dp_i, node_addresses is None, ports) + dtype_notes
+    notes = _common_notes(engine, p, instances, why_not, dp_i, node_addresses is None, ports) + dtype_notes + spec_notes
     if any(inst.ray for inst in instances):
         notes.append("Ray: run the ray start lines first (ray must be installed on every node); the vllm serve "
                      "line on the head then starts every DP rank through Ray")
@@ -766,6 +790,10 @@ def sglang_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str
                "--context-length", str(max_model_len(p.scenario, kv_capacity_tokens=p.kv_capacity_tokens)),
                *(["--chunked-prefill-size=-1"] if p.scenario.engine.chunked_prefill is False
                  else ["--chunked-prefill-size", str(p.scenario.engine.max_num_batched_tokens * dp_i)]), *dtype_flags]
+    spec_flags, spec_notes = _speculative(engine, p)
+    offload_flags, offload_notes = _kv_offload(engine, p)
+    common += spec_flags + offload_flags
+    spec_notes += offload_notes
     extra_env = [("SGLANG_PP_LAYER_PARTITION", ",".join(map(str, p.layers_per_stage)))] if layout.pp > 1 else []
     gpn = p.scenario.cluster.gpus_per_node
     commands: list[NodeCommand] = []
@@ -780,7 +808,7 @@ def sglang_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str
                                         role=CommandRole.HEADLESS if rank else CommandRole.SERVE,
                                         argv=tuple(argv), env=_env(block, gpn, extra_env), gpus=block.gpus))
     ports = [port + SGLANG_PORT_STRIDE * inst.index for inst in instances]
-    notes = _common_notes(engine, p, instances, why_not, dp_i, node_addresses is None, ports) + dtype_notes
+    notes = _common_notes(engine, p, instances, why_not, dp_i, node_addresses is None, ports) + dtype_notes + spec_notes
     if p.costed_for != engine.value:
         notes.append("--mem-fraction-static counts weights and the KV pool only; SGLang keeps activations and CUDA "
                      "graphs outside it, where the plan's cap (costed for another engine) holds them inside: "
@@ -796,6 +824,82 @@ def sglang_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str
 # ------------------------------------------------------------------------------------- TensorRT-LLM
 
 
+def _kv_offload(engine: LaunchEngine, p: _Plan) -> tuple[list[str], list[str]]:
+    """Host-memory KV offload flags for ``engine.kv_offload_bytes`` (per GPU) and notes; TensorRT-LLM's is a key
+    of the options file (``_trtllm_options``).
+
+    vLLM ``--kv-offloading-size`` is GiB summed over an engine's TP ranks (vllm/config/cache.py CacheConfig), so
+    TP x the per-GPU bytes; SGLang ``--hicache-size`` whole GB per rank (overrides ``--hicache-ratio``).
+
+    Raises:
+        NotExpressible: SGLang, where the per-GPU figure is under 1 GB (its flag takes whole GB).
+    """
+    offload = p.scenario.engine.kv_offload_bytes
+    if not offload:
+        return [], []
+    notes = [f"KV offload: {human_bytes(offload)} of host memory per GPU for evicted KV blocks; check the nodes have it "
+             "beside the weights' page cache and the processes' own memory"]
+    if engine is LaunchEngine.VLLM:
+        total = Fraction(offload * p.layout.tp, 1 << 30)
+        return ["--kv-offloading-backend", "native", "--kv-offloading-size", decimal_text(total)], notes
+    if engine is LaunchEngine.SGLANG:
+        gb = offload // 10 ** 9
+        if gb == 0:
+            raise NotExpressible(f"--hicache-size takes whole GB per rank; engine.kv_offload_bytes = {offload} is under "
+                                 "1 GB", engine=engine)
+        return ["--enable-hierarchical-cache", "--hicache-size", str(gb)], notes
+    return [], notes
+
+
+DRAFT_MODEL_PLACEHOLDER = "DRAFT_MODEL"  # where the scenario names no EAGLE head (engine.speculative.draft_model)
+
+
+def _speculative(engine: LaunchEngine, p: _Plan) -> tuple[list[str], list[str]]:
+    """Speculative-decoding flags (vLLM, SGLang) or ``speculative_config`` YAML lines (TensorRT-LLM) for
+    ``engine.speculative``, as a chain of ``k`` drafts (top-k 1: what the cost model prices), and notes.
+
+    Raises:
+        NotExpressible: EAGLE (v1/v2) heads on TensorRT-LLM, whose PyTorch backend runs EAGLE-3 only
+            (docs/source/features/speculative-decoding.md: ``decoding_type: Eagle`` is an alias of Eagle3).
+    """
+    spec = p.scenario.engine.speculative
+    if spec is None:
+        return [], []
+    k, method = spec.num_speculative_tokens, spec.method
+    head = spec.draft_model or DRAFT_MODEL_PLACEHOLDER
+    notes = [f"speculative decoding: {method.value}, {k} draft tokens per step, costed at acceptance rate "
+             f"{decimal_text(spec.acceptance_rate)} per token; measure it on your traffic and re-plan if it differs"]
+    drafted = method in (SpeculativeMethod.EAGLE, SpeculativeMethod.EAGLE3, SpeculativeMethod.DRAFT_MODEL)
+    if drafted and spec.draft_model is None:
+        notes.append(f"replace {DRAFT_MODEL_PLACEHOLDER} with the draft's checkpoint (engine.speculative.draft_model)")
+    if engine is LaunchEngine.VLLM:
+        config: dict[str, Any] = {"method": method.value, "num_speculative_tokens": k}
+        if drafted:
+            config["model"] = head
+        return ["--speculative-config", json.dumps(config, sort_keys=True)], notes
+    if engine is LaunchEngine.SGLANG:
+        algorithm = {SpeculativeMethod.MTP: "EAGLE", SpeculativeMethod.EAGLE: "EAGLE", SpeculativeMethod.EAGLE3: "EAGLE3",
+                     SpeculativeMethod.NGRAM: "NGRAM", SpeculativeMethod.DRAFT_MODEL: "STANDALONE"}[method]
+        flags = ["--speculative-algorithm", algorithm, "--speculative-num-steps", str(k), "--speculative-eagle-topk", "1",
+                 "--speculative-num-draft-tokens", str(k + 1)]
+        if drafted:
+            flags += ["--speculative-draft-model-path", head]
+        return flags, notes
+    if method is SpeculativeMethod.EAGLE:
+        raise NotExpressible("the PyTorch backend runs EAGLE-3 heads only (decoding_type Eagle is an alias of Eagle3; "
+                             "EAGLE v1/v2 checkpoints do not load); use engine.speculative.method: eagle3", engine=engine)
+    lines = ["speculative_config:"]
+    if method is SpeculativeMethod.MTP:
+        lines += ["  decoding_type: MTP", f"  num_nextn_predict_layers: {k}"]
+    elif method is SpeculativeMethod.EAGLE3:
+        lines += ["  decoding_type: Eagle3", f"  max_draft_len: {k}", f"  speculative_model: {head}"]
+    elif method is SpeculativeMethod.DRAFT_MODEL:
+        lines += ["  decoding_type: DraftTarget", f"  max_draft_len: {k}", f"  speculative_model: {head}"]
+    else:
+        lines += ["  decoding_type: NGram", f"  max_draft_len: {k}"]
+    return lines, notes
+
+
 def _trtllm_options(p: _Plan, dp_i: int) -> str:
     """The ``--extra_llm_api_options`` YAML (keys of ``llm_args.py`` BaseLlmArgs), or "" when the flags
     say everything. The file's ``kv_cache_config`` replaces the one the flags build
@@ -807,9 +911,14 @@ def _trtllm_options(p: _Plan, dp_i: int) -> str:
         lines.append(f"moe_tensor_parallel_size: {p.layout.etp}")
     if p.layout.pp > 1:
         lines.append(f"pp_partition: [{', '.join(map(str, p.layers_per_stage))}]")
-    if p.scenario.workload.kv_cache_dtype is Dtype.FP8:
-        lines += ["kv_cache_config:", f"  dtype: {_KV_DTYPE[LaunchEngine.TRTLLM]}",
-                  f"  free_gpu_memory_fraction: {decimal_text(p.scenario.search.gpu_memory_utilization)}"]
+    offload = p.scenario.engine.kv_offload_bytes
+    if p.scenario.workload.kv_cache_dtype is Dtype.FP8 or offload:
+        lines += ["kv_cache_config:"]
+        lines += [f"  dtype: {_KV_DTYPE[LaunchEngine.TRTLLM]}"] if p.scenario.workload.kv_cache_dtype is Dtype.FP8 else []
+        lines += [f"  free_gpu_memory_fraction: {decimal_text(p.scenario.search.gpu_memory_utilization)}"]
+        # host_cache_size: bytes of host memory per rank for evicted blocks (KvCacheConfig; block reuse is on by default)
+        lines += [f"  host_cache_size: {offload}"] if offload else []
+    lines += _speculative(LaunchEngine.TRTLLM, p)[0]
     return "".join(line + "\n" for line in lines)
 
 
@@ -881,7 +990,8 @@ def trtllm_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str
                                     argv=tuple(mpi + ["trtllm-llmapi-launch"] + argv), gpus=head.gpus,
                                     other_nodes=tuple((b.node, b.gpus) for b in inst.blocks[1:])))
     ports = [port + inst.index for inst in instances]
-    notes = _common_notes(engine, p, instances, why_not, dp_i, node_addresses is None, ports) + dtype_notes
+    notes = _common_notes(engine, p, instances, why_not, dp_i, node_addresses is None, ports) + dtype_notes + _speculative(engine, p)[1]
+    notes += _kv_offload(engine, p)[1]
     if options:
         notes.append(f"write {TRTLLM_OPTIONS_FILE} (below) in the working directory of each trtllm-serve line; it "
                      f"overrides the flags (llm_args.py keys)")

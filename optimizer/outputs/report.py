@@ -11,6 +11,7 @@ from optimizer.model.engines import instances as engine_instances
 from optimizer.model.engines import a2a_dispatch_dtype, deepep_mode, memory_limits, physical_experts
 from optimizer.model.memory import active_params, layer_kinds, total_params
 from optimizer.model.parallel import Plan, process_groups, rank_info
+from optimizer.model.workload_features import cached_prompt_tokens, expected_tokens_per_step, host_kv_cache_tokens
 from optimizer.search.result import Evidence, Solution
 from optimizer.search.rules import MemoryCap
 from optimizer.inputs.scenario import Scenario
@@ -82,6 +83,7 @@ def plan_document(
             "stage_extras_s": _extras(table, index),
             "calibration": {"id": table.calibration_id, "gpu_entry": table.calibration.entry,
                             "measured": table.calibration.measured, "text": table.calibration_text},
+            **workload_features_section(scenario, table, index, plan, certificate),
         },
         "certificate": {
             "holds": certificate.holds,
@@ -262,6 +264,60 @@ def step_section(scenario: Scenario, table: CostTable, i: int, plan: Plan) -> di
     return {"prefill_step_s": prefill / 1e9, "decode_step_s": decode / 1e9}
 
 
+def workload_features_section(scenario: Scenario, table: CostTable, i: int, plan: Plan,
+                              certificate: Certificate) -> dict[str, Any]:
+    """``{"workload_features": ...}`` when speculative decoding or prefix caching is on, else ``{}`` (so plans
+    without them are unchanged): the expected tokens per step, the whole verify + draft step and the draft's
+    share of it (ns), the draft module's bytes on a last-stage GPU, and the cached / prefilled prompt tokens
+    (``optimizer/model/workload_features.py``). With speculation, ``decode_step_s`` and ``decode_stage_ns``
+    are per emitted token (the step divided by the expected tokens)."""
+    spec, hit, offload = scenario.engine.speculative, scenario.workload.prefix_cache_hit_rate, scenario.engine.kv_offload_bytes
+    if spec is None and hit == 0 and offload == 0:
+        return {}
+    cached = cached_prompt_tokens(scenario)
+    capacities = [c for c in (s.kv_capacity_tokens(memory_limits(scenario)) for s in certificate.memory) if c is not None]
+    running = table.batch[i] * scenario.workload.max_sequence_tokens
+    host = host_kv_cache_tokens(kv_offload_bytes=offload, kv_bytes_per_token=tuple(s.kv_bytes_per_token for s in certificate.memory))
+    section: dict[str, Any] = {
+        "speculative_method": None, "num_speculative_tokens": None, "acceptance_rate": None, "expected_tokens_per_step": None,
+        "verify_tokens_per_sequence": None, "speculative_step_ns": None, "draft_ns": None, "draft_weight_bytes": None,
+        "draft_kv_cache_bytes": None, "prefix_cache_hit_rate": float(hit), "cached_prompt_tokens": cached,
+        "uncached_prompt_tokens": scenario.workload.input_tokens - cached, "kv_offload_bytes": offload,
+        "host_kv_cache_tokens": host, "hbm_free_kv_cache_tokens": max(min(capacities) - running, 0) if capacities else None}
+    parts = []
+    if spec is not None and table.decode_step is not None:
+        kinds = layer_kinds(model=scenario.model, layers_per_stage=plan.layers_per_stage)
+        step = sum(stage_ns(table.decode_step, i, kinds)) + (len(kinds) - 1) * int(table.decode_step.boundary_ns[i])
+        expected = expected_tokens_per_step(scenario)
+        last = certificate.memory[-1]
+        section.update(speculative_method=spec.method.value, num_speculative_tokens=spec.num_speculative_tokens,
+                       acceptance_rate=float(spec.acceptance_rate), expected_tokens_per_step=float(expected),
+                       verify_tokens_per_sequence=1 + spec.num_speculative_tokens, speculative_step_ns=step,
+                       draft_ns=table.draft_ns[i], draft_weight_bytes=last.draft_weight_bytes,
+                       draft_kv_cache_bytes=last.draft_kv_cache_bytes)
+        parts.append(f"speculative decoding ({spec.method.value}): each step verifies {1 + spec.num_speculative_tokens} "
+                     f"tokens per sequence and emits {float(expected):.3f} in expectation (acceptance "
+                     f"{float(spec.acceptance_rate):g}); a step takes {step / 1e6:.3f} ms, of which the draft "
+                     f"{table.draft_ns[i] / 1e6:.3f} ms; the draft holds {human_bytes(last.draft_weight_bytes)} of weights and "
+                     f"{human_bytes(last.draft_kv_cache_bytes)} of KV cache per last-stage GPU; the decode step and stage times "
+                     f"are per emitted token (the step over {float(expected):.3f})")
+        verify = -(-table.batch[i] // table.microbatches[i]) * (1 + spec.num_speculative_tokens)
+        if verify > scenario.engine.max_num_batched_tokens:
+            parts.append(f"WARNING: a verify step of {verify} tokens exceeds engine.max_num_batched_tokens = "
+                         f"{scenario.engine.max_num_batched_tokens} (vLLM --max-num-batched-tokens counts the drafts): "
+                         "raise it or the engine runs fewer sequences per step than planned")
+    if hit:
+        parts.append(f"prefix cache: {cached} of {scenario.workload.input_tokens} prompt tokens served from cache "
+                     f"(hit rate {float(hit):g}); prefill computes the other {scenario.workload.input_tokens - cached}")
+    if offload:
+        free = section["hbm_free_kv_cache_tokens"]
+        parts.append(f"KV offload: host memory keeps {host:,} tokens of evicted prefix blocks per replica "
+                     f"({human_bytes(offload)} per GPU) beside the {free if free is not None else 0:,} KV tokens of HBM the "
+                     f"running batch leaves free; a capacity only: the hit rate is the scenario's, the copy back is not costed")
+    section["text"] = "; ".join(parts)
+    return {"workload_features": section}
+
+
 def estimate_document(*, scenario: Scenario, plan: Plan, certificate: Certificate, table: CostTable, index: int) -> dict[str, Any]:
     """``optimize estimate``: one plan's step times, TTFT, TPOT and throughput, and every operator and
     collective of each step with its speed of light beside it (datasheet peak, no launch or latency).
@@ -315,6 +371,7 @@ def estimate_document(*, scenario: Scenario, plan: Plan, certificate: Certificat
         "max_sequences_per_replica": mem["max_sequences_per_replica"],
         "breakdown": phases,
         **({"ep_exchange": ep_exchange_summary(scenario)} if scenario.model.is_moe else {}),
+        **({"workload_features": est["workload_features"]} if "workload_features" in est else {}),
         "calibration": est["calibration"],
     }
 
@@ -372,6 +429,8 @@ def render_estimate(document: dict[str, Any]) -> str:
         f"  static batch (offline): {document['static_batch_output_tokens_per_s_per_gpu']:,.1f} output tokens/s per GPU, "
         f"its prompts prefilled in {document['batched_prefill_s']:.3f} s ({document['batched_prefill_steps']} scheduler step(s))",
     ]
+    if document.get("workload_features"):
+        lines.append(f"  workload: {document['workload_features']['text']}")
     if document["kv_cache_capacity_tokens"] is not None:
         lines.append(f"  KV cache capacity {document['kv_cache_capacity_tokens']:,} tokens per replica "
                      f"({document['max_sequences_per_replica']:,} sequences at ISL + OSL)")
@@ -500,6 +559,7 @@ def render_table(document: dict[str, Any], *, title: str = "Plan", timing: str |
         f"  TTFT {est['ttft_s'] * 1e3:.1f} ms   TPOT {est['tpot_s'] * 1e3:.2f} ms   request latency {est['request_latency_s']:.3f} s   "
         f"{est['output_tokens_per_s']:,.0f} output tokens/s ({est['output_tokens_per_s_per_gpu']:,.0f} per GPU)",
         *([f"  TTFT model: {est['ttft_model_text']}"] if "ttft_model_text" in est else []),
+        *([f"  workload: {est['workload_features']['text']}"] if est.get("workload_features") else []),
         f"  memory per GPU (stage {peak['stage']}): weights {human_bytes(peak['weights_bytes'])} + KV cache "
         f"{human_bytes(peak['kv_cache_bytes'])} + activations {human_bytes(peak['activation_bytes'])} + runtime "
         f"{human_bytes(peak['reserve_bytes'] + peak['cuda_graph_bytes'] + peak['comm_buffer_bytes'])} = "

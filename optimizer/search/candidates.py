@@ -321,7 +321,7 @@ class CandidateValues:
         # TTFT (cost.CostTable.ttft_ns): chunks x (chunk step + rides x decode step + waits x prefill share)
         obj = lambda a: np.asarray(a, dtype=object)  # noqa: E731
         share = obj(cost.prefill_share_ns)
-        ttft = obj(cost.ttft_chunks) * (total(cost.chunk) + obj(cost.ttft_rides_decode) * total(cost.decode)
+        ttft = obj(cost.ttft_chunks) * (total(cost.chunk) + obj(cost.ttft_rides_decode) * total(cost.ride_phase)
                                          + obj(cost.ttft_waits) * share)
         micro = np.asarray(cost.microbatches, dtype=object)
         tpot = np.maximum(micro * np.where(missing, 0, slow), total(cost.decode)) + share
