@@ -333,7 +333,7 @@ def _step_base_s(row: MeasuredRow, cal: GpuCalibration) -> float:
     phase = _phase(scenario=scenario, g=g, tokens=tokens, seqs=seqs, context=context, prefill=prefill, cal=cal)
     model = scenario.model
     total = (model.num_dense_layers * phase.dense_breakdown.total_s + model.num_moe_layers * phase.moe_breakdown.total_s
-             + phase.first_breakdown.total_s + phase.last_breakdown.total_s)
+             + phase.first_breakdown.total_s + phase.last_breakdown.total_s + phase.stage_breakdown.total_s)
     return float(total[0])
 
 
