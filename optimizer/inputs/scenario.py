@@ -464,6 +464,11 @@ class Engine(_Frozen):
         default=0, ge=0, le=1 << 16,
         description="extra expert replicas per MoE layer (SGLang --ep-num-redundant-experts, vLLM --num-redundant-experts "
                     "with EPLB; both default 0): each EP rank holds (num_experts + this) / EP experts")
+    decode_attention_shares_kv: bool = Field(
+        default=True,
+        description="the decode-attention kernel reads each KV head once for the query heads that share it (GQA/MQA: "
+                    "FlashAttention, FlashInfer, TensorRT-LLM XQA since v0.8); false: once per query head (TensorRT-LLM's "
+                    "masked MHA before XQA), heads/kv_heads times the KV-cache reads")
     calibration_stack: str | None = Field(
         default=None, min_length=1,
         description="software stack whose measured step overheads the estimate uses (optimizer/inputs/catalog/calibration.yaml "

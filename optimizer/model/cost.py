@@ -147,7 +147,7 @@ def work_time_s(work: Work, *, gpu: GpuSpec, cluster: Cluster, cal: GpuCalibrati
         a = cal.attention
         peak = gpu.peak_flops_per_s(ComputeDtype.BF16)
         t = work.kernels * a.prefill_launch_us * 1e-6 + np.maximum(
-            work.flops / (peak * a.prefill_compute_efficiency * sustained), work.bytes / (hbm * a.decode_memory_efficiency * streamed))
+            work.flops / (peak * a.prefill_compute_efficiency * sustained), work.bytes / (hbm * a.prefill_memory * streamed))
     elif work.kind == "attention_decode":
         a = cal.attention
         peak = gpu.peak_flops_per_s(ComputeDtype.BF16)
@@ -302,10 +302,15 @@ def _bytes(values, dtype_bits) -> np.ndarray:
 
 
 def attention_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _Grid, tokens, seqs, context,
-                    prefill: bool, tp_allreduces=2.0) -> dict[str, Work]:
+                    prefill: bool, tp_allreduces=2.0, shares_kv: bool = True) -> dict[str, Work]:
     """QKV projection, attention core (full and sliding-window layers in their shares), output
     projection, norms and elementwise work, and the two TP all-reduces, for ``tokens`` tokens from
-    ``seqs`` sequences attending over ``context`` tokens each (prefill: the prompt; decode: the cache)."""
+    ``seqs`` sequences attending over ``context`` tokens each (prefill: the prompt; decode: the cache).
+
+    Decode attention reads this rank's KV cache once (``shares_kv``: GQA-aware kernels), or once per query
+    head, ``ceil(heads / TP) / kv_heads_local`` times (``engine.decode_attention_shares_kv`` false: TensorRT-LLM's
+    masked MHA kernel before the XQA kernel of v0.8, which its blog credits with 2.4x Llama-70B throughput at
+    ISL/OSL 128/2048 on H200, "reducing data loading": NVIDIA/TensorRT-LLM docs/source/blogs/XQA-kernel.md)."""
     h, nh = model.hidden_size, model.num_attention_heads
     act = ACTIVATION_BYTES
     wbits = workload.weight_dtype.bits
@@ -361,7 +366,8 @@ def attention_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _G
             else:
                 per_pair = 4.0 * model.attn_head_dim
             flops = per_pair * heads * seqs * span
-            moved = seqs * span * g.kv_bytes_per_token + act * seqs * 2 * o_in
+            rereads = 1.0 if shares_kv or model.is_mla else np.maximum(heads / g.kv_heads_local, 1.0)
+            moved = seqs * span * g.kv_bytes_per_token * rereads + act * seqs * 2 * o_in
             works[name] = Work("attention_decode", flops=flops, bytes=moved, repeat=share)
     # RMSNorm x2 (residual add fused), rotary on q and k, plus the KV-cache write.
     works["norms_elementwise"] = Work("elementwise", kernels=3.0,
@@ -565,7 +571,8 @@ def layer_works(*, scenario: Scenario, g: _Grid, tokens, seqs, context, prefill:
     """Every operator of one layer (attention block, FFN or MoE block, the per-layer overhead)."""
     model, workload, gpu = scenario.model, scenario.workload, scenario.cluster.gpu
     works = attention_works(model=model, workload=workload, gpu=gpu, g=g, tokens=tokens, seqs=seqs, context=context, prefill=prefill,
-                            tp_allreduces=np.where(g.ffn_tp > g.tp, 1.0, 2.0) if dense else 2.0)
+                            tp_allreduces=np.where(g.ffn_tp > g.tp, 1.0, 2.0) if dense else 2.0,
+                            shares_kv=scenario.engine.decode_attention_shares_kv)
     works.update(ffn_works(model=model, workload=workload, gpu=gpu, g=g, tokens=tokens, dense=dense,
                            routing_imbalance=workload.routing_imbalance, exchange=ep_exchange(scenario, prefill=prefill),
                            gpus_per_node=scenario.cluster.gpus_per_node))
