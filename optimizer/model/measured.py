@@ -55,8 +55,9 @@ STEP_KINDS = ("prefill_ms", "decode_ms", "ttft_ms", "static_batch_ms")
 STACKS = {
     "splitwise-2023": "Llama-2-70B, FP16, A100/H100, TP 2/4/8: the 2023 serving stack profiled for Splitwise "
                       "(Patel et al., ISCA 2024; Mutinifni/splitwise-sim data/perf_model.csv)",
-    "tensorrt-llm": "TensorRT-LLM: the v0.5 TTFT table (NVIDIA/TensorRT-LLM docs/source/performance.md) and NVIDIA NIM 1.8.0 "
-                    "FP8 benchmarks of Llama-3.3-70B on 2 x H100 (docs.nvidia.com/nim/benchmarking)",
+    "tensorrt-llm": "TensorRT-LLM: the v0.5 TTFT table and v0.6.1 FP8 static-batch throughput table (NVIDIA/TensorRT-LLM "
+                    "docs/source/performance.md) and NVIDIA NIM 1.8.0 FP8 benchmarks of Llama-3.3-70B on 2 x H100 "
+                    "(docs.nvidia.com/nim/benchmarking)",
 }
 
 
