@@ -8,7 +8,7 @@ Needs scipy (``pip install -e .[calibrate]``); the optimizer itself does not.
 What is fitted to what (``calibration/data/``; ``optimizer/model/measured.py`` reads it):
 1. Per GPU, GEMM ``launch_us``, ``compute_efficiency``, ``memory_efficiency`` (and FP8's quantisation
    cost per element) to aiconfigurator-core's measured GEMM tables (bf16, per-tensor FP8).
-2. Per GPU, attention: prefill launch and compute efficiency to the context-attention tables, decode
+2. Per GPU, attention: prefill launch, compute and memory efficiency to the context-attention tables, decode
    launch and memory efficiency to the generation-attention tables (FlashAttention in vLLM; full and
    1024-token-window rows).
 3. Per GPU, the intra-node link: two NCCL protocols (``base_us``, ``hop_us``, ``bandwidth_efficiency``
@@ -112,15 +112,15 @@ def fit_attention(gpu: str, cal: GpuCalibration) -> GpuCalibration:
     decode, prefill = kernel_set(gpu, "attention_decode"), kernel_set(gpu, "attention_prefill")
 
     def make(x):
-        pl, pc, dl, dm = np.exp(x)
-        return replace(cal, attention=AttentionFit(float(pl), float(pc), float(dl), float(dm)),
+        pl, pc, dl, dm, pm = np.exp(x)
+        return replace(cal, attention=AttentionFit(float(pl), float(pc), float(dl), float(dm), float(pm)),
                        elementwise_memory_efficiency=float(dm))
 
     def residuals(x):
         c = make(x)
         return np.concatenate([_log_err(kernel_time_s(ks, c), ks.measured_s) for ks in (decode, prefill) if ks is not None])
 
-    r = _fit(residuals, np.log([10.0, 0.5, 5.0, 0.7]))
+    r = _fit(residuals, np.log([10.0, 0.5, 5.0, 0.7, 0.7]))
     return make(r.x)
 
 
@@ -170,6 +170,8 @@ def fit_p2p(gpu: str, cal: GpuCalibration) -> GpuCalibration:
     return cal
 
 
+ATTENTION_NAMES = ("prefill_launch_us", "prefill_compute_efficiency", "decode_launch_us", "decode_memory_efficiency",
+                   "prefill_memory_efficiency")
 STEP_NAMES = ("sustained_compute", "layer_overhead_us", "step_overhead_us", "collective_skew_us", "sustained_memory",
               "sequence_overhead_us")
 STEP_X0 = np.log([0.8, 50.0, 1000.0, 1.0, 1.0, 1.0])  # in STEP_NAMES order
@@ -323,8 +325,7 @@ def entry_dict(cal: GpuCalibration, *, with_protocols: bool = True) -> dict:
         "gemm": {d: {"launch_us": _r(f.launch_us), "compute_efficiency": _r(f.compute_efficiency),
                      "memory_efficiency": _r(f.memory_efficiency), **({"quant_ns_per_element": _r(f.quant_ns_per_element)} if f.quant_ns_per_element else {})}
                  for d, f in sorted(cal.gemm.items())},
-        "attention": {k: _r(getattr(cal.attention, k)) for k in ("prefill_launch_us", "prefill_compute_efficiency",
-                                                                  "decode_launch_us", "decode_memory_efficiency")},
+        "attention": {k: _r(getattr(cal.attention, k)) for k in ATTENTION_NAMES if getattr(cal.attention, k) is not None},
         "elementwise_memory_efficiency": _r(cal.elementwise_memory_efficiency),
         "intra_node": link(cal.intra_node),
         "inter_node": link(cal.inter_node),
@@ -343,8 +344,7 @@ def default_entry(cals: dict[str, GpuCalibration], step_fits: dict[str, dict[str
     gemm = {d: GemmFit(gm(lambda c: c.gemm[d].launch_us), gm(lambda c: c.gemm[d].compute_efficiency),
                        gm(lambda c: c.gemm[d].memory_efficiency),
                        gm(lambda c: c.gemm[d].quant_ns_per_element) if d == "fp8" else 0.0) for d in ("bf16", "fp8")}
-    a = AttentionFit(*(gm(lambda c, k=k: getattr(c.attention, k)) for k in ("prefill_launch_us", "prefill_compute_efficiency",
-                                                                              "decode_launch_us", "decode_memory_efficiency")))
+    a = AttentionFit(*(gm(lambda c, k=k: getattr(c.attention, k) or c.attention.decode_memory_efficiency) for k in ATTENTION_NAMES))
     link_eff = gm(lambda c: max(p.bandwidth_efficiency for p in c.intra_node.protocols))
     inter = fitted[0].inter_node if fitted[0].inter_node.p2p_bandwidth_efficiency != 0.8 else PRIOR.inter_node
     inter_eff = next((c.inter_node.bandwidth_efficiency for c in fitted if c.inter_node.bandwidth_efficiency != 0.8), 0.8)

@@ -4,7 +4,7 @@ estimates are used: whole data sets and regimes held out, not neighbouring rows.
 
 The figures are what ``python scripts/validate_cost_model.py --held-out-only`` prints for the shipped
 calibration, computed here in full with the project's own fits (``scripts/calibrate.py``; nothing cached):
-about 20 s, most of it tabulating the 231 step rows once. Each held-out MAPE is pinned to a band of 1.5
+about 20 s, most of it tabulating the 235 step rows once. Each held-out MAPE is pinned to a band of 1.5
 points around today's value in both directions, so that a change to the data or the fit that moves it
 (better or worse) shows here and the pin and the closing table are updated with it. The issue's target,
 held-out MAPE <= 20% per source, is one test per source; the sources that miss it today are strict xfails,
@@ -33,15 +33,21 @@ BAND = 1.5  # percentage points either side of the pinned MAPE
 
 # source -> (rows, held-out MAPE %, why it misses 20% or None)
 SOURCES = {
-    SPLITWISE: (224, 28.9, "no other source measures the 2023 stack: held out, it is predicted by the TensorRT-LLM "
+    SPLITWISE: (224, 31.1, "no other source measures the 2023 stack: held out, it is predicted by the TensorRT-LLM "
                            "stand-in, which is ~2x faster per step (the gap a plan for an engine without rows carries)"),
-    TRTLLM: (3, 16.1, None),
-    NIM: (4, 23.6, "without NIM's rows the TensorRT-LLM stack is 3 batch-1 TTFT rows of 2023: nothing constrains "
-                   "its decode, which comes out ~40% slow"),
+    TRTLLM: (7, 20.1, "its v0.6.1 static-batch rows (batch 64-1024), held out, are predicted 23-31% slow: their masked-MHA "
+                      "decode attention is costed as one KV read per query head at the GQA kernels' efficiency, an upper "
+                      "bound (sibling heads' re-reads partly hit L2; no row measures by how much)"),
+    NIM: (4, 16.7, None),
     VIDUR: (8, 16.7, None),
 }
-# regime -> (rows, held-out MAPE %)
-REGIMES = {"batch >= 64": (8, 19.4), "TP >= 8": (76, 12.1), "input >= 4096": (26, 10.1)}
+# regime -> (rows, held-out MAPE %, why it misses 20% or None)
+REGIMES = {
+    "batch >= 64": (12, 20.3, "splitwise's batch-64 prefills come out 35-45% fast from its smaller batches, and the "
+                              "TensorRT-LLM static-batch rows 23-33% slow (see TRTLLM above)"),
+    "TP >= 8": (76, 11.9, None),
+    "input >= 4096": (26, 10.1, None),
+}
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +86,17 @@ def test_held_out_source_mape_meets_the_20_percent_target(held_out, source):
 
 @pytest.mark.parametrize("regime", sorted(REGIMES))
 def test_held_out_regime_mape_is_pinned(held_out, regime):
-    rows, pinned = REGIMES[regime]
+    rows, pinned, _ = REGIMES[regime]
     h = held_out[regime]
     assert len(h.rows) == rows
     assert h.mape == pytest.approx(pinned, abs=BAND)
-    assert h.mape <= 20
+
+
+@pytest.mark.parametrize("regime", [
+    pytest.param(r, marks=pytest.mark.xfail(strict=True, reason=why)) if why else r
+    for r, (_, _, why) in sorted(REGIMES.items())])
+def test_held_out_regime_mape_meets_the_20_percent_target(held_out, regime):
+    assert held_out[regime].mape <= 20
 
 
 def test_no_step_row_measures_expert_parallelism_yet(held_out):
@@ -108,7 +120,8 @@ def test_the_step_rows_do_not_determine_the_per_layer_overhead(parts):
     not because the rows measure 0 but because they cannot tell: every step row is an 80-layer Llama at
     PP 1, so per-layer, per-step and (at batch 1) per-sequence time are one constant to them. Held at 0 to
     50 us per layer with the rest refitted, the 2023 stack's MAPE moves by less than a point and
-    TensorRT-LLM's by under three. Rows of another depth or with PP > 1 should make this fail."""
+    TensorRT-LLM's by under three (2.5 points since its static-batch rows of 128-2048 steps joined the batch-1 ones).
+    Rows of another depth or with PP > 1 should make this fail."""
     steps = [r for r in reference_rows() if r.kind in STEP_KINDS]
     profile = vcm.overhead_profile(steps, shipped_calibration(), parts)
     spread = {stack: max(e for *_, e in probes) - min(e for *_, e in probes) for stack, probes in profile.items()}
@@ -121,11 +134,11 @@ KERNEL_TABLES = {
     ("gemm:bf16", "a100-sxm-80gb"): 22.2, ("gemm:bf16", "b200"): 14.1, ("gemm:fp8", "b200"): 22.4,
     ("gemm:bf16", "h100-sxm"): 12.5, ("gemm:fp8", "h100-sxm"): 20.2, ("gemm:bf16", "h200-sxm"): 12.6,
     ("gemm:fp8", "h200-sxm"): 21.0, ("gemm:bf16", "l40s"): 30.1, ("gemm:fp8", "l40s"): 37.9,
-    ("attention_prefill", "a100-sxm-80gb"): 27.4, ("attention_decode", "a100-sxm-80gb"): 25.0,
-    ("attention_prefill", "b200"): 29.5, ("attention_decode", "b200"): 30.0,
-    ("attention_prefill", "h100-sxm"): 21.7, ("attention_decode", "h100-sxm"): 19.4,
-    ("attention_prefill", "h200-sxm"): 25.6, ("attention_decode", "h200-sxm"): 16.2,
-    ("attention_prefill", "l40s"): 51.6, ("attention_decode", "l40s"): 88.9,
+    ("attention_prefill", "a100-sxm-80gb"): 17.6, ("attention_decode", "a100-sxm-80gb"): 28.0,
+    ("attention_prefill", "b200"): 24.1, ("attention_decode", "b200"): 26.0,
+    ("attention_prefill", "h100-sxm"): 18.0, ("attention_decode", "h100-sxm"): 11.2,
+    ("attention_prefill", "h200-sxm"): 18.7, ("attention_decode", "h200-sxm"): 11.5,
+    ("attention_prefill", "l40s"): 101.6, ("attention_decode", "l40s"): 59.5,
     ("nccl", "a100-sxm-80gb"): 41.5, ("nccl", "b200"): 41.1, ("nccl", "h100-sxm"): 43.3, ("nccl", "h200-sxm"): 41.1,
     ("nccl", "l40s"): 62.8,
 }

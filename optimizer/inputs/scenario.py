@@ -548,6 +548,11 @@ class Engine(_Frozen):
                     "--kv-offloading-size (GiB, summed over an engine's TP ranks), SGLang --enable-hierarchical-cache "
                     "--hicache-size (GB per rank), TensorRT-LLM kv_cache_config.host_cache_size (bytes per rank); 0: off. "
                     "A capacity the plan reports, not a cost or memory term (workload_features.host_kv_cache_tokens)")
+    decode_attention_shares_kv: bool = Field(
+        default=True,
+        description="the decode-attention kernel reads each KV head once for the query heads that share it (GQA/MQA: "
+                    "FlashAttention, FlashInfer, TensorRT-LLM XQA since v0.8); false: once per query head (TensorRT-LLM's "
+                    "masked MHA before XQA), heads/kv_heads times the KV-cache reads")
     calibration_stack: str | None = Field(
         default=None, min_length=1,
         description="software stack whose measured step overheads the estimate uses (optimizer/inputs/catalog/calibration.yaml "

@@ -71,6 +71,14 @@ class AttentionFit:
     prefill_compute_efficiency: float
     decode_launch_us: float
     decode_memory_efficiency: float
+    # The prefill kernel's memory-bound term (its Q, K, V and output traffic), fitted on its own since the
+    # decode rows measure long KV streams that reach more of HBM (aiconfigurator's generation rows at
+    # batch >= 64 and 1k+ tokens: ~3 TB/s on H100); None (older files): ``decode_memory_efficiency``.
+    prefill_memory_efficiency: float | None = None
+
+    @property
+    def prefill_memory(self) -> float:
+        return self.prefill_memory_efficiency or self.decode_memory_efficiency
 
 
 @dataclass(frozen=True)

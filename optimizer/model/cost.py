@@ -27,7 +27,12 @@ Sources:
 - Collectives: bus bytes of ring all-reduce ``2(n-1)/n x S``, all-gather and all-to-all ``(n-1)/n x S``
   (Thakur, Rabenseifner, Gropp, IJHPCA 2005), with NCCL's per-protocol latency/bandwidth form.
 - Pipeline decode with ``m = min(PP, batch)`` micro-batches in flight (vLLM's virtual engines): time per
-  output token ``max(m x slowest stage, sum of stages + (PP - 1) hops)``.
+  output token ``max(m x (slowest stage + hop), sum of stages + (PP - 1) hops)``. Every stage runs its own
+  forward step per micro-batch, so each stage pays the step's fixed cost (``stage_works``: launch and
+  scheduling, the calibration's ``step_overhead_us``), and with PP > 1 a stage's GPU is busy with the
+  micro-batch's send/recv before it takes the next (vLLM ``IntermediateTensors`` over
+  ``get_pp_group().send_tensor_dict`` / ``recv_tensor_dict``, NCCL point-to-point on the stage's stream,
+  v1/worker/gpu_worker.py ``execute_model``): one hop per micro-batch per stage in the steady state.
 """
 
 from __future__ import annotations
@@ -126,6 +131,11 @@ def work_time_s(work: Work, *, gpu: GpuSpec, cluster: Cluster, cal: GpuCalibrati
                                 link=cluster.intra_node_link, fit=cal.intra_node)
         off_node = _collective_s(kind=work.kind, message=message * off, peers=peers,
                                  link=cluster.inter_node_link, fit=cal.inter_node)
+        if work.kind == "p2p":  # a hop across nodes is no faster than the same hop over NVLink: NCCL's send/recv
+            # pays the same kernel and proxy setup (the fitted intra-node ``p2p_base_us``) before the network's
+            # latency, which the scenario's inter-node alpha alone leaves out
+            off_node = np.where(message * off > 0, np.maximum(off_node, _collective_s(
+                kind="p2p", message=message * off, peers=peers, link=cluster.intra_node_link, fit=cal.intra_node)), off_node)
         return repeat * (np.maximum(on_node, off_node) + skew)
     hbm = float(gpu.hbm_bytes_per_s)
     sustained, streamed = cal.step.sustained_compute, cal.step.sustained_memory
@@ -139,7 +149,7 @@ def work_time_s(work: Work, *, gpu: GpuSpec, cluster: Cluster, cal: GpuCalibrati
         a = cal.attention
         peak = gpu.peak_flops_per_s(ComputeDtype.BF16)
         t = work.kernels * a.prefill_launch_us * 1e-6 + np.maximum(
-            work.flops / (peak * a.prefill_compute_efficiency * sustained), work.bytes / (hbm * a.decode_memory_efficiency * streamed))
+            work.flops / (peak * a.prefill_compute_efficiency * sustained), work.bytes / (hbm * a.prefill_memory * streamed))
     elif work.kind == "attention_decode":
         a = cal.attention
         peak = gpu.peak_flops_per_s(ComputeDtype.BF16)
@@ -294,10 +304,15 @@ def _bytes(values, dtype_bits) -> np.ndarray:
 
 
 def attention_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _Grid, tokens, seqs, context,
-                    prefill: bool, tp_allreduces=2.0) -> dict[str, Work]:
+                    prefill: bool, tp_allreduces=2.0, shares_kv: bool = True) -> dict[str, Work]:
     """QKV projection, attention core (full and sliding-window layers in their shares), output
     projection, norms and elementwise work, and the two TP all-reduces, for ``tokens`` tokens from
-    ``seqs`` sequences attending over ``context`` tokens each (prefill: the prompt; decode: the cache)."""
+    ``seqs`` sequences attending over ``context`` tokens each (prefill: the prompt; decode: the cache).
+
+    Decode attention reads this rank's KV cache once (``shares_kv``: GQA-aware kernels), or once per query
+    head, ``ceil(heads / TP) / kv_heads_local`` times (``engine.decode_attention_shares_kv`` false: TensorRT-LLM's
+    masked MHA kernel before the XQA kernel of v0.8, which its blog credits with 2.4x Llama-70B throughput at
+    ISL/OSL 128/2048 on H200, "reducing data loading": NVIDIA/TensorRT-LLM docs/source/blogs/XQA-kernel.md)."""
     h, nh = model.hidden_size, model.num_attention_heads
     act = ACTIVATION_BYTES
     wbits = workload.weight_dtype.bits
@@ -353,9 +368,11 @@ def attention_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _G
             else:
                 per_pair = 4.0 * model.attn_head_dim
             # every query token scores the cache: ``tokens`` (= seqs, or seqs x (1 + k) when a speculative verify
-            # step checks k drafts per sequence); the cache is read once per sequence
+            # step checks k drafts per sequence); the cache is read once per sequence (``rereads`` times for a
+            # kernel that reads each KV head once per query head)
             flops = per_pair * heads * tokens * span
-            moved = seqs * span * g.kv_bytes_per_token + act * tokens * 2 * o_in
+            rereads = 1.0 if shares_kv or model.is_mla else np.maximum(heads / g.kv_heads_local, 1.0)
+            moved = seqs * span * g.kv_bytes_per_token * rereads + act * tokens * 2 * o_in
             works[name] = Work("attention_decode", flops=flops, bytes=moved, repeat=share)
     # RMSNorm x2 (residual add fused), rotary on q and k, plus the KV-cache write.
     works["norms_elementwise"] = Work("elementwise", kernels=3.0,
@@ -559,7 +576,8 @@ def layer_works(*, scenario: Scenario, g: _Grid, tokens, seqs, context, prefill:
     """Every operator of one layer (attention block, FFN or MoE block, the per-layer overhead)."""
     model, workload, gpu = scenario.model, scenario.workload, scenario.cluster.gpu
     works = attention_works(model=model, workload=workload, gpu=gpu, g=g, tokens=tokens, seqs=seqs, context=context, prefill=prefill,
-                            tp_allreduces=np.where(g.ffn_tp > g.tp, 1.0, 2.0) if dense else 2.0)
+                            tp_allreduces=np.where(g.ffn_tp > g.tp, 1.0, 2.0) if dense else 2.0,
+                            shares_kv=scenario.engine.decode_attention_shares_kv)
     works.update(ffn_works(model=model, workload=workload, gpu=gpu, g=g, tokens=tokens, dense=dense,
                            routing_imbalance=workload.routing_imbalance, exchange=ep_exchange(scenario, prefill=prefill),
                            gpus_per_node=scenario.cluster.gpus_per_node))
@@ -574,7 +592,7 @@ def first_stage_works(*, model: ModelSpec, tokens) -> dict[str, Work]:
 
 def last_stage_works(*, model: ModelSpec, g: _Grid, seqs) -> dict[str, Work]:
     """Final norm, the vocab-parallel LM head for ``seqs`` sampled positions, the gather of FP32 logits
-    over TP (vLLM gathers them for the sampler), the step's fixed overhead and its per-sequence host work."""
+    over TP (vLLM gathers them for the sampler) and the step's per-sequence host work (sampling)."""
     # The LM head is vocab-parallel over the FFN group: SGLang's ParallelLMHead uses its whole --tp-size
     # unless --enable-dp-lm-head (models/deepseek_v2.py: use_attn_tp_group=enable_dp_lm_head), on the
     # positions gathered from the attention-DP ranks; elsewhere ffn_tp = TP.
@@ -586,9 +604,17 @@ def last_stage_works(*, model: ModelSpec, g: _Grid, seqs) -> dict[str, Work]:
                         bytes=_bytes(shard * h, HIGH_PRECISION.bits) + gathered * shard * LOGITS_BYTES),
         "logits_gather": Work("allgather", bytes=gathered * shard * g.ffn_tp * LOGITS_BYTES, peers=g.ffn_tp,
                               offnode=g.ffn_offnode),
-        "step_overhead": Work("overhead", dtype="step"),
         "sequence_overhead": Work("overhead", dtype="sequence", repeat=seqs),
     }
+
+
+def stage_works() -> dict[str, Work]:
+    """What every pipeline stage pays per forward step besides its layers: the step's fixed launch and
+    scheduling cost (the calibration's ``step_overhead_us``). Each PP rank runs its own ``execute_model``
+    (input preparation, graph replay or launches, its send/recv bookkeeping) for every micro-batch (vLLM
+    v1/worker/gpu_model_runner.py; SGLang's PP event loop in managers/scheduler_pp_mixin.py), so a plan
+    with PP stages pays it PP times per micro-batch, not once."""
+    return {"step_overhead": Work("overhead", dtype="step")}
 
 
 def boundary_works(*, model: ModelSpec, g: _Grid, tokens) -> dict[str, Work]:
@@ -619,7 +645,8 @@ def _ceil_ns(seconds: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class PhaseCosts:
     """Integer nanoseconds per layout for one phase (prefill of the whole batch, or one decode step of
-    one micro-batch): per dense layer, per MoE layer, first-stage and last-stage extras, one PP hop."""
+    one micro-batch): per dense layer, per MoE layer, first-stage and last-stage extras, one PP hop, and
+    the fixed cost every stage pays per step (``stage_extra_ns``)."""
 
     dense_layer_ns: np.ndarray
     moe_layer_ns: np.ndarray
@@ -631,6 +658,15 @@ class PhaseCosts:
     first_breakdown: LayerTime
     last_breakdown: LayerTime
     boundary_breakdown: LayerTime
+    # Every stage's own fixed cost per step (one micro-batch): its launch and scheduling (``stage_works``).
+    stage_extra_ns: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    stage_breakdown: LayerTime | None = None
+
+    def stage_fixed_ns(self, c: int, pp: int) -> int:
+        """What every stage of layout ``c`` pays per micro-batch besides its layers and first/last extras:
+        its own step overhead, plus one hop (its send/recv) where ``pp > 1`` (ns)."""
+        extra = int(self.stage_extra_ns[c]) if len(self.stage_extra_ns) else 0
+        return extra + (int(self.boundary_ns[c]) if pp > 1 else 0)
 
 
 @dataclass(frozen=True)
@@ -671,15 +707,24 @@ class CostTable:
         return self.decode_step or self.decode
 
     def phase_total_ns(self, phase: PhaseCosts, c: int) -> int:
-        """All stages of layout ``c`` back to back plus its PP hops: independent of the layer split."""
+        """All stages of layout ``c`` back to back (each with its own step overhead) plus its PP hops:
+        independent of the layer split."""
         pp = self.layouts[c].pp
         return (
             self.num_dense_layers * int(phase.dense_layer_ns[c])
             + self.num_moe_layers * int(phase.moe_layer_ns[c])
             + int(phase.first_extra_ns[c])
             + int(phase.last_extra_ns[c])
+            + pp * (int(phase.stage_extra_ns[c]) if len(phase.stage_extra_ns) else 0)
             + (pp - 1) * int(phase.boundary_ns[c])
         )
+
+    def decode_cycle_ns(self, c: int, slowest_ns: int) -> int:
+        """Time between two tokens of one sequence in layout ``c`` (ns), without the prefill share: ``max(m x
+        (slowest + stage fixed), all stages + hops)`` where ``slowest_ns`` is the slowest stage's layers and
+        first/last extras (``PhaseCosts.stage_fixed_ns`` adds its step overhead and, for PP > 1, its hop)."""
+        pp = self.layouts[c].pp
+        return max(self.microbatches[c] * (slowest_ns + self.decode.stage_fixed_ns(c, pp)), self.phase_total_ns(self.decode, c))
 
     def prompt_prefill_ns(self, c: int) -> int:
         """One prompt's prefill work in layout ``c``: its chunks through every stage (ns); the isolated
@@ -701,6 +746,7 @@ def _phase(*, scenario: Scenario, g: _Grid, tokens, seqs, context, prefill: bool
     size = len(g.tp)
     first = timed(first_stage_works(model=model, tokens=tokens), scenario=scenario, cal=cal, size=size)
     last = timed(last_stage_works(model=model, g=g, seqs=seqs), scenario=scenario, cal=cal, size=size)
+    stage = timed(stage_works(), scenario=scenario, cal=cal, size=size)
     boundary = timed(boundary_works(model=model, g=g, tokens=tokens), scenario=scenario, cal=cal, size=size)
     return PhaseCosts(
         dense_layer_ns=_ceil_ns(dense.total_s),
@@ -713,6 +759,8 @@ def _phase(*, scenario: Scenario, g: _Grid, tokens, seqs, context, prefill: bool
         first_breakdown=first,
         last_breakdown=last,
         boundary_breakdown=boundary,
+        stage_extra_ns=_ceil_ns(stage.total_s),
+        stage_breakdown=stage,
     )
 
 
@@ -902,7 +950,9 @@ class Estimate:
 
 
 def stage_ns(phase: PhaseCosts, i: int, kinds: list[tuple[int, int]]) -> tuple[int, ...]:
-    """Time of each stage (one GPU) for layout ``i`` with ``(dense, moe)`` layers per stage."""
+    """Time of each stage's layers (one GPU) for layout ``i`` with ``(dense, moe)`` layers per stage, with
+    the first and last stages' extras; every stage's own step overhead (``PhaseCosts.stage_extra_ns``) and
+    the hops come on top (``estimate``), the same for every stage, so they do not move the split."""
     last = len(kinds) - 1
     return tuple(
         d * int(phase.dense_layer_ns[i]) + m * int(phase.moe_layer_ns[i])  # Python ints: no int64 wrap
@@ -914,13 +964,15 @@ def stage_ns(phase: PhaseCosts, i: int, kinds: list[tuple[int, int]]) -> tuple[i
 
 def estimate(*, table: CostTable, i: int, kinds: list[tuple[int, int]], concurrent_sequences: int, output_tokens: int) -> Estimate:
     """TTFT = ``table.ttft_ns(i)`` (isolated: one prompt through all prefill stages + (PP-1) hops; loaded:
-    its chunks among the running decodes, ``integer_costs``); TPOT = ``max(m x slowest decode stage, all
-    decode stages + (PP-1) hops) + prefill share``; request latency = TTFT + max(OSL - 1, 0) x TPOT."""
+    its chunks among the running decodes, ``integer_costs``); TPOT = ``CostTable.decode_cycle_ns`` + prefill
+    share: ``max(m x (slowest stage + its step overhead + hop), all stages + PP step overheads + (PP-1) hops)``,
+    the hop only where PP > 1; request latency = TTFT + max(OSL - 1, 0) x TPOT. ``decode_stage_ns`` and
+    ``prefill_stage_ns`` are the stages' layers and first/last extras (``stage_ns``)."""
     pp = len(kinds)
     prefill = stage_ns(table.prefill, i, kinds)
     decode = stage_ns(table.decode, i, kinds)
     ttft = table.ttft_ns(i)
-    cycle = max(table.microbatches[i] * max(decode), sum(decode) + (pp - 1) * int(table.decode.boundary_ns[i]))
+    cycle = table.decode_cycle_ns(i, max(decode))
     tpot = cycle + table.prefill_share_ns[i]
     return Estimate(
         prefill_stage_ns=prefill,
@@ -948,7 +1000,8 @@ def batched_prefill(*, scenario: Scenario, table: CostTable, index: int, kinds: 
     SGLang ``--chunked-prefill-size``: a prompt longer than the budget is chunked over steps, shorter ones
     share a step). A step of ``T`` tokens is costed by the same operators as a prompt's prefill, for
     ``T / ISL`` prompts attending over ``ISL`` tokens. Steps follow one another through the pipeline: the
-    first takes every stage and ``PP - 1`` hops, each later one its slowest stage.
+    first takes every stage (each with its step overhead) and ``PP - 1`` hops, each later one its slowest
+    stage, that stage's step overhead and its hop.
 
     Shapes: ``kinds`` the ``(dense, moe)`` layers per stage of the plan. Units: ns, rounded up per term as
     the cost tables are.
@@ -963,6 +1016,8 @@ def batched_prefill(*, scenario: Scenario, table: CostTable, index: int, kinds: 
     phase = _phase(scenario=scenario, g=g, tokens=tokens, seqs=tokens / workload.input_tokens, context=workload.input_tokens,
                    prefill=True, cal=table.calibration)
     first, last = stage_ns(phase, 0, kinds), stage_ns(phase, 1, kinds)
-    hops = (len(kinds) - 1) * int(phase.boundary_ns[0])
-    later = max(full - 1, 0) * max(first) + (max(last) if full and rest else 0)
+    pp = len(kinds)
+    hops = (pp - 1) * int(phase.boundary_ns[0]) + pp * int(phase.stage_extra_ns[0])
+    fixed_full, fixed_rest = phase.stage_fixed_ns(0, pp), phase.stage_fixed_ns(1, pp)
+    later = max(full - 1, 0) * (max(first) + fixed_full) + (max(last) + fixed_rest if full and rest else 0)
     return BatchedPrefill(steps=full + (1 if rest else 0), step_tokens=budget, batched_prefill_ns=sum(first) + hops + later)

@@ -12,6 +12,10 @@ Row kinds:
 - ``prefill_ms``, ``decode_ms``, ``ttft_ms``: whole forward steps from ``measurements.csv``, the
   per-configuration medians of Mutinifni/splitwise-sim ``data/perf_model.csv``, and the rows this project
   added with their sources (``measurements_added.csv``: NVIDIA NIM 1.8.0 benchmarks).
+- ``static_batch_ms``: a whole static-batch run (``measurements_static_batch.csv``: TensorRT-LLM's published
+  peak-throughput table): the batch's prompts prefilled in one step, then ``OSL - 1`` decode steps of the
+  whole batch, predicted as one prefill step plus ``OSL - 1`` decode steps at the mean context
+  ``ISL + OSL / 2`` (exact for every term linear in the context: the KV-cache reads).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from optimizer.model.cost import (
 )
 from optimizer.errors import OptimizerError
 from optimizer.model.parallel import Layout
-from optimizer.inputs.scenario import Cluster, Dtype, ModelSpec, Scenario, Workload
+from optimizer.inputs.scenario import Cluster, Dtype, Engine, ModelSpec, Scenario, Workload
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "calibration" / "data"
 ACT = 2  # BF16 activations, as the cost model counts them
@@ -45,14 +49,15 @@ GPU_NAMES = {"h100-sxm (DGX)": "h100-sxm", "h100-sxm": "h100-sxm", "h100-80gb": 
              "a100-sxm-80gb": "a100-sxm-80gb", "a100-80gb": "a100-sxm-80gb"}
 MODEL_NAMES = {"Llama-2-70B": "Llama-2-70B", "llama2-70b": "Llama-2-70B", "Llama-3.3-70B-Instruct": "Llama-3.1-70B"}
 PRECISIONS = {"fp8": Dtype.FP8, "fp16": Dtype.FP16, "bf16": Dtype.BF16, "unrecorded": Dtype.FP16}
-STEP_KINDS = ("prefill_ms", "decode_ms", "ttft_ms")
+STEP_KINDS = ("prefill_ms", "decode_ms", "ttft_ms", "static_batch_ms")
 
 # Software stacks with whole-step measurements, and what each is.
 STACKS = {
     "splitwise-2023": "Llama-2-70B, FP16, A100/H100, TP 2/4/8: the 2023 serving stack profiled for Splitwise "
                       "(Patel et al., ISCA 2024; Mutinifni/splitwise-sim data/perf_model.csv)",
-    "tensorrt-llm": "TensorRT-LLM: the v0.5 TTFT table (NVIDIA/TensorRT-LLM docs/source/performance.md) and NVIDIA NIM 1.8.0 "
-                    "FP8 benchmarks of Llama-3.3-70B on 2 x H100 (docs.nvidia.com/nim/benchmarking)",
+    "tensorrt-llm": "TensorRT-LLM: the v0.5 TTFT table and v0.6.1 FP8 static-batch throughput table (NVIDIA/TensorRT-LLM "
+                    "docs/source/performance.md) and NVIDIA NIM 1.8.0 FP8 benchmarks of Llama-3.3-70B on 2 x H100 "
+                    "(docs.nvidia.com/nim/benchmarking)",
 }
 
 
@@ -200,6 +205,8 @@ class MeasuredRow:
     low_s: float | None = None  # fastest and slowest repeat, where the source gives repeats
     high_s: float | None = None
     stack: str = ""  # software stack of a step row (calibration stacks)
+    kv_precision: str = ""  # KV-cache format where the source names one (else the workload default, BF16)
+    decode_attention: str = ""  # "mmha": the engine's decode attention reads the KV once per query head
 
     @property
     def label(self) -> str:
@@ -230,14 +237,15 @@ def reference_rows() -> tuple[MeasuredRow, ...]:
     """``measurements.csv`` rows, then the splitwise medians not already among them (``splitwise_rows``
     says which configurations are left out and why)."""
     rows: list[MeasuredRow] = []
-    for r in read_rows("measurements.csv") + read_rows("measurements_added.csv"):
+    for r in read_rows("measurements.csv") + read_rows("measurements_added.csv") + read_rows("measurements_static_batch.csv"):
         gpu = GPU_NAMES[r["gpu"]]
         kind = r["kind"]
         if kind in STEP_KINDS:
             rows.append(MeasuredRow(kind=kind, gpu=gpu, measured_s=float(r["measured_ms"]) * 1e-3, source=r["source"],
                                     tp=_int(r["tp"], 1), batch=_int(r["batch"], 1), input_len=_int(r["input_len"]),
                                     output_len=_int(r["output_len"]), model=MODEL_NAMES[r["model"]], precision=r["precision"],
-                                    stack=stack_of(r["source"], r.get("engine") or "")))
+                                    stack=stack_of(r["source"], r.get("engine") or ""),
+                                    kv_precision=r.get("kv_cache_precision") or "", decode_attention=r.get("decode_attention") or ""))
         else:
             rows.append(MeasuredRow(kind=kind, gpu=gpu, measured_s=float(r["measured_ms"]) * 1e-3, source=r["source"],
                                     peers=_int(r["gpus_in_group"], 2), message_bytes=_int(r["bytes"])))
@@ -294,8 +302,10 @@ def step_scenario(row: MeasuredRow) -> Scenario:
         name=row.label,
         cluster=cluster_for(row.gpu, num_gpus=row.tp),
         model=ModelSpec(**model),
+        engine=Engine(decode_attention_shares_kv=row.decode_attention != "mmha"),
         workload=Workload(concurrent_sequences=row.batch, input_tokens=max(row.input_len, 1),
-                          output_tokens=max(row.output_len, 0), weight_dtype=dtype),
+                          output_tokens=max(row.output_len, 0), weight_dtype=dtype,
+                          kv_cache_dtype=PRECISIONS[row.kv_precision] if row.kv_precision else Dtype.BF16),
     )
 
 
@@ -303,7 +313,8 @@ def step_scenario(row: MeasuredRow) -> Scenario:
 class StepParts:
     """A step row's predicted time split so the step-level parameters can be fitted cheaply:
     ``time = fixed + (base(sustained_compute / sustained_memory) - fixed) / sustained_memory + layers x
-    layer_overhead + step_overhead + sequences x sequence_overhead + skew``.
+    layer_overhead + steps x step_overhead + sequences x sequence_overhead + skew`` (a static-batch row is
+    ``steps`` forward steps: ``layers`` and ``sequences`` count over all of them).
 
     Exact because every roofline term is ``max(a / sustained_compute, b / sustained_memory) = max(a x r, b)
     / sustained_memory`` with ``r = sustained_memory / sustained_compute``, and the rest (launches,
@@ -315,6 +326,7 @@ class StepParts:
     layers: int
     sequences: int
     skew_s_per_us: float  # seconds added per microsecond of ``collective_skew_us``
+    steps: int = 1  # forward steps the row times
 
 
 SUSTAINED_GRID = np.linspace(0.1, 4.0, 79)  # sustained_compute / sustained_memory
@@ -326,15 +338,21 @@ def _step_base_s(row: MeasuredRow, cal: GpuCalibration) -> float:
     layout = Layout(tp=row.tp, pp=1, dp=1, ep=1, etp=row.tp, edp=1)
     g = grid(scenario, (layout,))
     one = np.ones(1)
-    if row.kind == "decode_ms":
-        tokens, seqs, context, prefill = one * row.batch, one * row.batch, row.input_len + row.output_len // 2, False
-    else:
-        tokens, seqs, context, prefill = one * row.batch * row.input_len, one * row.batch, row.input_len, True
-    phase = _phase(scenario=scenario, g=g, tokens=tokens, seqs=seqs, context=context, prefill=prefill, cal=cal)
     model = scenario.model
-    total = (model.num_dense_layers * phase.dense_breakdown.total_s + model.num_moe_layers * phase.moe_breakdown.total_s
-             + phase.first_breakdown.total_s + phase.last_breakdown.total_s)
-    return float(total[0])
+
+    def step_s(*, tokens, seqs, context, prefill) -> float:
+        phase = _phase(scenario=scenario, g=g, tokens=tokens, seqs=seqs, context=context, prefill=prefill, cal=cal)
+        total = (model.num_dense_layers * phase.dense_breakdown.total_s + model.num_moe_layers * phase.moe_breakdown.total_s
+                 + phase.first_breakdown.total_s + phase.last_breakdown.total_s + phase.stage_breakdown.total_s)
+        return float(total[0])
+
+    decode = dict(tokens=one * row.batch, seqs=one * row.batch, prefill=False)
+    prefill = dict(tokens=one * row.batch * row.input_len, seqs=one * row.batch, context=row.input_len, prefill=True)
+    if row.kind == "decode_ms":
+        return step_s(**decode, context=row.input_len + row.output_len // 2)
+    if row.kind == "static_batch_ms":
+        return step_s(**prefill) + (row.output_len - 1) * step_s(**decode, context=row.input_len + row.output_len / 2)
+    return step_s(**prefill)
 
 
 def step_parts(row: MeasuredRow, cal: GpuCalibration) -> StepParts:
@@ -348,8 +366,9 @@ def step_parts(row: MeasuredRow, cal: GpuCalibration) -> StepParts:
     base = [at(sustained_compute=float(x)) for x in SUSTAINED_GRID]
     fixed = at(sustained_compute=1e12, sustained_memory=1e12)  # every roofline term gone
     skew = at(sustained_compute=1.0, collective_skew_us=1.0) - at(sustained_compute=1.0)
-    return StepParts(base_s=np.asarray(base), fixed_s=fixed, layers=step_scenario(row).model.num_hidden_layers,
-                     sequences=row.batch, skew_s_per_us=skew)
+    steps = max(row.output_len, 1) if row.kind == "static_batch_ms" else 1
+    return StepParts(base_s=np.asarray(base), fixed_s=fixed, layers=steps * step_scenario(row).model.num_hidden_layers,
+                     sequences=steps * row.batch, skew_s_per_us=skew, steps=steps)
 
 
 def step_time_s(parts: StepParts, *, sustained: float, layer_overhead_us: float, step_overhead_us: float,
@@ -359,7 +378,8 @@ def step_time_s(parts: StepParts, *, sustained: float, layer_overhead_us: float,
     ratio = sustained / sustained_memory
     base = float(np.interp(1.0 / ratio, inv[::-1], parts.base_s[::-1]))
     return (parts.fixed_s + (base - parts.fixed_s) / sustained_memory + parts.layers * layer_overhead_us * 1e-6
-            + step_overhead_us * 1e-6 + parts.sequences * sequence_overhead_us * 1e-6 + parts.skew_s_per_us * collective_skew_us)
+            + parts.steps * step_overhead_us * 1e-6 + parts.sequences * sequence_overhead_us * 1e-6
+            + parts.skew_s_per_us * collective_skew_us)
 
 
 def step_fit_time_s(parts: StepParts, fit: StepFit) -> float:

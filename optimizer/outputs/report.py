@@ -186,7 +186,7 @@ def _extras(table: CostTable, i: int) -> dict[str, dict[str, float]]:
     out = {}
     for phase, costs in (("prefill", table.prefill), ("decode", table.decode)):
         for where, layer in (("first_stage", costs.first_breakdown), ("last_stage", costs.last_breakdown),
-                             ("pp_hop", costs.boundary_breakdown)):
+                             ("every_stage", costs.stage_breakdown), ("pp_hop", costs.boundary_breakdown)):
             out[f"{phase}_{where}"] = {op: _round(t) for op, t in layer.row(i).items()}
     return out
 
@@ -259,8 +259,8 @@ def step_section(scenario: Scenario, table: CostTable, i: int, plan: Plan) -> di
     waits for the slowest stage when micro-batches overlap)."""
     kinds = layer_kinds(model=scenario.model, layers_per_stage=plan.layers_per_stage)
     pp = len(kinds)
-    prefill = sum(stage_ns(table.prefill, i, kinds)) + (pp - 1) * int(table.prefill.boundary_ns[i])
-    decode = sum(stage_ns(table.decode, i, kinds)) + (pp - 1) * int(table.decode.boundary_ns[i])
+    prefill = sum(stage_ns(table.prefill, i, kinds)) + (pp - 1) * int(table.prefill.boundary_ns[i]) + pp * int(table.prefill.stage_extra_ns[i])
+    decode = sum(stage_ns(table.decode, i, kinds)) + (pp - 1) * int(table.decode.boundary_ns[i]) + pp * int(table.decode.stage_extra_ns[i])
     return {"prefill_step_s": prefill / 1e9, "decode_step_s": decode / 1e9}
 
 
@@ -334,7 +334,8 @@ def estimate_document(*, scenario: Scenario, plan: Plan, certificate: Certificat
     phases = {}
     for phase, costs in (("prefill", table.prefill), ("decode", table.decode)):
         parts = [(costs.dense_breakdown, dense_layers, "dense layer"), (costs.first_breakdown, 1, "first stage"),
-                 (costs.last_breakdown, 1, "last stage"), (costs.boundary_breakdown, len(kinds) - 1, "pp hop")]
+                 (costs.last_breakdown, 1, "last stage"), (costs.stage_breakdown, len(kinds), "every stage"),
+                 (costs.boundary_breakdown, len(kinds) - 1, "pp hop")]
         if scenario.model.is_moe:
             parts.insert(1, (costs.moe_breakdown, moe_layers, "moe layer"))
         ops = []

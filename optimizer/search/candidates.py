@@ -316,7 +316,8 @@ class CandidateValues:
         def total(phase) -> np.ndarray:  # cost.CostTable.phase_total_ns for every candidate
             col = lambda a: np.asarray(a, dtype=np.int64).astype(object)  # noqa: E731
             return (cost.num_dense_layers * col(phase.dense_layer_ns) + cost.num_moe_layers * col(phase.moe_layer_ns)
-                    + col(phase.first_extra_ns) + col(phase.last_extra_ns) + (pp - 1) * col(phase.boundary_ns))
+                    + col(phase.first_extra_ns) + col(phase.last_extra_ns) + (pp - 1) * col(phase.boundary_ns)
+                    + pp * col(phase.stage_extra_ns))
 
         # TTFT (cost.CostTable.ttft_ns): chunks x (chunk step + rides x decode step + waits x prefill share)
         obj = lambda a: np.asarray(a, dtype=object)  # noqa: E731
@@ -324,7 +325,9 @@ class CandidateValues:
         ttft = obj(cost.ttft_chunks) * (total(cost.chunk) + obj(cost.ttft_rides_decode) * total(cost.ride_phase)
                                          + obj(cost.ttft_waits) * share)
         micro = np.asarray(cost.microbatches, dtype=object)
-        tpot = np.maximum(micro * np.where(missing, 0, slow), total(cost.decode)) + share
+        dec = cost.decode  # cost.CostTable.decode_cycle_ns: each micro-batch pays every stage's fixed cost
+        fixed = np.asarray([dec.stage_fixed_ns(c, lay.pp) for c, lay in enumerate(self.tables.layouts)], dtype=object)
+        tpot = np.maximum(micro * (np.where(missing, 0, slow) + fixed), total(cost.decode)) + share
         latency = ttft + steps * tpot
         objective = s.search.objective
         if objective is Objective.TTFT:

@@ -258,7 +258,7 @@ class _Space:
         cost, s = self.tables.cost, self.scenario
         layout = self.tables.layouts[c]
         ttft = cost.ttft_ns(c)
-        tpot = max(cost.microbatches[c] * slowest, cost.phase_total_ns(cost.decode, c)) + cost.prefill_share_ns[c]
+        tpot = cost.decode_cycle_ns(c, slowest) + cost.prefill_share_ns[c]
         latency = ttft + max(s.workload.output_tokens - 1, 0) * tpot
         primary = primary_ns(s.search.objective, ttft_ns=ttft, tpot_ns=tpot, request_latency_ns=latency, gpus=layout.gpus,
                              sequences=layout.dp * cost.batch[c])

@@ -98,7 +98,8 @@ def _bounds(scenario: Scenario, tables: Tables) -> tuple[int, int, int]:
     cost = tables.cost
     n = len(tables.layouts)
     ttft_ub = max((cost.ttft_ns(c) for c in range(n)), default=0)
-    tpot_ub = max((cost.microbatches[c] * cost.phase_total_ns(cost.decode, c) + cost.prefill_share_ns[c] for c in range(n)), default=0)
+    tpot_ub = max((cost.microbatches[c] * (cost.phase_total_ns(cost.decode, c) + cost.decode.stage_fixed_ns(c, cost.layouts[c].pp))
+                   + cost.prefill_share_ns[c] for c in range(n)), default=0)
     latency_ub = ttft_ub + max(scenario.workload.output_tokens - 1, 0) * tpot_ub
     if latency_ub + 1 >= _INT_LIMIT:
         raise OptimizerError(
@@ -202,9 +203,10 @@ def _add_costs(view: _View, tpot_ub: int) -> None:
         all_stages = cost.phase_total_ns(dec, c)
         share = cost.prefill_share_ns[c]
         m.add(view.tpot_ns >= all_stages + share).only_enforce_if(on)
-        m.add(view.tpot_ns >= cost.microbatches[c] * slowest + share).only_enforce_if(on)
+        # cost.CostTable.decode_cycle_ns: every micro-batch pays each stage's fixed cost (its step overhead, a hop)
+        m.add(view.tpot_ns >= cost.microbatches[c] * (slowest + dec.stage_fixed_ns(c, layout.pp)) + share).only_enforce_if(on)
         if layout.pp == 1:
-            m.add(slowest >= all_stages).only_enforce_if(on)
+            m.add(slowest >= all_stages - dec.stage_fixed_ns(c, 1)).only_enforce_if(on)  # the layers; its overhead is added above
             m.add(view.l_middle == 0).only_enforce_if(on)
             m.add(view.l_last == 0).only_enforce_if(on)
             continue
