@@ -842,11 +842,13 @@ def _layouts(g: _Grid) -> tuple[Layout, ...]:
 
 def _draft_model_pass_ns(*, whole: Scenario, g: _Grid, tokens, seqs, context, prefill: bool, cal: GpuCalibration) -> np.ndarray:
     """One pass of a separate draft model (``workload_features.draft_scenario``) at the target's layouts: all
-    its layers, its embedding and its LM head, on one GPU of the last stage (ns per layout)."""
+    its layers, its embedding and its LM head, on one GPU of the last stage, and its own step overhead
+    (``PhaseCosts.stage_extra_ns``: each pass is a forward of its own) (ns per layout)."""
     dg = grid(whole, _layouts(g), tuple(int(b) for b in g.batch))
     phase = _phase(scenario=whole, g=dg, tokens=tokens, seqs=seqs, context=context, prefill=prefill, cal=cal)
+    own_step = phase.stage_extra_ns if len(phase.stage_extra_ns) else 0
     return (whole.model.num_dense_layers * phase.dense_layer_ns + whole.model.num_moe_layers * phase.moe_layer_ns
-            + phase.first_extra_ns + phase.last_extra_ns)
+            + phase.first_extra_ns + phase.last_extra_ns + own_step)
 
 
 def _prefill_phase(*, scenario: Scenario, g: _Grid, tokens, seqs, context, cal: GpuCalibration) -> PhaseCosts:
@@ -901,7 +903,7 @@ def _decode_phases(*, scenario: Scenario, g: _Grid, micro_seqs: np.ndarray, cont
         return np.asarray([per_token_ns(int(v), expected) for v in ns], dtype=np.int64)
 
     decode = dataclasses.replace(step, **{f: per_token(getattr(step, f)) for f in (
-        "dense_layer_ns", "moe_layer_ns", "first_extra_ns", "last_extra_ns", "boundary_ns")})
+        "dense_layer_ns", "moe_layer_ns", "first_extra_ns", "last_extra_ns", "stage_extra_ns", "boundary_ns")})
     return decode, step, tuple(int(v) for v in draft_ns)
 
 
@@ -968,7 +970,6 @@ def estimate(*, table: CostTable, i: int, kinds: list[tuple[int, int]], concurre
     share: ``max(m x (slowest stage + its step overhead + hop), all stages + PP step overheads + (PP-1) hops)``,
     the hop only where PP > 1; request latency = TTFT + max(OSL - 1, 0) x TPOT. ``decode_stage_ns`` and
     ``prefill_stage_ns`` are the stages' layers and first/last extras (``stage_ns``)."""
-    pp = len(kinds)
     prefill = stage_ns(table.prefill, i, kinds)
     decode = stage_ns(table.decode, i, kinds)
     ttft = table.ttft_ns(i)
