@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 import pytest
@@ -65,3 +66,56 @@ def test_shipped_scenario_loads(name):
     assert isinstance(scenario, Scenario)
     assert scenario.name == name
     assert scenario.cluster.num_gpus >= 1
+
+
+# --- coverage (issue 16): the GPUs people deploy now, each with its source -------------------------------------
+
+NEW_GPUS = ("h20", "l4", "a30", "a100-pcie-80gb", "rtx-pro-6000", "b300", "gb200-nvl72", "gb300-nvl72", "mi325x", "mi355x")
+
+
+def test_catalog_has_at_least_15_gpus_including_the_ones_deployed_now():
+    names = catalog.gpu_names()
+    assert len(names) >= 15, names
+    assert set(NEW_GPUS) <= set(names)
+
+
+@pytest.mark.parametrize("name", catalog.gpu_names())
+def test_every_gpu_names_its_source_and_gives_dense_bf16(name):
+    entry = catalog.gpu_entry(name)
+    assert len(entry.get("source", "")) > 20, f"{name} has no source"
+    assert entry["dense_tflops"]["bf16"] > 0
+    # dense figures: FP8 is at most twice BF16 and FP4 at most twice FP8 (a sparse figure would double both)
+    tflops = entry["dense_tflops"]
+    assert tflops.get("fp8", 0) <= 2.03 * tflops["bf16"]  # 2x, give or take the rounding of published figures
+    assert tflops.get("fp4", 0) <= 3.2 * tflops.get("fp8", tflops["bf16"])  # B300: 14 PF FP4 over 4.5 PF FP8
+
+
+def test_gb200_nvl72_is_one_72_gpu_nvlink_domain():
+    entry = catalog.gpu_entry("gb200-nvl72")
+    assert entry["gpus_per_node"] == 72
+    assert entry["intra_node_link"]["bandwidth_bytes_per_s"] == 900 * 10**9
+
+
+@pytest.mark.parametrize(("written", "name"), [
+    ("GB200", "gb200-nvl72"), ("NVIDIA H20", "h20"), ("NVIDIA L4", "l4"), ("AMD Instinct MI355X", "mi355x"),
+    ("RTX PRO 6000 Blackwell", "rtx-pro-6000"), ("B300", "b300"), ("A100 PCIe", "a100-pcie-80gb"),
+])
+def test_new_gpus_resolve_from_the_names_people_write(written, name):
+    assert catalog.gpu_name(written) == name
+
+
+def test_a_plan_on_an_uncalibrated_gpu_says_so():
+    from click.testing import CliRunner
+
+    from optimizer.cli import main
+
+    args = ["--model", "Llama-3.1-8B", "--gpu", "L4", "--gpus", "8", "--isl", "1024", "--osl", "128",
+            "--solver", "exhaustive"]
+    result = CliRunner().invoke(main, [*args, "--json", "-"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["estimate"]["calibration"]["measured"] is False
+    assert any(n.startswith("uncalibrated GPU") and "'l4'" in n for n in doc["plan"]["notes"]), doc["plan"]["notes"]
+    calibrated = CliRunner().invoke(main, [*args[:3], "H100", *args[4:], "--json", "-"])
+    assert calibrated.exit_code == 0, calibrated.output
+    assert not any(n.startswith("uncalibrated GPU") for n in json.loads(calibrated.output)["plan"]["notes"])

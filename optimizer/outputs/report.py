@@ -42,6 +42,14 @@ def input_notes(scenario: Scenario) -> list[str]:
     return [f"config.json fields that do not change memory or cost here, ignored: {shown}{dtype}"]
 
 
+def calibration_notes(table: CostTable) -> list[str]:
+    """A note when the plan's GPU has no measured calibration entry (a catalog GPU not yet benchmarked, or a
+    GPU given inline): its times come from the ``default`` entry, so they are less sure than a fitted GPU's."""
+    if table.calibration.measured:
+        return []
+    return [f"uncalibrated GPU: estimates use {table.calibration_text}"]
+
+
 def plan_document(
     *, scenario: Scenario, plan: Plan, certificate: Certificate, table: CostTable, index: int, evidence: Evidence | None
 ) -> dict[str, Any]:
@@ -58,7 +66,7 @@ def plan_document(
             "batch_per_replica": plan.batch_per_replica,
             "layers_per_stage": list(plan.layers_per_stage),
             "engine": scenario.engine.name.value,
-            "notes": [*plan.notes, *input_notes(scenario)],
+            "notes": [*plan.notes, *input_notes(scenario), *calibration_notes(table)],
         },
         "rank_map": rank_map(scenario, plan),
         "memory": memory_section(scenario, certificate),

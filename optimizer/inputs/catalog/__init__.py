@@ -38,6 +38,10 @@ GPU_ALIASES = {
     "a100": "a100-sxm-80gb", "a100-80gb": "a100-sxm-80gb", "a100-sxm4-80gb": "a100-sxm-80gb",
     "a100-40gb": "a100-sxm-40gb", "a100-sxm4-40gb": "a100-sxm-40gb",
     "b200-180gb": "b200", "l40s-48gb": "l40s", "instinct-mi300x": "mi300x",
+    "h20-96gb": "h20", "l4-24gb": "l4", "a30-24gb": "a30", "a100-pcie": "a100-pcie-80gb",
+    "rtx-pro-6000-blackwell": "rtx-pro-6000", "rtx-pro-6000-blackwell-server-edition": "rtx-pro-6000",
+    "b300-288gb": "b300", "b300-sxm": "b300", "gb200": "gb200-nvl72", "gb300": "gb300-nvl72",
+    "instinct-mi325x": "mi325x", "instinct-mi355x": "mi355x",
 }
 
 
