@@ -15,17 +15,21 @@ from optimizer.inputs.scenario import Cluster, ModelSpec, Scenario
 
 
 def published_range(text: str) -> tuple[Decimal, Decimal]:
-    """``"46.7B"`` -> [46.65e9, 46.75e9): every count that rounds to the published figure."""
-    assert text.endswith("B"), text
-    value = Decimal(text[:-1])
-    half = Decimal(1).scaleb(value.as_tuple().exponent) / 2
-    return (value - half) * 10**9, (value + half) * 10**9
+    """``"46.7B"`` -> [46.65e9, 46.8e9): every count that rounds, or truncates, to the published figure.
+    Some publishers cut instead of rounding (Meta's "1.23B" for Llama 3.2 1B's 1,235,814,400; Qwen's
+    "7.61B" for Qwen2.5-7B's 7.6157e9), so the range runs up to the next figure. ``T`` is 10**12 (Kimi K2's
+    "1T")."""
+    assert text[-1] in "BT", text
+    value, scale = Decimal(text[:-1]), 10 ** (9 if text[-1] == "B" else 12)
+    ulp = Decimal(1).scaleb(value.as_tuple().exponent)
+    return (value - ulp / 2) * scale, (value + ulp) * scale
 
 
 def test_published_range():
-    assert published_range("46.7B") == (Decimal("46.65e9"), Decimal("46.75e9"))
-    assert published_range("141B") == (Decimal("140.5e9"), Decimal("141.5e9"))
-    assert published_range("8.03B") == (Decimal("8.025e9"), Decimal("8.035e9"))
+    assert published_range("46.7B") == (Decimal("46.65e9"), Decimal("46.8e9"))
+    assert published_range("141B") == (Decimal("140.5e9"), Decimal("142e9"))
+    assert published_range("8.03B") == (Decimal("8.025e9"), Decimal("8.04e9"))
+    assert published_range("1T") == (Decimal("0.5e12"), Decimal("2e12"))
 
 
 @pytest.mark.parametrize("name", catalog.model_names())
