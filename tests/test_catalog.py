@@ -123,3 +123,59 @@ def test_a_plan_on_an_uncalibrated_gpu_says_so():
     calibrated = CliRunner().invoke(main, [*args[:3], "H100", *args[4:], "--json", "-"])
     assert calibrated.exit_code == 0, calibrated.output
     assert not any(n.startswith("uncalibrated GPU") for n in json.loads(calibrated.output)["plan"]["notes"])
+
+
+# --- coverage (issue 16): models -------------------------------------------------------------------------------
+
+from optimizer.model.memory import active_params  # noqa: E402
+
+# Active parameters as the model cards publish them ("A3B", "37B activated", ...), for the MoE entries: a
+# second, independent check on the expert shapes (total_params alone cannot tell a wrong expert width from a
+# wrong expert count).
+PUBLISHED_ACTIVE = {
+    "Mixtral-8x7B-v0.1": "12.9B", "Mixtral-8x22B-v0.1": "39B", "Qwen3-30B-A3B": "3.3B", "Qwen3-235B-A22B": "22B",
+    "Qwen3-Coder-480B-A35B-Instruct": "35B", "DeepSeek-V3": "37B", "DeepSeek-R1": "37B", "DeepSeek-V2": "21B",
+    "DeepSeek-V2-Lite": "2.4B", "Kimi-K2-Instruct": "32B", "gpt-oss-120b": "5.1B", "gpt-oss-20b": "3.6B",
+    "Qwen2-57B-A14B": "14B", "Qwen1.5-MoE-A2.7B": "2.7B",
+}
+
+
+def test_catalog_has_at_least_40_models():
+    assert len(catalog.model_names()) >= 40, catalog.model_names()
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_ACTIVE))
+def test_moe_active_params_match_published(name):
+    """Publishers differ on the input embedding: a table lookup, not a matmul. OpenAI (gpt-oss) and DeepSeek
+    (V2-Lite's 2.4B) leave it out of the active count, Qwen and Mistral count it; either reading may match."""
+    model = ModelSpec.model_validate(catalog.model_entry(name))
+    low, high = published_range(PUBLISHED_ACTIVE[name])
+    with_embedding = active_params(model)
+    without = with_embedding - model.vocab_size * model.hidden_size
+    assert any(low <= n < high for n in (with_embedding, without)), (
+        f"{name}: {with_embedding:,} active ({without:,} without the embedding), published {PUBLISHED_ACTIVE[name]}")
+
+
+@pytest.mark.parametrize("name", catalog.model_names())
+def test_every_model_names_its_source(name):
+    assert len(catalog.model_entry(name).get("source", "")) > 20
+
+
+def test_every_moe_in_the_catalog_has_a_published_active_figure():
+    moe = {n for n in catalog.model_names() if catalog.model_entry(n).get("num_experts")}
+    assert moe <= set(PUBLISHED_ACTIVE), moe - set(PUBLISHED_ACTIVE)
+
+
+@pytest.mark.parametrize(("name", "sliding"), [
+    ("gemma-2-9b", 21), ("gemma-3-1b-it", 22), ("gpt-oss-120b", 18), ("Mistral-7B-v0.1", 32), ("Qwen3-8B", 0),
+])
+def test_sliding_layers_per_model(name, sliding):
+    assert ModelSpec.model_validate(catalog.model_entry(name)).num_sliding_layers == sliding
+
+
+def test_sliding_window_pattern_marks_every_nth_layer_full():
+    base = {**catalog.model_entry("gemma-3-1b-it"), "name": "g"}
+    assert ModelSpec.model_validate({**base, "sliding_window_pattern": 2}).num_sliding_layers == 13
+    assert ModelSpec.model_validate({**base, "sliding_window_pattern": 1}).num_sliding_layers == 0
+    without = {k: v for k, v in base.items() if k != "sliding_window_pattern"}
+    assert ModelSpec.model_validate(without).num_sliding_layers == 26  # a bare sliding_window slides everywhere

@@ -221,6 +221,9 @@ class ModelSpec(_Frozen):
     layer_types: tuple[Literal["sliding_attention", "full_attention"], ...] | None = Field(
         default=None, description="per layer (gpt-oss, Gemma, Qwen3): which layers use the window")
     use_sliding_window: bool | None = Field(default=None, description="Qwen2/3: false turns sliding_window off")
+    sliding_window_pattern: int | None = Field(
+        default=None, gt=0, description="Gemma 3 (no layer_types): every sliding_window_pattern-th layer is full "
+                                        "attention, the others slide")
     source: str = ""
     published_params: str | None = Field(default=None, description='total parameters as published, e.g. "46.7B"')
     ignored_config_fields: tuple[str, ...] = Field(
@@ -293,12 +296,15 @@ class ModelSpec(_Frozen):
     @property
     def num_sliding_layers(self) -> int:
         """Layers that attend over ``sliding_window`` keys: those ``layer_types`` marks, or every layer
-        when only ``sliding_window`` is given (Mistral 7B), none when ``use_sliding_window`` is false
+        when only ``sliding_window`` is given (Mistral 7B), all but every ``sliding_window_pattern``-th
+        (Gemma 3: 5 of 6), none when ``use_sliding_window`` is false
         (Qwen2/3 configs carry a window they do not use)."""
         if self.sliding_window is None or self.use_sliding_window is False:
             return 0
         if self.layer_types is not None:
             return sum(1 for t in self.layer_types if t == "sliding_attention")
+        if self.sliding_window_pattern is not None:  # transformers Gemma3TextConfig: (i + 1) % pattern != 0 slides
+            return sum(1 for i in range(self.num_hidden_layers) if (i + 1) % self.sliding_window_pattern)
         return self.num_hidden_layers
 
     @property
