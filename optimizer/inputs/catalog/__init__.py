@@ -79,9 +79,12 @@ def did_you_mean(name: str, known: list[str]) -> str:
     """`` (did you mean X or Y?)`` with the closest known names, or nothing when none is close."""
     import difflib
 
-    close = difflib.get_close_matches(_key(name.rsplit("/", 1)[-1]), [_key(k) for k in known], n=3, cutoff=0.5)
+    typed = _key(name.rsplit("/", 1)[-1])
+    # a name that starts with what was typed comes first ("Qwen3-30B" is Qwen3-30B-A3B before Qwen3-32B)
+    extended = sorted(k for k in known if _key(k).startswith(typed + "-"))
+    close = difflib.get_close_matches(typed, [_key(k) for k in known], n=3, cutoff=0.5)
     originals = {_key(k): k for k in known}
-    names = [originals[c] for c in close]
+    names = list(dict.fromkeys([*extended, *(originals[c] for c in close)]))[:3]
     return f" (did you mean {' or '.join(names)}?)" if names else ""
 
 
