@@ -470,6 +470,11 @@ class Engine(_Frozen):
         default=0, ge=0, le=1 << 16,
         description="extra expert replicas per MoE layer (SGLang --ep-num-redundant-experts, vLLM --num-redundant-experts "
                     "with EPLB; both default 0): each EP rank holds (num_experts + this) / EP experts")
+    windowed_kv_cache: bool = Field(
+        default=False,
+        description="sliding-window layers keep only their window's KV cache, as vLLM's hybrid KV cache manager does "
+                    "(docs.vllm.ai design/hybrid_kv_cache_manager; vLLM V1's default for gpt-oss and Gemma). Default off: "
+                    "every layer keeps the whole sequence, as with --disable-hybrid-kv-cache-manager (conservative)")
     calibration_stack: str | None = Field(
         default=None, min_length=1,
         description="software stack whose measured step overheads the estimate uses (optimizer/inputs/catalog/calibration.yaml "

@@ -42,6 +42,20 @@ def input_notes(scenario: Scenario) -> list[str]:
     return [f"config.json fields that do not change memory or cost here, ignored: {shown}{dtype}"]
 
 
+def window_notes(scenario: Scenario) -> list[str]:
+    """What the plan assumes of a sliding-window model's KV cache (``engine.windowed_kv_cache``)."""
+    model = scenario.model
+    if not model.num_sliding_layers:
+        return []
+    layers = f"{model.num_sliding_layers} of {model.num_hidden_layers} layers attend to the last {model.sliding_window} tokens"
+    if scenario.engine.windowed_kv_cache:
+        return [f"windowed KV cache: {layers} and keep only those (vLLM's hybrid KV cache manager); a stage is charged "
+                "a bound linear in its layer count, at most one period of layers' window saving over the exact bytes"]
+    return [f"sliding-window KV cache counted at full length: {layers}, but every layer here keeps ISL + OSL tokens "
+            "(conservative); engine.windowed_kv_cache: true counts only the window, as vLLM's hybrid KV cache "
+            "manager keeps it"]
+
+
 def calibration_notes(table: CostTable) -> list[str]:
     """A note when the plan's GPU has no measured calibration entry (a catalog GPU not yet benchmarked, or a
     GPU given inline): its times come from the ``default`` entry, so they are less sure than a fitted GPU's."""
@@ -66,7 +80,7 @@ def plan_document(
             "batch_per_replica": plan.batch_per_replica,
             "layers_per_stage": list(plan.layers_per_stage),
             "engine": scenario.engine.name.value,
-            "notes": [*plan.notes, *input_notes(scenario), *calibration_notes(table)],
+            "notes": [*plan.notes, *input_notes(scenario), *window_notes(scenario), *calibration_notes(table)],
         },
         "rank_map": rank_map(scenario, plan),
         "memory": memory_section(scenario, certificate),
