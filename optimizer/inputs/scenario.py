@@ -210,6 +210,15 @@ class ModelSpec(_Frozen):
     n_shared_experts: int = Field(default=0, ge=0)
     shared_expert_intermediate_size: int = Field(default=0, ge=0)
     first_k_dense_replace: int = Field(default=0, ge=0)
+    interleave_moe_layer_step: int = Field(
+        default=1, gt=0, le=1 << 16,
+        description="Llama 4: every k-th layer is MoE (layers k-1, 2k-1, ...), the others dense (transformers "
+                    "Llama4TextConfig.moe_layers); 1: every layer after first_k_dense_replace is MoE")
+    intermediate_size_mlp: int | None = Field(
+        default=None, gt=0, description="Llama 4: FFN width of the dense layers (intermediate_size is then the expert width)")
+    attention_chunk_size: int | None = Field(
+        default=None, gt=0, description="Llama 4: chunked local attention on 3 of 4 layers; not modelled (counted as "
+                                        "full attention, conservative), and the plan says so")
     kv_lora_rank: int | None = Field(default=None, gt=0)
     q_lora_rank: int | None = Field(default=None, gt=0)
     qk_rope_head_dim: int | None = Field(default=None, gt=0)
@@ -251,8 +260,10 @@ class ModelSpec(_Frozen):
             raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.num_hidden_layers} layers")
         if self.layer_types and "sliding_attention" in self.layer_types and self.sliding_window is None:
             raise ValueError("layer_types names sliding_attention layers but sliding_window is not set")
-        if self.dense_ffn_width == 0 and (not self.is_moe or self.first_k_dense_replace):
+        if self.dense_ffn_width == 0 and self.num_dense_layers:
             raise ValueError("intermediate_size must be > 0 for dense layers")
+        if self.interleave_moe_layer_step > 1 and not self.is_moe:
+            raise ValueError("interleave_moe_layer_step > 1 needs num_experts > 0")
         return self
 
     @property
@@ -284,14 +295,23 @@ class ModelSpec(_Frozen):
 
     @property
     def dense_ffn_width(self) -> int:
-        """FFN width of a dense layer: ``intermediate_size``, unless it is really the expert width."""
+        """FFN width of a dense layer: ``intermediate_size_mlp`` (Llama 4), else ``intermediate_size`` unless it is
+        really the expert width."""
+        if self.intermediate_size_mlp is not None:
+            return self.intermediate_size_mlp
         if self.is_moe and self.moe_intermediate_size is None:
             return 0
         return self.intermediate_size
 
     @property
     def num_dense_layers(self) -> int:
-        return self.num_hidden_layers if not self.is_moe else self.first_k_dense_replace
+        """Layers with a dense FFN: all of a dense model; of a MoE model the first ``first_k_dense_replace``
+        and, with ``interleave_moe_layer_step`` k > 1, every later layer i with (i + 1) % k != 0 (Llama 4
+        Maverick: 24 of 48). The search places them all first (``split.leading_dense_layers``)."""
+        if not self.is_moe:
+            return self.num_hidden_layers
+        k, first = self.interleave_moe_layer_step, self.first_k_dense_replace
+        return first + sum(1 for i in range(first, self.num_hidden_layers) if (i + 1) % k)
 
     @property
     def num_sliding_layers(self) -> int:

@@ -366,7 +366,8 @@ class StageMemory:
 
 
 def layer_kinds(*, model: ModelSpec, layers_per_stage: tuple[int, ...]) -> list[tuple[int, int]]:
-    """``(dense, moe)`` layer counts per stage; the first ``first_k_dense_replace`` layers are dense."""
+    """``(dense, moe)`` layer counts per stage; the model's ``num_dense_layers`` dense layers come first (all of
+    them for a DeepSeek-style MoE; for interleaved Llama 4 layers the search's stand-in order, see ``split``)."""
     kinds, start = [], 0
     for count in layers_per_stage:
         dense = max(0, min(start + count, model.num_dense_layers) - start)

@@ -56,6 +56,18 @@ def window_notes(scenario: Scenario) -> list[str]:
             "manager keeps it"]
 
 
+def architecture_notes(scenario: Scenario) -> list[str]:
+    """Architecture features the plan does not model, said where the model has them (issue 16)."""
+    model, notes = scenario.model, []
+    if model.is_moe and model.interleave_moe_layer_step > 1:
+        notes.append(f"not modelled: a pipeline split of interleaved layers (one MoE layer in every "
+                     f"{model.interleave_moe_layer_step}, {model.num_dense_layers} dense): PP is kept at 1 (rule interleaved_layers_one_stage)")
+    if model.attention_chunk_size is not None:
+        notes.append(f"not modelled: chunked local attention (attention_chunk_size {model.attention_chunk_size}, 3 of 4 "
+                     "layers in Llama 4): KV cache and attention work counted as full attention (conservative)")
+    return notes
+
+
 def calibration_notes(table: CostTable) -> list[str]:
     """A note when the plan's GPU has no measured calibration entry (a catalog GPU not yet benchmarked, or a
     GPU given inline): its times come from the ``default`` entry, so they are less sure than a fitted GPU's."""
@@ -80,7 +92,8 @@ def plan_document(
             "batch_per_replica": plan.batch_per_replica,
             "layers_per_stage": list(plan.layers_per_stage),
             "engine": scenario.engine.name.value,
-            "notes": [*plan.notes, *input_notes(scenario), *window_notes(scenario), *calibration_notes(table)],
+            "notes": [*plan.notes, *input_notes(scenario), *window_notes(scenario), *architecture_notes(scenario),
+                      *calibration_notes(table)],
         },
         "rank_map": rank_map(scenario, plan),
         "memory": memory_section(scenario, certificate),
