@@ -68,4 +68,32 @@ def test_a_maverick_plan_keeps_pp_1_and_names_what_is_not_modelled():
     assert doc["plan"]["pp"] == 1
     notes = doc["plan"]["notes"]
     assert any(n.startswith("not modelled: a pipeline split of interleaved layers") for n in notes), notes
-    assert any(n.startswith("not modelled: chunked local attention (attention_chunk_size 8192") for n in notes), notes
+    assert any("36 of 48 layers attend within chunks of 8192 tokens" in n for n in notes), notes
+
+
+def test_chunked_layers_count_as_sliding_windows_of_the_chunk():
+    """transformers Llama4TextConfig: no_rope_layers[i] = (i + 1) % 4 != 0, and those RoPE layers are the
+    chunked ones (vLLM Llama4Attention: use_chunked_local_attn = not nope and attention_chunk_size)."""
+    model = maverick()
+    assert model.num_sliding_layers == 36 and model.local_attention_window == 8192
+    assert maverick(attention_chunk_size=None).num_sliding_layers == 0
+
+
+def test_chunked_attention_costs_less_than_full_attention_on_long_prompts(tmp_path):
+    """At a 64k-token prompt, 36 layers attending within 8k chunks take less prefill time than the same
+    layers attending to everything (the same model with attention_chunk_size removed)."""
+    import yaml
+
+    def ttft_s(model) -> float:
+        scenario = {"name": "maverick", "cluster": {"gpu": "h200", "num_nodes": 1},
+                    "model": model, "engine": {"name": "vllm"},
+                    "workload": {"concurrent_sequences": 1, "input_tokens": 65536, "output_tokens": 64}}
+        path = tmp_path / "s.yaml"
+        path.write_text(yaml.safe_dump(scenario))
+        result = CliRunner().invoke(main, ["estimate", "--scenario", str(path), "--tp-size", "8", "--json", "-"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["ttft_s"]
+
+    entry = {**catalog.model_entry(MAVERICK)}
+    full = {**entry, "name": "maverick-full-attention", "attention_chunk_size": None}
+    assert ttft_s(MAVERICK) < 0.95 * ttft_s(full)

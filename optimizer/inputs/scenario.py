@@ -217,8 +217,9 @@ class ModelSpec(_Frozen):
     intermediate_size_mlp: int | None = Field(
         default=None, gt=0, description="Llama 4: FFN width of the dense layers (intermediate_size is then the expert width)")
     attention_chunk_size: int | None = Field(
-        default=None, gt=0, description="Llama 4: chunked local attention on 3 of 4 layers; not modelled (counted as "
-                                        "full attention, conservative), and the plan says so")
+        default=None, gt=0, description="Llama 4: chunked local attention on the 3 of 4 layers that use RoPE (transformers "
+                                        "Llama4TextConfig no_rope_layers, interval 4); counted as a sliding window of "
+                                        "this many tokens (a query sees at most its chunk: conservative)")
     kv_lora_rank: int | None = Field(default=None, gt=0)
     q_lora_rank: int | None = Field(default=None, gt=0)
     qk_rope_head_dim: int | None = Field(default=None, gt=0)
@@ -320,12 +321,23 @@ class ModelSpec(_Frozen):
         (Gemma 3: 5 of 6), none when ``use_sliding_window`` is false
         (Qwen2/3 configs carry a window they do not use)."""
         if self.sliding_window is None or self.use_sliding_window is False:
+            if self.attention_chunk_size is not None:  # Llama 4: every 4th layer (NoPE) is global, the others chunked
+                return sum(1 for i in range(self.num_hidden_layers) if (i + 1) % 4)
             return 0
         if self.layer_types is not None:
             return sum(1 for t in self.layer_types if t == "sliding_attention")
         if self.sliding_window_pattern is not None:  # transformers Gemma3TextConfig: (i + 1) % pattern != 0 slides
             return sum(1 for i in range(self.num_hidden_layers) if (i + 1) % self.sliding_window_pattern)
         return self.num_hidden_layers
+
+    @property
+    def local_attention_window(self) -> int | None:
+        """Keys a local-attention layer (``num_sliding_layers`` of them) sees at most: ``sliding_window``, else
+        Llama 4's ``attention_chunk_size``. A chunked layer's query sees only its own chunk, at most that many
+        keys, so a sliding window of the chunk's size bounds both its KV cache and its attention work."""
+        if self.sliding_window is not None and self.use_sliding_window is not False:
+            return self.sliding_window
+        return self.attention_chunk_size
 
     @property
     def num_moe_layers(self) -> int:

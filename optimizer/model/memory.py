@@ -178,6 +178,8 @@ def layer_pattern(model: ModelSpec) -> tuple[bool, ...]:
         return tuple(t == "sliding_attention" for t in model.layer_types)
     if model.sliding_window_pattern is not None:
         return tuple(bool((i + 1) % model.sliding_window_pattern) for i in range(model.num_hidden_layers))
+    if model.sliding_window is None:  # Llama 4's chunked layers (ModelSpec.num_sliding_layers): all but every 4th
+        return tuple(bool((i + 1) % 4) for i in range(model.num_hidden_layers))
     return (True,) * model.num_hidden_layers
 
 
@@ -218,7 +220,7 @@ def windowed_kv(*, scenario: Scenario, per_token: int, batch: int) -> WindowedKv
     if not scenario.engine.windowed_kv_cache or period is None:
         return WindowedKv()
     seq = workload.max_sequence_tokens
-    unit = per_token * batch * (seq - min(model.sliding_window, seq))  # type: ignore[type-var]
+    unit = per_token * batch * (seq - min(model.local_attention_window, seq))  # type: ignore[type-var]
     p, s = period
     saving = s * unit // p
     return WindowedKv(per_layer_saving=saving, stage_give_back=(p - 1) * saving)

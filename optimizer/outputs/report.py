@@ -47,7 +47,11 @@ def window_notes(scenario: Scenario) -> list[str]:
     model = scenario.model
     if not model.num_sliding_layers:
         return []
-    layers = f"{model.num_sliding_layers} of {model.num_hidden_layers} layers attend to the last {model.sliding_window} tokens"
+    window = model.local_attention_window
+    layers = (f"{model.num_sliding_layers} of {model.num_hidden_layers} layers attend to the last {window} tokens"
+              if model.sliding_window is not None else
+              f"{model.num_sliding_layers} of {model.num_hidden_layers} layers attend within chunks of {window} tokens "
+              f"(attention_chunk_size; counted as a {window}-token sliding window: no fewer keys per query)")
     if scenario.engine.windowed_kv_cache:
         return [f"windowed KV cache: {layers} and keep only those (vLLM's hybrid KV cache manager); a stage is charged "
                 "a bound linear in its layer count, at most one period of layers' window saving over the exact bytes"]
@@ -62,9 +66,6 @@ def architecture_notes(scenario: Scenario) -> list[str]:
     if model.is_moe and model.interleave_moe_layer_step > 1:
         notes.append(f"not modelled: a pipeline split of interleaved layers (one MoE layer in every "
                      f"{model.interleave_moe_layer_step}, {model.num_dense_layers} dense): PP is kept at 1 (rule interleaved_layers_one_stage)")
-    if model.attention_chunk_size is not None:
-        notes.append(f"not modelled: chunked local attention (attention_chunk_size {model.attention_chunk_size}, 3 of 4 "
-                     "layers in Llama 4): KV cache and attention work counted as full attention (conservative)")
     return notes
 
 
