@@ -179,3 +179,17 @@ def test_sliding_window_pattern_marks_every_nth_layer_full():
     assert ModelSpec.model_validate({**base, "sliding_window_pattern": 1}).num_sliding_layers == 0
     without = {k: v for k, v in base.items() if k != "sliding_window_pattern"}
     assert ModelSpec.model_validate(without).num_sliding_layers == 26  # a bare sliding_window slides everywhere
+
+
+@pytest.mark.parametrize("gpu", NEW_GPUS)
+def test_every_new_gpu_plans_a_small_model_and_says_it_is_uncalibrated(gpu):
+    from click.testing import CliRunner
+
+    from optimizer.cli import main
+
+    result = CliRunner().invoke(main, ["--model", "Qwen3-8B", "--gpu", gpu, "--gpus", "4", "--isl", "1024", "--osl", "128",
+                                       "--solver", "exhaustive", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["scenario"]["cluster"]["gpu"]["name"] == gpu
+    assert any(n.startswith("uncalibrated GPU") for n in doc["plan"]["notes"])
