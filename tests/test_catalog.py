@@ -137,7 +137,7 @@ PUBLISHED_ACTIVE = {
     "Qwen3-Coder-480B-A35B-Instruct": "35B", "DeepSeek-V3": "37B", "DeepSeek-R1": "37B", "DeepSeek-V2": "21B",
     "DeepSeek-V2-Lite": "2.4B", "Kimi-K2-Instruct": "32B", "gpt-oss-120b": "5.1B", "gpt-oss-20b": "3.6B",
     "Qwen2-57B-A14B": "14B", "Qwen1.5-MoE-A2.7B": "2.7B", "Llama-4-Maverick-17B-128E-Instruct": "17B",
-    "GLM-4.5-Air": "12B",
+    "GLM-4.5-Air": "12B", "DeepSeek-V3.1": "37B", "Kimi-K2-Thinking": "32B",
 }
 
 
