@@ -194,3 +194,28 @@ def test_every_new_gpu_plans_a_small_model_and_says_it_is_uncalibrated(gpu):
     doc = json.loads(result.output)
     assert doc["scenario"]["cluster"]["gpu"]["name"] == gpu
     assert any(n.startswith("uncalibrated GPU") for n in doc["plan"]["notes"])
+
+
+@pytest.mark.parametrize(("name", "architecture", "model_type"), [
+    ("GLM-4.5-Air", "Glm4MoeForCausalLM", "glm4_moe"), ("gemma-3-1b-it", "Gemma3ForCausalLM", "gemma3_text"),
+])
+def test_a_config_json_of_a_newly_supported_architecture_counts_as_the_catalog(tmp_path, name, architecture, model_type):
+    """The fields of a catalog entry written as a Hugging Face config.json (with keys the planner ignores, as
+    the real files have) load into the same model: same parameter count, same sliding layers."""
+    import yaml
+
+    from optimizer.inputs.loader import load_scenario
+
+    entry = {k: v for k, v in catalog.model_entry(name).items() if k not in ("name", "architecture", "source", "published_params")}
+    if "num_experts" in entry:
+        entry["n_routed_experts"] = entry.pop("num_experts")
+    config = {**entry, "architectures": [architecture], "model_type": model_type, "num_nextn_predict_layers": 1,
+              "rope_theta": 1000000, "torch_dtype": "bfloat16"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    scenario = {**BASE, "model": {"config_json": "config.json"}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(scenario))
+    model = load_scenario(str(tmp_path / "s.yaml")).model
+    expected = ModelSpec.model_validate(catalog.model_entry(name))
+    assert total_params(model) == total_params(expected)
+    assert model.num_sliding_layers == expected.num_sliding_layers
+    assert "num_nextn_predict_layers" in model.ignored_config_fields
