@@ -128,15 +128,15 @@ def test_names_people_type_resolve_to_the_catalog(gpu, expected, model, expected
 
 def test_an_unknown_name_gets_did_you_mean(tmp_path):
     data = yaml.safe_load(SCENARIO.read_text())
-    data["cluster"]["gpu"] = "H20"
+    data["cluster"]["gpu"] = "H210"  # no such GPU (the catalog has H20 and H200)
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(data))
     result = run("--scenario", str(path))
-    assert result.exit_code == 2 and "unknown GPU 'H20' (did you mean" in result.output and "h200-sxm" in result.output
-    data["cluster"]["gpu"], data["model"] = "h100", "Qwen3-32B"
+    assert result.exit_code == 2 and "unknown GPU 'H210' (did you mean" in result.output and "h200-sxm" in result.output
+    data["cluster"]["gpu"], data["model"] = "h100", "Qwen3-31B"
     path.write_text(yaml.safe_dump(data))
     result = run("--scenario", str(path))
-    assert result.exit_code == 2 and "(did you mean Qwen3-235B-A22B or Qwen3-30B-A3B?)" in result.output
+    assert result.exit_code == 2 and "(did you mean Qwen3-32B or Qwen3-14B or Qwen3-1.7B?)" in result.output
 
 
 def test_the_fewest_gpu_answer_tries_nodes_of_8_and_says_what_it_varied(tmp_path):

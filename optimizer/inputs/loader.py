@@ -27,6 +27,8 @@ SCENARIO_DIR = (Path(__file__).resolve().parent / "scenarios").resolve()
 SUPPORTED_ARCHITECTURES = (
     "DeepseekV2ForCausalLM",
     "DeepseekV3ForCausalLM",
+    "Gemma3ForCausalLM",  # text-only Gemma 3 (1B): sliding_window_pattern or layer_types; the extra norms are not counted
+    "Glm4MoeForCausalLM",  # GLM-4.5/4.6: DeepSeek-style MoE fields, GQA with q/k/v biases; the MTP layer is excluded
     "GptOssForCausalLM",
     "LlamaForCausalLM",
     "MistralForCausalLM",

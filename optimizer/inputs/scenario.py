@@ -210,6 +210,16 @@ class ModelSpec(_Frozen):
     n_shared_experts: int = Field(default=0, ge=0)
     shared_expert_intermediate_size: int = Field(default=0, ge=0)
     first_k_dense_replace: int = Field(default=0, ge=0)
+    interleave_moe_layer_step: int = Field(
+        default=1, gt=0, le=1 << 16,
+        description="Llama 4: every k-th layer is MoE (layers k-1, 2k-1, ...), the others dense (transformers "
+                    "Llama4TextConfig.moe_layers); 1: every layer after first_k_dense_replace is MoE")
+    intermediate_size_mlp: int | None = Field(
+        default=None, gt=0, description="Llama 4: FFN width of the dense layers (intermediate_size is then the expert width)")
+    attention_chunk_size: int | None = Field(
+        default=None, gt=0, description="Llama 4: chunked local attention on the 3 of 4 layers that use RoPE (transformers "
+                                        "Llama4TextConfig no_rope_layers, interval 4); counted as a sliding window of "
+                                        "this many tokens (a query sees at most its chunk: conservative)")
     kv_lora_rank: int | None = Field(default=None, gt=0)
     q_lora_rank: int | None = Field(default=None, gt=0)
     qk_rope_head_dim: int | None = Field(default=None, gt=0)
@@ -225,6 +235,9 @@ class ModelSpec(_Frozen):
         default=0, ge=0, le=64,
         description="multi-token-prediction layers the checkpoint holds (DeepSeek-V3: 1); served, sized and costed "
                     "only with engine.speculative.method mtp, else not loaded (vLLM, SGLang)")
+    sliding_window_pattern: int | None = Field(
+        default=None, gt=0, description="Gemma 3 (no layer_types): every sliding_window_pattern-th layer is full "
+                                        "attention, the others slide")
     source: str = ""
     published_params: str | None = Field(default=None, description='total parameters as published, e.g. "46.7B"')
     ignored_config_fields: tuple[str, ...] = Field(
@@ -252,8 +265,10 @@ class ModelSpec(_Frozen):
             raise ValueError(f"layer_types has {len(self.layer_types)} entries for {self.num_hidden_layers} layers")
         if self.layer_types and "sliding_attention" in self.layer_types and self.sliding_window is None:
             raise ValueError("layer_types names sliding_attention layers but sliding_window is not set")
-        if self.dense_ffn_width == 0 and (not self.is_moe or self.first_k_dense_replace):
+        if self.dense_ffn_width == 0 and self.num_dense_layers:
             raise ValueError("intermediate_size must be > 0 for dense layers")
+        if self.interleave_moe_layer_step > 1 and not self.is_moe:
+            raise ValueError("interleave_moe_layer_step > 1 needs num_experts > 0")
         return self
 
     @property
@@ -285,25 +300,48 @@ class ModelSpec(_Frozen):
 
     @property
     def dense_ffn_width(self) -> int:
-        """FFN width of a dense layer: ``intermediate_size``, unless it is really the expert width."""
+        """FFN width of a dense layer: ``intermediate_size_mlp`` (Llama 4), else ``intermediate_size`` unless it is
+        really the expert width."""
+        if self.intermediate_size_mlp is not None:
+            return self.intermediate_size_mlp
         if self.is_moe and self.moe_intermediate_size is None:
             return 0
         return self.intermediate_size
 
     @property
     def num_dense_layers(self) -> int:
-        return self.num_hidden_layers if not self.is_moe else self.first_k_dense_replace
+        """Layers with a dense FFN: all of a dense model; of a MoE model the first ``first_k_dense_replace``
+        and, with ``interleave_moe_layer_step`` k > 1, every later layer i with (i + 1) % k != 0 (Llama 4
+        Maverick: 24 of 48). The search places them all first (``split.leading_dense_layers``)."""
+        if not self.is_moe:
+            return self.num_hidden_layers
+        k, first = self.interleave_moe_layer_step, self.first_k_dense_replace
+        return first + sum(1 for i in range(first, self.num_hidden_layers) if (i + 1) % k)
 
     @property
     def num_sliding_layers(self) -> int:
         """Layers that attend over ``sliding_window`` keys: those ``layer_types`` marks, or every layer
-        when only ``sliding_window`` is given (Mistral 7B), none when ``use_sliding_window`` is false
+        when only ``sliding_window`` is given (Mistral 7B), all but every ``sliding_window_pattern``-th
+        (Gemma 3: 5 of 6), none when ``use_sliding_window`` is false
         (Qwen2/3 configs carry a window they do not use)."""
         if self.sliding_window is None or self.use_sliding_window is False:
+            if self.attention_chunk_size is not None:  # Llama 4: every 4th layer (NoPE) is global, the others chunked
+                return sum(1 for i in range(self.num_hidden_layers) if (i + 1) % 4)
             return 0
         if self.layer_types is not None:
             return sum(1 for t in self.layer_types if t == "sliding_attention")
+        if self.sliding_window_pattern is not None:  # transformers Gemma3TextConfig: (i + 1) % pattern != 0 slides
+            return sum(1 for i in range(self.num_hidden_layers) if (i + 1) % self.sliding_window_pattern)
         return self.num_hidden_layers
+
+    @property
+    def local_attention_window(self) -> int | None:
+        """Keys a local-attention layer (``num_sliding_layers`` of them) sees at most: ``sliding_window``, else
+        Llama 4's ``attention_chunk_size``. A chunked layer's query sees only its own chunk, at most that many
+        keys, so a sliding window of the chunk's size bounds both its KV cache and its attention work."""
+        if self.sliding_window is not None and self.use_sliding_window is not False:
+            return self.sliding_window
+        return self.attention_chunk_size
 
     @property
     def num_moe_layers(self) -> int:
@@ -553,6 +591,11 @@ class Engine(_Frozen):
         description="the decode-attention kernel reads each KV head once for the query heads that share it (GQA/MQA: "
                     "FlashAttention, FlashInfer, TensorRT-LLM XQA since v0.8); false: once per query head (TensorRT-LLM's "
                     "masked MHA before XQA), heads/kv_heads times the KV-cache reads")
+    windowed_kv_cache: bool = Field(
+        default=False,
+        description="sliding-window layers keep only their window's KV cache, as vLLM's hybrid KV cache manager does "
+                    "(docs.vllm.ai design/hybrid_kv_cache_manager; vLLM V1's default for gpt-oss and Gemma). Default off: "
+                    "every layer keeps the whole sequence, as with --disable-hybrid-kv-cache-manager (conservative)")
     calibration_stack: str | None = Field(
         default=None, min_length=1,
         description="software stack whose measured step overheads the estimate uses (optimizer/inputs/catalog/calibration.yaml "

@@ -346,7 +346,7 @@ def attention_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _G
     sliding = model.num_sliding_layers / model.num_hidden_layers
     windows = [("attention", None, 1.0 - sliding)]
     if sliding:
-        windows.append(("attention_sliding", model.sliding_window, sliding))
+        windows.append(("attention_sliding", model.local_attention_window, sliding))
     for name, window, share in windows:
         if share <= 0:
             continue

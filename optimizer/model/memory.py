@@ -169,6 +169,64 @@ def ffn_weight_bytes(*, model: ModelSpec, workload: Workload, layout: Layout, de
     )
 
 
+def layer_pattern(model: ModelSpec) -> tuple[bool, ...]:
+    """Per layer, does it slide (``sliding_window`` keys only)? From ``layer_types``, else
+    ``sliding_window_pattern`` (every p-th layer full, as transformers' Gemma3TextConfig), else all layers
+    when ``sliding_window`` alone is set (Mistral 7B); all False when the model has no window."""
+    if model.num_sliding_layers == 0:
+        return (False,) * model.num_hidden_layers
+    if model.layer_types is not None:
+        return tuple(t == "sliding_attention" for t in model.layer_types)
+    if model.sliding_window_pattern is not None:
+        return tuple(bool((i + 1) % model.sliding_window_pattern) for i in range(model.num_hidden_layers))
+    if model.sliding_window is None:  # Llama 4's chunked layers (ModelSpec.num_sliding_layers): all but every 4th
+        return tuple(bool((i + 1) % 4) for i in range(model.num_hidden_layers))
+    return (True,) * model.num_hidden_layers
+
+
+def sliding_period(model: ModelSpec) -> tuple[int, int] | None:
+    """``(p, s)``: the shortest period ``p`` of ``layer_pattern`` (layer i slides iff layer i mod p does) and
+    the sliding layers ``s`` in one period; None when the model has no sliding layer. Any ``l`` consecutive
+    layers then hold at least ``floor(l / p) x s`` sliding layers, wherever a pipeline stage starts (gpt-oss:
+    (2, 1); Gemma 3: (6, 5); Mistral 7B: (1, 1)). The whole model is one period when no shorter one exists."""
+    pattern = layer_pattern(model)
+    if not any(pattern):
+        return None
+    n = len(pattern)
+    p = next(q for q in range(1, n + 1) if all(pattern[i] == pattern[i % q] for i in range(n)))
+    return p, sum(pattern[:p])
+
+
+@dataclass(frozen=True)
+class WindowedKv:
+    """The KV cache the sliding-window layers do not keep (``engine.windowed_kv_cache``), as a bound linear in
+    a stage's layer count: each layer is charged ``per_layer_saving`` bytes less and each stage
+    ``stage_give_back`` bytes more. With ``U`` = one sliding layer's saving for ``batch`` sequences
+    (``bytes per token x batch x (ISL + OSL - min(window, ISL + OSL))``) and the model's period ``(p, s)``
+    (``sliding_period``): ``per_layer_saving = floor(s x U / p)``, ``stage_give_back = (p - 1) x
+    per_layer_saving``. For ``l = q x p + r`` layers, ``l x per_layer_saving - stage_give_back <= q x s x U``,
+    at most what the ``>= q x s`` sliding layers in any ``l`` consecutive ones save: the charge never falls
+    below the exact one, and equals it for an all-sliding model (p = 1). vLLM reserves a sliding layer's
+    slots for the last ``sliding_window`` tokens only (docs.vllm.ai design/hybrid_kv_cache_manager)."""
+
+    per_layer_saving: int = 0
+    stage_give_back: int = 0
+
+
+def windowed_kv(*, scenario: Scenario, per_token: int, batch: int) -> WindowedKv:
+    """``WindowedKv`` for one layout's ``per_token`` (one layer, one token, one GPU) and ``batch``; zero when
+    ``engine.windowed_kv_cache`` is off, the model has no window or the sequences fit inside it."""
+    model, workload = scenario.model, scenario.workload
+    period = sliding_period(model)
+    if not scenario.engine.windowed_kv_cache or period is None:
+        return WindowedKv()
+    seq = workload.max_sequence_tokens
+    unit = per_token * batch * (seq - min(model.local_attention_window, seq))  # type: ignore[type-var]
+    p, s = period
+    saving = s * unit // p
+    return WindowedKv(per_layer_saving=saving, stage_give_back=(p - 1) * saving)
+
+
 @dataclass(frozen=True)
 class LayerBytes:
     """Bytes one layer adds to one GPU of its stage: weights and the KV cache of ``batch`` sequences
@@ -189,7 +247,8 @@ def layer_bytes(*, scenario: Scenario, layout: Layout, batch: int, dense: bool) 
         redundant_experts=scenario.engine.num_redundant_experts, shared_tp=shared_experts_tp(scenario, layout),
     )
     per_token = kv_cache_bytes_per_token_layer(model=model, workload=workload, tp=layout.tp)
-    return LayerBytes(weights=weights, kv_cache=per_token * batch * workload.max_sequence_tokens)
+    saving = windowed_kv(scenario=scenario, per_token=per_token, batch=batch).per_layer_saving
+    return LayerBytes(weights=weights, kv_cache=per_token * batch * workload.max_sequence_tokens - saving)
 
 
 @dataclass(frozen=True)
@@ -202,13 +261,14 @@ class StageFixedBytes:
     reserve: int
     cuda_graphs: int
     comm_buffers: int
+    kv_cache: int = 0  # WindowedKv.stage_give_back: what the per-layer windowed charge may undercount
     draft_weights: int = 0  # speculative decoding's draft module, last stage only (draft_bytes)
     draft_kv_cache: int = 0
 
     @property
     def total(self) -> int:
         return (self.weights + self.activations + self.reserve + self.cuda_graphs + self.comm_buffers
-                + self.draft_weights + self.draft_kv_cache)
+                + self.kv_cache + self.draft_weights + self.draft_kv_cache)
 
 
 @dataclass(frozen=True)
@@ -297,6 +357,8 @@ def stage_fixed_bytes(*, scenario: Scenario, layout: Layout, batch: int, first: 
         comm_buffers=scenario.engine.comm_buffer_bytes,
         draft_weights=draft.weights,
         draft_kv_cache=draft.kv_cache,
+        kv_cache=windowed_kv(scenario=scenario, batch=batch, per_token=kv_cache_bytes_per_token_layer(
+            model=model, workload=scenario.workload, tp=layout.tp)).stage_give_back,
     )
 
 
@@ -353,7 +415,8 @@ class StageMemory:
 
 
 def layer_kinds(*, model: ModelSpec, layers_per_stage: tuple[int, ...]) -> list[tuple[int, int]]:
-    """``(dense, moe)`` layer counts per stage; the first ``first_k_dense_replace`` layers are dense."""
+    """``(dense, moe)`` layer counts per stage; the model's ``num_dense_layers`` dense layers come first (all of
+    them for a DeepSeek-style MoE; for interleaved Llama 4 layers the search's stand-in order, see ``split``)."""
     kinds, start = [], 0
     for count in layers_per_stage:
         dense = max(0, min(start + count, model.num_dense_layers) - start)
@@ -366,8 +429,10 @@ def stage_memory(*, scenario: Scenario, layout: Layout, layers_per_stage: tuple[
     """Memory per GPU for every stage of a concrete plan, by component (exact integers).
 
     The KV cache counts ``batch`` sequences at full length (ISL + OSL) in every layer, sliding-window
-    layers included: vLLM's hybrid allocator keeps only the window for those, so for gpt-oss-like models
-    this over-counts (conservative; the latency model does use the window)."""
+    layers included, unless ``engine.windowed_kv_cache`` is on: then sliding layers keep only the window, as
+    vLLM's hybrid allocator does, counted through ``WindowedKv``'s bound (exact for an all-sliding model, at
+    most ``stage_give_back`` bytes over otherwise). Off, gpt-oss-like models are over-counted (conservative;
+    the latency model does use the window)."""
     dense_b = layer_bytes(scenario=scenario, layout=layout, batch=batch, dense=True)
     moe_b = layer_bytes(scenario=scenario, layout=layout, batch=batch, dense=False)
     per_token = kv_cache_bytes_per_token_layer(model=scenario.model, workload=scenario.workload, tp=layout.tp)
@@ -385,7 +450,7 @@ def stage_memory(*, scenario: Scenario, layout: Layout, layers_per_stage: tuple[
                 dense_layers=dense,
                 moe_layers=moe,
                 weights_bytes=dense * dense_b.weights + moe * moe_b.weights + fixed.weights + own.weights,
-                kv_cache_bytes=dense * dense_b.kv_cache + moe * moe_b.kv_cache + own.kv_cache,
+                kv_cache_bytes=dense * dense_b.kv_cache + moe * moe_b.kv_cache + fixed.kv_cache + own.kv_cache,
                 activation_bytes=fixed.activations,
                 reserve_bytes=fixed.reserve,
                 cuda_graph_bytes=fixed.cuda_graphs,
@@ -439,8 +504,8 @@ def _layer_charge(limit: MemoryLimit, b: LayerBytes) -> int:
 
 
 def _fixed_charge(limit: MemoryLimit, f: StageFixedBytes) -> int:
-    return limit.charge(weights=f.weights + f.draft_weights, kv_cache=f.draft_kv_cache, activations=f.activations,
-                        preload=f.reserve + f.comm_buffers, cuda_graphs=f.cuda_graphs)
+    return limit.charge(weights=f.weights + f.draft_weights, kv_cache=f.kv_cache + f.draft_kv_cache,
+                        activations=f.activations, preload=f.reserve + f.comm_buffers, cuda_graphs=f.cuda_graphs)
 
 
 def memory_table(*, scenario: Scenario, layouts: tuple[Layout, ...], batches: tuple[int, ...]) -> MemoryTable:
@@ -476,5 +541,5 @@ def placed_bytes_line(*, scenario: Scenario, layout: Layout, batch: int) -> Plac
     kw = dict(scenario=scenario, layout=layout, batch=batch)
     dense, moe = layer_bytes(**kw, dense=True), layer_bytes(**kw, dense=not scenario.model.is_moe)
     fixed = [stage_fixed_bytes(**kw, first=first, last=last) for first, last in ((True, False), (False, False), (False, True), (True, True))]
-    return PlacedBytesLine(dense.total, moe.total, *(f.weights + f.activations + f.draft_weights + f.draft_kv_cache
-                                                     for f in fixed))
+    return PlacedBytesLine(dense.total, moe.total, *(f.weights + f.activations + f.kv_cache + f.draft_weights
+                                                     + f.draft_kv_cache for f in fixed))

@@ -43,6 +43,41 @@ def input_notes(scenario: Scenario) -> list[str]:
     return [f"config.json fields that do not change memory or cost here, ignored: {shown}{dtype}"]
 
 
+def window_notes(scenario: Scenario) -> list[str]:
+    """What the plan assumes of a sliding-window model's KV cache (``engine.windowed_kv_cache``)."""
+    model = scenario.model
+    if not model.num_sliding_layers:
+        return []
+    window = model.local_attention_window
+    layers = (f"{model.num_sliding_layers} of {model.num_hidden_layers} layers attend to the last {window} tokens"
+              if model.sliding_window is not None else
+              f"{model.num_sliding_layers} of {model.num_hidden_layers} layers attend within chunks of {window} tokens "
+              f"(attention_chunk_size; counted as a {window}-token sliding window: no fewer keys per query)")
+    if scenario.engine.windowed_kv_cache:
+        return [f"windowed KV cache: {layers} and keep only those (vLLM's hybrid KV cache manager); a stage is charged "
+                "a bound linear in its layer count, at most one period of layers' window saving over the exact bytes"]
+    return [f"sliding-window KV cache counted at full length: {layers}, but every layer here keeps ISL + OSL tokens "
+            "(conservative); engine.windowed_kv_cache: true counts only the window, as vLLM's hybrid KV cache "
+            "manager keeps it"]
+
+
+def architecture_notes(scenario: Scenario) -> list[str]:
+    """Architecture features the plan does not model, said where the model has them (issue 16)."""
+    model, notes = scenario.model, []
+    if model.is_moe and model.interleave_moe_layer_step > 1:
+        notes.append(f"not modelled: a pipeline split of interleaved layers (one MoE layer in every "
+                     f"{model.interleave_moe_layer_step}, {model.num_dense_layers} dense): PP is kept at 1 (rule interleaved_layers_one_stage)")
+    return notes
+
+
+def calibration_notes(table: CostTable) -> list[str]:
+    """A note when the plan's GPU has no measured calibration entry (a catalog GPU not yet benchmarked, or a
+    GPU given inline): its times come from the ``default`` entry, so they are less sure than a fitted GPU's."""
+    if table.calibration.measured:
+        return []
+    return [f"uncalibrated GPU: estimates use {table.calibration_text}"]
+
+
 def plan_document(
     *, scenario: Scenario, plan: Plan, certificate: Certificate, table: CostTable, index: int, evidence: Evidence | None
 ) -> dict[str, Any]:
@@ -59,7 +94,8 @@ def plan_document(
             "batch_per_replica": plan.batch_per_replica,
             "layers_per_stage": list(plan.layers_per_stage),
             "engine": scenario.engine.name.value,
-            "notes": [*plan.notes, *input_notes(scenario)],
+            "notes": [*plan.notes, *input_notes(scenario), *window_notes(scenario), *architecture_notes(scenario),
+                      *calibration_notes(table)],
         },
         "rank_map": rank_map(scenario, plan),
         "memory": memory_section(scenario, certificate),

@@ -302,6 +302,30 @@ class TpWithinNode(LayoutRule):
         return make_check(self.name, self.formula, g % tp, "==", 0, f"TP = {tp} does not fit evenly in a node of {g} GPUs{why}")
 
 
+class InterleavedOneStage(LayoutRule):
+    """A model whose dense and MoE layers interleave (Llama 4 Maverick: ``interleave_moe_layer_step`` 2) runs
+    in one pipeline stage: the memory tables and the split search know a stage's dense and MoE layers only as
+    a dense-first prefix (``split.leading_dense_layers``), which for interleaved layers would put every dense
+    layer in the first stage and every MoE layer after it, and could promise a stage less memory than its real
+    mix needs. With PP = 1 the one stage holds all layers and the counts are exact."""
+
+    name = "interleaved_layers_one_stage"
+    formula = "pp == 1 (interleave_moe_layer_step > 1)"
+
+    def holds(self, scenario: Scenario, layout: Layout) -> bool:
+        return layout.pp == 1
+
+    def holds_grid(self, scenario: Scenario, grid: SizeArrays) -> np.ndarray:
+        return grid.pp == 1
+
+    def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
+        step = scenario.model.interleave_moe_layer_step
+        detail = (f"PP = {layout.pp}: one MoE layer in every {step}; "
+                  + ("one stage holds them all" if layout.pp == 1 else
+                     "a pipeline split of interleaved dense and MoE layers is not modelled (use PP 1: TP, DP and EP)"))
+        return make_check(self.name, self.formula, layout.pp, "==", 1, detail)
+
+
 class DeepepWholeExperts(LayoutRule):
     """DeepEP moves whole tokens to whole experts: with ``engine.moe_a2a_backend: deepep`` the experts are not
     split inside (ETP = 1). SGLang sets ``ep_size = tp_size`` when it is on (``server_args.py``
@@ -759,7 +783,7 @@ BALANCE_RULES = (ComputeBalance, MemoryBalance)
 def _leading_dense(scenario: Scenario) -> int:
     """Dense layers the first stage holds in the search space (as ``split.leading_dense_layers``, a
     module of this one's layer)."""
-    return scenario.model.first_k_dense_replace if scenario.model.is_moe else 0
+    return scenario.model.num_dense_layers if scenario.model.is_moe else 0
 
 
 def _ns_text(ns: int, unit: str) -> str:
@@ -863,7 +887,8 @@ def build_rules(scenario: Scenario) -> tuple[Rule, ...]:
     if not model.is_mla:
         rules.append(KvHeadsDivisible(replicate=engine.name is not EngineName.MEGATRON))
     if model.num_dense_layers:
-        rules.append(Divisible("dense_ffn_divisible", "intermediate_size", "ffn_tp" if sglang_moe else "tp", model.dense_ffn_width))
+        dense_field = "intermediate_size_mlp" if model.intermediate_size_mlp else "intermediate_size"
+        rules.append(Divisible("dense_ffn_divisible", dense_field, "ffn_tp" if sglang_moe else "tp", model.dense_ffn_width))
     if model.is_moe:
         if engine.name is not EngineName.VLLM:  # vLLM spreads a remainder (fused_moe/layer.py determine_expert_map)
             # SGLang asserts (E + R) % ep_size == 0 with R redundant experts (eplb/expert_location.py)
@@ -876,6 +901,8 @@ def build_rules(scenario: Scenario) -> tuple[Rule, ...]:
         block = scenario.workload.experts_dtype.block_size
         if block:
             rules.append(BlockAligned("moe_ffn_block_aligned", "moe_intermediate_size", "etp", model.expert_width, block))
+        if model.interleave_moe_layer_step > 1:
+            rules.append(InterleavedOneStage())
         if engine.moe_a2a_backend is MoeA2aBackend.DEEPEP:
             rules.append(DeepepWholeExperts())
         if engine.name is EngineName.VLLM:

@@ -5,7 +5,9 @@ Under a balance target (``targets.max_compute_imbalance_pct``, ``max_memory_imba
 the fastest among the balanced ones (``_balanced_split``), None when no split is balanced.
 
 Search space (stated in every plan): the first ``first_k_dense_replace`` layers, the dense ones of a
-DeepSeek-style MoE, all sit in the first stage, so every later stage holds MoE layers only.
+DeepSeek-style MoE, all sit in the first stage, so every later stage holds MoE layers only. A model whose
+dense and MoE layers interleave (Llama 4 Maverick, ``interleave_moe_layer_step``) counts its dense layers
+here as a prefix too, which is exact only with PP = 1; ``rules.InterleavedOneStage`` keeps it there.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ DENSE_FIRST_NOTE = "search space: the dense layers (first_k_dense_replace) all s
 
 def leading_dense_layers(scenario: Scenario) -> int:
     """Dense layers the first stage must hold (0 for a dense model: every layer is alike)."""
-    return scenario.model.first_k_dense_replace if scenario.model.is_moe else 0
+    return scenario.model.num_dense_layers if scenario.model.is_moe else 0
 
 
 def _stage_models(scenario: Scenario, table: CostTable, memory: MemoryTable, c: int):

@@ -38,6 +38,10 @@ GPU_ALIASES = {
     "a100": "a100-sxm-80gb", "a100-80gb": "a100-sxm-80gb", "a100-sxm4-80gb": "a100-sxm-80gb",
     "a100-40gb": "a100-sxm-40gb", "a100-sxm4-40gb": "a100-sxm-40gb",
     "b200-180gb": "b200", "l40s-48gb": "l40s", "instinct-mi300x": "mi300x",
+    "h20-96gb": "h20", "l4-24gb": "l4", "a30-24gb": "a30", "a100-pcie": "a100-pcie-80gb",
+    "rtx-pro-6000-blackwell": "rtx-pro-6000", "rtx-pro-6000-blackwell-server-edition": "rtx-pro-6000",
+    "b300-288gb": "b300", "b300-sxm": "b300", "gb200": "gb200-nvl72", "gb300": "gb300-nvl72",
+    "instinct-mi325x": "mi325x", "instinct-mi355x": "mi355x",
 }
 
 
@@ -75,9 +79,12 @@ def did_you_mean(name: str, known: list[str]) -> str:
     """`` (did you mean X or Y?)`` with the closest known names, or nothing when none is close."""
     import difflib
 
-    close = difflib.get_close_matches(_key(name.rsplit("/", 1)[-1]), [_key(k) for k in known], n=3, cutoff=0.5)
+    typed = _key(name.rsplit("/", 1)[-1])
+    # a name that starts with what was typed comes first ("Qwen3-30B" is Qwen3-30B-A3B before Qwen3-32B)
+    extended = sorted(k for k in known if _key(k).startswith(typed + "-"))
+    close = difflib.get_close_matches(typed, [_key(k) for k in known], n=3, cutoff=0.5)
     originals = {_key(k): k for k in known}
-    names = [originals[c] for c in close]
+    names = list(dict.fromkeys([*extended, *(originals[c] for c in close)]))[:3]
     return f" (did you mean {' or '.join(names)}?)" if names else ""
 
 
