@@ -209,7 +209,7 @@ def test_a_config_json_of_a_newly_supported_architecture_counts_as_the_catalog(t
     entry = {k: v for k, v in catalog.model_entry(name).items() if k not in ("name", "architecture", "source", "published_params")}
     if "num_experts" in entry:
         entry["n_routed_experts"] = entry.pop("num_experts")
-    config = {**entry, "architectures": [architecture], "model_type": model_type, "num_nextn_predict_layers": 1,
+    config = {**entry, "architectures": [architecture], "model_type": model_type,
               "rope_theta": 1000000, "torch_dtype": "bfloat16"}
     (tmp_path / "config.json").write_text(json.dumps(config))
     scenario = {**BASE, "model": {"config_json": "config.json"}}
@@ -218,4 +218,5 @@ def test_a_config_json_of_a_newly_supported_architecture_counts_as_the_catalog(t
     expected = ModelSpec.model_validate(catalog.model_entry(name))
     assert total_params(model) == total_params(expected)
     assert model.num_sliding_layers == expected.num_sliding_layers
-    assert "num_nextn_predict_layers" in model.ignored_config_fields
+    assert model.num_nextn_predict_layers == expected.num_nextn_predict_layers  # MTP layers are read, not counted
+    assert "rope_theta" in model.ignored_config_fields
