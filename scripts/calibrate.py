@@ -19,6 +19,10 @@ What is fitted to what (``calibration/data/``; ``optimizer/model/measured.py`` r
    ``layer_overhead_us``, ``step_overhead_us``, ``sequence_overhead_us`` and ``collective_skew_us`` to the
    whole-step rows (prefill, decode, TTFT) of that stack, with 1-3 fixed; per GPU where the stack has its
    rows, else the stack's; with a ranking hinge so that TP comparisons keep their measured order.
+5. Per GPU and engine (vLLM, SGLang, TensorRT-LLM: ``measured.engine_kernel_sets``), the engine's own kernel
+   fits, in the forms of 1-2, to its own aiconfigurator tables: GEMM (bf16, FP8), attention (prefill,
+   decode), the fused MoE op (bf16, FP8; launch and efficiencies of the grouped GEMMs) and its custom
+   all-reduce (``base_us``, ``hop_us``, ``bandwidth_efficiency`` on the messages it takes, 2/4/8 GPUs).
 Every fit minimises squared log errors (relative error, symmetric in over/under) with
 ``scipy.optimize.least_squares``.
 """
@@ -39,6 +43,8 @@ from scipy.optimize import least_squares
 from optimizer.model.calibration import (
     AttentionFit,
     Calibration,
+    CustomAllReduceFit,
+    EngineKernels,
     GemmFit,
     GpuCalibration,
     LinkFit,
@@ -47,12 +53,14 @@ from optimizer.model.calibration import (
     calibration_from_dict,
 )
 from optimizer.model.measured import (
+    CUSTOM_ALLREDUCE_MAX_BYTES,
     DATA_DIR,
     STACKS,
     STEP_KINDS,
     KernelSet,
     MeasuredRow,
     cluster_for,
+    engine_kernel_sets,
     kernel_sets,
     kernel_time_s,
     predict_row,
@@ -127,6 +135,66 @@ def fit_attention(gpu: str, cal: GpuCalibration) -> GpuCalibration:
 
     r = _fit(residuals, np.log([10.0, 0.5, 5.0, 0.7]))
     return make(r.x)
+
+
+def _fit_gemm_set(ks: KernelSet, cal: GpuCalibration, *, moe: bool = False) -> GemmFit:
+    """A ``GemmFit`` for one GEMM or fused-MoE table (``moe``: timed as ``Work.grouped``)."""
+    dtype = ks.kind.split(":")[1]
+
+    def make(x):
+        launch, ce, me, q = np.exp(x)
+        fit = GemmFit(float(launch), float(ce), float(me), float(q) if dtype == "fp8" else 0.0)
+        return fit, (replace(cal, moe={**cal.moe, dtype: fit}) if moe else replace(cal, gemm={**cal.gemm, dtype: fit}))
+
+    r = _fit(lambda x: _log_err(kernel_time_s(ks, make(x)[1]), ks.measured_s), np.log([4.0, 0.7, 0.8, 0.001]))
+    return make(r.x)[0]
+
+
+def _fit_attention_sets(sets: list[KernelSet], cal: GpuCalibration) -> AttentionFit:
+    """Prefill and decode attention together (they share no parameter, but either may be missing)."""
+
+    def make(x):
+        return replace(cal, attention=AttentionFit(*(float(v) for v in np.exp(x))))
+
+    r = _fit(lambda x: np.concatenate([_log_err(kernel_time_s(ks, make(x)), ks.measured_s) for ks in sets]),
+             np.log([10.0, 0.5, 5.0, 0.7]))
+    return make(r.x).attention
+
+
+def _fit_custom_allreduce(ks: KernelSet, cal: GpuCalibration, max_bytes: int) -> CustomAllReduceFit:
+    """The engine's own all-reduce on the messages it takes (``max_bytes``, 0: all)."""
+    take = np.ones(len(ks.measured_s), dtype=bool) if not max_bytes else np.asarray(ks.work.bytes) <= max_bytes
+    sub = replace(ks, work=replace(ks.work, bytes=np.asarray(ks.work.bytes)[take], peers=np.asarray(ks.work.peers)[take]),
+                  measured_s=ks.measured_s[take])
+
+    def make(x):
+        b, h, e = np.exp(x)
+        return CustomAllReduceFit(float(b), float(h), float(e), float(max_bytes))
+
+    r = _fit(lambda x: _log_err(kernel_time_s(sub, replace(cal, custom_allreduce=make(x))), sub.measured_s),
+             np.log([5.0, 0.5, 0.5]), lower=np.log([0.1, 1e-3, 0.01]), upper=np.log([200.0, 50.0, 2.0]))
+    return make(r.x)
+
+
+def fit_engine_kernels(gpu: str, cal: GpuCalibration) -> dict[str, EngineKernels]:
+    """Each engine's own kernel fits on ``gpu`` from its aiconfigurator tables (``measured.engine_kernel_sets``)."""
+    out = {}
+    for engine in sorted({k.engine for k in engine_kernel_sets() if k.gpu == gpu}):
+        sets = {k.kind: k for k in engine_kernel_sets() if k.gpu == gpu and k.engine == engine}
+        gemm = {k.split(":")[1]: _fit_gemm_set(ks, cal) for k, ks in sets.items() if k.startswith("gemm:")}
+        attention = [sets[k] for k in ("attention_prefill", "attention_decode") if k in sets]
+        moe = {k.split(":")[1]: _fit_gemm_set(ks, cal, moe=True) for k, ks in sets.items() if k.startswith("moe:")}
+        custom = sets.get("custom_allreduce")
+        main = next(iter(sets.values())).tables  # the GEMM table's framework and version, then other versions
+        others = sorted({f"{kind.split(':')[0]} {ks.tables.split(' ', 1)[1]}" for kind, ks in sets.items() if ks.tables != main})
+        out[engine] = EngineKernels(
+            tables=f"aiconfigurator {main}" + (f" ({', '.join(others)})" if others else ""),
+            gemm=gemm,
+            attention=_fit_attention_sets(attention, cal) if attention else None,
+            moe=moe,
+            custom_allreduce=_fit_custom_allreduce(custom, cal, CUSTOM_ALLREDUCE_MAX_BYTES[engine]) if custom else None,
+        )
+    return out
 
 
 def fit_intra_link(gpu: str, cal: GpuCalibration, *, exclude: frozenset[MeasuredRow] = frozenset()) -> GpuCalibration:
@@ -294,7 +362,8 @@ def fit_all() -> tuple[dict[str, GpuCalibration], dict[str, StepFit]]:
         cal = fit_gemm(gpu, cal)
         cal = fit_attention(gpu, cal)
         cal = fit_intra_link(gpu, cal)
-        cals[gpu] = fit_p2p(gpu, cal)
+        cal = fit_p2p(gpu, cal)
+        cals[gpu] = replace(cal, kernels=fit_engine_kernels(gpu, cal))
     steps = [r for r in reference_rows() if r.kind in STEP_KINDS]
     step_fits = fit_steps(steps, cals)
     for gpu in cals:
@@ -334,7 +403,27 @@ def entry_dict(cal: GpuCalibration, *, with_protocols: bool = True) -> dict:
         "intra_node": link(cal.intra_node),
         "inter_node": link(cal.inter_node),
         "steps": {stack: {k: _r(getattr(f, k)) for k in STEP_NAMES} for stack, f in sorted(cal.steps.items())},
+        **({"kernels": {engine: kernels_dict(k) for engine, k in sorted(cal.kernels.items())}} if cal.kernels else {}),
     }
+
+
+def _gemm_dict(f: GemmFit) -> dict:
+    return {"launch_us": _r(f.launch_us), "compute_efficiency": _r(f.compute_efficiency), "memory_efficiency": _r(f.memory_efficiency),
+            **({"quant_ns_per_element": _r(f.quant_ns_per_element)} if f.quant_ns_per_element else {})}
+
+
+def kernels_dict(k: EngineKernels) -> dict:
+    out: dict = {"tables": k.tables, "gemm": {d: _gemm_dict(f) for d, f in sorted(k.gemm.items())}}
+    if k.attention is not None:
+        out["attention"] = {name: _r(getattr(k.attention, name)) for name in ("prefill_launch_us", "prefill_compute_efficiency",
+                                                                            "decode_launch_us", "decode_memory_efficiency")}
+    if k.moe:
+        out["moe"] = {d: _gemm_dict(f) for d, f in sorted(k.moe.items())}
+    if k.custom_allreduce is not None:
+        c = k.custom_allreduce
+        out["custom_allreduce"] = {"base_us": _r(c.base_us), "hop_us": _r(c.hop_us), "bandwidth_efficiency": _r(c.bandwidth_efficiency),
+                                   "max_bytes": int(c.max_bytes)}
+    return out
 
 
 def default_entry(cals: dict[str, GpuCalibration], step_fits: dict[str, dict[str, StepFit]]) -> GpuCalibration:
