@@ -302,7 +302,7 @@ def neighbour_orders(rows: list[MeasuredRow], a: MeasuredRow, b: MeasuredRow) ->
 def kernel_leave_one_gpu_out(shipped: Calibration) -> list[tuple[str, str, int, float, float]]:
     """Each aiconfigurator table (one file per GPU and kind, the kernel rows' sources) predicted without
     that GPU's files: by the default entry ``calibrate.default_entry`` builds from the other fitted GPUs
-    (the geometric mean a plan for a GPU without measurements uses, links at the scenario's latency).
+    (the geometric mean a plan for a GPU without measurements uses, NCCL protocols included).
     Returns (kind, gpu, rows, in-sample MAPE %, held-out MAPE %) per table."""
     fitted = {name: cal for name, cal in shipped.gpus.items() if cal.entry == name}
     steps = {stack: {"*": fit} for stack, fit in shipped.default.steps.items()}
