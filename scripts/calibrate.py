@@ -162,14 +162,19 @@ def _fit_attention_sets(sets: list[KernelSet], cal: GpuCalibration) -> Attention
 
 
 def _fit_custom_allreduce(ks: KernelSet, cal: GpuCalibration, max_bytes: int) -> CustomAllReduceFit:
-    """The engine's own all-reduce on the messages it takes (``max_bytes``, 0: all)."""
-    take = np.ones(len(ks.measured_s), dtype=bool) if not max_bytes else np.asarray(ks.work.bytes) <= max_bytes
+    """The engine's own all-reduce on the messages it takes (``max_bytes``, 0: all) and the groups it runs on:
+    up to 8 GPUs, 2 where the link fit shows a shared PCIe fabric (``contention_exponent`` > 1: about 2 on
+    the 8 x L40S server, under 0.1 behind an NVSwitch)."""
+    max_gpus = 2 if cal.intra_node.contention_exponent > 1 else 8
+    take = np.asarray(ks.work.peers) <= max_gpus
+    if max_bytes:
+        take &= np.asarray(ks.work.bytes) <= max_bytes
     sub = replace(ks, work=replace(ks.work, bytes=np.asarray(ks.work.bytes)[take], peers=np.asarray(ks.work.peers)[take]),
                   measured_s=ks.measured_s[take])
 
     def make(x):
         b, h, e = np.exp(x)
-        return CustomAllReduceFit(float(b), float(h), float(e), float(max_bytes))
+        return CustomAllReduceFit(float(b), float(h), float(e), float(max_bytes), float(max_gpus))
 
     r = _fit(lambda x: _log_err(kernel_time_s(sub, replace(cal, custom_allreduce=make(x))), sub.measured_s),
              np.log([5.0, 0.5, 0.5]), lower=np.log([0.1, 1e-3, 0.01]), upper=np.log([200.0, 50.0, 2.0]))
@@ -422,7 +427,7 @@ def kernels_dict(k: EngineKernels) -> dict:
     if k.custom_allreduce is not None:
         c = k.custom_allreduce
         out["custom_allreduce"] = {"base_us": _r(c.base_us), "hop_us": _r(c.hop_us), "bandwidth_efficiency": _r(c.bandwidth_efficiency),
-                                   "max_bytes": int(c.max_bytes)}
+                                   "max_bytes": int(c.max_bytes), "max_gpus": int(c.max_gpus)}
     return out
 
 

@@ -49,6 +49,7 @@ from optimizer.model.calibration import Calibration, shipped_calibration  # noqa
 from optimizer.model.measured import (  # noqa: E402
     STEP_KINDS,
     MeasuredRow,
+    engine_kernel_sets,
     kernel_sets,
     kernel_time_s,
     predict_row,
@@ -331,6 +332,24 @@ def kernel_summary(show_rows: bool) -> list[str]:
     return lines
 
 
+def engine_kernel_summary() -> list[str]:
+    """Per GPU, engine and table (``measured.engine_kernel_sets``): the MAPE of the engine's own kernel fit
+    and of the shared fit (what the engine's plans used before it had tables, and what stands in for an
+    engine without them). Custom all-reduce rows: the messages the engine takes it for (no shared twin)."""
+    shipped = shipped_calibration()
+    lines = [f"{'table':18s} {'gpu':14s} {'engine':13s} {'rows':>5s} {'own MAPE%':>10s} {'shared MAPE%':>13s}  tables"]
+    for ks in engine_kernel_sets():
+        own = kernel_time_s(ks, shipped.for_gpu(ks.gpu, engine=ks.engine))
+        taken = np.isfinite(own)
+        own_mape = 100 * np.mean(np.abs(own[taken] / ks.measured_s[taken] - 1))
+        if ks.kind == "custom_allreduce":
+            shared = "-"
+        else:
+            shared = f"{100 * np.mean(np.abs(kernel_time_s(ks, shipped.for_gpu(ks.gpu)) / ks.measured_s - 1)):.1f}"
+        lines.append(f"{ks.kind:18s} {ks.gpu:14s} {ks.engine:13s} {int(taken.sum()):5d} {own_mape:10.1f} {shared:>13s}  {ks.tables}")
+    return lines
+
+
 def _five_fold(ks, cal) -> float:
     """Refit this table's parameters on 4/5 of its rows and predict the fifth, five times."""
     idx = np.arange(len(ks.measured_s))
@@ -447,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\nKernel tables (aiconfigurator-core 0.12.0; informational, no target):")
     for line in kernel_summary(args.kernels):
+        print("  " + line)
+    print("\nPer-engine kernel tables (own fit | the shared fit that stands in without them):")
+    for line in engine_kernel_summary():
         print("  " + line)
 
     missed_sources = [h.name for h in sources if h.mape > 20]

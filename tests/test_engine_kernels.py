@@ -18,7 +18,7 @@ from optimizer.errors import OptimizerError
 from optimizer.inputs.catalog import calibration_data
 from optimizer.inputs.scenario import ComputeDtype
 from optimizer.model.calibration import calibration_from_dict, shipped_calibration
-from optimizer.model.cost import Work, work_time_s
+from optimizer.model.cost import Work, custom_allreduce_s, work_time_s
 from optimizer.model.measured import FRAMEWORK_ENGINES, cluster_for, engine_kernel_sets, kernel_time_s, microbenchmark
 
 ENGINES = ("vllm", "sglang", "tensorrt-llm")
@@ -105,12 +105,24 @@ def test_custom_allreduce_speeds_up_small_tp_allreduces_only_below_its_cap():
 
 
 def test_custom_allreduce_fits_follow_their_tables():
-    """The engines' own all-reduce fits predict their tables (messages they take) within 30% on the NVLink
-    GPUs."""
+    """The engines' own all-reduce fits predict their tables (the messages and groups they take it for)
+    within 30%."""
     shipped = shipped_calibration()
     for ks in engine_kernel_sets():
-        if ks.kind == "custom_allreduce" and ks.gpu != "l40s":
+        if ks.kind == "custom_allreduce":
             assert _mape(ks, shipped.for_gpu(ks.gpu, engine=ks.engine)) < 30, (ks.gpu, ks.engine)
+
+
+def test_custom_allreduce_runs_on_two_gpus_only_over_pcie():
+    """The L40S has no NVLink: vLLM and SGLang run their custom all-reduce on two PCIe GPUs, not more."""
+    shipped = shipped_calibration()
+    cluster = cluster_for("l40s", num_gpus=8)
+    for engine in ("vllm", "sglang"):
+        fit = shipped.for_gpu("l40s", engine=engine).custom_allreduce
+        assert fit.max_gpus == 2
+        t = custom_allreduce_s(message=np.array([4096.0, 4096.0]), peers=np.array([2.0, 4.0]), link=cluster.intra_node_link, fit=fit)
+        assert np.isfinite(t[0]) and np.isinf(t[1])
+    assert shipped.for_gpu("h100-sxm", engine="vllm").custom_allreduce.max_gpus == 8
 
 
 def test_every_engine_row_names_its_file_framework_and_version():

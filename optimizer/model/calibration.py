@@ -51,7 +51,8 @@ engine's tables a plan used, or which stand in.
   2(n-1) x hop_us + bus_bytes / (B x efficiency)`` like an NCCL protocol, used for messages up to
   ``max_bytes`` (vLLM and SGLang: 8 MiB, ``CustomAllreduce(max_size=8192 * 1024)`` in vLLM's
   ``distributed/device_communicators/custom_all_reduce.py``; 0: no cap, TensorRT-LLM's AUTO strategy picks per
-  size) on 2, 4, 6 or 8 GPUs (``_SUPPORTED_WORLD_SIZES``); the engine takes it where it beats NCCL.
+  size) on 2, 4, 6 or 8 GPUs (``_SUPPORTED_WORLD_SIZES``; only 2 over PCIe without NVLink); the engine takes
+  it where it beats NCCL.
 
 A GPU with no entry takes ``default`` (the geometric mean of the fitted GPUs, with the scenario's own
 link latency), and the plan says so ("uncalibrated").
@@ -112,12 +113,15 @@ class LinkFit:
 @dataclass(frozen=True)
 class CustomAllReduceFit:
     """An engine's own intra-node all-reduce: ``base_us + 2(n-1) x hop_us + 2(n-1)/n x bytes / (B x
-    bandwidth_efficiency)``, for messages of at most ``max_bytes`` (0: any size)."""
+    bandwidth_efficiency)``, for messages of at most ``max_bytes`` (0: any size) on at most ``max_gpus``
+    (2 where the GPUs share a PCIe fabric: vLLM's custom all-reduce is "not supported on more than two
+    PCIe-only GPUs", ``custom_all_reduce.py``)."""
 
     base_us: float
     hop_us: float
     bandwidth_efficiency: float
     max_bytes: float = 0.0
+    max_gpus: float = 8.0
 
 
 @dataclass(frozen=True)

@@ -109,13 +109,13 @@ CUSTOM_ALLREDUCE_WORLD_SIZES = (2, 4, 6, 8)  # vLLM/SGLang CustomAllreduce._SUPP
 
 def custom_allreduce_s(*, message, peers, link: Link, fit: CustomAllReduceFit):
     """An engine's own intra-node all-reduce (seconds, elementwise; ``inf`` where the engine would not use
-    it: a group size it does not support, a message over ``fit.max_bytes``). Form:
+    it: a group size it does not support or over ``fit.max_gpus``, a message over ``fit.max_bytes``). Form:
     ``calibration.CustomAllReduceFit``."""
     n = np.maximum(np.asarray(peers, dtype=float), 1.0)
     message = np.asarray(message, dtype=float)
     t = (fit.base_us * 1e-6 + 2 * (n - 1) * fit.hop_us * 1e-6
          + 2 * (n - 1) / n * message / (float(link.bandwidth_bytes_per_s) * fit.bandwidth_efficiency))
-    usable = np.isin(n, CUSTOM_ALLREDUCE_WORLD_SIZES) & ((fit.max_bytes <= 0) | (message <= fit.max_bytes))
+    usable = np.isin(n, CUSTOM_ALLREDUCE_WORLD_SIZES) & (n <= fit.max_gpus) & ((fit.max_bytes <= 0) | (message <= fit.max_bytes))
     return np.where(usable, t, np.inf)
 
 
