@@ -475,7 +475,36 @@ def default_entry(cals: dict[str, GpuCalibration], step_fits: dict[str, dict[str
         inter_node=replace(inter, protocols=(), p2p_base_us=None, p2p_bandwidth_efficiency=inter_eff, bandwidth_efficiency=inter_eff),
         step=StepFit(1.0, 0.0, 0.0, 0.0),
         steps={stack: fits["*"] for stack, fits in step_fits.items()},
+        kernels=default_kernels(fitted),
     )
+
+
+def default_kernels(fitted: list[GpuCalibration]) -> dict[str, EngineKernels]:
+    """Per engine, the geometric mean of its kernel fits over the fitted GPUs that have them (each kind and
+    dtype over the GPUs with that table); the custom all-reduce over the NVLink GPUs only (the default link
+    has no PCIe contention), so a plan on a GPU without measurements still uses its engine's kernels."""
+    out: dict[str, EngineKernels] = {}
+    for engine in sorted({e for c in fitted for e in c.kernels}):
+        mine = [c.kernels[engine] for c in fitted if engine in c.kernels]
+
+        def gm(values) -> float:
+            return _geomean(list(values))
+
+        def gemm_mean(fits: list[GemmFit]) -> GemmFit:
+            return GemmFit(*(gm(getattr(f, k) for f in fits) if any(getattr(f, k) for f in fits) else 0.0
+                             for k in ("launch_us", "compute_efficiency", "memory_efficiency", "quant_ns_per_element")))
+
+        gemm = {d: gemm_mean([k.gemm[d] for k in mine if d in k.gemm]) for d in sorted({d for k in mine for d in k.gemm})}
+        moe = {d: gemm_mean([k.moe[d] for k in mine if d in k.moe]) for d in sorted({d for k in mine for d in k.moe})}
+        attns = [k.attention for k in mine if k.attention is not None]
+        attention = AttentionFit(*(gm(getattr(a, n) for a in attns) for n in ("prefill_launch_us", "prefill_compute_efficiency",
+                                                                              "decode_launch_us", "decode_memory_efficiency"))) if attns else None
+        cars = [k.custom_allreduce for k in mine if k.custom_allreduce is not None and k.custom_allreduce.max_gpus >= 8]
+        custom = CustomAllReduceFit(gm(c.base_us for c in cars), gm(c.hop_us for c in cars), gm(c.bandwidth_efficiency for c in cars),
+                                    cars[0].max_bytes, 8.0) if cars else None
+        out[engine] = EngineKernels(tables=f"aiconfigurator {engine} (mean over the fitted GPUs)", gemm=gemm, attention=attention, moe=moe,
+                                    custom_allreduce=custom)
+    return out
 
 
 def data_digest() -> str:

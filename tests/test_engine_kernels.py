@@ -184,3 +184,17 @@ def test_a_malformed_kernel_entry_is_named():
     del data["gpus"]["h100-sxm"]["kernels"]["sglang"]["tables"]
     with pytest.raises(OptimizerError, match="gpus.h100-sxm lacks 'tables'"):
         calibration_from_dict(data)
+
+
+def test_a_gpu_without_measurements_gets_its_engine_kernels_averaged():
+    """The default entry (a GPU with no tables) holds each engine's kernel fits as the geometric mean over the
+    fitted GPUs, and the plan says so."""
+    shipped = shipped_calibration()
+    cal = shipped.for_gpu("mi300x", engine="sglang")
+    assert not cal.measured and cal.kernel_engine == "sglang"
+    fitted = [shipped.gpus[g].kernels["sglang"].moe["bf16"].compute_efficiency for g in FITTED]
+    expected = float(np.exp(np.mean(np.log(fitted))))
+    assert cal.moe_fit("bf16").compute_efficiency == pytest.approx(expected, rel=2e-3)  # 4 significant digits in the file
+    assert cal.custom_allreduce.max_gpus == 8
+    text = shipped.describe("mi300x", shipped.stack_for("sglang"), "sglang")
+    assert "kernel tables aiconfigurator sglang (mean over the fitted GPUs)" in text
