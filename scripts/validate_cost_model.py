@@ -335,18 +335,28 @@ def kernel_summary(show_rows: bool) -> list[str]:
 def engine_kernel_summary() -> list[str]:
     """Per GPU, engine and table (``measured.engine_kernel_sets``): the MAPE of the engine's own kernel fit
     and of the shared fit (what the engine's plans used before it had tables, and what stands in for an
-    engine without them). Custom all-reduce rows: the messages the engine takes it for (no shared twin)."""
+    engine without them), and held out: predicted by the engine's mean kernels over the other fitted GPUs
+    (``calibrate.default_kernels``). Custom all-reduce rows: the messages the engine takes it for (no shared
+    twin)."""
     shipped = shipped_calibration()
-    lines = [f"{'table':18s} {'gpu':14s} {'engine':13s} {'rows':>5s} {'own MAPE%':>10s} {'shared MAPE%':>13s}  tables"]
+    fitted = {name: cal for name, cal in shipped.gpus.items() if cal.entry == name}
+    steps = {stack: {"*": fit} for stack, fit in shipped.default.steps.items()}
+    lines = [f"{'table':18s} {'gpu':14s} {'engine':13s} {'rows':>5s} {'own MAPE%':>10s} {'shared MAPE%':>13s} "
+             f"{'held-out MAPE%':>15s}  tables"]
     for ks in engine_kernel_sets():
         own = kernel_time_s(ks, shipped.for_gpu(ks.gpu, engine=ks.engine))
         taken = np.isfinite(own)
         own_mape = 100 * np.mean(np.abs(own[taken] / ks.measured_s[taken] - 1))
+        # held out: the engine's mean kernels over the other fitted GPUs (what a GPU without tables gets)
+        others = calibrate.default_entry({g: c for g, c in fitted.items() if g != ks.gpu}, steps).with_engine_kernels(ks.engine)
+        held = kernel_time_s(ks, others)
+        held_mape = 100 * np.mean(np.abs(held[taken] / ks.measured_s[taken] - 1))
         if ks.kind == "custom_allreduce":
             shared = "-"
         else:
             shared = f"{100 * np.mean(np.abs(kernel_time_s(ks, shipped.for_gpu(ks.gpu)) / ks.measured_s - 1)):.1f}"
-        lines.append(f"{ks.kind:18s} {ks.gpu:14s} {ks.engine:13s} {int(taken.sum()):5d} {own_mape:10.1f} {shared:>13s}  {ks.tables}")
+        lines.append(f"{ks.kind:18s} {ks.gpu:14s} {ks.engine:13s} {int(taken.sum()):5d} {own_mape:10.1f} {shared:>13s} "
+                     f"{held_mape:15.1f}  {ks.tables}")
     return lines
 
 
