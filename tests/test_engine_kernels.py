@@ -198,3 +198,18 @@ def test_a_gpu_without_measurements_gets_its_engine_kernels_averaged():
     assert cal.custom_allreduce.max_gpus == 8
     text = shipped.describe("mi300x", shipped.stack_for("sglang"), "sglang")
     assert "kernel tables aiconfigurator sglang (mean over the fitted GPUs)" in text
+
+
+@pytest.mark.parametrize("name,grouped", [("qwen3-235b-a22b-16xh100", True), ("qwen3-235b-a22b-16xh100-sglang-deepep", False)])
+def test_routed_experts_use_the_fused_moe_fit_except_under_deepep(name, grouped):
+    """The fused-MoE tables time the engines' fused MoE op; SGLang with DeepEP runs DeepGEMM's grouped GEMMs,
+    which they do not time, so its experts keep the plain GEMM fit."""
+    from optimizer.inputs.loader import load_scenario
+    from optimizer.model.cost import grid, layer_works
+    from optimizer.model.parallel import Layout
+
+    sc = load_scenario(name)
+    layout = Layout(tp=1, pp=1, dp=sc.cluster.num_gpus, ep=sc.cluster.num_gpus, etp=1, edp=1)
+    works = layer_works(scenario=sc, g=grid(sc, (layout,)), tokens=np.ones(1) * 8, seqs=np.ones(1) * 8, context=1024,
+                        prefill=False, dense=False)
+    assert works["experts"].grouped is grouped

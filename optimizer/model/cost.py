@@ -505,7 +505,10 @@ def ffn_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _Grid, t
     works = {
         "router": Work("gemm", flops=2.0 * tokens * h * num_experts, dtype="bf16",
                        bytes=_bytes(h * num_experts, HIGH_PRECISION.bits) + act * tokens * h),
-        "experts": Work("gemm", kernels=2.0, dtype=edtype, grouped=True, flops=2.0 * routed * 3 * h * width,
+        # The fused-MoE fit (``grouped``) is fitted to the engines' fused MoE op (Triton / CUTLASS, tokens
+        # dispatched on the GPU); with DeepEP, SGLang runs DeepGEMM's grouped GEMMs on the exchanged tokens,
+        # which those tables do not time: the plain GEMM fit, as before.
+        "experts": Work("gemm", kernels=2.0, dtype=edtype, grouped=exchange.mode is None, flops=2.0 * routed * 3 * h * width,
                         quant_elements=routed * (h + width) if edtype == "fp8" else 0.0,
                         bytes=touched * _bytes(3 * h * width, workload.experts_dtype.bits) + act * routed * (2 * h + 3 * width)),
         "experts_elementwise": Work("elementwise", bytes=act * routed * 3 * width),
