@@ -213,3 +213,24 @@ def test_routed_experts_use_the_fused_moe_fit_except_under_deepep(name, grouped)
     works = layer_works(scenario=sc, g=grid(sc, (layout,)), tokens=np.ones(1) * 8, seqs=np.ones(1) * 8, context=1024,
                         prefill=False, dense=False)
     assert works["experts"].grouped is grouped
+
+
+def test_a_fresh_fit_reproduces_the_shipped_engine_kernels():
+    """scripts/calibrate.py's per-engine kernel fits, run again on H100's tables, give the shipped entries (to
+    1%: the file keeps 4 significant digits)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import calibrate
+
+    shipped = shipped_calibration().gpus["h100-sxm"]
+    fresh = calibrate.fit_engine_kernels("h100-sxm", shipped)
+    assert set(fresh) == set(shipped.kernels)
+    for engine, k in fresh.items():
+        old = shipped.kernels[engine]
+        assert k.tables == old.tables
+        for dtype, fit in k.moe.items():
+            assert fit.compute_efficiency == pytest.approx(old.moe[dtype].compute_efficiency, rel=0.01)
+        assert k.attention.decode_memory_efficiency == pytest.approx(old.attention.decode_memory_efficiency, rel=0.01)
+        assert k.custom_allreduce.bandwidth_efficiency == pytest.approx(old.custom_allreduce.bandwidth_efficiency, rel=0.01)
