@@ -19,6 +19,10 @@ What is fitted to what (``calibration/data/``; ``optimizer/model/measured.py`` r
    ``layer_overhead_us``, ``step_overhead_us``, ``sequence_overhead_us`` and ``collective_skew_us`` to the
    whole-step rows (prefill, decode, TTFT) of that stack, with 1-3 fixed; per GPU where the stack has its
    rows, else the stack's; with a ranking hinge so that TP comparisons keep their measured order.
+5. Per GPU and engine (vLLM, SGLang, TensorRT-LLM: ``measured.engine_kernel_sets``), the engine's own kernel
+   fits, in the forms of 1-2, to its own aiconfigurator tables: GEMM (bf16, FP8), attention (prefill,
+   decode), the fused MoE op (bf16, FP8; launch and efficiencies of the grouped GEMMs) and its custom
+   all-reduce (``base_us``, ``hop_us``, ``bandwidth_efficiency`` on the messages it takes, 2/4/8 GPUs).
 Every fit minimises squared log errors (relative error, symmetric in over/under) with
 ``scipy.optimize.least_squares``.
 """
@@ -38,6 +42,8 @@ import yaml
 from optimizer.model.calibration import (
     AttentionFit,
     Calibration,
+    CustomAllReduceFit,
+    EngineKernels,
     GemmFit,
     GpuCalibration,
     LinkFit,
@@ -47,12 +53,14 @@ from optimizer.model.calibration import (
 )
 from optimizer.model.fit import least_squares_fit, log_error
 from optimizer.model.measured import (
+    CUSTOM_ALLREDUCE_MAX_BYTES,
     DATA_DIR,
     STACKS,
     STEP_KINDS,
     KernelSet,
     MeasuredRow,
     cluster_for,
+    engine_kernel_sets,
     kernel_sets,
     kernel_time_s,
     predict_row,
@@ -83,7 +91,22 @@ PRIOR = GpuCalibration(
 )
 
 
-_fit = least_squares_fit  # the fitting core lives in the package (optimizer/model/fit.py): optimize calibrate uses it too
+def _fit(residuals, x0, *, lower=None, upper=None, loss="linear"):
+    """The package's fitting core (optimizer/model/fit.py, which optimize calibrate uses too), with the robust
+    loss below for the fits that ask for it."""
+    return least_squares_fit(residuals, x0, lower=lower, upper=upper, loss=loss,
+                             f_scale=MOE_LOSS_SCALE if loss != "linear" else 1.0)
+
+
+# Fused-MoE tables mix tuned and untuned kernel configurations: SGLang's Triton fused MoE runs 4-5x slower
+# on shapes it ships no tuned config for (hidden 2048 / inter 5120 / 512 experts, hidden 2688 / inter 1856)
+# and matches vLLM on those it has (hidden 2048 / inter 768 / 128 experts). A plan's model is mostly one
+# the engine tunes for, so the MoE fits use a robust loss (``soft_l1`` on log errors, scale 0.2: squared
+# below ~20%, linear above) that keeps those rows from dragging the efficiency of the tuned shapes down.
+# The per-engine attention fits use it too: TensorRT-LLM's decode table has rows 10-20x off every other
+# (64 query heads over one KV head at 16-32k tokens, read as if once per query head), which squared log
+# errors let set the efficiency of the rest (H100 decode MAPE 58% with them, 33% robust).
+MOE_LOSS_SCALE = 0.2
 _log_err = log_error
 
 
@@ -122,6 +145,73 @@ def fit_attention(gpu: str, cal: GpuCalibration) -> GpuCalibration:
 
     r = _fit(residuals, np.log([10.0, 0.5, 5.0, 0.7, 0.7]))
     return make(r.x)
+
+
+def _fit_gemm_set(ks: KernelSet, cal: GpuCalibration, *, moe: bool = False) -> GemmFit:
+    """A ``GemmFit`` for one GEMM or fused-MoE table (``moe``: timed as ``Work.grouped``)."""
+    dtype = ks.kind.split(":")[1]
+
+    def make(x):
+        launch, ce, me, q = np.exp(x)
+        fit = GemmFit(float(launch), float(ce), float(me), float(q) if dtype == "fp8" else 0.0)
+        return fit, (replace(cal, moe={**cal.moe, dtype: fit}) if moe else replace(cal, gemm={**cal.gemm, dtype: fit}))
+
+    r = _fit(lambda x: _log_err(kernel_time_s(ks, make(x)[1]), ks.measured_s), np.log([4.0, 0.7, 0.8, 0.001]),
+             loss="soft_l1" if moe else "linear")
+    return make(r.x)[0]
+
+
+def _fit_attention_sets(sets: list[KernelSet], cal: GpuCalibration) -> AttentionFit:
+    """Prefill and decode attention together (they share no parameter, but either may be missing), with the
+    robust loss (``MOE_LOSS_SCALE``)."""
+
+    def make(x):
+        return replace(cal, attention=AttentionFit(*(float(v) for v in np.exp(x))))
+
+    r = _fit(lambda x: np.concatenate([_log_err(kernel_time_s(ks, make(x)), ks.measured_s) for ks in sets]),
+             np.log([10.0, 0.5, 5.0, 0.7]), loss="soft_l1")
+    return make(r.x).attention
+
+
+def _fit_custom_allreduce(ks: KernelSet, cal: GpuCalibration, max_bytes: int) -> CustomAllReduceFit:
+    """The engine's own all-reduce on the messages it takes (``max_bytes``, 0: all) and the groups it runs on:
+    up to 8 GPUs, 2 where the link fit shows a shared PCIe fabric (``contention_exponent`` > 1: about 2 on
+    the 8 x L40S server, under 0.1 behind an NVSwitch)."""
+    max_gpus = 2 if cal.intra_node.contention_exponent > 1 else 8
+    take = np.asarray(ks.work.peers) <= max_gpus
+    if max_bytes:
+        take &= np.asarray(ks.work.bytes) <= max_bytes
+    sub = replace(ks, work=replace(ks.work, bytes=np.asarray(ks.work.bytes)[take], peers=np.asarray(ks.work.peers)[take]),
+                  measured_s=ks.measured_s[take])
+
+    def make(x):
+        b, h, e = np.exp(x)
+        return CustomAllReduceFit(float(b), float(h), float(e), float(max_bytes), float(max_gpus))
+
+    r = _fit(lambda x: _log_err(kernel_time_s(sub, replace(cal, custom_allreduce=make(x))), sub.measured_s),
+             np.log([5.0, 0.5, 0.5]), lower=np.log([0.1, 1e-3, 0.01]), upper=np.log([200.0, 50.0, 2.0]))
+    return make(r.x)
+
+
+def fit_engine_kernels(gpu: str, cal: GpuCalibration) -> dict[str, EngineKernels]:
+    """Each engine's own kernel fits on ``gpu`` from its aiconfigurator tables (``measured.engine_kernel_sets``)."""
+    out = {}
+    for engine in sorted({k.engine for k in engine_kernel_sets() if k.gpu == gpu}):
+        sets = {k.kind: k for k in engine_kernel_sets() if k.gpu == gpu and k.engine == engine}
+        gemm = {k.split(":")[1]: _fit_gemm_set(ks, cal) for k, ks in sets.items() if k.startswith("gemm:")}
+        attention = [sets[k] for k in ("attention_prefill", "attention_decode") if k in sets]
+        moe = {k.split(":")[1]: _fit_gemm_set(ks, cal, moe=True) for k, ks in sets.items() if k.startswith("moe:")}
+        custom = sets.get("custom_allreduce")
+        main = next(iter(sets.values())).tables  # the GEMM table's framework and version, then other versions
+        others = sorted({f"{kind.split(':')[0]} {ks.tables.split(' ', 1)[1]}" for kind, ks in sets.items() if ks.tables != main})
+        out[engine] = EngineKernels(
+            tables=f"aiconfigurator {main}" + (f" ({', '.join(others)})" if others else ""),
+            gemm=gemm,
+            attention=_fit_attention_sets(attention, cal) if attention else None,
+            moe=moe,
+            custom_allreduce=_fit_custom_allreduce(custom, cal, CUSTOM_ALLREDUCE_MAX_BYTES[engine]) if custom else None,
+        )
+    return out
 
 
 def fit_intra_link(gpu: str, cal: GpuCalibration, *, exclude: frozenset[MeasuredRow] = frozenset()) -> GpuCalibration:
@@ -291,7 +381,8 @@ def fit_all() -> tuple[dict[str, GpuCalibration], dict[str, StepFit]]:
         cal = fit_gemm(gpu, cal)
         cal = fit_attention(gpu, cal)
         cal = fit_intra_link(gpu, cal)
-        cals[gpu] = fit_p2p(gpu, cal)
+        cal = fit_p2p(gpu, cal)
+        cals[gpu] = replace(cal, kernels=fit_engine_kernels(gpu, cal))
     steps = [r for r in reference_rows() if r.kind in STEP_KINDS]
     step_fits = fit_steps(steps, cals)
     for gpu in cals:
@@ -330,12 +421,37 @@ def entry_dict(cal: GpuCalibration, *, with_protocols: bool = True) -> dict:
         "intra_node": link(cal.intra_node),
         "inter_node": link(cal.inter_node),
         "steps": {stack: {k: _r(getattr(f, k)) for k in STEP_NAMES} for stack, f in sorted(cal.steps.items())},
+        **({"kernels": {engine: kernels_dict(k) for engine, k in sorted(cal.kernels.items())}} if cal.kernels else {}),
     }
 
 
+def _gemm_dict(f: GemmFit) -> dict:
+    return {"launch_us": _r(f.launch_us), "compute_efficiency": _r(f.compute_efficiency), "memory_efficiency": _r(f.memory_efficiency),
+            **({"quant_ns_per_element": _r(f.quant_ns_per_element)} if f.quant_ns_per_element else {})}
+
+
+def kernels_dict(k: EngineKernels) -> dict:
+    out: dict = {"tables": k.tables, "gemm": {d: _gemm_dict(f) for d, f in sorted(k.gemm.items())}}
+    if k.attention is not None:
+        out["attention"] = {name: _r(getattr(k.attention, name)) for name in ("prefill_launch_us", "prefill_compute_efficiency",
+                                                                            "decode_launch_us", "decode_memory_efficiency")}
+    if k.moe:
+        out["moe"] = {d: _gemm_dict(f) for d, f in sorted(k.moe.items())}
+    if k.custom_allreduce is not None:
+        c = k.custom_allreduce
+        out["custom_allreduce"] = {"base_us": _r(c.base_us), "hop_us": _r(c.hop_us), "bandwidth_efficiency": _r(c.bandwidth_efficiency),
+                                   "max_bytes": int(c.max_bytes), "max_gpus": int(c.max_gpus)}
+    return out
+
+
 def default_entry(cals: dict[str, GpuCalibration], step_fits: dict[str, dict[str, StepFit]]) -> GpuCalibration:
-    """Geometric mean of the fitted GPUs; links without protocols (the scenario's latency per hop) at the
-    mean efficiency of the high-bandwidth protocol."""
+    """Geometric mean of the fitted GPUs. The intra-node link takes the geometric mean of each fitted
+    protocol (by base latency: the low-latency one, then the high-bandwidth one) with no contention: NCCL's
+    protocols cost about the same few microseconds a hop on every GPU measured (its tuning model,
+    ``src/graph/tuning.cc``, has one latency table for all NVLink GPUs), where the scenario's link latency
+    per hop (the form before) has no low-latency protocol and missed the held-out NCCL tables by 41-63%
+    (``validate_cost_model.py --held-out-only``: 21-24% with these, 45% on the PCIe L40S). The inter-node
+    link: the scenario's latency per hop at the measured efficiency."""
     fitted = list(cals.values())
 
     def gm(get) -> float:
@@ -346,16 +462,47 @@ def default_entry(cals: dict[str, GpuCalibration], step_fits: dict[str, dict[str
                        gm(lambda c: c.gemm[d].quant_ns_per_element) if d == "fp8" else 0.0) for d in ("bf16", "fp8")}
     a = AttentionFit(*(gm(lambda c, k=k: getattr(c.attention, k) or c.attention.decode_memory_efficiency) for k in ATTENTION_NAMES))
     link_eff = gm(lambda c: max(p.bandwidth_efficiency for p in c.intra_node.protocols))
+    protocols = tuple(Protocol(*(gm(lambda c, i=i, k=k: getattr(sorted(c.intra_node.protocols, key=lambda p: p.base_us)[i], k))
+                                 for k in ("base_us", "hop_us", "bandwidth_efficiency"))) for i in range(2))
     inter = fitted[0].inter_node if fitted[0].inter_node.p2p_bandwidth_efficiency != 0.8 else PRIOR.inter_node
     inter_eff = next((c.inter_node.bandwidth_efficiency for c in fitted if c.inter_node.bandwidth_efficiency != 0.8), 0.8)
     return GpuCalibration(
         entry="default", measured=False, gemm=gemm, attention=a,
         elementwise_memory_efficiency=gm(lambda c: c.elementwise_memory_efficiency),
-        intra_node=LinkFit(protocols=(), p2p_base_us=None, p2p_bandwidth_efficiency=link_eff, bandwidth_efficiency=link_eff),
+        intra_node=LinkFit(protocols=protocols, p2p_base_us=None, p2p_bandwidth_efficiency=link_eff, bandwidth_efficiency=link_eff),
         inter_node=replace(inter, protocols=(), p2p_base_us=None, p2p_bandwidth_efficiency=inter_eff, bandwidth_efficiency=inter_eff),
         step=StepFit(1.0, 0.0, 0.0, 0.0),
         steps={stack: fits["*"] for stack, fits in step_fits.items()},
+        kernels=default_kernels(fitted),
     )
+
+
+def default_kernels(fitted: list[GpuCalibration]) -> dict[str, EngineKernels]:
+    """Per engine, the geometric mean of its kernel fits over the fitted GPUs that have them (each kind and
+    dtype over the GPUs with that table); the custom all-reduce over the NVLink GPUs only (the default link
+    has no PCIe contention), so a plan on a GPU without measurements still uses its engine's kernels."""
+    out: dict[str, EngineKernels] = {}
+    for engine in sorted({e for c in fitted for e in c.kernels}):
+        mine = [c.kernels[engine] for c in fitted if engine in c.kernels]
+
+        def gm(values) -> float:
+            return _geomean(list(values))
+
+        def gemm_mean(fits: list[GemmFit]) -> GemmFit:
+            return GemmFit(*(gm(getattr(f, k) for f in fits) if any(getattr(f, k) for f in fits) else 0.0
+                             for k in ("launch_us", "compute_efficiency", "memory_efficiency", "quant_ns_per_element")))
+
+        gemm = {d: gemm_mean([k.gemm[d] for k in mine if d in k.gemm]) for d in sorted({d for k in mine for d in k.gemm})}
+        moe = {d: gemm_mean([k.moe[d] for k in mine if d in k.moe]) for d in sorted({d for k in mine for d in k.moe})}
+        attns = [k.attention for k in mine if k.attention is not None]
+        attention = AttentionFit(*(gm(getattr(a, n) for a in attns) for n in ("prefill_launch_us", "prefill_compute_efficiency",
+                                                                              "decode_launch_us", "decode_memory_efficiency"))) if attns else None
+        cars = [k.custom_allreduce for k in mine if k.custom_allreduce is not None and k.custom_allreduce.max_gpus >= 8]
+        custom = CustomAllReduceFit(gm(c.base_us for c in cars), gm(c.hop_us for c in cars), gm(c.bandwidth_efficiency for c in cars),
+                                    cars[0].max_bytes, 8.0) if cars else None
+        out[engine] = EngineKernels(tables=f"aiconfigurator {engine} (mean over the fitted GPUs)", gemm=gemm, attention=attention, moe=moe,
+                                    custom_allreduce=custom)
+    return out
 
 
 def data_digest() -> str:
@@ -370,7 +517,7 @@ def data_digest() -> str:
 def document(cals: dict[str, GpuCalibration], step_fits: dict[str, dict[str, StepFit]]) -> dict:
     files = sorted(p.name for p in DATA_DIR.glob("*.csv"))
     entries = {**{gpu: entry_dict(cal) for gpu, cal in cals.items()}, **{alias: {"like": target} for alias, target in LIKE.items()}}
-    default = entry_dict(default_entry(cals, step_fits), with_protocols=False)
+    default = entry_dict(default_entry(cals, step_fits))
     params = hashlib.sha256(yaml.safe_dump([entries, default], sort_keys=True).encode()).hexdigest()[:8]
     return {
         "id": f"fit-{data_digest()}-{params}",

@@ -49,6 +49,7 @@ from optimizer.model.calibration import Calibration, shipped_calibration  # noqa
 from optimizer.model.measured import (  # noqa: E402
     STEP_KINDS,
     MeasuredRow,
+    engine_kernel_sets,
     kernel_sets,
     kernel_time_s,
     predict_row,
@@ -302,7 +303,7 @@ def neighbour_orders(rows: list[MeasuredRow], a: MeasuredRow, b: MeasuredRow) ->
 def kernel_leave_one_gpu_out(shipped: Calibration) -> list[tuple[str, str, int, float, float]]:
     """Each aiconfigurator table (one file per GPU and kind, the kernel rows' sources) predicted without
     that GPU's files: by the default entry ``calibrate.default_entry`` builds from the other fitted GPUs
-    (the geometric mean a plan for a GPU without measurements uses, links at the scenario's latency).
+    (the geometric mean a plan for a GPU without measurements uses, NCCL protocols included).
     Returns (kind, gpu, rows, in-sample MAPE %, held-out MAPE %) per table."""
     fitted = {name: cal for name, cal in shipped.gpus.items() if cal.entry == name}
     steps = {stack: {"*": fit} for stack, fit in shipped.default.steps.items()}
@@ -328,6 +329,34 @@ def kernel_summary(show_rows: bool) -> list[str]:
         if show_rows:
             for label, p, m in zip(ks.labels, pred, ks.measured_s):
                 lines.append(f"    {label:48s} pred {p * 1e3:10.4f} ms  meas {m * 1e3:10.4f} ms  {pct(p, m):+7.1f}%")
+    return lines
+
+
+def engine_kernel_summary() -> list[str]:
+    """Per GPU, engine and table (``measured.engine_kernel_sets``): the MAPE of the engine's own kernel fit
+    and of the shared fit (what the engine's plans used before it had tables, and what stands in for an
+    engine without them), and held out: predicted by the engine's mean kernels over the other fitted GPUs
+    (``calibrate.default_kernels``). Custom all-reduce rows: the messages the engine takes it for (no shared
+    twin)."""
+    shipped = shipped_calibration()
+    fitted = {name: cal for name, cal in shipped.gpus.items() if cal.entry == name}
+    steps = {stack: {"*": fit} for stack, fit in shipped.default.steps.items()}
+    lines = [f"{'table':18s} {'gpu':14s} {'engine':13s} {'rows':>5s} {'own MAPE%':>10s} {'shared MAPE%':>13s} "
+             f"{'held-out MAPE%':>15s}  tables"]
+    for ks in engine_kernel_sets():
+        own = kernel_time_s(ks, shipped.for_gpu(ks.gpu, engine=ks.engine))
+        taken = np.isfinite(own)
+        own_mape = 100 * np.mean(np.abs(own[taken] / ks.measured_s[taken] - 1))
+        # held out: the engine's mean kernels over the other fitted GPUs (what a GPU without tables gets)
+        others = calibrate.default_entry({g: c for g, c in fitted.items() if g != ks.gpu}, steps).with_engine_kernels(ks.engine)
+        held = kernel_time_s(ks, others)
+        held_mape = 100 * np.mean(np.abs(held[taken] / ks.measured_s[taken] - 1))
+        if ks.kind == "custom_allreduce":
+            shared = "-"
+        else:
+            shared = f"{100 * np.mean(np.abs(kernel_time_s(ks, shipped.for_gpu(ks.gpu)) / ks.measured_s - 1)):.1f}"
+        lines.append(f"{ks.kind:18s} {ks.gpu:14s} {ks.engine:13s} {int(taken.sum()):5d} {own_mape:10.1f} {shared:>13s} "
+                     f"{held_mape:15.1f}  {ks.tables}")
     return lines
 
 
@@ -447,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\nKernel tables (aiconfigurator-core 0.12.0; informational, no target):")
     for line in kernel_summary(args.kernels):
+        print("  " + line)
+    print("\nPer-engine kernel tables (own fit | the shared fit that stands in without them):")
+    for line in engine_kernel_summary():
         print("  " + line)
 
     missed_sources = [h.name for h in sources if h.mape > 20]

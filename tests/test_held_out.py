@@ -139,11 +139,12 @@ KERNEL_TABLES = {
     ("attention_prefill", "h100-sxm"): 18.0, ("attention_decode", "h100-sxm"): 11.2,
     ("attention_prefill", "h200-sxm"): 18.7, ("attention_decode", "h200-sxm"): 11.5,
     ("attention_prefill", "l40s"): 101.6, ("attention_decode", "l40s"): 59.5,
-    ("nccl", "a100-sxm-80gb"): 41.5, ("nccl", "b200"): 41.1, ("nccl", "h100-sxm"): 43.3, ("nccl", "h200-sxm"): 41.1,
-    ("nccl", "l40s"): 62.8,
+    # NCCL: 41-63% while the default link took the scenario's latency per hop; the other GPUs' mean protocols now
+    ("nccl", "a100-sxm-80gb"): 21.5, ("nccl", "b200"): 22.0, ("nccl", "h100-sxm"): 23.7, ("nccl", "h200-sxm"): 22.4,
+    ("nccl", "l40s"): 45.3,
 }
-KERNEL_MISS = ("most tables miss 20% in sample too (one efficiency per kernel kind and GPU); NCCL held out has no "
-               "protocol fit and takes the scenario's link latency; the PCIe L40S is unlike the NVLink GPUs averaged")
+KERNEL_MISS = ("most tables miss 20% in sample too (one efficiency per kernel kind and GPU); NCCL held out takes the "
+               "other GPUs' mean protocols, a few points over 20%; the PCIe L40S is unlike the NVLink GPUs averaged")
 
 
 @pytest.fixture(scope="module")

@@ -38,6 +38,24 @@ Forms (all times in seconds, efficiencies as shares of the datasheet figure):
 (``engine.calibration_file``, written by ``optimize calibrate``: ``with_step_fit``, ``file_calibration``)
 whose refitted step parameters become its engine's stack on its GPU, under the file's id.
 
+Kernel tables per engine (issue 13 item 6): the GEMM, attention, fused-MoE and all-reduce kernels an engine
+runs are its own (vLLM: torch linear / CUTLASS FP8, FlashAttention, Triton fused MoE, its custom all-reduce;
+SGLang: sgl-kernel, FlashAttention 3 / Triton, its fused MoE and custom all-reduce; TensorRT-LLM: its own
+kernels and AUTO all-reduce), and aiconfigurator-core measures each separately. A GPU entry's ``kernels``
+holds, per engine profile, the fits to that engine's tables (``EngineKernels``); ``Calibration.for_gpu``
+with ``engine`` puts them in place of the shared fits (aiconfigurator's vLLM GEMM and attention tables and
+NCCL, which every engine falls back to where it has no tables of its own), and ``describe`` says which
+engine's tables a plan used, or which stand in.
+- Fused MoE (``moe``): the routed experts' grouped GEMMs as one GEMM-shaped work (``cost.ffn_works``,
+  ``Work.grouped``) with their own launch term and efficiencies, fitted to the engine's fused-MoE op
+  (routing, both grouped GEMMs, activation, combine). Without a fit, the plain GEMM fit.
+- Custom all-reduce (``custom_allreduce``): an engine's own intra-node all-reduce kernel, ``base_us +
+  2(n-1) x hop_us + bus_bytes / (B x efficiency)`` like an NCCL protocol, used for messages up to
+  ``max_bytes`` (vLLM and SGLang: 8 MiB, ``CustomAllreduce(max_size=8192 * 1024)`` in vLLM's
+  ``distributed/device_communicators/custom_all_reduce.py``; 0: no cap, TensorRT-LLM's AUTO strategy picks per
+  size) on 2, 4, 6 or 8 GPUs (``_SUPPORTED_WORLD_SIZES``; only 2 over PCIe without NVLink); the engine takes
+  it where it beats NCCL.
+
 A GPU with no entry takes ``default`` (the geometric mean of the fitted GPUs, with the scenario's own
 link latency), and the plan says so ("uncalibrated").
 """
@@ -103,6 +121,32 @@ class LinkFit:
 
 
 @dataclass(frozen=True)
+class CustomAllReduceFit:
+    """An engine's own intra-node all-reduce: ``base_us + 2(n-1) x hop_us + 2(n-1)/n x bytes / (B x
+    bandwidth_efficiency)``, for messages of at most ``max_bytes`` (0: any size) on at most ``max_gpus``
+    (2 where the GPUs share a PCIe fabric: vLLM's custom all-reduce is "not supported on more than two
+    PCIe-only GPUs", ``custom_all_reduce.py``)."""
+
+    base_us: float
+    hop_us: float
+    bandwidth_efficiency: float
+    max_bytes: float = 0.0
+    max_gpus: float = 8.0
+
+
+@dataclass(frozen=True)
+class EngineKernels:
+    """One engine's kernel fits on one GPU (``tables``: which aiconfigurator tables, framework and version).
+    A kind left out (``attention`` None, a dtype missing) falls back to the shared fit."""
+
+    tables: str
+    gemm: dict[str, GemmFit] = field(default_factory=dict)
+    attention: AttentionFit | None = None
+    moe: dict[str, GemmFit] = field(default_factory=dict)
+    custom_allreduce: CustomAllReduceFit | None = None
+
+
+@dataclass(frozen=True)
 class StepFit:
     """What the operator list leaves out, fitted to whole-step measurements."""
 
@@ -130,9 +174,26 @@ class GpuCalibration:
     steps: dict[str, StepFit] = field(default_factory=dict)  # stack -> fit
     stack: str = ""
     step_measured: bool = False  # this GPU has whole-step measurements on this stack
+    kernels: dict[str, EngineKernels] = field(default_factory=dict)  # engine profile -> its own kernel fits
+    kernel_engine: str = ""  # whose kernel fits are in place ("": the shared ones)
+    moe: dict[str, GemmFit] = field(default_factory=dict)  # fused-MoE grouped GEMM fits in place
+    custom_allreduce: CustomAllReduceFit | None = None  # the engine's own all-reduce in place
 
     def gemm_fit(self, dtype: str) -> GemmFit:
         return self.gemm.get(dtype) or self.gemm["bf16"]
+
+    def moe_fit(self, dtype: str) -> GemmFit:
+        """The fused-MoE fit for ``dtype`` (the bf16 one, then the plain GEMM fit, where there is none)."""
+        return self.moe.get(dtype) or self.moe.get("bf16") or self.gemm_fit(dtype)
+
+    def with_engine_kernels(self, engine: str | None) -> GpuCalibration:
+        """This entry with ``engine``'s own kernel fits in place of the shared ones (unchanged where the
+        engine has no tables on this GPU)."""
+        k = self.kernels.get(engine or "")
+        if k is None:
+            return self
+        return replace(self, gemm={**self.gemm, **k.gemm}, attention=k.attention or self.attention, moe=dict(k.moe),
+                       custom_allreduce=k.custom_allreduce, kernel_engine=engine)
 
 
 @dataclass(frozen=True)
@@ -159,22 +220,23 @@ class Calibration:
                                  f"use one of: {', '.join(self.stacks)}")
         return stack
 
-    def for_gpu(self, name: str, stack: str | None = None) -> GpuCalibration:
+    def for_gpu(self, name: str, stack: str | None = None, engine: str | None = None) -> GpuCalibration:
         """The entry for GPU ``name`` (catalog name, following ``like:`` aliases; ``default`` if none)
-        with ``step`` set to ``stack``'s fit (the default entry's, for a GPU not measured on it)."""
+        with ``step`` set to ``stack``'s fit (the default entry's, for a GPU not measured on it) and, given
+        ``engine`` (an engine profile name), that engine's kernel fits where it has tables on this GPU."""
         cal = self.gpus.get(name, self.default)
         stack = stack or self.stack_for("")
         fit = cal.steps.get(stack)
         measured = fit is not None and cal.measured
         if fit is None:
             fit = self.default.steps.get(stack, cal.step)
-        return replace(cal, step=fit, stack=stack, step_measured=measured)
+        return replace(cal, step=fit, stack=stack, step_measured=measured).with_engine_kernels(engine)
 
     def describe(self, name: str, stack: str | None = None, engine: str | None = None) -> str:
         """One line for the plan: the calibration id, the GPU entry used and the software stack, saying so
         when the stack stands in for ``engine`` (no measured rows of that engine: its step parameters are
         another stack's)."""
-        cal = self.for_gpu(name, stack)
+        cal = self.for_gpu(name, stack, engine)
         if not cal.measured:
             where = f"default entry (GPU {name!r} has no measurements: geometric mean of the fitted GPUs)"
         else:
@@ -182,7 +244,13 @@ class Calibration:
         steps = f"stack {cal.stack}" + ("" if cal.step_measured else " (step parameters: the stack's mean over its GPUs)")
         if engine and cal.stack != engine and not cal.stack.startswith(f"measured-{engine}-"):  # optimize calibrate's stacks
             steps += f", standing in for {engine} (no {engine} measurements in this calibration)"
-        return f"{self.id}: {where}, {steps}"
+        if cal.kernel_engine:
+            kernels = f"kernel tables {cal.kernels[cal.kernel_engine].tables}"
+        else:
+            kernels = "shared kernel tables (aiconfigurator vLLM GEMM and attention, NCCL)"
+            if engine and engine != "vllm":
+                kernels += f", standing in for {engine} (no {engine} kernel tables for this GPU)"
+        return f"{self.id}: {where}, {steps}; {kernels}"
 
 
 def _build(cls, data: dict[str, Any], where: str):
@@ -213,6 +281,17 @@ def _link(data: dict[str, Any], where: str) -> LinkFit:
     )
 
 
+def _engine_kernels(data: dict[str, Any], where: str) -> EngineKernels:
+    return EngineKernels(
+        tables=str(data["tables"]),
+        gemm={dtype: _build(GemmFit, d, f"{where}.gemm.{dtype}") for dtype, d in (data.get("gemm") or {}).items()},
+        attention=_build(AttentionFit, data["attention"], f"{where}.attention") if data.get("attention") else None,
+        moe={dtype: _build(GemmFit, d, f"{where}.moe.{dtype}") for dtype, d in (data.get("moe") or {}).items()},
+        custom_allreduce=(_build(CustomAllReduceFit, data["custom_allreduce"], f"{where}.custom_allreduce")
+                          if data.get("custom_allreduce") else None),
+    )
+
+
 def gpu_calibration(entry: str, data: dict[str, Any], *, measured: bool = True) -> GpuCalibration:
     """Parse one GPU entry of the calibration file.
 
@@ -231,6 +310,7 @@ def gpu_calibration(entry: str, data: dict[str, Any], *, measured: bool = True) 
             inter_node=_link(data["inter_node"], f"{where}.inter_node"),
             step=StepFit(1.0, 0.0, 0.0, 0.0),
             steps={stack: _build(StepFit, d, f"{where}.steps.{stack}") for stack, d in data["steps"].items()},
+            kernels={engine: _engine_kernels(d, f"{where}.kernels.{engine}") for engine, d in (data.get("kernels") or {}).items()},
         )
     except (KeyError, AttributeError) as exc:
         raise OptimizerError(f"calibration file: {where} lacks {exc}") from None

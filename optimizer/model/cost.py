@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from optimizer.model.calibration import Calibration, GpuCalibration, LinkFit, calibration_for
+from optimizer.model.calibration import Calibration, CustomAllReduceFit, GpuCalibration, LinkFit, calibration_for
 from optimizer.model.engines import a2a_dispatch_dtype, chunked_prefill, deepep_mode, ffn_tp, physical_experts, prefill_rides_decode, ttft_model
 from optimizer.model.memory import ACTIVATION_BYTES, HIGH_PRECISION, LOGITS_BYTES, kv_cache_bytes_per_token_layer, kv_heads_per_rank
 from optimizer.model.workload_features import (draft_layers, draft_passes, draft_scenario, expected_tokens_per_step, per_token_ns,
@@ -66,7 +66,8 @@ class Work:
       the gathered output; all-to-all: what each rank holds before the exchange; p2p: what is sent),
       ``peers`` the group size n, ``offnode`` the share of the traffic that crosses nodes (0..1);
     - ``overhead``: the calibration's fixed term named by ``dtype`` ("layer" or "step");
-    - ``repeat``: how many times it runs (a fraction for sliding-window layers mixed with full ones).
+    - ``repeat``: how many times it runs (a fraction for sliding-window layers mixed with full ones);
+    - ``grouped``: a GEMM that is the routed experts' fused-MoE op (its own calibration fit).
     """
 
     kind: str
@@ -78,6 +79,7 @@ class Work:
     peers: np.ndarray | float = 1.0
     offnode: np.ndarray | float = 0.0
     repeat: np.ndarray | float = 1.0
+    grouped: bool = False  # a fused-MoE grouped GEMM: timed with the calibration's MoE fit (``GpuCalibration.moe_fit``)
 
 
 def _gemm_dtype(gpu: GpuSpec, compute: ComputeDtype) -> str:
@@ -109,6 +111,21 @@ def _collective_s(*, kind: str, message, peers, link: Link, fit: LinkFit):
     return np.where(active & (message > 0), t, 0.0)
 
 
+CUSTOM_ALLREDUCE_WORLD_SIZES = (2, 4, 6, 8)  # vLLM/SGLang CustomAllreduce._SUPPORTED_WORLD_SIZES
+
+
+def custom_allreduce_s(*, message, peers, link: Link, fit: CustomAllReduceFit):
+    """An engine's own intra-node all-reduce (seconds, elementwise; ``inf`` where the engine would not use
+    it: a group size it does not support or over ``fit.max_gpus``, a message over ``fit.max_bytes``). Form:
+    ``calibration.CustomAllReduceFit``."""
+    n = np.maximum(np.asarray(peers, dtype=float), 1.0)
+    message = np.asarray(message, dtype=float)
+    t = (fit.base_us * 1e-6 + 2 * (n - 1) * fit.hop_us * 1e-6
+         + 2 * (n - 1) / n * message / (float(link.bandwidth_bytes_per_s) * fit.bandwidth_efficiency))
+    usable = np.isin(n, CUSTOM_ALLREDUCE_WORLD_SIZES) & (n <= fit.max_gpus) & ((fit.max_bytes <= 0) | (message <= fit.max_bytes))
+    return np.where(usable, t, np.inf)
+
+
 def work_time_s(work: Work, *, gpu: GpuSpec, cluster: Cluster, cal: GpuCalibration):
     """Seconds ``work`` takes on one GPU with calibration ``cal`` (array over layouts, or a float)."""
     repeat = work.repeat
@@ -125,6 +142,9 @@ def work_time_s(work: Work, *, gpu: GpuSpec, cluster: Cluster, cal: GpuCalibrati
             skew = np.where((peers > 1) & (message > 0), cal.step.collective_skew_us * 1e-6 * np.log2(np.maximum(peers, 1.0)), 0.0)
         if work.kind in ("allreduce", "allgather"):  # a ring is as slow as its slowest hop
             intra = _collective_s(kind=work.kind, message=message, peers=peers, link=cluster.intra_node_link, fit=cal.intra_node)
+            if work.kind == "allreduce" and cal.custom_allreduce is not None:  # the engine's own kernel where faster
+                custom = custom_allreduce_s(message=message, peers=peers, link=cluster.intra_node_link, fit=cal.custom_allreduce)
+                intra = np.where((peers > 1) & (message > 0), np.minimum(intra, custom), intra)
             inter = _collective_s(kind=work.kind, message=message, peers=peers, link=cluster.inter_node_link, fit=cal.inter_node)
             return repeat * (np.where(off > 0, inter, intra) + skew)
         on_node = _collective_s(kind=work.kind, message=message * (1 - off), peers=peers,
@@ -140,7 +160,7 @@ def work_time_s(work: Work, *, gpu: GpuSpec, cluster: Cluster, cal: GpuCalibrati
     hbm = float(gpu.hbm_bytes_per_s)
     sustained, streamed = cal.step.sustained_compute, cal.step.sustained_memory
     if work.kind == "gemm":
-        fit = cal.gemm_fit(work.dtype)
+        fit = cal.moe_fit(work.dtype) if work.grouped else cal.gemm_fit(work.dtype)
         peak = gpu.peak_flops_per_s(ComputeDtype(work.dtype))
         t = (work.kernels * fit.launch_us * 1e-6
              + np.maximum(work.flops / (peak * fit.compute_efficiency * sustained), work.bytes / (hbm * fit.memory_efficiency * streamed))
@@ -506,7 +526,10 @@ def ffn_works(*, model: ModelSpec, workload: Workload, gpu: GpuSpec, g: _Grid, t
     works = {
         "router": Work("gemm", flops=2.0 * tokens * h * num_experts, dtype="bf16",
                        bytes=_bytes(h * num_experts, HIGH_PRECISION.bits) + act * tokens * h),
-        "experts": Work("gemm", kernels=2.0, dtype=edtype, flops=2.0 * routed * 3 * h * width,
+        # The fused-MoE fit (``grouped``) is fitted to the engines' fused MoE op (Triton / CUTLASS, tokens
+        # dispatched on the GPU); with DeepEP, SGLang runs DeepGEMM's grouped GEMMs on the exchanged tokens,
+        # which those tables do not time: the plain GEMM fit, as before.
+        "experts": Work("gemm", kernels=2.0, dtype=edtype, grouped=exchange.mode is None, flops=2.0 * routed * 3 * h * width,
                         quant_elements=routed * (h + width) if edtype == "fp8" else 0.0,
                         bytes=touched * _bytes(3 * h * width, workload.experts_dtype.bits) + act * routed * (2 * h + 3 * width)),
         "experts_elementwise": Work("elementwise", bytes=act * routed * 3 * width),
@@ -802,7 +825,7 @@ def integer_costs(*, scenario: Scenario, layouts: tuple[Layout, ...], batches: t
     workload = scenario.workload
     calibration = calibration or calibration_for(scenario)  # the shipped one unless engine.calibration_file
     stack = calibration.stack_for(scenario.engine.name.value, scenario.engine.calibration_stack)
-    cal = calibration.for_gpu(scenario.cluster.gpu.name, stack)
+    cal = calibration.for_gpu(scenario.cluster.gpu.name, stack, scenario.engine.name.value)
     g = grid(scenario, layouts, batches)
     context_decode = workload.input_tokens + ceil_div(workload.output_tokens, 2)
     micro_seqs = np.ceil(g.batch / g.microbatches)

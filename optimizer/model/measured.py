@@ -34,6 +34,7 @@ from optimizer.model.cost import (
     Work,
     _phase,
     causal_pairs,
+    custom_allreduce_s,
     grid,
     work_time_s,
 )
@@ -101,12 +102,23 @@ def cluster_for(gpu: str, *, num_gpus: int) -> Cluster:
 class KernelSet:
     """Measured kernels of one kind on one GPU, as one vectorised ``Work`` and the measured seconds."""
 
-    kind: str  # gemm:bf16 | gemm:fp8 | attention_prefill | attention_decode | nccl
+    kind: str  # gemm:bf16 | gemm:fp8 | attention_prefill | attention_decode | nccl | moe:bf16 | moe:fp8 | custom_allreduce
     gpu: str
     work: Work
     measured_s: np.ndarray
     labels: tuple[str, ...]
     ops: tuple[str, ...] = ()  # nccl: op per row
+    engine: str = ""  # engine profile whose tables these are ("": the shared tables)
+    tables: str = ""  # engine tables: "framework version" as aiconfigurator names them
+
+
+# aiconfigurator framework folder -> engine profile (``EngineName``)
+FRAMEWORK_ENGINES = {"vllm": "vllm", "sglang": "sglang", "trtllm": "tensorrt-llm"}
+# Largest message each engine's own all-reduce takes (0: any): vLLM's CustomAllreduce(max_size=8192 * 1024)
+# (vllm/distributed/device_communicators/custom_all_reduce.py), SGLang's port of it
+# (sglang/srt/distributed/device_communicators/custom_all_reduce.py); TensorRT-LLM's AllReduce with
+# AllReduceStrategy.AUTO (what aiconfigurator's collector measures) chooses per size, NCCL included.
+CUSTOM_ALLREDUCE_MAX_BYTES = {"vllm": 8 * 1024 * 1024, "sglang": 8 * 1024 * 1024, "tensorrt-llm": 0}
 
 
 def _col(rows, key, dtype=float) -> np.ndarray:
@@ -160,6 +172,86 @@ def kernel_sets() -> tuple[KernelSet, ...]:
     return tuple(sets)
 
 
+def _gemm_work(rows, dtype: str) -> Work:
+    m, n, k = _col(rows, "m"), _col(rows, "n"), _col(rows, "k")
+    wbytes = 2 if dtype == "bf16" else 1
+    return Work("gemm", flops=2 * m * n * k, bytes=wbytes * k * n + ACT * (m * k + m * n), dtype=dtype,
+                quant_elements=m * k if dtype == "fp8" else 0.0)
+
+
+def _attention_work(rows, phase: str) -> Work:
+    d = 128.0
+    b, length = _col(rows, "batch"), _col(rows, "kv_len")
+    heads, kv_heads = _col(rows, "num_heads"), _col(rows, "num_kv_heads")
+    window = _col(rows, "window_size") if rows and "window_size" in rows[0] else np.zeros(len(rows))
+    if phase == "context":
+        pairs = np.where((window > 0) & (length > window), window * length - window * (window - 1) / 2,
+                         causal_pairs(length, None))
+        return Work("attention_prefill", flops=2 * heads * 2 * d * b * pairs,
+                    bytes=ACT * b * length * (heads * 2 * d + 2 * kv_heads * d))
+    span = np.where(window > 0, np.minimum(length, window), length)
+    return Work("attention_decode", flops=4 * d * heads * b * span,
+                bytes=b * span * 2 * kv_heads * d * ACT + ACT * b * 2 * heads * d)
+
+
+def moe_work(rows, dtype: str) -> Work:
+    """The cost model's routed-experts work (``cost.ffn_works``) for aiconfigurator's fused-MoE rows: tokens
+    T over E experts, top-k, balanced routing; a GPU holds E / EP experts of width inter / moe_TP, gets
+    ``T x k / EP`` (token, expert) pairs and reads the weights of the ``E/EP x (1 - (1 - k/E)^T)`` experts
+    they touch (expected, uniform routing)."""
+    t, h, inter = _col(rows, "tokens"), _col(rows, "hidden_size"), _col(rows, "inter_size")
+    k, e, tp, ep = _col(rows, "top_k"), _col(rows, "num_experts"), _col(rows, "moe_tp"), _col(rows, "moe_ep")
+    width = inter / tp
+    routed = t * k / ep
+    touched = e / ep * (1 - (1 - k / e) ** t)
+    wbytes = 2 if dtype == "bf16" else 1
+    return Work("gemm", kernels=2.0, dtype=dtype, grouped=True, flops=2.0 * routed * 3 * h * width,
+                quant_elements=routed * (h + width) if dtype == "fp8" else 0.0,
+                bytes=touched * 3 * h * width * wbytes + ACT * routed * (2 * h + 3 * width))
+
+
+def _tables(rows) -> str:
+    """``framework version[/version]`` of a group of rows (several versions where ops come from several)."""
+    fw = FRAMEWORK_ENGINES[rows[0]["framework"]]
+    versions = "/".join(sorted({r["version"] for r in rows}))
+    return f"{fw} {versions}"
+
+
+@cache
+def engine_kernel_sets() -> tuple[KernelSet, ...]:
+    """Per-engine aiconfigurator tables (``aiconfigurator_engine_*.csv``, ``aiconfigurator_moe.csv``,
+    ``aiconfigurator_custom_allreduce.csv``), grouped by GPU, engine and kind; ``tables`` names the
+    framework and version of each."""
+    sets: list[KernelSet] = []
+
+    def groups(name: str, *keys: str):
+        rows = read_rows(name)
+        out: dict[tuple, list] = {}
+        for r in rows:
+            out.setdefault(tuple(r[k] for k in ("gpu", "framework", *keys)), []).append(r)
+        return sorted(out.items())
+
+    for (gpu, fw, dtype), rows in groups("aiconfigurator_engine_gemm.csv", "dtype"):
+        sets.append(KernelSet(f"gemm:{dtype}", gpu, _gemm_work(rows, dtype), _col(rows, "latency_ms") * 1e-3,
+                              tuple(f"m={r['m']} n={r['n']} k={r['k']}" for r in rows),
+                              engine=FRAMEWORK_ENGINES[fw], tables=_tables(rows)))
+    for (gpu, fw, phase), rows in groups("aiconfigurator_engine_attention.csv", "phase"):
+        kind = "attention_prefill" if phase == "context" else "attention_decode"
+        sets.append(KernelSet(kind, gpu, _attention_work(rows, phase), _col(rows, "latency_ms") * 1e-3,
+                              tuple(f"b={r['batch']} len={r['kv_len']} heads={r['num_heads']}/{r['num_kv_heads']}" for r in rows),
+                              engine=FRAMEWORK_ENGINES[fw], tables=_tables(rows)))
+    for (gpu, fw, dtype), rows in groups("aiconfigurator_moe.csv", "dtype"):
+        sets.append(KernelSet(f"moe:{dtype}", gpu, moe_work(rows, dtype), _col(rows, "latency_ms") * 1e-3,
+                              tuple(f"T={r['tokens']} h={r['hidden_size']} i={r['inter_size']} k={r['top_k']} E={r['num_experts']} "
+                                    f"tp={r['moe_tp']} ep={r['moe_ep']}" for r in rows),
+                              engine=FRAMEWORK_ENGINES[fw], tables=_tables(rows)))
+    for (gpu, fw), rows in groups("aiconfigurator_custom_allreduce.csv"):
+        sets.append(KernelSet("custom_allreduce", gpu, Work("allreduce", bytes=_col(rows, "message_bytes"), peers=_col(rows, "num_gpus")),
+                              _col(rows, "latency_ms") * 1e-3, tuple(f"n={r['num_gpus']} {r['message_bytes']} B" for r in rows),
+                              engine=FRAMEWORK_ENGINES[fw], tables=_tables(rows)))
+    return tuple(sets)
+
+
 def microbenchmark(cal: GpuCalibration) -> GpuCalibration:
     """``cal`` as a kernel or collective micro-benchmark sees it: no full-model sustained-clock factor,
     no rank skew (every rank starts together), no step overheads."""
@@ -172,6 +264,10 @@ def kernel_time_s(ks: KernelSet, cal: GpuCalibration) -> np.ndarray:
     their own op)."""
     cal = microbenchmark(cal)
     cluster = cluster_for(ks.gpu, num_gpus=8)
+    if ks.kind == "custom_allreduce":  # the engine's kernel alone, where it takes the message (else inf)
+        if cal.custom_allreduce is None:
+            return np.full(len(ks.measured_s), np.inf)
+        return custom_allreduce_s(message=ks.work.bytes, peers=ks.work.peers, link=cluster.intra_node_link, fit=cal.custom_allreduce)
     if ks.kind != "nccl":
         return np.asarray(work_time_s(ks.work, gpu=cluster.gpu, cluster=cluster, cal=cal), dtype=float)
     out = np.zeros(len(ks.measured_s))
