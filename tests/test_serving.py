@@ -152,6 +152,11 @@ def test_launch_cli_prints_both_engines_and_refuses_what_an_engine_cannot_run(tm
     assert "python3 -m sglang.launch_server --model-path meta-llama/Llama-3.1-70B --tp-size 4" in ok.output
     plan = tmp_path / "p.json"
     assert CliRunner().invoke(main, ["--scenario", "16gpu-30b", "--json", str(plan)]).exit_code == 0
+    doc = json.loads(plan.read_text())  # by hand: EP 8 x ETP 2, a Megatron folding vLLM cannot express
+    for k in ("instances", "dp_per_instance"):
+        doc["plan"].pop(k, None)
+    doc["plan"].update({"tp": 1, "pp": 1, "dp": 16, "ep": 8, "etp": 2, "edp": 1})
+    plan.write_text(json.dumps(doc))
     refused = CliRunner().invoke(main, ["launch", str(plan), "--scenario", "16gpu-30b", "--engine", "vllm"])
     assert refused.exit_code == 1 and "vllm:" in refused.output and "Expressible with" in refused.output
     sglang = CliRunner().invoke(main, ["launch", str(plan), "--scenario", "16gpu-30b", "--engine", "sglang",

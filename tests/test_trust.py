@@ -47,16 +47,16 @@ def test_llama_405b_on_4_h100_prints_its_conflicts_and_the_fewest_gpus():
     assert result.exit_code == 1
     out = result.output
     assert "memory_cap" in out and "tpot_target" in out
-    assert "16 x h100-sxm (4 node(s) x 4) is the fewest that admits a plan" in out
+    assert "12 x h100-sxm (3 node(s) x 4) is the fewest that admits a plan" in out
     assert "memory per GPU:" in out and "GiB" in out
 
 
 def test_fewest_gpus_is_exact_and_confirmed():
     s = load_scenario("llama-3.1-405b-4xh100")
     change, _ = fewest_gpus(s)
-    assert change is not None and change.proposed == 16
-    assert is_feasible(_with_gpus(s, 16))
-    for n in (4, 8, 12):  # the smaller whole-node counts fail too (not only those under the memory bound)
+    assert change is not None and change.proposed == 12
+    assert is_feasible(_with_gpus(s, 12))
+    for n in (4, 8):  # the smaller whole-node counts fail too (not only those under the memory bound)
         assert not is_feasible(_with_gpus(s, n))
 
 
@@ -128,7 +128,7 @@ def test_infeasible_json_names_conflicts_and_changes(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["plan"] is None and doc["schema_version"] == "3.4"
     assert doc["infeasible"]["conflicts"] == [["memory_cap"], ["tpot_target"]]
-    assert {"field": "cluster.num_gpus", "current": 4, "proposed": 16}.items() <= doc["infeasible"]["changes"][0].items()
+    assert {"field": "cluster.num_gpus", "current": 4, "proposed": 12}.items() <= doc["infeasible"]["changes"][0].items()
 
 
 def test_no_explain_skips_the_search():
