@@ -224,3 +224,29 @@ def test_one_row_fits_but_has_no_leave_one_out(tmp_path: Path) -> None:
     assert "leave-one-out n/a (one row)" in result.output
     doc = yaml.safe_load(out.read_text())
     assert doc["error"]["leave_one_out_mape_pct"] is None and doc["error"]["mape_after_pct"] < doc["error"]["mape_before_pct"]
+
+
+def test_a_calibration_file_leaves_other_gpus_on_the_engines_shipped_step_fit(tmp_path: Path) -> None:
+    """The file refits one GPU; every other GPU (and the default entry) keeps the step fit the engine had,
+    not a placeholder with zero overheads (review of issue 16)."""
+    from optimizer.model.calibration import file_calibration, shipped_calibration
+
+    out = tmp_path / "cal.yaml"
+    assert calibrate("--out", str(out)).exit_code == 0
+    mine, shipped = file_calibration(str(out)), shipped_calibration()
+    stack = mine.stack_for("vllm")
+    assert stack.startswith("measured-vllm-") and stack not in shipped.stacks
+    assert mine.for_gpu("h100-sxm", stack, "vllm").step != shipped.for_gpu("h100-sxm", None, "vllm").step
+    for gpu in ("l40s", "a100-sxm-80gb", "mi355x"):  # fitted elsewhere, and a GPU on the default entry
+        assert mine.for_gpu(gpu, stack, "vllm").step == shipped.for_gpu(gpu, shipped.stack_for("vllm"), "vllm").step
+
+
+def test_a_fleet_service_naming_a_calibration_file_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "cal.yaml"
+    assert calibrate("--out", str(out)).exit_code == 0
+    fleet = yaml.safe_load((ROOT / "fleets" / "chat-2x2.yaml").read_text())
+    fleet["services"][1]["engine"]["calibration_file"] = str(out)
+    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(fleet))
+    result = run("fleet", str(tmp_path / "fleet.yaml"))
+    assert result.exit_code == 2, result.output
+    assert "services.1.engine.calibration_file" in result.output and "one GPU" in result.output

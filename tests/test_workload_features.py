@@ -450,3 +450,22 @@ def test_the_plan_warns_when_drafts_overflow_the_token_budget(tmp_path):
     roomy = _scenario_file(tmp_path, {"name": "vllm", "speculative": spec})
     doc = json.loads(CliRunner().invoke(main, ["--scenario", str(roomy), "--json", "-"], catch_exceptions=False).output)
     assert "exceeds" not in doc["estimate"]["workload_features"]["text"]
+
+
+@pytest.mark.parametrize("spec", [eagle(3, "0.7"), eagle(3, "0.7", "eagle3")])
+def test_each_draft_pass_pays_a_step_overhead(spec):
+    """Every draft pass is a forward of its own (CUDA graph replay, scheduling), so it pays the calibration's
+    step overhead as the target's stages do: with a 1 ms step overhead the k = 3 passes cost 3 ms more."""
+    from dataclasses import replace
+
+    from optimizer.model.calibration import shipped_calibration, with_step_fit
+
+    shipped = shipped_calibration()
+    stack = shipped.stack_for("vllm")
+    fit = replace(shipped.for_gpu("h100-sxm", stack, "vllm").step, step_overhead_us=1000.0)
+    slow = with_step_fit(shipped, calibration_id="t", gpu="h100-sxm", engine="vllm", stack="overhead-1ms", fit=fit, what="t")
+    sc = llama(spec)
+    base = integer_costs(scenario=sc, layouts=(TP8.layout,), batches=(8,), calibration=shipped).draft_ns[0]
+    more = integer_costs(scenario=sc, layouts=(TP8.layout,), batches=(8,), calibration=slow).draft_ns[0]
+    old_overhead_ns = round(shipped.for_gpu("h100-sxm", stack, "vllm").step.step_overhead_us * 1000)
+    assert abs((more - base) - 3 * (1_000_000 - old_overhead_ns)) <= 3 * 2  # rounding: 1 ns per term per pass

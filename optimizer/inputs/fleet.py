@@ -218,6 +218,11 @@ def fleet_from_dict(data: dict[str, Any], *, source: str = "<inline>", base_dir:
         problem = catalog.stack_problem(service.engine.calibration_stack)
         if problem:
             raise ScenarioError(problem, source=source, field=f"services.{i}.engine.calibration_stack")
+        if service.engine.calibration_file is not None:  # fitted on one GPU; a fleet prices every pool's GPU
+            raise ScenarioError("a calibration file (optimize calibrate) holds step parameters for one GPU, and a "
+                                "fleet service is priced on every pool's GPU; plan the service alone with a scenario "
+                                "that names the file, or remove engine.calibration_file here", source=source,
+                                field=f"services.{i}.engine.calibration_file")
     if fleet.objective is FleetObjective.COST:
         for i, pool in enumerate(fleet.pools):
             if pool.cost_per_gpu_hour is None:

@@ -361,8 +361,15 @@ def with_step_fit(base: Calibration, *, calibration_id: str, gpu: str, engine: s
         raise OptimizerError(f"GPU {gpu!r} has no entry in calibration {base.id}; a serving calibration refines a "
                              f"calibrated GPU ({', '.join(sorted(base.gpus))})")
     refined = replace(entry, steps={**entry.steps, stack: fit})
-    gpus = {name: (refined if cal is entry else cal) for name, cal in base.gpus.items()}  # ``like:`` aliases follow
-    return replace(base, id=calibration_id, gpus=gpus, stacks={**base.stacks, stack: what},
+    # Every other GPU (and the default entry) keeps the step fit the engine had: under the new stack's name
+    # it gets the base stack's fit, never a placeholder (the file measured one GPU only).
+    before = base.stack_for(engine)
+
+    def keep(cal: GpuCalibration) -> GpuCalibration:
+        return replace(cal, steps={**cal.steps, stack: cal.steps[before]}) if before in cal.steps else cal
+
+    gpus = {name: (refined if cal is entry else keep(cal)) for name, cal in base.gpus.items()}  # ``like:`` aliases follow
+    return replace(base, id=calibration_id, gpus=gpus, default=keep(base.default), stacks={**base.stacks, stack: what},
                    engine_stacks={**base.engine_stacks, engine: stack})
 
 

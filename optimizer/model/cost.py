@@ -897,8 +897,8 @@ def _decode_phases(*, scenario: Scenario, g: _Grid, micro_seqs: np.ndarray, cont
 
     With ``engine.speculative`` (``workload_features``): the target's pass runs ``(1 + k)`` tokens per
     sequence (its LM head scores all of them); the draft module's ``k`` passes, each one layer of the
-    target's kind plus the LM head over the micro-batch's sequences (a separate draft model: the whole
-    model, ``_draft_model_pass_ns``), are added to the last stage; every
+    target's kind plus the LM head over the micro-batch's sequences and a step overhead of its own (a
+    separate draft model: the whole model, ``_draft_model_pass_ns``), are added to the last stage; every
     term of that step is then divided by the expected tokens per step ``E`` and rounded up, so the tables'
     decode time is per emitted token and TPOT = step / E. The attention core scores ``1 + k`` queries per
     sequence and reads each sequence's cache once. The prefill share added to TPOT stays as it is: a step
@@ -917,7 +917,8 @@ def _decode_phases(*, scenario: Scenario, g: _Grid, micro_seqs: np.ndarray, cont
                                         prefill=False, cal=cal)
     else:
         draft_layer_ns = plain.moe_layer_ns if scenario.model.is_moe else plain.dense_layer_ns
-        one_pass = draft_layer_ns + plain.last_extra_ns
+        own_step = plain.stage_extra_ns if len(plain.stage_extra_ns) else 0  # each draft pass is a forward of its own
+        one_pass = draft_layer_ns + plain.last_extra_ns + own_step
     draft_ns = draft_passes(scenario) * one_pass
     step = dataclasses.replace(verify, last_extra_ns=_ceil_ns(heads.total_s) + draft_ns, last_breakdown=heads)
     expected = expected_tokens_per_step(scenario)
