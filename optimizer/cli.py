@@ -51,7 +51,9 @@ from optimizer.search.verify import certify, plan_context, read_plan, scenario_f
 from optimizer.units import DEFAULT_BUDGET_S
 
 if TYPE_CHECKING:
+    from optimizer.model.parallel import Plan
     from optimizer.search.solve import Deadline
+    from optimizer.search.verify import Certificate
 
 EXIT_OK, EXIT_INFEASIBLE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -693,7 +695,10 @@ def deploy(plan_path: str | None, scenario_name: str, fmt: str, out_dir: str, en
     for target, file in zip(targets, bundle.files):
         if target.resolve() in inputs:
             _fail(f"{target} is an input file; it is never overwritten", EXIT_BAD_INPUT)
-        atomic_write(target, file.text)
+        try:
+            atomic_write(target, file.text)
+        except OSError as exc:  # a path under a file, a read-only or missing mount, ...
+            _fail(f"--out {out_dir}: cannot write {target}: {exc.strerror or exc}", EXIT_BAD_INPUT)
         click.echo(f"wrote {target}")
     for note in bundle.notes:
         click.echo(f"note: {note}")
@@ -717,8 +722,21 @@ def _plan_for(plan_path: str | None, scenario_name: str) -> dict[str, Any]:
         _fail(str(exc), EXIT_BAD_INPUT)
         raise
     context = plan_context(scenario, plan)
-    return plan_document(scenario=scenario, plan=plan, certificate=certify(scenario, plan), table=context.table,
-                         index=context.index, evidence=None)
+    return plan_document(scenario=scenario, plan=plan, certificate=_runnable(scenario, plan, plan_path, scenario_name),
+                         table=context.table, index=context.index, evidence=None)
+
+
+def _runnable(scenario: Scenario, plan: Plan, plan_path: str, scenario_name: str) -> Certificate:
+    """The plan file's certificate; exits 2 naming the failing rules when a structural one fails (GPU count,
+    layer split, memory, ...: the engine cannot start it), as launch, deploy, bench-command and calibrate
+    need a plan that runs. Target and balance rules may fail: the plan runs, and its output says so."""
+    certificate = certify(scenario, plan)
+    if not certificate.runnable:
+        lines = [f"  - {c.name}{' [structural]' if c.name in certificate.structural else ''}: {c.detail} "
+                 f"({c.lhs} {c.op} {c.rhs} is false)" for c in certificate.failing]
+        _fail("\n".join([f"{plan_path}: not a plan for scenario {scenario.name} that its engine can start:", *lines,
+                          f"(optimize verify {plan_path} --scenario {scenario_name} shows every rule)"]), EXIT_BAD_INPUT)
+    return certificate
 
 
 @main.command("bench-command")
@@ -807,6 +825,7 @@ def calibrate(measured: tuple[str, ...], scenario_name: str, plan_path: str | No
         except ScenarioError as exc:
             _fail(str(exc), EXIT_BAD_INPUT)
             return
+        _runnable(scenario, plan, plan_path, scenario_name)
     try:
         fit = fit_serving(scenario, plan, rows)
     except OptimizerError as exc:

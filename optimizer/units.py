@@ -6,6 +6,7 @@ module holds the one definition of each prefix so that GB (10**9) and GiB (2**30
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 KIB = 1 << 10
@@ -48,6 +49,17 @@ def exact_decimal(value: float | int | str | Fraction) -> Fraction:
     if isinstance(value, float):
         return Fraction(repr(value))
     return Fraction(value)
+
+
+def is_finite_number(value: object) -> bool:
+    """True for an int or float (not a bool) that is finite as a float: NaN, +-inf and integers past the
+    float range (``1e400`` written as digits: ``math.isfinite`` raises OverflowError on them) are not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def human_bytes(n_bytes: int) -> str:

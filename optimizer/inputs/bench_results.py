@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from optimizer.errors import ScenarioError
+from optimizer.units import is_finite_number
 
 TOOLS = ("vllm", "sglang", "genai-perf")
 
@@ -132,7 +133,7 @@ def _row(obj: dict[str, Any], *, source: str, digest: str, line: int) -> Serving
 
     def number(container: dict[str, Any], key: str, field: str, *, positive: bool = True) -> float:
         value = container.get(key) if isinstance(container, dict) else None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (positive and value == 0):
+        if not is_finite_number(value) or value < 0 or (positive and value == 0):
             raise ScenarioError(f"{where}expected a {'positive ' if positive else ''}number, got {value!r} ({tool} result)",
                                 source=source, field=field)
         return float(value)
@@ -140,7 +141,7 @@ def _row(obj: dict[str, Any], *, source: str, digest: str, line: int) -> Serving
     def rate(value: Any, field: str) -> float | None:
         if value is None or value == "inf" or (isinstance(value, float) and math.isinf(value)):
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        if not is_finite_number(value) or value <= 0:
             raise ScenarioError(f"{where}expected a positive number or \"inf\", got {value!r}", source=source, field=field)
         return float(value)
 

@@ -20,10 +20,10 @@ rows: [...]                   # the measured rows, their files and errors (infor
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from optimizer.errors import ScenarioError
+from optimizer.units import is_finite_number
 
 KIND = "serving-calibration"
 STEP_FIELDS = ("sustained_compute", "layer_overhead_us", "step_overhead_us", "collective_skew_us", "sustained_memory",
@@ -53,7 +53,7 @@ def calibration_data(data: dict[str, Any], *, source: str) -> dict[str, Any]:
                             source=source, field="step")
     for name in STEP_FIELDS:
         value = step.get(name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        if not is_finite_number(value) or value < 0:
             raise ScenarioError(f"expected a finite number >= 0, got {value!r}", source=source, field=f"step.{name}")
     return data
 

@@ -1,0 +1,81 @@
+"""Commands that turn a plan into something to run (launch, deploy, bench-command, calibrate) refuse a plan
+file the scenario's engine cannot start (a structural rule fails: GPU count, layer split, memory), exit 2,
+naming the rules; found by review of issue 16 (bench-command printed a 70B plan's claim for a 4-GPU 405B
+scenario). Bad output paths and non-finite numbers in result files exit 2 too, never a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from optimizer.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+LLAMA_PLAN = ROOT / "tests" / "golden" / "llama-3.1-70b-8xh100.json"
+MEASURED = ROOT / "tests" / "data" / "measured" / "vllm-llama-3.1-70b-tp4-dp2-c1.json"
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def commands(plan: Path, scenario: str, tmp_path: Path) -> dict[str, list[str]]:
+    return {
+        "launch": ["launch", str(plan), "--scenario", scenario],
+        "deploy": ["deploy", str(plan), "--scenario", scenario, "--out", str(tmp_path / "out")],
+        "bench-command": ["bench-command", str(plan), "--scenario", scenario],
+        "calibrate": ["calibrate", "--scenario", scenario, "--plan", str(plan), "--measured", str(MEASURED)],
+    }
+
+
+@pytest.mark.parametrize("command", ["launch", "deploy", "bench-command"])  # calibrate: the lengths differ first
+def test_a_plan_for_another_cluster_is_refused(tmp_path: Path, command: str) -> None:
+    """The 70B plan (TP 4 x DP 2 = 8 GPUs, 80 layers) against the 4-GPU, 126-layer 405B scenario."""
+    result = run(*commands(LLAMA_PLAN, "llama-3.1-405b-4xh100", tmp_path)[command])
+    assert result.exit_code == 2, result.output
+    assert "not a plan for scenario llama-3.1-405b-4xh100 that its engine can start" in result.output
+    assert "gpu_product [structural]" in result.output and "layer_split" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["launch", "deploy", "bench-command", "calibrate"])
+def test_a_plan_that_does_not_fit_in_memory_is_refused(tmp_path: Path, command: str) -> None:
+    doc = json.loads(LLAMA_PLAN.read_text())
+    doc["plan"].update({"tp": 1, "dp": 8, "etp": 1, "edp": 8})  # 70B in BF16 on one 80 GiB H100 per replica
+    for key in ("instances", "dp_per_instance"):
+        doc["plan"].pop(key, None)
+    plan = tmp_path / "tp1.json"
+    plan.write_text(json.dumps(doc))
+    result = run(*commands(plan, "llama-3.1-70b-8xh100", tmp_path)[command])
+    assert result.exit_code == 2, result.output
+    assert "memory_cap" in result.output and "[structural]" in result.output
+
+
+def test_the_shipped_plan_itself_still_runs(tmp_path: Path) -> None:
+    for args in commands(LLAMA_PLAN, "llama-3.1-70b-8xh100", tmp_path).values():
+        result = run(*args)
+        assert result.exit_code == 0, (args, result.output)
+
+
+def test_deploy_into_a_path_under_a_file_exits_2(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me\n")
+    result = run("deploy", str(LLAMA_PLAN), "--scenario", "llama-3.1-70b-8xh100", "--out", str(blocker / "sub"))
+    assert result.exit_code == 2, result.output
+    assert "cannot write" in result.output and blocker.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("key, raw", [("mean_ttft_ms", "1" + "0" * 400), ("request_rate", "NaN"),
+                                      ("mean_tpot_ms", "Infinity")])
+def test_a_result_file_with_a_non_finite_number_exits_2(tmp_path: Path, key: str, raw: str) -> None:
+    doc = json.loads(MEASURED.read_text())
+    assert key in doc
+    text = json.dumps({**doc, key: "@@"}).replace('"@@"', raw)  # json.loads reads 1e400-as-digits, NaN, Infinity
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    result = run("calibrate", "--scenario", "llama-3.1-70b-8xh100", "--plan", str(LLAMA_PLAN), "--measured", str(bad))
+    assert result.exit_code == 2, result.output
+    assert key in result.output and "Traceback" not in result.output
