@@ -79,3 +79,54 @@ def test_a_result_file_with_a_non_finite_number_exits_2(tmp_path: Path, key: str
     result = run("calibrate", "--scenario", "llama-3.1-70b-8xh100", "--plan", str(LLAMA_PLAN), "--measured", str(bad))
     assert result.exit_code == 2, result.output
     assert key in result.output and "Traceback" not in result.output
+
+
+GB200 = {"name": "gb", "cluster": {"gpu": "gb200-nvl72", "num_nodes": 1}, "model": "Llama-3.1-70B",
+         "workload": {"concurrent_sequences": 64, "input_tokens": 1024, "output_tokens": 256}, "engine": {"name": "vllm"}}
+
+
+@pytest.mark.parametrize("command", ["launch", "deploy"])
+def test_an_nvl72_rack_is_not_written_as_one_machine(tmp_path: Path, command: str) -> None:
+    """GB200 NVL72: a 'node' is the 72-GPU NVLink domain of 18 hosts x 4 GPUs (catalog gpus_per_host), so a
+    pod or process per node cannot be scheduled; launch and deploy say so (exit 1) instead of writing one."""
+    import yaml
+
+    scenario = tmp_path / "gb.yaml"
+    scenario.write_text(yaml.safe_dump(GB200))
+    plan = tmp_path / "gb.json"
+    assert run("--scenario", str(scenario), "--json", str(plan)).exit_code == 0
+    args = commands(plan, str(scenario), tmp_path)[command]
+    result = run(*args)
+    assert result.exit_code == 1, result.output
+    assert "18 hosts x 4 GPUs (cluster.gpus_per_host)" in result.output and not (tmp_path / "out").exists()
+
+
+def test_gpus_per_host_must_tile_the_node() -> None:
+    from optimizer.errors import ScenarioError
+    from optimizer.inputs.loader import scenario_from_dict
+
+    assert scenario_from_dict(GB200).cluster.gpus_per_host == 4
+    with pytest.raises(ScenarioError, match="gpus_per_host 5 must divide gpus_per_node 72"):
+        scenario_from_dict({**GB200, "cluster": {"gpu": "gb200-nvl72", "num_nodes": 1, "gpus_per_host": 5}})
+    one_box = scenario_from_dict({**GB200, "cluster": {"gpu": "h100-sxm", "num_nodes": 1}})
+    assert one_box.cluster.gpus_per_host is None  # a node is one machine
+
+
+def test_a_fleet_pool_of_nvl72_racks_loads_and_gives_instances_their_hosts(tmp_path: Path) -> None:
+    from optimizer.inputs.fleet import load_fleet
+
+    fleet = yaml_fleet(tmp_path)
+    pool = load_fleet(str(fleet)).pools[0]
+    assert pool.gpus_per_host == 4
+    assert pool.cluster(4).gpus_per_host is None  # one tray
+    assert pool.cluster(8).gpus_per_host == 4 and pool.cluster(144).gpus_per_host == 4
+
+
+def yaml_fleet(tmp_path: Path) -> Path:
+    import yaml
+
+    data = yaml.safe_load((ROOT / "fleets" / "chat-2x2.yaml").read_text())
+    data["pools"] = [{"name": "gb200", "gpu": "gb200-nvl72", "num_nodes": 2, "cost_per_gpu_hour": 6}]
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path

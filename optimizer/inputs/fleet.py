@@ -12,6 +12,7 @@ request_rate_per_s``); the CLI exits 2 with it.
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from fractions import Fraction
 from pathlib import Path
@@ -59,6 +60,8 @@ class Pool(_Frozen):
     gpu: GpuSpec
     num_nodes: int = Field(gt=0, le=1 << 16)
     gpus_per_node: int = Field(gt=0, le=1 << 10)
+    gpus_per_host: int | None = Field(default=None, gt=0, le=1 << 10,
+                                      description="GPUs per machine where a node is an NVLink domain of several (Cluster)")
     intra_node_link: Link
     inter_node_link: Link
     cost_per_gpu_hour: ExactNumber | None = None
@@ -78,8 +81,10 @@ class Pool(_Frozen):
     def cluster(self, gpus: int) -> Cluster:
         """The cluster one instance of ``gpus`` GPUs sees: inside one node, or on whole nodes of this pool."""
         nodes, per = (1, gpus) if gpus <= self.gpus_per_node else (gpus // self.gpus_per_node, self.gpus_per_node)
-        return Cluster(gpu=self.gpu, num_nodes=nodes, gpus_per_node=per, intra_node_link=self.intra_node_link,
-                       inter_node_link=self.inter_node_link)
+        host = self.gpus_per_host
+        hosts = None if host is None or per <= host else math.gcd(per, host)  # the machines the instance's node spans
+        return Cluster(gpu=self.gpu, num_nodes=nodes, gpus_per_node=per, gpus_per_host=hosts,
+                       intra_node_link=self.intra_node_link, inter_node_link=self.inter_node_link)
 
 
 class Bucket(_Frozen):

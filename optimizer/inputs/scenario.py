@@ -173,12 +173,23 @@ class Cluster(_Frozen):
     gpu: GpuSpec
     num_nodes: int = Field(gt=0, le=1 << 16)
     gpus_per_node: int = Field(gt=0, le=1 << 10)
+    gpus_per_host: int | None = Field(
+        default=None, gt=0, le=1 << 10,
+        description="GPUs per machine (operating system, Kubernetes node) where a node is an NVLink domain of several "
+                    "(GB200/GB300 NVL72: 18 compute trays of 4 GPUs); default: the node is one machine")
     intra_node_link: Link
     inter_node_link: Link
     allow_tp_across_nodes: bool | None = Field(
         default=None,
         description="may a TP group span nodes (costed on inter_node_link)? Default: as the scenario's engine runs "
                     "(TP_ACROSS_NODES_BY_ENGINE: vLLM, SGLang and TensorRT-LLM yes, Megatron-Core no)")
+
+    @model_validator(mode="after")
+    def _hosts_tile_the_node(self) -> Cluster:
+        if self.gpus_per_host is not None and self.gpus_per_node % self.gpus_per_host:
+            raise ValueError(f"cluster.gpus_per_host {self.gpus_per_host} must divide gpus_per_node {self.gpus_per_node} "
+                             "(a node is whole machines)")
+        return self
 
     @property
     def num_gpus(self) -> int:

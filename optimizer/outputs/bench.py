@@ -147,7 +147,7 @@ def bench_command(document: Mapping[str, Any], *, scenario: Scenario, tool: str 
     notes = [model_note] if model_note else []
     instances = plan.get("instances")
     if isinstance(instances, int) and instances > 1:
-        notes.append(f"the plan runs {instances} engine instances (optimize launch: ports {port}..{port + instances - 1}); "
+        notes.append(f"the plan runs {instances} engine instances (optimize launch lists each one's node and HTTP port); "
                      "benchmark them through one load balancer and pass its --host/--port")
     if engine == "megatron":
         notes.append("a megatron plan is a training layout: serve it with optimize launch --engine vllm first")

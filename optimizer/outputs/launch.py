@@ -382,6 +382,20 @@ def _int_field(section: Mapping[str, Any], key: str, *, minimum: int = 1) -> int
     return value
 
 
+def _one_host_per_node(p: _Plan, engine: LaunchEngine) -> None:
+    """``NotExpressible`` when the scenario's node is an NVLink domain of several hosts (``cluster.gpus_per_host``
+    below ``gpus_per_node``: a GB200/GB300 NVL72 rack is 18 compute trays of 4 GPUs): the command lines here
+    are one per node, and a node of 72 GPUs is not one machine an engine process (or a Kubernetes pod) can own."""
+    cluster = p.scenario.cluster
+    host = cluster.gpus_per_host
+    if host is not None and host < cluster.gpus_per_node:
+        raise NotExpressible(
+            f"a node of {cluster.gpu.name} here is an NVLink domain of {cluster.gpus_per_node // host} hosts x {host} GPUs "
+            f"(cluster.gpus_per_host); launch and deploy write one engine process per node and cannot place ranks "
+            f"per host yet: start TP {p.layout.tp} PP {p.layout.pp} DP {p.layout.dp} EP {p.layout.ep} with the engine's "
+            f"multi-node launch over the hosts by hand", engine=engine)
+
+
 def _read(document: Mapping[str, Any]) -> _Plan:
     """The scenario (validated) and the plan's sizes from a plan document; ``PlanError`` if unreadable."""
     if not isinstance(document, Mapping) or not isinstance(document.get("plan"), Mapping):
@@ -677,6 +691,7 @@ def vllm_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str] 
     """
     engine = LaunchEngine.VLLM
     p = _read(document)
+    _one_host_per_node(p, engine)
     n_inst = instance_count(p.layout, is_moe=p.scenario.model.is_moe)
     layout, dp_i = p.layout, _dp_per_instance(engine, p, n_inst)
     expert_parallel = _vllm_experts(p, dp_i)
@@ -762,6 +777,7 @@ def sglang_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str
     """
     engine = LaunchEngine.SGLANG
     p = _read(document)
+    _one_host_per_node(p, engine)
     n_inst = instance_count(p.layout, is_moe=p.scenario.model.is_moe)
     layout, dp_i = p.layout, _dp_per_instance(engine, p, n_inst)
     tp_size = layout.tp * dp_i
@@ -947,6 +963,7 @@ def trtllm_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str
     """
     engine = LaunchEngine.TRTLLM
     p = _read(document)
+    _one_host_per_node(p, engine)
     n_inst = instance_count(p.layout, is_moe=p.scenario.model.is_moe)
     layout, dp_i = p.layout, _dp_per_instance(engine, p, n_inst)
     tp_size = layout.tp * dp_i

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 # Keys of a GPU entry that are cluster defaults rather than GpuSpec fields.
-CLUSTER_DEFAULT_KEYS = ("gpus_per_node", "intra_node_link", "inter_node_link")
+CLUSTER_DEFAULT_KEYS = ("gpus_per_node", "gpus_per_host", "intra_node_link", "inter_node_link")
 
 
 @cache
