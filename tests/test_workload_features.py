@@ -469,3 +469,32 @@ def test_each_draft_pass_pays_a_step_overhead(spec):
     more = integer_costs(scenario=sc, layouts=(TP8.layout,), batches=(8,), calibration=slow).draft_ns[0]
     old_overhead_ns = round(shipped.for_gpu("h100-sxm", stack, "vllm").step.step_overhead_us * 1000)
     assert abs((more - base) - 3 * (1_000_000 - old_overhead_ns)) <= 3 * 2  # rounding: 1 ns per term per pass
+
+
+@pytest.mark.parametrize("engine, method, restricted", [
+    ("vllm", "mtp", True), ("vllm", "eagle", True), ("vllm", "draft_model", True), ("vllm", "eagle3", False),
+    ("sglang", "eagle3", True), ("tensorrt-llm", "eagle3", False),
+])
+def test_speculation_keeps_one_stage_where_the_engine_does_not_pipeline_it(engine, method, restricted):
+    """Rule speculative_one_stage: vLLM pipelines EAGLE-3 only, SGLang none by default (sources in
+    rules.speculative_pipeline_refusal); the rule holds at PP 1 and fails at PP 2, and applies only with
+    speculation on such an engine."""
+    from optimizer.search.rules import SpeculativeOneStage, build_rules
+
+    spec = {"method": method, "num_speculative_tokens": 2, "acceptance_rate": "0.7"}
+    if method == "draft_model":
+        spec["draft_config"] = "Llama-3.1-8B"
+    data = deep_merge(LLAMA, {"engine": {"name": engine, "speculative": spec}})
+    if method == "mtp":  # an MTP head needs the model's own MTP layers
+        data["model"] = {"name": "Llama-3.1-70B", "num_nextn_predict_layers": 1}
+    sc = scenario_from_dict(data)
+    rules = [r for r in build_rules(sc) if isinstance(r, SpeculativeOneStage)]
+    assert bool(rules) == restricted
+    if restricted:
+        [rule] = rules
+        one = Layout(tp=8, pp=1, dp=1, ep=1, etp=8, edp=1)
+        two = Layout(tp=4, pp=2, dp=1, ep=1, etp=4, edp=1)
+        assert rule.holds(sc, one) and rule.evaluate(sc, one).holds
+        assert not rule.holds(sc, two) and not rule.evaluate(sc, two).holds
+        assert "PP = 2" in rule.evaluate(sc, two).detail
+    assert not any(isinstance(r, SpeculativeOneStage) for r in build_rules(llama()))  # no speculation, no rule

@@ -21,7 +21,7 @@ from optimizer.model.engines import MemoryLimit, ffn_tp, instances, memory_fract
 from optimizer.model.memory import MemoryTable, StageMemory, placed_bytes_line
 from optimizer.model.parallel import Layout, Plan, divisors
 from optimizer.model.placement import rank_map_refusal
-from optimizer.inputs.scenario import EngineName, MoeA2aBackend, Scenario
+from optimizer.inputs.scenario import EngineName, MoeA2aBackend, Scenario, SpeculativeMethod
 from optimizer.units import NS_PER_S, human_bytes
 
 
@@ -323,6 +323,42 @@ class InterleavedOneStage(LayoutRule):
         detail = (f"PP = {layout.pp}: one MoE layer in every {step}; "
                   + ("one stage holds them all" if layout.pp == 1 else
                      "a pipeline split of interleaved dense and MoE layers is not modelled (use PP 1: TP, DP and EP)"))
+        return make_check(self.name, self.formula, layout.pp, "==", 1, detail)
+
+
+def speculative_pipeline_refusal(scenario: Scenario) -> str | None:
+    """Why the scenario's engine will not run its speculative decoding with PP > 1 (None: it does, or no
+    speculation). vLLM: EAGLE-3 runs under pipeline parallelism (vllm-project/vllm PR #55623, its test
+    tests/v1/e2e/spec_decode/eagle/test_eagle3_pp.py); MTP does not start or corrupts output (issues #49355,
+    #52069, #57755, open) and the docs call the other methods not composable with PP. SGLang: server_args.py
+    asserts pp_size == 1 with a speculative algorithm unless the experimental SGLANG_ENABLE_PP_SPEC=1 (PR
+    #30775), which the planner does not assume. TensorRT-LLM and Megatron: not restricted here (unverified)."""
+    spec, engine = scenario.engine.speculative, scenario.engine.name
+    if spec is None:
+        return None
+    if engine is EngineName.VLLM and spec.method is not SpeculativeMethod.EAGLE3:
+        return f"vLLM runs {spec.method.value} speculative decoding only with PP 1 (EAGLE-3 is the method it pipelines)"
+    if engine is EngineName.SGLANG:
+        return "SGLang runs speculative decoding only with --pp-size 1 (server_args.py; SGLANG_ENABLE_PP_SPEC is experimental)"
+    return None
+
+
+class SpeculativeOneStage(LayoutRule):
+    """Speculative decoding on an engine that does not pipeline it runs in one stage
+    (``speculative_pipeline_refusal`` has the engines and sources): PP = 1."""
+
+    name = "speculative_one_stage"
+    formula = "pp == 1 (engine.speculative on an engine that does not pipeline it)"
+
+    def holds(self, scenario: Scenario, layout: Layout) -> bool:
+        return layout.pp == 1
+
+    def holds_grid(self, scenario: Scenario, grid: SizeArrays) -> np.ndarray:
+        return grid.pp == 1
+
+    def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
+        why = speculative_pipeline_refusal(scenario) or ""
+        detail = f"PP = {layout.pp}: " + ("one stage" if layout.pp == 1 else why)
         return make_check(self.name, self.formula, layout.pp, "==", 1, detail)
 
 
@@ -916,6 +952,8 @@ def build_rules(scenario: Scenario) -> tuple[Rule, ...]:
         rules.append(BlockAligned("dense_ffn_block_aligned", "intermediate_size", "ffn_tp" if sglang_moe else "tp",
                                   model.dense_ffn_width, block))
     rules.append(TpWithinNode())
+    if speculative_pipeline_refusal(scenario):
+        rules.append(SpeculativeOneStage())
     if engine.name is not EngineName.MEGATRON and scenario.cluster.num_nodes > 1:  # one node: every map runs
         rules.append(EnginePlacement())
     rules.append(LayerSplit())
