@@ -236,8 +236,9 @@ def _stage_bytes(s) -> dict[str, int]:
 def memory_section(scenario: Scenario, certificate: Certificate) -> dict[str, Any]:
     """Bytes per GPU by component and stage, and the KV-cache capacity the plan leaves (exact integers):
     per stage the most KV tokens within every memory limit of the engine (vLLM: ``floor((cap - everything
-    but the KV cache) / KV bytes per token)``), per replica the smallest over its stages, and how many
-    full-length (ISL + OSL) sequences that holds. ``cap_bytes`` is what the whole footprint fits in
+    but the KV cache) / KV bytes per token)``; counted in full-length sequences, ``StageMemory.kv_capacity_tokens``,
+    so a sliding layer holds only its window of each under ``engine.windowed_kv_cache``), per replica the
+    smallest over its stages, and how many full-length (ISL + OSL) sequences that holds. ``cap_bytes`` is what the whole footprint fits in
     (``engines.usable_bytes``); ``limits`` names the engine's limits."""
     cap = MemoryCap.cap_bytes(scenario)
     limits = memory_limits(scenario)
