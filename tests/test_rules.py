@@ -143,6 +143,13 @@ LAYOUT_CASES = [
     # node 1, and mpirun -x gives every node of an instance the same CUDA_VISIBLE_DEVICES.
     ("engine_placement", {**TRTLLM, "cluster": {"num_nodes": 3}, "model": SIX_EXPERTS},
      {"tp": 4, "pp": 3, "dp": 1, "ep": 2, "etp": 2, "edp": 1}, {"tp": 1, "pp": 2, "dp": 6, "ep": 1, "etp": 1, "edp": 6}, 1, 0),
+    # A separate draft model runs at the target's TP: its 6 heads divide by 2, not by 4 (its 2 KV heads replicate
+    # over 4); the target's 8 heads take either.
+    ("draft_heads", {**VLLM_EP, "engine": {**VLLM_EP["engine"], "speculative": {
+        "method": "draft_model", "num_speculative_tokens": 2, "acceptance_rate": 0.7,
+        "draft_config": {"name": "draft-6h", "num_hidden_layers": 1, "hidden_size": 96, "intermediate_size": 192,
+                         "num_attention_heads": 6, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 1000}}}},
+     {"tp": 2, "pp": 1, "dp": 4, "ep": 8, "etp": 1, "edp": 1}, {"tp": 4, "pp": 1, "dp": 2, "ep": 8, "etp": 1, "edp": 1}, 2, 0),
     # 4 GPUs per node: TP = 8 spans two nodes.
     ("tp_within_node", {"model": {"num_key_value_heads": 8}}, {"tp": 4, "pp": 1, "dp": 2, "ep": 8}, {"tp": 8, "pp": 1, "dp": 1, "ep": 8}, 4, 0),
     # TP across nodes allowed: TP must then tile whole nodes (3 nodes x 4; TP = 6 does not).
@@ -317,6 +324,46 @@ def test_gpu_and_moe_products_never_block_the_solver():
 )
 def test_solver_sharding_rule_blocks_with_memory(rule, model, cluster):
     assert infeasible_reasons(tp_forced(model=model, cluster=cluster)) == [rule, "memory_cap"]
+
+
+def _draft(heads: int, kv_heads: int) -> dict:
+    """A one-layer draft model (``method: draft_model``) with the target's vocabulary and a small embedding."""
+    return {"name": "vllm", "speculative": {"method": "draft_model", "num_speculative_tokens": 2, "acceptance_rate": 0.7,
+            "draft_config": {"name": f"draft-{heads}h", "num_hidden_layers": 1, "hidden_size": 48, "intermediate_size": 96,
+                             "num_attention_heads": heads, "num_key_value_heads": kv_heads, "head_dim": 16,
+                             "vocab_size": 100_000, "tie_word_embeddings": True}}}
+
+
+def test_solver_draft_heads_blocks_with_memory():
+    """Memory forces TP >= 2 (tp_forced); a draft with 3 heads runs at TP 1 or 3 only, so no plan exists and
+    the reason names draft_heads; with 4 heads TP 2 or 4 runs it."""
+    dense = {**DENSE, "num_attention_heads": 8, "num_key_value_heads": 4}
+    assert infeasible_reasons(tp_forced(model=dense, engine=_draft(3, 1))) == ["draft_heads", "memory_cap"]
+    scenario = tp_forced(model=dense, engine=_draft(4, 1))
+    sol = optimize(scenario)
+    assert sol.plan.layout.tp in (2, 4) and named(certify(scenario, sol.plan, sol.tables), "draft_heads").holds
+
+
+def test_draft_heads_replicate_kv_heads_except_under_megatron_and_agree_on_the_grid():
+    """The exact test (``holds``), the sentence (``evaluate``) and the search's vectorised test (``holds_grid``)
+    agree on every TP; KV heads replicate over a larger TP except under Megatron-Core."""
+    import numpy as np
+
+    from optimizer.search.rules import DraftHeadsDivisible, SizeArrays
+
+    s = make_scenario(cluster={"num_nodes": 1, "gpus_per_node": 16}, model=DENSE)
+    layouts = layout_grid(num_gpus=16, is_moe=False)
+    grid = SizeArrays.of(layouts)
+    for rule in (DraftHeadsDivisible(heads=14, kv_heads=2), DraftHeadsDivisible(heads=16, kv_heads=2, replicate=False),
+                 DraftHeadsDivisible(heads=12, kv_heads=None)):
+        exact = [rule.holds(s, lay) for lay in layouts]
+        assert exact == [rule.evaluate(s, lay).holds for lay in layouts] == list(np.asarray(rule.holds_grid(s, grid)))
+    tps = lambda rule: sorted({lay.tp for lay in layouts if rule.holds(s, lay)})  # noqa: E731
+    assert tps(DraftHeadsDivisible(heads=14, kv_heads=2)) == [1, 2]
+    assert tps(DraftHeadsDivisible(heads=16, kv_heads=2)) == [1, 2, 4, 8, 16]
+    assert tps(DraftHeadsDivisible(heads=16, kv_heads=2, replicate=False)) == [1, 2]
+    check = DraftHeadsDivisible(heads=14, kv_heads=2).evaluate(s, next(lay for lay in layouts if lay.tp == 4))
+    assert (check.lhs, check.holds) == (2, False) and "TPs the draft allows on 16 GPUs: 1, 2" in check.detail
 
 
 def test_solver_moe_ffn_divisible_blocks_with_memory():

@@ -123,3 +123,77 @@ def test_the_windowed_note_names_the_bound():
     (note,) = window_notes(catalog_scenario("gemma-3-1b-it", windowed=True))
     assert note.startswith("windowed KV cache: 22 of 26 layers attend to the last 512 tokens") and "bound" in note
     assert window_notes(catalog_scenario("Qwen3-8B", windowed=True)) == []
+
+
+def test_a_sequence_takes_its_window_in_sliding_layers_and_all_of_it_in_full_ones():
+    """gpt-oss-20b alternates sliding (128 tokens) and full layers: one 9216-token sequence takes 12 x 9216 +
+    12 x 128 tokens' KV on one GPU with windows on, 24 x 9216 off; a stage of layers 3..8 holds 3 of each."""
+    from optimizer.model.memory import kv_bytes_per_sequence_layers
+
+    on, off = catalog_scenario("gpt-oss-20b", windowed=True), catalog_scenario("gpt-oss-20b", windowed=False)
+    layout = Layout(tp=2, pp=1, dp=4)
+    per_token = kv_cache_bytes_per_token_layer(model=on.model, workload=on.workload, tp=2)
+    assert kv_bytes_per_sequence_layers(scenario=on, layout=layout, layers=range(24)) == per_token * (12 * 9216 + 12 * 128)
+    assert kv_bytes_per_sequence_layers(scenario=off, layout=layout, layers=range(24)) == per_token * 24 * 9216
+    assert kv_bytes_per_sequence_layers(scenario=on, layout=layout, layers=range(3, 9)) == per_token * (3 * 9216 + 3 * 128)
+    short = make_scenario(model="gpt-oss-20b", workload={"concurrent_sequences": 8, "input_tokens": 100, "output_tokens": 20},
+                          engine={"name": "vllm", "windowed_kv_cache": True})
+    assert kv_bytes_per_sequence_layers(scenario=short, layout=layout, layers=range(24)) == per_token * 24 * 120
+
+
+@pytest.mark.parametrize("name", ["gpt-oss-20b", "gemma-3-1b-it", "Mistral-7B-v0.1"])
+def test_the_capacity_counts_whole_sequences_at_their_windowed_bytes(name):
+    """``kv_capacity_tokens // (ISL + OSL)`` is the most sequences whose exact bytes fit beside the rest, and
+    never below the batch the (conservative) charge fits."""
+    from optimizer.model.engines import memory_limits
+
+    scenario, seq, batch = catalog_scenario(name, windowed=True), 9216, 3
+    for layers_per_stage in ((scenario.model.num_hidden_layers,), (5, scenario.model.num_hidden_layers - 5)):
+        layout = Layout(tp=1, pp=len(layers_per_stage), dp=8 // len(layers_per_stage))
+        for stage in stage_memory(scenario=scenario, layout=layout, layers_per_stage=layers_per_stage, batch=batch):
+            limits = memory_limits(scenario)
+            sequences = stage.kv_capacity_tokens(limits) // seq
+            assert stage.kv_bytes_per_sequence * batch <= stage.kv_cache_bytes
+            for limit in limits:
+                rest = stage.charge(limit) - limit.kv_cache * stage.kv_cache_bytes
+                assert rest + limit.kv_cache * sequences * stage.kv_bytes_per_sequence <= limit.cap
+            assert any(stage.charge(limit) - limit.kv_cache * stage.kv_cache_bytes
+                       + limit.kv_cache * (sequences + 1) * stage.kv_bytes_per_sequence > limit.cap for limit in limits)
+
+
+def test_the_plan_holds_the_batch_it_picks_with_windows(tmp_path):
+    """The review's reproducer: gpt-oss-120b on one H100 at ISL 32768 picks batch 4 and said it holds 3
+    sequences (the capacity counted every layer at full length)."""
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from optimizer.cli import main
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "windowed-capacity", "cluster": {"gpu": "h100-sxm", "num_nodes": 1, "gpus_per_node": 1},
+        "model": "gpt-oss-120b", "engine": {"name": "vllm", "windowed_kv_cache": True},
+        "workload": {"concurrent_sequences": 64, "input_tokens": 32768, "output_tokens": 1024,
+                     "expert_weight_dtype": "mxfp4"},
+        "search": {"objective": "output_tokens_per_s_per_gpu"}}))
+    result = CliRunner().invoke(main, ["--scenario", str(path), "--solver", "exhaustive", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    memory, batch = document["memory"], document["plan"]["batch_per_replica"]
+    assert memory["max_sequences_per_replica"] >= batch >= 4
+    assert memory["max_sequences_per_replica"] == memory["kv_cache_capacity_tokens"] // (32768 + 1024)
+
+
+def test_a_draft_layer_keeps_the_whole_sequence_with_windows_on():
+    """An EAGLE head on gpt-oss attends fully: its KV cache is charged at ISL + OSL, never at a window saving
+    (the windowed bound's give-back covers the target's layers only)."""
+    from optimizer.model.memory import draft_bytes
+
+    spec = {"method": "eagle", "num_speculative_tokens": 2, "acceptance_rate": "0.8"}
+    scenario = make_scenario(model="gpt-oss-20b", workload=WORKLOAD,
+                             engine={"name": "vllm", "windowed_kv_cache": True, "speculative": spec})
+    per_token = kv_cache_bytes_per_token_layer(model=scenario.model, workload=scenario.workload, tp=1)
+    draft = draft_bytes(scenario=scenario, layout=Layout(tp=1, pp=1, dp=8), batch=3)
+    assert draft.kv_cache == 3 * per_token * 9216 and draft.kv_bytes_per_sequence == per_token * 9216

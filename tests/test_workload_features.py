@@ -498,3 +498,49 @@ def test_speculation_keeps_one_stage_where_the_engine_does_not_pipeline_it(engin
         assert not rule.holds(sc, two) and not rule.evaluate(sc, two).holds
         assert "PP = 2" in rule.evaluate(sc, two).detail
     assert not any(isinstance(r, SpeculativeOneStage) for r in build_rules(llama()))  # no speculation, no rule
+
+
+# On H200s: on 4 H100s the 72B target at TP <= 2 (draft_heads) needs PP 2, which vLLM does not run with a
+# draft model (speculative_one_stage), so no plan exists there.
+QWEN_DRAFT = {"name": "qwen-draft", "cluster": {"gpu": "h200-sxm", "num_nodes": 1, "gpus_per_node": 4}, "model": "Qwen2.5-72B",
+              "workload": {"concurrent_sequences": 16, "input_tokens": 2048, "output_tokens": 512},
+              "engine": {"name": "vllm", "speculative": {"method": "draft_model", "num_speculative_tokens": 3,
+                                                         "acceptance_rate": "0.7", "draft_config": "Qwen2.5-0.5B"}}}
+
+
+def test_the_draft_models_heads_bound_the_tp():
+    """The review's reproducer: Qwen2.5-72B drafted by Qwen2.5-0.5B (14 heads, 2 KV heads) on 4 GPUs was planned
+    at TP 4, which vLLM cannot load the draft at (14 % 4); rule draft_heads keeps TP at 1 or 2, and CP-SAT and
+    the oracle agree on the plan."""
+    sc = scenario_from_dict(QWEN_DRAFT)
+    cp, ex = optimize(sc), optimize_exhaustive(sc)
+    assert cp.evidence.objective == ex.evidence.objective and cp.plan == ex.plan and cp.evidence.proved_optimal
+    assert cp.plan.layout.tp in (1, 2)
+    cert = certify(sc, cp.plan, cp.tables)
+    [check] = [c for c in cert.checks if c.name == "draft_heads"]
+    assert cert.holds and check.holds
+    tp4 = Plan(layout=Layout(tp=4, pp=1, dp=1, ep=1, etp=4, edp=1), layers_per_stage=(80,), batch_per_replica=16)
+    assert [c.name for c in certify(sc, tp4).failing] == ["draft_heads"]
+    # an EAGLE head or a draft with the same heads as the target adds no such rule
+    assert "draft_heads" not in {c.name for c in certify(llama(eagle(2, "0.6")), TP8).checks}
+    # on 4 H100s TP <= 2 needs PP 2, which vLLM does not run with a draft model: no plan, both rules named
+    with pytest.raises(Infeasible) as exc:
+        optimize(scenario_from_dict(deep_merge(QWEN_DRAFT, {"cluster": {"gpu": "h100-sxm"}})))
+    assert "draft_heads" in str(exc.value) and "speculative_one_stage" in str(exc.value)
+
+
+def test_a_draft_with_another_vocabulary_gets_a_warning(tmp_path):
+    """vLLM refuses a draft_model pair whose vocab_size differs (vllm/config/speculative.py,
+    verify_equal_vocab_size_if_draft_model): Qwen2.5-0.5B has 151,936 entries, Qwen2.5-72B 152,064. A note,
+    not a rule; a Llama-3.1-8B draft for Llama-3.1-70B (both 128,256) gets none."""
+    path = tmp_path / "q.yaml"
+    path.write_text(yaml.safe_dump(QWEN_DRAFT))
+    result = CliRunner().invoke(main, ["--scenario", str(path), "--json", "-"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    notes = json.loads(result.output)["plan"]["notes"]
+    assert any(n.startswith("WARNING: the draft model's vocab_size = 151936 differs from the target's 152064") for n in notes)
+    same = deep_merge(LLAMA, {"engine": {"speculative": {"method": "draft_model", "num_speculative_tokens": 2,
+                                                         "acceptance_rate": "0.7", "draft_config": "Llama-3.1-8B"}}})
+    path.write_text(yaml.safe_dump(same))
+    result = CliRunner().invoke(main, ["--scenario", str(path), "--json", "-"], catch_exceptions=False)
+    assert not any("vocab_size" in n for n in json.loads(result.output)["plan"]["notes"])

@@ -92,7 +92,8 @@ class MemorySection(BaseModel):
     limits: list[MemoryLimitEntry] = Field(description="the engine's memory limits, each checked per stage in the certificate")
     kv_cache_capacity_tokens: int | None = Field(
         description="tokens one replica can keep in KV cache: the smallest over its stages (every stage holds "
-                    "each token's KV for its own layers)")
+                    "each token's KV for its own layers), counted in sequences of ISL + OSL tokens (with "
+                    "engine.windowed_kv_cache a sliding layer keeps only its window of each)")
     max_sequences_per_replica: int | None = Field(
         description="kv_cache_capacity_tokens // (ISL + OSL): sequences at full length one replica can hold")
     per_gpu_peak: StageBytes

@@ -279,6 +279,23 @@ class DraftBytes:
     weights: int
     kv_cache: int
     kv_bytes_per_token: int
+    kv_bytes_per_sequence: int = 0  # one full-length sequence (kv_bytes_per_sequence_layers)
+
+
+def kv_bytes_per_sequence_layers(*, scenario: Scenario, layout: Layout, layers: range) -> int:
+    """KV cache one full-length sequence (ISL + OSL tokens) takes on one GPU in the model's ``layers`` (layer
+    indices): ``kv_cache_bytes_per_token_layer`` for every token in every layer, and with
+    ``engine.windowed_kv_cache`` only ``min(window, ISL + OSL)`` tokens in a sliding layer (``layer_pattern``;
+    vLLM's hybrid KV cache manager, docs.vllm.ai design/hybrid_kv_cache_manager). Exact bytes; the
+    ``WindowedKv`` charge of ``batch`` sequences is never below ``batch`` times this."""
+    model, workload = scenario.model, scenario.workload
+    per_token = kv_cache_bytes_per_token_layer(model=model, workload=workload, tp=layout.tp)
+    seq = workload.max_sequence_tokens
+    if not scenario.engine.windowed_kv_cache or sliding_period(model) is None:
+        return per_token * seq * len(layers)
+    window = min(model.local_attention_window, seq)  # type: ignore[type-var]
+    pattern = layer_pattern(model)
+    return per_token * sum(window if pattern[i] else seq for i in layers)
 
 
 def draft_bytes(*, scenario: Scenario, layout: Layout, batch: int) -> DraftBytes:
@@ -297,13 +314,17 @@ def draft_bytes(*, scenario: Scenario, layout: Layout, batch: int) -> DraftBytes
         parts = [(count, layer_bytes(scenario=whole, layout=layout, batch=batch, dense=dense)) for count, dense in kinds]
         ends = stage_fixed_bytes(scenario=whole, layout=layout, batch=batch, first=True, last=True)
         per_token = kv_cache_bytes_per_token_layer(model=whole.model, workload=whole.workload, tp=layout.tp)
+        # ends.kv_cache: the windowed bound's give-back for the draft's own sliding layers (0 without)
         return DraftBytes(weights=sum(n * b.weights for n, b in parts) + ends.weights,
-                          kv_cache=sum(n * b.kv_cache for n, b in parts), kv_bytes_per_token=layers * per_token)
+                          kv_cache=sum(n * b.kv_cache for n, b in parts) + ends.kv_cache, kv_bytes_per_token=layers * per_token,
+                          kv_bytes_per_sequence=kv_bytes_per_sequence_layers(scenario=whole, layout=layout, layers=range(layers)))
     layer = layer_bytes(scenario=scenario, layout=layout, batch=batch, dense=not scenario.model.is_moe)
     per_token = kv_cache_bytes_per_token_layer(model=scenario.model, workload=scenario.workload, tp=layout.tp)
     projection = bytes_for(draft_projection_params(scenario), HIGH_PRECISION.bits)
-    return DraftBytes(weights=layers * layer.weights + projection, kv_cache=layers * layer.kv_cache,
-                      kv_bytes_per_token=layers * per_token)
+    # an MTP / EAGLE draft layer keeps the whole sequence: no sliding-window saving for it
+    full = per_token * scenario.workload.max_sequence_tokens
+    return DraftBytes(weights=layers * layer.weights + projection, kv_cache=layers * full * batch,
+                      kv_bytes_per_token=layers * per_token, kv_bytes_per_sequence=layers * full)
 
 
 def activation_peak_bytes(*, scenario: Scenario, layout: Layout, batch: int, last: bool) -> int:
@@ -378,6 +399,10 @@ class StageMemory:
     kv_bytes_per_token: int  # KV cache one token takes on this GPU (all of the stage's layers, draft layers too)
     draft_weight_bytes: int = 0  # of weights_bytes: the speculative draft module's (last stage)
     draft_kv_cache_bytes: int = 0  # of kv_cache_bytes: the draft layers' KV cache
+    sequence_tokens: int = 0  # ISL + OSL: the sequence kv_bytes_per_sequence is for
+    # KV cache one such sequence takes on this GPU, a sliding layer holding only its window under
+    # engine.windowed_kv_cache (kv_bytes_per_sequence_layers); 0: sequence_tokens x kv_bytes_per_token
+    kv_bytes_per_sequence: int = 0
 
     @property
     def total_bytes(self) -> int:
@@ -397,19 +422,25 @@ class StageMemory:
                             preload=self.reserve_bytes + self.comm_buffer_bytes, cuda_graphs=self.cuda_graph_bytes)
 
     def kv_capacity_tokens(self, limits: tuple[MemoryLimit, ...]) -> int | None:
-        """Tokens of KV cache this GPU can hold once everything but the KV cache is placed: the most
-        ``t`` with every limit holding for ``t x kv_bytes_per_token`` KV bytes, ``min over limits of
-        floor((cap - charge without KV) / (k x bytes per token))`` (0 if some limit fails without any KV
-        cache); None for a stage without layers (no KV cache)."""
+        """Tokens of KV cache this GPU can hold once everything but the KV cache is placed, counted in
+        full-length sequences: with ``B = kv_bytes_per_sequence`` bytes for a sequence of ``S =
+        sequence_tokens`` tokens, ``min over limits of floor((cap - charge without KV) x S / (k x B))``, so
+        ``tokens // S`` is the most whole sequences within every limit (0 if some limit fails without any KV
+        cache); None for a stage without layers (no KV cache). Without sliding windows ``B = S x
+        kv_bytes_per_token`` and this is vLLM's ``floor((cap - charge without KV) / (k x bytes per token))``;
+        with ``engine.windowed_kv_cache`` a sliding layer keeps only its window of each sequence, so the
+        figure holds for sequences of the workload's ISL + OSL (a shorter one takes more bytes per token)."""
         if self.kv_bytes_per_token == 0:
             return None
+        per_sequence, length = ((self.kv_bytes_per_sequence, self.sequence_tokens) if self.kv_bytes_per_sequence
+                                else (self.kv_bytes_per_token, 1))
         tokens = None
         for limit in limits:
             rest = self.charge(limit) - limit.kv_cache * self.kv_cache_bytes
             if rest > limit.cap:
                 return 0
             if limit.kv_cache:
-                room = (limit.cap - rest) // (limit.kv_cache * self.kv_bytes_per_token)
+                room = (limit.cap - rest) * length // (limit.kv_cache * per_sequence)
                 tokens = room if tokens is None else min(tokens, room)
         return tokens
 
@@ -439,6 +470,7 @@ def stage_memory(*, scenario: Scenario, layout: Layout, layers_per_stage: tuple[
     draft = draft_bytes(scenario=scenario, layout=layout, batch=batch)
     result = []
     last_stage = len(layers_per_stage) - 1
+    starts = [sum(layers_per_stage[:s]) for s in range(len(layers_per_stage))]
     for s, (dense, moe) in enumerate(layer_kinds(model=scenario.model, layers_per_stage=layers_per_stage)):
         fixed = stage_fixed_bytes(scenario=scenario, layout=layout, batch=batch, first=s == 0, last=s == last_stage)
         # the draft module: computed again here (draft_bytes) rather than read from ``fixed``, so the check
@@ -458,6 +490,9 @@ def stage_memory(*, scenario: Scenario, layout: Layout, layers_per_stage: tuple[
                 kv_bytes_per_token=(dense + moe) * per_token + own.kv_bytes_per_token,
                 draft_weight_bytes=own.weights,
                 draft_kv_cache_bytes=own.kv_cache,
+                sequence_tokens=scenario.workload.max_sequence_tokens,
+                kv_bytes_per_sequence=own.kv_bytes_per_sequence + kv_bytes_per_sequence_layers(
+                    scenario=scenario, layout=layout, layers=range(starts[s], starts[s] + dense + moe)),
             )
         )
     return result

@@ -70,6 +70,23 @@ def architecture_notes(scenario: Scenario) -> list[str]:
     return notes
 
 
+def draft_notes(scenario: Scenario) -> list[str]:
+    """A warning when a separate draft model (``engine.speculative.method: draft_model``) has another
+    ``vocab_size`` than the target: vLLM refuses the pair at start-up (``SpeculativeConfig.
+    verify_equal_vocab_size_if_draft_model``, vllm/config/speculative.py: "Target and draft model should have
+    the same vocabulary size"), unless a recent version is told ``use_heterogeneous_vocab`` (greedy drafts
+    over the shared tokens only). A note, not a rule: no layout changes it, and the sizes are the scenario's."""
+    spec = scenario.engine.speculative
+    draft = spec.draft_config if spec is not None else None
+    if draft is None or draft.vocab_size == scenario.model.vocab_size:
+        return []
+    return [f"WARNING: the draft model's vocab_size = {draft.vocab_size} differs from the target's "
+            f"{scenario.model.vocab_size}: vLLM refuses a draft_model pair whose vocabularies differ "
+            "(vllm/config/speculative.py verify_equal_vocab_size_if_draft_model) unless speculative_config sets "
+            "use_heterogeneous_vocab (recent versions; greedy drafts over the shared tokens): use a draft with the "
+            "target's vocabulary"]
+
+
 def calibration_notes(table: CostTable) -> list[str]:
     """A note when the plan's GPU has no measured calibration entry (a catalog GPU not yet benchmarked, or a
     GPU given inline): its times come from the ``default`` entry, so they are less sure than a fitted GPU's."""
@@ -95,7 +112,7 @@ def plan_document(
             "layers_per_stage": list(plan.layers_per_stage),
             "engine": scenario.engine.name.value,
             "notes": [*plan.notes, *input_notes(scenario), *window_notes(scenario), *architecture_notes(scenario),
-                      *calibration_notes(table)],
+                      *draft_notes(scenario), *calibration_notes(table)],
         },
         "rank_map": rank_map(scenario, plan),
         "memory": memory_section(scenario, certificate),
@@ -236,8 +253,9 @@ def _stage_bytes(s) -> dict[str, int]:
 def memory_section(scenario: Scenario, certificate: Certificate) -> dict[str, Any]:
     """Bytes per GPU by component and stage, and the KV-cache capacity the plan leaves (exact integers):
     per stage the most KV tokens within every memory limit of the engine (vLLM: ``floor((cap - everything
-    but the KV cache) / KV bytes per token)``), per replica the smallest over its stages, and how many
-    full-length (ISL + OSL) sequences that holds. ``cap_bytes`` is what the whole footprint fits in
+    but the KV cache) / KV bytes per token)``; counted in full-length sequences, ``StageMemory.kv_capacity_tokens``,
+    so a sliding layer holds only its window of each under ``engine.windowed_kv_cache``), per replica the
+    smallest over its stages, and how many full-length (ISL + OSL) sequences that holds. ``cap_bytes`` is what the whole footprint fits in
     (``engines.usable_bytes``); ``limits`` names the engine's limits."""
     cap = MemoryCap.cap_bytes(scenario)
     limits = memory_limits(scenario)

@@ -255,6 +255,55 @@ class KvHeadsDivisible(LayoutRule):
                           f"{kv} KV heads over TP = {tp}: {how}" if not rest else f"{kv} KV heads cannot be {how} over TP = {tp}")
 
 
+class DraftHeadsDivisible(LayoutRule):
+    """A separate draft model (``engine.speculative.method: draft_model``) runs at the target's TP (vLLM:
+    ``draft_tensor_parallel_size`` defaults to the target's and ``DraftModelProposer`` refuses another,
+    vllm/config/speculative.py ``_verify_and_get_draft_tp``, vllm/v1/spec_decode/draft_model.py; SGLang's
+    STANDALONE draft worker shares ``--tp-size``), so its attention is sharded by the target's rules: its
+    ``num_attention_heads`` divisible by TP, and its KV heads split or replicated evenly (``KvHeadsDivisible``,
+    ``replicate`` as for the target; no KV-head test for an MLA draft). Qwen2.5-0.5B (14 heads, 2 KV heads)
+    drafts at TP 1 or 2, not 4. Exact: ``lhs`` is the sum of the two remainders."""
+
+    name = "draft_heads"
+
+    def __init__(self, *, heads: int, kv_heads: int | None, replicate: bool = True) -> None:
+        self.heads, self.kv_heads, self.replicate = heads, kv_heads, replicate
+        kv = ("" if kv_heads is None else " and (draft num_key_value_heads % tp == 0" + (
+            " or tp % draft num_key_value_heads == 0)" if replicate else ")"))
+        self.formula = f"draft num_attention_heads % tp == 0{kv}"
+
+    def _kv_rest(self, tp: int) -> int:
+        kv = self.kv_heads
+        if kv is None:
+            return 0
+        return kv % tp if tp <= kv or not self.replicate else tp % kv
+
+    def holds(self, scenario: Scenario, layout: Layout) -> bool:
+        return self.heads % layout.tp == 0 and self._kv_rest(layout.tp) == 0
+
+    def holds_grid(self, scenario: Scenario, grid: SizeArrays) -> np.ndarray:
+        ok = self.heads % grid.tp == 0
+        kv = self.kv_heads
+        if kv is None:
+            return ok
+        if not self.replicate:
+            return ok & (kv % grid.tp == 0)
+        return ok & (np.where(grid.tp <= kv, kv % grid.tp, grid.tp % kv) == 0)
+
+    def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
+        tp = layout.tp
+        heads_rest, kv_rest = self.heads % tp, self._kv_rest(tp)
+        parts = [f"the draft's {self.heads} attention heads are {'not ' if heads_rest else ''}divisible by TP = {tp}"]
+        if self.kv_heads is not None:
+            how = "split" if tp <= self.kv_heads or not self.replicate else "replicated"
+            parts.append(f"its {self.kv_heads} KV heads {'cannot be ' if kv_rest else 'are '}{how} evenly")
+        detail = "; ".join(parts) + " (the draft model runs at the target's TP)"
+        if heads_rest or kv_rest:
+            fits = [d for d in divisors(scenario.cluster.num_gpus) if self.heads % d == 0 and self._kv_rest(d) == 0]
+            detail += f"; the TPs the draft allows on {scenario.cluster.num_gpus} GPUs: {', '.join(map(str, fits))}"
+        return make_check(self.name, self.formula, heads_rest + kv_rest, "==", 0, detail)
+
+
 class BlockAligned(LayoutRule):
     """Block-quantised weights: each rank's share of a sharded width stays a multiple of the block."""
 
@@ -922,6 +971,10 @@ def build_rules(scenario: Scenario) -> tuple[Rule, ...]:
     rules.append(Divisible("attention_heads_divisible", "num_attention_heads", "tp", model.num_attention_heads))
     if not model.is_mla:
         rules.append(KvHeadsDivisible(replicate=engine.name is not EngineName.MEGATRON))
+    draft = engine.speculative.draft_config if engine.speculative is not None else None
+    if draft is not None:
+        rules.append(DraftHeadsDivisible(heads=draft.num_attention_heads, kv_heads=None if draft.is_mla else draft.kv_heads,
+                                         replicate=engine.name is not EngineName.MEGATRON))
     if model.num_dense_layers:
         dense_field = "intermediate_size_mlp" if model.intermediate_size_mlp else "intermediate_size"
         rules.append(Divisible("dense_ffn_divisible", dense_field, "ffn_tp" if sglang_moe else "tp", model.dense_ffn_width))
