@@ -706,8 +706,9 @@ def deploy(plan_path: str | None, scenario_name: str, fmt: str, out_dir: str, en
 
 def _plan_for(plan_path: str | None, scenario_name: str) -> dict[str, Any]:
     """The plan document for ``plan_path`` (a plan file) or, without it, the plan ``optimize`` picks for the
-    scenario; exits 2 for bad input, 1 when no plan exists."""
+    scenario; exits 2 for bad input, 1 when no plan exists (also for the plan file of such a scenario)."""
     scenario = _load(scenario_name)
+    _no_plan_exit(plan_path)
     if plan_path is None:
         from optimizer.search.solve import optimize
 
@@ -757,7 +758,6 @@ def bench_command_cmd(plan_path: str | None, scenario_name: str, tool: str | Non
     """
     from optimizer.outputs.bench import bench_command
 
-    _no_plan_exit(plan_path)
     document = _plan_for(plan_path, scenario_name)
     try:
         command = bench_command(document, scenario=_load(scenario_name), tool=tool, host=host, port=port)
@@ -777,7 +777,7 @@ def _no_plan_exit(plan_path: str | None) -> None:
     except ScenarioError:
         return  # read_plan reports it
     if ("plan" in data and data["plan"] is None) or ("infeasible" in data and "plan" not in data):
-        _fail(f"{plan_path}: the scenario has no feasible plan (plan: null); nothing to measure", EXIT_INFEASIBLE)
+        _fail(f"{plan_path}: the scenario has no feasible plan (plan: null); nothing to run or measure", EXIT_INFEASIBLE)
 
 
 @main.command()

@@ -130,3 +130,12 @@ def yaml_fleet(tmp_path: Path) -> Path:
     path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+@pytest.mark.parametrize("command", ["launch", "deploy", "bench-command"])
+def test_the_plan_file_of_a_scenario_without_a_plan_exits_1(tmp_path: Path, command: str) -> None:
+    doc = tmp_path / "none.json"
+    assert run("--scenario", "llama-3.1-405b-4xh100", "--json", str(doc)).exit_code == 1
+    result = run(*commands(doc, "llama-3.1-405b-4xh100", tmp_path)[command])
+    assert result.exit_code == 1, result.output
+    assert "has no feasible plan" in result.output and not (tmp_path / "out").exists()
