@@ -110,6 +110,9 @@ def test_gpus_per_host_must_tile_the_node() -> None:
         scenario_from_dict({**GB200, "cluster": {"gpu": "gb200-nvl72", "num_nodes": 1, "gpus_per_host": 5}})
     one_box = scenario_from_dict({**GB200, "cluster": {"gpu": "h100-sxm", "num_nodes": 1}})
     assert one_box.cluster.gpus_per_host is None  # a node is one machine
+    for per, host in ((1, None), (4, None), (8, 4), (6, 2), (36, 4)):  # a node drawn smaller than the rack
+        cluster = {"gpu": "gb200-nvl72", "num_nodes": 1, "gpus_per_node": per}
+        assert scenario_from_dict({**GB200, "cluster": cluster}).cluster.gpus_per_host == host, per
 
 
 def test_a_fleet_pool_of_nvl72_racks_loads_and_gives_instances_their_hosts(tmp_path: Path) -> None:
@@ -139,3 +142,14 @@ def test_the_plan_file_of_a_scenario_without_a_plan_exits_1(tmp_path: Path, comm
     result = run(*commands(doc, "llama-3.1-405b-4xh100", tmp_path)[command])
     assert result.exit_code == 1, result.output
     assert "has no feasible plan" in result.output and not (tmp_path / "out").exists()
+
+
+def test_tensorrt_llm_on_an_amd_gpu_is_refused_at_load() -> None:
+    from optimizer.errors import ScenarioError
+    from optimizer.inputs.loader import scenario_from_dict
+
+    amd = {**GB200, "cluster": {"gpu": "mi300x", "num_nodes": 1}, "engine": {"name": "tensorrt-llm"}}
+    with pytest.raises(ScenarioError, match="TensorRT-LLM runs on NVIDIA GPUs only") as exc:
+        scenario_from_dict(amd)
+    assert exc.value.field == "engine.name"
+    assert scenario_from_dict({**amd, "engine": {"name": "vllm"}}).cluster.gpu.name == "mi300x"

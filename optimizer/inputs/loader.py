@@ -6,6 +6,7 @@ naming the file, the field, what is wrong and what would be right.
 from __future__ import annotations
 
 import json
+import math
 import re
 from decimal import Decimal
 from pathlib import Path
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 from optimizer.inputs import catalog
 from optimizer.inputs.calibration_file import calibration_data, calibration_file_problem
 from optimizer.errors import ScenarioError
-from optimizer.inputs.scenario import ModelSpec, Objective, Scenario
+from optimizer.inputs.scenario import EngineName, ModelSpec, Objective, Scenario
 
 # The shipped scenarios: scenarios/ at the repository root, reached through the package's link
 # optimizer/inputs/scenarios (so a wheel carries them as package data); resolved, so messages name scenarios/.
@@ -244,6 +245,9 @@ def scenario_from_dict(data: dict[str, Any], *, source: str = "<inline>", base_d
     problem = catalog.stack_problem(scenario.engine.calibration_stack)  # said here, not deep in the cost model
     if problem:
         raise ScenarioError(problem, source=source, field="engine.calibration_stack")
+    if scenario.engine.name is EngineName.TENSORRT_LLM and catalog.is_amd_instinct(scenario.cluster.gpu.name):
+        raise ScenarioError(f"TensorRT-LLM runs on NVIDIA GPUs only (CUDA), and {scenario.cluster.gpu.name} is an AMD "
+                            "Instinct part; use engine vllm or sglang (both have ROCm builds)", source=source, field="engine.name")
     if scenario.engine.calibration_file is not None:
         try:
             cal_data = read_calibration_file(Path(scenario.engine.calibration_file))
@@ -290,10 +294,16 @@ def _resolve_cluster(cluster: Any, *, source: str) -> Any:
     elif isinstance(gpu, dict):
         entry = dict(gpu)
     if entry is not None:
+        host_given = "gpus_per_host" in cluster
         for key in catalog.CLUSTER_DEFAULT_KEYS:
             default = entry.pop(key, None)
             if default is not None:
                 cluster.setdefault(key, default)
+        per, host = cluster.get("gpus_per_node"), cluster.get("gpus_per_host")
+        if not host_given and isinstance(per, int) and isinstance(host, int) and host > 0:
+            # the catalog's machine size, for a node the user may have drawn smaller (part of an NVL72 rack):
+            # one machine when the node fits in one, else the machines it spans (as fleet.Pool.cluster)
+            cluster["gpus_per_host"] = None if per <= host else math.gcd(per, host)
         cluster["gpu"] = entry
     return cluster
 

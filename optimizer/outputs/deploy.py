@@ -83,6 +83,7 @@ from typing import Any
 import yaml
 
 from optimizer.errors import PlanError
+from optimizer.inputs.catalog import is_amd_instinct
 from optimizer.outputs.launch import (
     SGLANG_VERSION,
     TRTLLM_OPTIONS_FILE,
@@ -115,7 +116,6 @@ LIVENESS_PERIOD_S, LIVENESS_FAILURES = 30, 3
 READINESS_PERIOD_S = 10
 NAME_MAX = 40  # LWS names its pods NAME-GROUP-INDEX and its headless Service NAME; pod names end up <= 63
 _NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-_AMD = re.compile(r"(^|[^a-z])mi\d{3}", re.IGNORECASE)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -178,7 +178,7 @@ def deploy_engine(plan_engine: str, requested: str | None) -> LaunchEngine:
 def gpu_resource(gpu_name: str) -> str:
     """The device plugin's resource name: ``amd.com/gpu`` for AMD Instinct MI parts (``mi300x``, ``AMD
     Instinct MI325X``), else ``nvidia.com/gpu``."""
-    return "amd.com/gpu" if _AMD.search(gpu_name) else "nvidia.com/gpu"
+    return "amd.com/gpu" if is_amd_instinct(gpu_name) else "nvidia.com/gpu"
 
 
 def resource_name(*, engine: LaunchEngine, scenario_name: str, name: str | None = None) -> str:

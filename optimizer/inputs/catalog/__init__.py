@@ -3,6 +3,8 @@ entry with its source (copied from the project's reference facts; see the ``sour
 
 from __future__ import annotations
 
+import re
+
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -117,3 +119,12 @@ def stack_problem(requested: str | None) -> str | None:
 def calibration_data() -> dict[str, Any]:
     """The fitted cost-model parameters (``calibration.yaml``, written by ``scripts/calibrate.py``)."""
     return _load("calibration.yaml")
+
+
+_AMD_INSTINCT = re.compile(r"(^|[^a-z])mi\d{3}", re.IGNORECASE)
+
+
+def is_amd_instinct(gpu_name: str) -> bool:
+    """True for AMD Instinct MI parts by name (``mi300x``, ``AMD Instinct MI325X``): the GPUs that need
+    ROCm builds (``amd.com/gpu`` in Kubernetes) and that TensorRT-LLM, a CUDA-only engine, cannot run on."""
+    return bool(_AMD_INSTINCT.search(gpu_name))
