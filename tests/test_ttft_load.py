@@ -54,14 +54,15 @@ def test_loaded_ttft_grows_with_concurrency_and_with_isl_over_the_budget():
 def test_a_hand_computed_loaded_ttft():
     """vLLM, B = 64 per replica, PP 1 (one micro-batch: d = 64 decode tokens), C = 1024, ISL 2048, OSL 256:
     p = 1024 - 64 = 960 prompt tokens per step, n = ceil(2048 / 960) = 3 steps of 960 tokens; prefill share
-    = ceil(64 x 3 x chunk / 256); TTFT = 3 x (chunk + decode step + share)."""
+    = ceil(64 x 3 x chunk / 256); TTFT = 3 x (chunk + decode step less its step overhead + share): chunk and
+    decode tokens are one forward, which pays the step overhead once."""
     sc = _scenario(concurrency=64, isl=2048, osl=256, budget=1024)
     t = integer_costs(scenario=sc, layouts=(TP8,))
     assert (t.ttft_chunks[0], t.chunk_tokens[0], t.ttft_rides_decode[0], t.ttft_waits[0]) == (3, 960, 1, 1)
     chunk, decode = t.phase_total_ns(t.chunk, 0), t.phase_total_ns(t.decode, 0)
     share = -(-64 * 3 * chunk // 256)
     assert t.prefill_share_ns[0] == share
-    assert t.ttft_ns(0) == 3 * (chunk + decode + share)
+    assert t.ttft_ns(0) == 3 * (chunk + decode - int(t.decode.stage_extra_ns[0]) + share)
     # a 960-token chunk costs less than the 2048-token prompt, three of them more (weights read three times)
     isolated = t.phase_total_ns(t.prefill, 0)
     assert chunk < isolated < 3 * chunk
@@ -157,3 +158,27 @@ def test_a_replica_whose_prompts_outrun_the_token_budget_is_called_overloaded():
         section = ttft_section(sc, integer_costs(scenario=sc, layouts=(TP8,)), 0)
         assert section["ttft_overloaded"] is overloaded
         assert ("OVERLOADED" in section["ttft_model_text"]) is overloaded
+
+
+@pytest.mark.parametrize("layout", [TP8, Layout(tp=4, pp=2, dp=1, ep=4, etp=1, edp=1)])
+def test_a_chunk_and_the_decode_step_it_rides_with_pay_one_step_overhead_per_stage(layout):
+    """A prompt's chunk and the running decodes are one scheduler step (one forward per stage), so raising
+    the calibration's step overhead by 1 ms raises the loaded TTFT by chunks x PP x 1 ms (plus what the other
+    prompts' prefill share grows by), not twice that (review of issue 16: the riding decode step paid its own
+    overhead again)."""
+    from dataclasses import replace
+
+    from optimizer.model.calibration import shipped_calibration, with_step_fit
+
+    sc = _scenario(concurrency=64)
+    shipped = shipped_calibration()
+    fit = shipped.for_gpu("h100-sxm", shipped.stack_for("vllm"), "vllm").step
+    slow = with_step_fit(shipped, calibration_id="t", gpu="h100-sxm", engine="vllm", stack="overhead",
+                         fit=replace(fit, step_overhead_us=fit.step_overhead_us + 1000.0), what="t")
+    base = integer_costs(scenario=sc, layouts=(layout,), calibration=shipped)
+    more = integer_costs(scenario=sc, layouts=(layout,), calibration=slow)
+    assert base.ttft_rides_decode[0] == 1 and base.ttft_chunks[0] >= 1
+    extra = more.ttft_ns(0) - base.ttft_ns(0)
+    share = base.ttft_waits[0] * (more.prefill_share_ns[0] - base.prefill_share_ns[0])  # the queue's share, apart
+    expected = base.ttft_chunks[0] * (layout.pp * 1_000_000 + share)
+    assert abs(extra - expected) <= base.ttft_chunks[0] * layout.pp * 2  # 1 ns rounding per charge

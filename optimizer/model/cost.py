@@ -756,8 +756,12 @@ class CostTable:
 
     def ttft_ns(self, c: int) -> int:
         """TTFT of layout ``c`` (ns): ``chunks x (chunk + rides x decode step + waits x prefill share)``,
-        each step through every stage and hop (``integer_costs``). Independent of the layer split."""
-        step = self.phase_total_ns(self.chunk, c) + self.ttft_rides_decode[c] * self.phase_total_ns(self.ride_phase, c)
+        each step through every stage and hop (``integer_costs``). A decode step that rides along with the
+        chunk is the same scheduler step (one forward of chunk and decode tokens), so its stages' step
+        overheads are not charged twice. Independent of the layer split."""
+        ride = self.ride_phase
+        own = self.layouts[c].pp * (int(ride.stage_extra_ns[c]) if len(ride.stage_extra_ns) else 0)
+        step = self.phase_total_ns(self.chunk, c) + self.ttft_rides_decode[c] * (self.phase_total_ns(ride, c) - own)
         return self.ttft_chunks[c] * (step + self.ttft_waits[c] * self.prefill_share_ns[c])
 
 

@@ -319,10 +319,13 @@ class CandidateValues:
                     + col(phase.first_extra_ns) + col(phase.last_extra_ns) + (pp - 1) * col(phase.boundary_ns)
                     + pp * col(phase.stage_extra_ns))
 
-        # TTFT (cost.CostTable.ttft_ns): chunks x (chunk step + rides x decode step + waits x prefill share)
+        # TTFT (cost.CostTable.ttft_ns): chunks x (chunk step + rides x decode step + waits x prefill share),
+        # the riding decode step without its stages' step overheads (the chunk's step already pays them)
         obj = lambda a: np.asarray(a, dtype=object)  # noqa: E731
         share = obj(cost.prefill_share_ns)
-        ttft = obj(cost.ttft_chunks) * (total(cost.chunk) + obj(cost.ttft_rides_decode) * total(cost.ride_phase)
+        ride = cost.ride_phase
+        ride_total = total(ride) - pp * np.asarray(ride.stage_extra_ns, dtype=np.int64).astype(object)
+        ttft = obj(cost.ttft_chunks) * (total(cost.chunk) + obj(cost.ttft_rides_decode) * ride_total
                                          + obj(cost.ttft_waits) * share)
         micro = np.asarray(cost.microbatches, dtype=object)
         dec = cost.decode  # cost.CostTable.decode_cycle_ns: each micro-batch pays every stage's fixed cost
