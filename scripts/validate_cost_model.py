@@ -95,9 +95,10 @@ def _source_family(row: MeasuredRow) -> str:
 
 
 def stand_in_stack(shipped: Calibration, fitted: set[str]) -> str:
-    """The stack that predicts rows whose own stack has no rows left in a fit: the one a vLLM plan takes
-    (``engine_stacks``; the stand-in every engine without measurements gets), else the first fitted."""
-    preferred = shipped.engine_stacks.get("vllm", "")
+    """The stack that predicts rows whose own stack has no rows left in a fit: the stand-in every engine
+    without measurements of its own gets (``calibrate.STAND_IN_STACK``, as ``engine_stacks`` assigns it),
+    else the first fitted. ``shipped`` is kept for callers; the stand-in does not depend on it."""
+    preferred = calibrate.STAND_IN_STACK
     return preferred if preferred in fitted else sorted(fitted)[0]
 
 
@@ -137,8 +138,8 @@ def held_out_collectives(held: list[MeasuredRow], shipped: Calibration) -> dict[
 
 
 def row_ep(row: MeasuredRow) -> int:
-    """Expert-parallel size of a reference row: every step row is a dense model on one TP group
-    (``measured.step_scenario``), so 1; collectives have none (1)."""
+    """Expert-parallel size of a reference row: every step row runs on one TP group with experts sharded
+    over it (``measured.step_scenario``: EP 1, the Mixtral rows included), so 1; collectives have none (1)."""
     return 1
 
 
