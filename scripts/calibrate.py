@@ -19,8 +19,7 @@ What is fitted to what (``calibration/data/``; ``optimizer/model/measured.py`` r
    ``layer_overhead_us``, ``step_overhead_us``, ``sequence_overhead_us`` and ``collective_skew_us`` to the
    whole-step rows (prefill, decode, TTFT, static batches) of that stack, with 1-3 fixed (and, for a stack
    measured on an engine's own runs, that engine's kernel fits of 5); per GPU where the stack has its rows,
-   else the stack's; with a ranking hinge so that TP comparisons keep their measured order. An engine profile
-   takes the stack of its own name where one is fitted (``engine_stacks``: vLLM today), else TensorRT-LLM's.
+   else the stack's; with a ranking hinge so that TP comparisons keep their measured order.
 5. Per GPU and engine (vLLM, SGLang, TensorRT-LLM: ``measured.engine_kernel_sets``), the engine's own kernel
    fits, in the forms of 1-2, to its own aiconfigurator tables: GEMM (bf16, FP8), attention (prefill,
    decode), the fused MoE op (bf16, FP8; launch and efficiencies of the grouped GEMMs) and its custom
@@ -75,17 +74,13 @@ ROOT = Path(__file__).resolve().parent.parent
 CATALOG_FILE = ROOT / "optimizer" / "inputs" / "catalog" / "calibration.yaml"
 FITTED_GPUS = ("h100-sxm", "h200-sxm", "a100-sxm-80gb", "b200", "l40s")
 LIKE = {"h800-sxm": "h100-sxm", "a100-sxm-40gb": "a100-sxm-80gb"}  # same die, no measurements of their own
-# Each engine profile takes the stack measured on its own runs where there is one (vLLM: calibration/data/
-# measurements_engines.csv); the others (SGLang and Megatron-Core: no step rows of theirs yet) take the closest
-# measured modern stack, TensorRT-LLM's own, and their plans say it stands in.
-ENGINE_PROFILES = ("vllm", "megatron", "sglang", "tensorrt-llm")
-STAND_IN_STACK = "tensorrt-llm"
-
-
-def engine_stacks(fitted: set[str]) -> dict[str, str]:
-    """Engine profile -> its default stack: its own name where a stack of that name was fitted, else
-    ``STAND_IN_STACK``."""
-    return {engine: engine if engine in fitted else STAND_IN_STACK for engine in ENGINE_PROFILES}
+# No step rows of modern vLLM, SGLang or Megatron-Core yet: those engine profiles take the closest measured modern
+# stack, TensorRT-LLM's own. vLLM's own rows (stack vllm-2024, calibration/data/measurements_engines.csv) are of
+# vLLM v0.3-v0.4, before v0.6 removed most of its per-step host work (Ray workers, Python scheduling: the fit puts
+# ~4 ms a step and ~80 us a sequence on them); as vLLM's default it would price today's vLLM ~2x slow per decode
+# step (sgl-project/sglang benchmark/benchmark_vllm_060/README.md measures vLLM 0.6.0 at 24-29 ms median TPOT for
+# Llama-3.1-70B on 4 x H100 at 4-8 req/s), so it is opt-in (engine.calibration_stack: vllm-2024).
+ENGINE_STACKS = {"vllm": "tensorrt-llm", "megatron": "tensorrt-llm", "sglang": "tensorrt-llm", "tensorrt-llm": "tensorrt-llm"}
 REFERENCE_WEIGHT = 1000.0
 
 PRIOR = GpuCalibration(
@@ -542,7 +537,7 @@ def document(cals: dict[str, GpuCalibration], step_fits: dict[str, dict[str, Ste
         "data_files": files,
         "fitted_by": "scripts/calibrate.py",
         "stacks": dict(STACKS),
-        "engine_stacks": engine_stacks(set(step_fits)),
+        "engine_stacks": dict(ENGINE_STACKS),
         "gpus": entries,
         "default": default,
     }

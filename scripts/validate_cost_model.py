@@ -95,10 +95,9 @@ def _source_family(row: MeasuredRow) -> str:
 
 
 def stand_in_stack(shipped: Calibration, fitted: set[str]) -> str:
-    """The stack that predicts rows whose own stack has no rows left in a fit: the stand-in every engine
-    without measurements of its own gets (``calibrate.STAND_IN_STACK``, as ``engine_stacks`` assigns it),
-    else the first fitted. ``shipped`` is kept for callers; the stand-in does not depend on it."""
-    preferred = calibrate.STAND_IN_STACK
+    """The stack that predicts rows whose own stack has no rows left in a fit: the one a vLLM plan takes
+    (``engine_stacks``; the stand-in every engine without measurements gets), else the first fitted."""
+    preferred = shipped.engine_stacks.get("vllm", "")
     return preferred if preferred in fitted else sorted(fitted)[0]
 
 

@@ -17,11 +17,11 @@ Row kinds:
   whole batch, predicted as one prefill step plus ``OSL - 1`` decode steps at the mean context
   ``ISL + OSL / 2`` (exact for every term linear in the context: the KV-cache reads); also vLLM's own
   ``benchmarks/benchmark_latency.py`` runs (``measurements_engines.csv``: Mixtral on H100 and A100, from
-  vLLM pull requests), the rows of the ``vllm`` stack.
+  vLLM pull requests), the rows of the ``vllm-2024`` stack.
 
-Rows of a stack named after an engine profile (``ENGINE_STACKS_MEASURED``: ``vllm``) are costed with that
-engine's own kernel fits (``Calibration.for_gpu(..., engine=...)``), as a plan on that engine is, so that its
-step parameters are fitted on the kernels they are used with.
+Rows of a stack measured on an engine profile's own runs (``ENGINE_OF_STACK``: ``vllm-2024`` is vLLM's) are
+costed with that engine's own kernel fits (``Calibration.for_gpu(..., engine=...)``), as a plan on that engine
+is, so that its step parameters are fitted on the kernels they are used with.
 """
 
 from __future__ import annotations
@@ -66,12 +66,12 @@ STACKS = {
     "tensorrt-llm": "TensorRT-LLM: the v0.5 TTFT table and v0.6.1 FP8 static-batch throughput table (NVIDIA/TensorRT-LLM "
                     "docs/source/performance.md) and NVIDIA NIM 1.8.0 FP8 benchmarks of Llama-3.3-70B on 2 x H100 "
                     "(docs.nvidia.com/nim/benchmarking)",
-    "vllm": "vLLM, early 2024 (v0.3.0 to main of April 2024): benchmarks/benchmark_latency.py static batches of Mixtral-8x7B "
+    "vllm-2024": "vLLM, early 2024 (v0.3.0 to main of April 2024): benchmarks/benchmark_latency.py static batches of Mixtral-8x7B "
             "(H100 TP8, A100-80GB TP2) and Mixtral-8x22B (A100-80GB TP4/TP8), BF16, batch 1-64, from vllm-project/vllm pull "
             "requests 2542, 3240 and 4002 (calibration/data/measurements_engines.csv)",
 }
-# Stacks measured on an engine profile's own runs: their rows are costed with that engine's kernel fits.
-ENGINE_STACKS_MEASURED = ("vllm", "sglang")
+# Stacks measured on an engine profile's own runs -> that profile: their rows are costed with its kernel fits.
+ENGINE_OF_STACK = {"vllm-2024": "vllm"}
 
 
 def stack_of(source: str, engine: str = "") -> str:
@@ -80,9 +80,6 @@ def stack_of(source: str, engine: str = "") -> str:
         return "splitwise-2023"
     if source.startswith("NVIDIA/TensorRT-LLM") or engine.startswith("nim-"):
         return "tensorrt-llm"
-    for name in ENGINE_STACKS_MEASURED:  # measurements_engines.csv: engine "vllm-0.3.0", "vllm-main-2024-03", ...
-        if engine.startswith(f"{name}-"):
-            return name
     raise OptimizerError(f"no calibration stack for step rows from {source!r}")
 
 
@@ -321,9 +318,9 @@ class MeasuredRow:
 
     @property
     def kernel_engine(self) -> str:
-        """The engine profile whose kernel fits cost this row: its stack's, for a stack measured on an engine
-        profile's own runs (``ENGINE_STACKS_MEASURED``); else "" (the shared tables)."""
-        return self.stack if self.stack in ENGINE_STACKS_MEASURED else ""
+        """The engine profile whose kernel fits cost this row: its stack's engine, for a stack measured on an
+        engine profile's own runs (``ENGINE_OF_STACK``); else "" (the shared tables)."""
+        return ENGINE_OF_STACK.get(self.stack, "")
 
     @property
     def label(self) -> str:
@@ -349,6 +346,18 @@ def _int(value: str, default: int = 0) -> int:
     return int(value) if value not in ("", None) else default
 
 
+def _stack(r: dict[str, str]) -> str:
+    """A step row's stack: its ``stack`` column (``measurements_engines.csv``), else from its source.
+
+    Raises:
+        OptimizerError: the column names no stack of ``STACKS``.
+    """
+    stack = r.get("stack") or stack_of(r["source"], r.get("engine") or "")
+    if stack not in STACKS:
+        raise OptimizerError(f"measured row {r['source']!r}: stack {stack!r} is not one of {', '.join(STACKS)}")
+    return stack
+
+
 @cache
 def reference_rows() -> tuple[MeasuredRow, ...]:
     """``measurements.csv`` rows, then the splitwise medians not already among them (``splitwise_rows``
@@ -362,7 +371,7 @@ def reference_rows() -> tuple[MeasuredRow, ...]:
             rows.append(MeasuredRow(kind=kind, gpu=gpu, measured_s=float(r["measured_ms"]) * 1e-3, source=r["source"],
                                     tp=_int(r["tp"], 1), batch=_int(r["batch"], 1), input_len=_int(r["input_len"]),
                                     output_len=_int(r["output_len"]), model=MODEL_NAMES[r["model"]], precision=r["precision"],
-                                    stack=stack_of(r["source"], r.get("engine") or ""),
+                                    stack=_stack(r),
                                     kv_precision=r.get("kv_cache_precision") or "", decode_attention=r.get("decode_attention") or ""))
         else:
             rows.append(MeasuredRow(kind=kind, gpu=gpu, measured_s=float(r["measured_ms"]) * 1e-3, source=r["source"],
