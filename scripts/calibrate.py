@@ -77,9 +77,10 @@ LIKE = {"h800-sxm": "h100-sxm", "a100-sxm-40gb": "a100-sxm-80gb"}  # same die, n
 # No step rows of modern vLLM, SGLang or Megatron-Core yet: those engine profiles take the closest measured modern
 # stack, TensorRT-LLM's own. vLLM's own rows (stack vllm-2024, calibration/data/measurements_engines.csv) are of
 # vLLM v0.3-v0.4, before v0.6 removed most of its per-step host work (Ray workers, Python scheduling: the fit puts
-# ~4 ms a step and ~80 us a sequence on them); as vLLM's default it would price today's vLLM ~2x slow per decode
-# step (sgl-project/sglang benchmark/benchmark_vllm_060/README.md measures vLLM 0.6.0 at 24-29 ms median TPOT for
-# Llama-3.1-70B on 4 x H100 at 4-8 req/s), so it is opt-in (engine.calibration_stack: vllm-2024).
+# ~4 ms a step and ~80 us a sequence on them, the host time vLLM's v0.6 release notes measured and cut); as vLLM's
+# default it would price every vLLM plan on that old host path (TPOT 1.7x the stand-in's on mixtral-8x7b-8xh100,
+# 35.8 vs 20.7 ms; llama-3.1-70b-8xh100 gets no plan within its 50 ms TPOT), so it is opt-in
+# (engine.calibration_stack: vllm-2024) until rows of a current vLLM arrive.
 ENGINE_STACKS = {"vllm": "tensorrt-llm", "megatron": "tensorrt-llm", "sglang": "tensorrt-llm", "tensorrt-llm": "tensorrt-llm"}
 REFERENCE_WEIGHT = 1000.0
 
