@@ -17,8 +17,9 @@ What is fitted to what (``calibration/data/``; ``optimizer/model/measured.py`` r
    rows the targets name). Point-to-point: H100's intra- and inter-node send/recv rows.
 4. Step parameters per software stack (``measured.STACKS``): ``sustained_compute``, ``sustained_memory``,
    ``layer_overhead_us``, ``step_overhead_us``, ``sequence_overhead_us`` and ``collective_skew_us`` to the
-   whole-step rows (prefill, decode, TTFT) of that stack, with 1-3 fixed; per GPU where the stack has its
-   rows, else the stack's; with a ranking hinge so that TP comparisons keep their measured order.
+   whole-step rows (prefill, decode, TTFT, static batches) of that stack, with 1-3 fixed (and, for a stack
+   measured on an engine's own runs, that engine's kernel fits of 5); per GPU where the stack has its rows,
+   else the stack's; with a ranking hinge so that TP comparisons keep their measured order.
 5. Per GPU and engine (vLLM, SGLang, TensorRT-LLM: ``measured.engine_kernel_sets``), the engine's own kernel
    fits, in the forms of 1-2, to its own aiconfigurator tables: GEMM (bf16, FP8), attention (prefill,
    decode), the fused MoE op (bf16, FP8; launch and efficiencies of the grouped GEMMs) and its custom
@@ -73,8 +74,13 @@ ROOT = Path(__file__).resolve().parent.parent
 CATALOG_FILE = ROOT / "optimizer" / "inputs" / "catalog" / "calibration.yaml"
 FITTED_GPUS = ("h100-sxm", "h200-sxm", "a100-sxm-80gb", "b200", "l40s")
 LIKE = {"h800-sxm": "h100-sxm", "a100-sxm-40gb": "a100-sxm-80gb"}  # same die, no measurements of their own
-# No modern vLLM, SGLang or Megatron-Core step rows yet: those engine profiles take the closest measured
-# modern stack, TensorRT-LLM's own.
+# No step rows of modern vLLM, SGLang or Megatron-Core yet: those engine profiles take the closest measured modern
+# stack, TensorRT-LLM's own. vLLM's own rows (stack vllm-2024, calibration/data/measurements_engines.csv) are of
+# vLLM v0.3-v0.4, before v0.6 removed most of its per-step host work (Ray workers, Python scheduling: the fit puts
+# ~4 ms a step and ~80 us a sequence on them, the host time vLLM's v0.6 release notes measured and cut); as vLLM's
+# default it would price every vLLM plan on that old host path (TPOT 1.7x the stand-in's on mixtral-8x7b-8xh100,
+# 35.8 vs 20.7 ms; llama-3.1-70b-8xh100 gets no plan within its 50 ms TPOT), so it is opt-in
+# (engine.calibration_stack: vllm-2024) until rows of a current vLLM arrive.
 ENGINE_STACKS = {"vllm": "tensorrt-llm", "megatron": "tensorrt-llm", "sglang": "tensorrt-llm", "tensorrt-llm": "tensorrt-llm"}
 REFERENCE_WEIGHT = 1000.0
 
@@ -524,6 +530,8 @@ def document(cals: dict[str, GpuCalibration], step_fits: dict[str, dict[str, Ste
         "sources": [
             "calibration/data/measurements.csv: ../shared/reference/measurements.csv (microsoft/vidur, splitwise-sim, TensorRT-LLM docs; source per row)",
             "calibration/data/splitwise_perf_model.csv: Mutinifni/splitwise-sim data/perf_model.csv (verbatim; optimizer/model/measured.py takes the median per configuration)",
+            "calibration/data/measurements_engines.csv: vLLM benchmark_latency.py runs from vllm-project/vllm pull requests 2542, 3240, 4002 "
+            "(source per row)",
             "calibration/data/aiconfigurator_*.csv: NVIDIA aiconfigurator-core 0.12.0 (PyPI, Apache-2.0) measured tables, "
             "subsets by scripts/extract_aiconfigurator.py; file per row",
         ],

@@ -137,8 +137,8 @@ def held_out_collectives(held: list[MeasuredRow], shipped: Calibration) -> dict[
 
 
 def row_ep(row: MeasuredRow) -> int:
-    """Expert-parallel size of a reference row: every step row is a dense model on one TP group
-    (``measured.step_scenario``), so 1; collectives have none (1)."""
+    """Expert-parallel size of a reference row: every step row runs on one TP group with experts sharded
+    over it (``measured.step_scenario``: EP 1, the Mixtral rows included), so 1; collectives have none (1)."""
     return 1
 
 

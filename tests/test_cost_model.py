@@ -58,7 +58,8 @@ def test_every_reference_collective_is_within_20_percent(predictions):
         assert pct(predictions[row], row.measured_s) <= 20, row.label
 
 
-@pytest.mark.parametrize(("stack", "rows", "pinned_mape"), [("splitwise-2023", 224, 9.2), ("tensorrt-llm", 11, 13.5)])
+@pytest.mark.parametrize(("stack", "rows", "pinned_mape"), [("splitwise-2023", 224, 9.2), ("tensorrt-llm", 11, 13.5),
+                                                          ("vllm-2024", 20, 7.5)])
 def test_step_latency_errors_by_stack(predictions, stack, rows, pinned_mape):
     steps = [r for r in predictions if r.kind in STEP_KINDS and r.stack == stack]
     assert len(steps) == rows
@@ -72,8 +73,9 @@ def test_step_latency_errors_by_kind(predictions):
 
 
 def test_tp_comparisons_the_measurements_tell_apart_are_ordered_as_measured(predictions):
-    """193 of 196: the three misordered pairs are measured within 6.2% of each other (two of them reverse
-    the order their neighbours in batch or ISL have; scripts/validate_cost_model.py lists them)."""
+    """196 of 199 (the three vLLM Mixtral-8x22B TP4/TP8 pairs ordered): the three misordered pairs are measured
+    within 6.2% of each other (two of them reverse the order their neighbours in batch or ISL have;
+    scripts/validate_cost_model.py lists them)."""
     groups: dict[tuple, list] = {}
     for r in predictions:
         if r.kind in STEP_KINDS:
@@ -87,7 +89,7 @@ def test_tp_comparisons_the_measurements_tell_apart_are_ordered_as_measured(pred
             if (predictions[a] < predictions[b]) != (a.measured_s < b.measured_s):
                 wrong += 1
                 assert abs(a.measured_s - b.measured_s) / min(a.measured_s, b.measured_s) < 0.065, (a.label, b.label)
-    assert pairs == 196 and wrong <= 3
+    assert pairs == 199 and wrong <= 3
 
 
 def test_tensorrt_llm_stack_leave_one_out():

@@ -77,7 +77,9 @@ def test_a_plan_says_which_stack_stands_in_for_its_engine() -> None:
     from optimizer.search.result import build_tables
 
     vllm = build_tables(_scenario("Qwen3-30B-A3B", "vllm")).cost.calibration_text
-    assert "stack tensorrt-llm, standing in for vllm (no vllm measurements" in vllm
+    assert "stack tensorrt-llm, standing in for vllm (its own stack vllm-2024 opt-in" in vllm
+    sglang = build_tables(_scenario("Qwen3-30B-A3B", "sglang")).cost.calibration_text
+    assert "stack tensorrt-llm, standing in for sglang (no sglang measurements" in sglang
     trt = build_tables(_scenario("Qwen3-30B-A3B", "tensorrt-llm")).cost.calibration_text
     assert "standing in" not in trt
 

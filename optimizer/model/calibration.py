@@ -234,16 +234,19 @@ class Calibration:
 
     def describe(self, name: str, stack: str | None = None, engine: str | None = None) -> str:
         """One line for the plan: the calibration id, the GPU entry used and the software stack, saying so
-        when the stack stands in for ``engine`` (no measured rows of that engine: its step parameters are
-        another stack's)."""
+        when the stack stands in for ``engine`` (its step parameters are another stack's: the engine has no
+        measured rows, or its own stack is opt-in, as ``vllm-2024``, whose vLLM v0.3-v0.4 rows predate v0.6)."""
         cal = self.for_gpu(name, stack, engine)
         if not cal.measured:
             where = f"default entry (GPU {name!r} has no measurements: geometric mean of the fitted GPUs)"
         else:
             where = name + ("" if cal.entry == name else f" (as {cal.entry})")
         steps = f"stack {cal.stack}" + ("" if cal.step_measured else " (step parameters: the stack's mean over its GPUs)")
-        if engine and cal.stack != engine and not cal.stack.startswith(f"measured-{engine}-"):  # optimize calibrate's stacks
-            steps += f", standing in for {engine} (no {engine} measurements in this calibration)"
+        if engine and not _own_stack(cal.stack, engine):
+            own = sorted(name for name in self.stacks if _own_stack(name, engine))
+            why = (f"its own stack{'s' if len(own) > 1 else ''} {', '.join(own)} opt-in with engine.calibration_stack" if own
+                   else f"no {engine} measurements in this calibration")
+            steps += f", standing in for {engine} ({why})"
         if cal.kernel_engine:
             kernels = f"kernel tables {cal.kernels[cal.kernel_engine].tables}"
         else:
@@ -251,6 +254,12 @@ class Calibration:
             if engine and engine != "vllm":
                 kernels += f", standing in for {engine} (no {engine} kernel tables for this GPU)"
         return f"{self.id}: {where}, {steps}; {kernels}"
+
+
+def _own_stack(stack: str, engine: str) -> bool:
+    """True when ``stack`` was measured on ``engine``'s own runs: named after it (``vllm``, ``vllm-2024``) or an
+    ``optimize calibrate`` refit of it (``measured-vllm-...``)."""
+    return stack == engine or stack.startswith((f"{engine}-", f"measured-{engine}-"))
 
 
 def _build(cls, data: dict[str, Any], where: str):

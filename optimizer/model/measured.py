@@ -15,7 +15,13 @@ Row kinds:
 - ``static_batch_ms``: a whole static-batch run (``measurements_static_batch.csv``: TensorRT-LLM's published
   peak-throughput table): the batch's prompts prefilled in one step, then ``OSL - 1`` decode steps of the
   whole batch, predicted as one prefill step plus ``OSL - 1`` decode steps at the mean context
-  ``ISL + OSL / 2`` (exact for every term linear in the context: the KV-cache reads).
+  ``ISL + OSL / 2`` (exact for every term linear in the context: the KV-cache reads); also vLLM's own
+  ``benchmarks/benchmark_latency.py`` runs (``measurements_engines.csv``: Mixtral on H100 and A100, from
+  vLLM pull requests), the rows of the ``vllm-2024`` stack.
+
+Rows of a stack measured on an engine profile's own runs (``ENGINE_OF_STACK``: ``vllm-2024`` is vLLM's) are
+costed with that engine's own kernel fits (``Calibration.for_gpu(..., engine=...)``), as a plan on that engine
+is, so that its step parameters are fitted on the kernels they are used with.
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ ACT = 2  # BF16 activations, as the cost model counts them
 # measurements.csv / splitwise hardware names -> catalog GPU names
 GPU_NAMES = {"h100-sxm (DGX)": "h100-sxm", "h100-sxm": "h100-sxm", "h100-80gb": "h100-sxm",
              "a100-sxm-80gb": "a100-sxm-80gb", "a100-80gb": "a100-sxm-80gb"}
-MODEL_NAMES = {"Llama-2-70B": "Llama-2-70B", "llama2-70b": "Llama-2-70B", "Llama-3.3-70B-Instruct": "Llama-3.1-70B"}
+MODEL_NAMES = {"Llama-2-70B": "Llama-2-70B", "llama2-70b": "Llama-2-70B", "Llama-3.3-70B-Instruct": "Llama-3.1-70B",
+               "Mixtral-8x7B-Instruct-v0.1": "Mixtral-8x7B-v0.1", "Mixtral-8x22B-v0.1": "Mixtral-8x22B-v0.1"}
 PRECISIONS = {"fp8": Dtype.FP8, "fp16": Dtype.FP16, "bf16": Dtype.BF16, "unrecorded": Dtype.FP16}
 STEP_KINDS = ("prefill_ms", "decode_ms", "ttft_ms", "static_batch_ms")
 
@@ -59,7 +66,12 @@ STACKS = {
     "tensorrt-llm": "TensorRT-LLM: the v0.5 TTFT table and v0.6.1 FP8 static-batch throughput table (NVIDIA/TensorRT-LLM "
                     "docs/source/performance.md) and NVIDIA NIM 1.8.0 FP8 benchmarks of Llama-3.3-70B on 2 x H100 "
                     "(docs.nvidia.com/nim/benchmarking)",
+    "vllm-2024": "vLLM, early 2024 (v0.3.0 to main of April 2024): benchmarks/benchmark_latency.py static batches of Mixtral-8x7B "
+            "(H100 TP8, A100-80GB TP2) and Mixtral-8x22B (A100-80GB TP4/TP8), BF16, batch 1-64, from vllm-project/vllm pull "
+            "requests 2542, 3240 and 4002 (calibration/data/measurements_engines.csv)",
 }
+# Stacks measured on an engine profile's own runs -> that profile: their rows are costed with its kernel fits.
+ENGINE_OF_STACK = {"vllm-2024": "vllm"}
 
 
 def stack_of(source: str, engine: str = "") -> str:
@@ -305,6 +317,12 @@ class MeasuredRow:
     decode_attention: str = ""  # "mmha": the engine's decode attention reads the KV once per query head
 
     @property
+    def kernel_engine(self) -> str:
+        """The engine profile whose kernel fits cost this row: its stack's engine, for a stack measured on an
+        engine profile's own runs (``ENGINE_OF_STACK``); else "" (the shared tables)."""
+        return ENGINE_OF_STACK.get(self.stack, "")
+
+    @property
     def label(self) -> str:
         if self.kind in STEP_KINDS:
             return (f"{self.kind} {self.model} {self.gpu} {self.precision} TP{self.tp} b={self.batch} "
@@ -328,19 +346,32 @@ def _int(value: str, default: int = 0) -> int:
     return int(value) if value not in ("", None) else default
 
 
+def _stack(r: dict[str, str]) -> str:
+    """A step row's stack: its ``stack`` column (``measurements_engines.csv``), else from its source.
+
+    Raises:
+        OptimizerError: the column names no stack of ``STACKS``.
+    """
+    stack = r.get("stack") or stack_of(r["source"], r.get("engine") or "")
+    if stack not in STACKS:
+        raise OptimizerError(f"measured row {r['source']!r}: stack {stack!r} is not one of {', '.join(STACKS)}")
+    return stack
+
+
 @cache
 def reference_rows() -> tuple[MeasuredRow, ...]:
     """``measurements.csv`` rows, then the splitwise medians not already among them (``splitwise_rows``
     says which configurations are left out and why)."""
     rows: list[MeasuredRow] = []
-    for r in read_rows("measurements.csv") + read_rows("measurements_added.csv") + read_rows("measurements_static_batch.csv"):
+    for r in (read_rows("measurements.csv") + read_rows("measurements_added.csv") + read_rows("measurements_static_batch.csv")
+              + read_rows("measurements_engines.csv")):
         gpu = GPU_NAMES[r["gpu"]]
         kind = r["kind"]
         if kind in STEP_KINDS:
             rows.append(MeasuredRow(kind=kind, gpu=gpu, measured_s=float(r["measured_ms"]) * 1e-3, source=r["source"],
                                     tp=_int(r["tp"], 1), batch=_int(r["batch"], 1), input_len=_int(r["input_len"]),
                                     output_len=_int(r["output_len"]), model=MODEL_NAMES[r["model"]], precision=r["precision"],
-                                    stack=stack_of(r["source"], r.get("engine") or ""),
+                                    stack=_stack(r),
                                     kv_precision=r.get("kv_cache_precision") or "", decode_attention=r.get("decode_attention") or ""))
         else:
             rows.append(MeasuredRow(kind=kind, gpu=gpu, measured_s=float(r["measured_ms"]) * 1e-3, source=r["source"],
@@ -429,7 +460,9 @@ SUSTAINED_GRID = np.linspace(0.1, 4.0, 79)  # sustained_compute / sustained_memo
 
 
 def _step_base_s(row: MeasuredRow, cal: GpuCalibration) -> float:
-    """The row's step time with ``cal`` (overheads included as ``cal`` has them)."""
+    """The row's step time with ``cal`` (overheads included as ``cal`` has them; the kernel fits of the row's
+    ``kernel_engine`` in place, where ``cal`` has them)."""
+    cal = cal.with_engine_kernels(row.kernel_engine or None)
     scenario = step_scenario(row)
     layout = Layout(tp=row.tp, pp=1, dp=1, ep=1, etp=row.tp, edp=1)
     g = grid(scenario, (layout,))
