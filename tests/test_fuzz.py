@@ -252,9 +252,14 @@ def valid_scenarios(draw) -> dict[str, Any]:
 
 
 def _with_rate(doc: dict[str, Any], draw) -> dict[str, Any]:
-    """The fewest_gpus objective needs the request rate it carries (without it the scenario is bad input)."""
+    """The fewest_gpus objective needs the request rate it carries (without it the scenario is bad input),
+    and TensorRT-LLM does not run on AMD Instinct GPUs (refused at load): such a draw gets vLLM instead."""
     if doc.get("search", {}).get("objective") == "fewest_gpus":
         doc.setdefault("targets", {})["request_rate_per_s"] = draw(st.sampled_from([0.5, 2, 20]))
+    gpu = doc["cluster"].get("gpu")
+    name = gpu.get("name", "") if isinstance(gpu, dict) else str(gpu)
+    if doc.get("engine", {}).get("name") == "tensorrt-llm" and catalog.is_amd_instinct(name):
+        doc["engine"]["name"] = "vllm"
     return doc
 
 
