@@ -20,7 +20,9 @@ from optimizer.model.parallel import Layout
 
 
 def _static_rows():
-    return [r for r in reference_rows() if r.kind == "static_batch_ms"]
+    """TensorRT-LLM's static-batch rows (measurements_static_batch.csv); vLLM's benchmark_latency rows
+    (measurements_engines.csv, stack vllm-2024) are tested in test_engine_stacks.py."""
+    return [r for r in reference_rows() if r.kind == "static_batch_ms" and r.stack == "tensorrt-llm"]
 
 
 def test_the_static_batch_rows_are_read_with_their_source_and_kernel():
