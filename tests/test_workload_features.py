@@ -544,3 +544,23 @@ def test_a_draft_with_another_vocabulary_gets_a_warning(tmp_path):
     path.write_text(yaml.safe_dump(same))
     result = CliRunner().invoke(main, ["--scenario", str(path), "--json", "-"], catch_exceptions=False)
     assert not any("vocab_size" in n for n in json.loads(result.output)["plan"]["notes"])
+
+
+def test_the_speculative_step_and_its_operators_add_up(tmp_path):
+    """Review of issue 16: the reported speculative step left out the stages' step overheads, and the estimate's
+    decode operators were the verify pass only. Now the step is the whole phase (every stage with its
+    overhead, every hop) and the decode operators (verify pass + one draft row) add up to it; the per-token
+    decode step is that over E."""
+    path = _scenario_file(tmp_path, {"name": "vllm", "speculative": eagle(2, "0.6", "eagle3")})
+    plan = tmp_path / "p.json"
+    assert CliRunner().invoke(main, ["--scenario", str(path), "--json", str(plan)]).exit_code == 0
+    wf = json.loads(plan.read_text())["estimate"]["workload_features"]
+    est = CliRunner().invoke(main, ["estimate", str(plan), "--scenario", str(path), "--json", "-"], catch_exceptions=False)
+    assert est.exit_code == 0, est.output
+    doc = json.loads(est.output)
+    ops = doc["breakdown"]["decode"]["operators"]
+    assert [op["operator"] for op in ops].count("speculative_draft") == 1
+    total_ns = sum(op["total_s"] for op in ops) * 1e9
+    assert total_ns == pytest.approx(wf["speculative_step_ns"], rel=1e-3)
+    draft = next(op for op in ops if op["operator"] == "speculative_draft")
+    assert draft["total_s"] * 1e9 == pytest.approx(wf["draft_ns"], rel=1e-6)

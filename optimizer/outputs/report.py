@@ -340,8 +340,7 @@ def workload_features_section(scenario: Scenario, table: CostTable, i: int, plan
         "host_kv_cache_tokens": host, "hbm_free_kv_cache_tokens": max(min(capacities) - running, 0) if capacities else None}
     parts = []
     if spec is not None and table.decode_step is not None:
-        kinds = layer_kinds(model=scenario.model, layers_per_stage=plan.layers_per_stage)
-        step = sum(stage_ns(table.decode_step, i, kinds)) + (len(kinds) - 1) * int(table.decode_step.boundary_ns[i])
+        step = table.phase_total_ns(table.decode_step, i)  # every stage (with its step overhead) and hop
         expected = expected_tokens_per_step(scenario)
         last = certificate.memory[-1]
         section.update(speculative_method=spec.method.value, num_speculative_tokens=spec.num_speculative_tokens,
@@ -379,14 +378,20 @@ def estimate_document(*, scenario: Scenario, plan: Plan, certificate: Certificat
     Per phase, each operator's time is its per-layer time x the layers of that kind in the replica (all
     stages), plus the first and last stages' extras and ``PP - 1`` hops, so the operators of a phase add up
     to its step time (up to the nanosecond rounding of the integer tables). ``decode`` is one step of one
-    micro-batch; TPOT adds the share of prefills that keeps the batch full.
+    micro-batch; TPOT adds the share of prefills that keeps the batch full. With speculative decoding the
+    decode operators are one whole step (the verify pass and a ``speculative_draft`` row), which emits E
+    tokens per sequence: they add up to ``workload_features.speculative_step_ns``, and ``decode_step_s``
+    is that step over E.
     """
     base = plan_document(scenario=scenario, plan=plan, certificate=certificate, table=table, index=index, evidence=None)
     est, mem = base["estimate"], base["memory"]
     kinds = layer_kinds(model=scenario.model, layers_per_stage=plan.layers_per_stage)
     dense_layers, moe_layers = sum(d for d, _ in kinds), sum(m for _, m in kinds)
     phases = {}
-    for phase, costs in (("prefill", table.prefill), ("decode", table.decode)):
+    # With speculative decoding the decode operators are those of one whole step (the verify pass of 1 + k
+    # tokens per sequence, and the draft's k passes as one row), which emits E tokens per sequence: the
+    # tables' per-token decode times are that step over E (workload_features section).
+    for phase, costs in (("prefill", table.prefill), ("decode", table.decode_step or table.decode)):
         parts = [(costs.dense_breakdown, dense_layers, "dense layer"), (costs.first_breakdown, 1, "first stage"),
                  (costs.last_breakdown, 1, "last stage"), (costs.stage_breakdown, len(kinds), "every stage"),
                  (costs.boundary_breakdown, len(kinds) - 1, "pp hop")]
@@ -402,6 +407,10 @@ def estimate_document(*, scenario: Scenario, plan: Plan, certificate: Certificat
                             "each_s": _round(t), "total_s": _round(t * count), "speed_of_light_s": _round(sols[name] * count),
                             **({"each_nvlink_bytes": round(wire[name][0]), "each_internode_bytes": round(wire[name][1])}
                                if name in wire else {})})
+        if phase == "decode" and table.decode_step is not None and table.draft_ns:
+            draft_s = table.draft_ns[index] / 1e9  # the draft's k passes, added to the last stage (cost._decode_phases)
+            ops.append({"operator": "speculative_draft", "where": "last stage", "kind": "compute", "count": 1,
+                        "each_s": _round(draft_s), "total_s": _round(draft_s), "speed_of_light_s": 0.0})
         by_class: dict[str, float] = {}
         for op in ops:
             cls = op["kind"] if op["kind"] in ("overhead", "overlap") else "collective" if op["kind"] in COLLECTIVE_KINDS else "compute"
