@@ -168,14 +168,18 @@ def _fit_gemm_set(ks: KernelSet, cal: GpuCalibration, *, moe: bool = False) -> G
 
 
 def _fit_attention_sets(sets: list[KernelSet], cal: GpuCalibration) -> AttentionFit:
-    """Prefill and decode attention together (they share no parameter, but either may be missing), with the
-    robust loss (``MOE_LOSS_SCALE``)."""
+    """Prefill and decode attention together, with the robust loss (``MOE_LOSS_SCALE``): the five
+    ``ATTENTION_NAMES``, the prefill kernel's memory efficiency apart from the decode kernel's (they share no
+    parameter); without prefill rows the prefill parameters stay at their start and the prefill memory
+    efficiency is left unset (the decode kernel's stands in)."""
+    has_prefill = any(ks.kind == "attention_prefill" for ks in sets)
 
     def make(x):
-        return replace(cal, attention=AttentionFit(*(float(v) for v in np.exp(x))))
+        v = [float(t) for t in np.exp(x)]
+        return replace(cal, attention=AttentionFit(*v[:4], v[4] if has_prefill else None))
 
     r = _fit(lambda x: np.concatenate([_log_err(kernel_time_s(ks, make(x)), ks.measured_s) for ks in sets]),
-             np.log([10.0, 0.5, 5.0, 0.7]), loss="soft_l1")
+             np.log([10.0, 0.5, 5.0, 0.7, 0.7]), loss="soft_l1")
     return make(r.x).attention
 
 
@@ -439,8 +443,8 @@ def _gemm_dict(f: GemmFit) -> dict:
 def kernels_dict(k: EngineKernels) -> dict:
     out: dict = {"tables": k.tables, "gemm": {d: _gemm_dict(f) for d, f in sorted(k.gemm.items())}}
     if k.attention is not None:
-        out["attention"] = {name: _r(getattr(k.attention, name)) for name in ("prefill_launch_us", "prefill_compute_efficiency",
-                                                                            "decode_launch_us", "decode_memory_efficiency")}
+        out["attention"] = {name: _r(getattr(k.attention, name)) for name in ATTENTION_NAMES
+                            if getattr(k.attention, name) is not None}
     if k.moe:
         out["moe"] = {d: _gemm_dict(f) for d, f in sorted(k.moe.items())}
     if k.custom_allreduce is not None:
@@ -501,8 +505,8 @@ def default_kernels(fitted: list[GpuCalibration]) -> dict[str, EngineKernels]:
         gemm = {d: gemm_mean([k.gemm[d] for k in mine if d in k.gemm]) for d in sorted({d for k in mine for d in k.gemm})}
         moe = {d: gemm_mean([k.moe[d] for k in mine if d in k.moe]) for d in sorted({d for k in mine for d in k.moe})}
         attns = [k.attention for k in mine if k.attention is not None]
-        attention = AttentionFit(*(gm(getattr(a, n) for a in attns) for n in ("prefill_launch_us", "prefill_compute_efficiency",
-                                                                              "decode_launch_us", "decode_memory_efficiency"))) if attns else None
+        attention = AttentionFit(*(gm((getattr(a, n) or a.decode_memory_efficiency) for a in attns)
+                                   for n in ATTENTION_NAMES)) if attns else None
         cars = [k.custom_allreduce for k in mine if k.custom_allreduce is not None and k.custom_allreduce.max_gpus >= 8]
         custom = CustomAllReduceFit(gm(c.base_us for c in cars), gm(c.hop_us for c in cars), gm(c.bandwidth_efficiency for c in cars),
                                     cars[0].max_bytes, 8.0) if cars else None

@@ -51,7 +51,9 @@ def test_the_rows_are_read_as_vllm_static_batches_costed_with_vllm_kernels():
     assert {r.model for r in rows} == {"Mixtral-8x7B-v0.1", "Mixtral-8x22B-v0.1"}
     assert {r.gpu for r in rows} == {"h100-sxm", "a100-sxm-80gb"}
     assert all(r.kernel_engine == "vllm" for r in rows)
-    assert all(r.kernel_engine == "" for r in reference_rows() if r.stack != "vllm-2024")
+    # TensorRT-LLM's own rows take its kernels (as its plans do); the 2023 stack and vidur's the shared ones
+    assert all(r.kernel_engine == {"tensorrt-llm": "tensorrt-llm"}.get(r.stack, "")
+               for r in reference_rows() if r.stack != "vllm-2024")
     assert step_scenario(rows[0]).model.num_experts == 8  # Mixtral: a MoE step, experts sharded over TP
 
 

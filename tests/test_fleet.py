@@ -28,7 +28,7 @@ SMALL = "chat-2x2"
 
 
 def _cross_kind() -> dict:
-    """An 8B RAG service allowed prefill/decode pools: prefill lands on L40S, decode partly on H200."""
+    """An 8B RAG service allowed prefill/decode pools: prefill lands (partly) on L40S, decode partly on H200."""
     return {
         "name": "cross-kind",
         "pools": [{"name": "l40s", "gpu": "l40s", "num_nodes": 2, "cost_per_gpu_hour": "0.99"},
@@ -184,7 +184,9 @@ def test_cross_kind_disaggregation_routes_prefill_and_decode_on_different_pools(
     used = [(r, rate) for r, rate in zip(ft.routes, plan.allocation.route_rates) if rate]
     prefill_pools = {ft.types[r.types[0]].pool for r, _ in used if r.side == -1}
     decode_pools = {ft.types[r.types[0]].pool for r, _ in used if r.side == 1}
-    assert prefill_pools == {0} and 1 in decode_pools  # prefill on L40S, decode (partly) on H200
+    # prefill (partly) on L40S, decode (partly) on H200: halves of one bucket on two GPU kinds
+    # (prefill was on L40S alone until TensorRT-LLM's step fit took its own kernels, issue 13)
+    assert 0 in prefill_pools and 1 in decode_pools
     names = [c.name for c in plan.checks]
     assert any(n.startswith("prefill = decode rate") for n in names)
     assert any(n.startswith("ttft with KV transfer rag-8b/rag, receive") for n in names)

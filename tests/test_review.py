@@ -48,7 +48,7 @@ def test_the_runner_up_is_the_next_best_other_layout(name):
 def test_markdown_says_which_term_decides():
     text = invoke("--scenario", "16gpu-30b", "--markdown", "-").output
     why = text.split("## Why this plan")[1]
-    assert "It beats the runner-up (TP 1 PP 1 DP 16 EP 8 ETP 2 EDP 1)" in why
+    assert "It beats the runner-up (TP 1 PP 1 DP 16 EP 4 ETP 4 EDP 1)" in why
     assert "Deciding term: TPOT, 511 decode steps" in why
     assert "`decode_moe.etp_allreduce`" in why and "`decode_moe.ep_alltoall`" in why
     qwen = invoke("--scenario", "qwen3-235b-a22b-16xh100", "--markdown", "-").output

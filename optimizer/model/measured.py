@@ -19,7 +19,8 @@ Row kinds:
   ``benchmarks/benchmark_latency.py`` runs (``measurements_engines.csv``: Mixtral on H100 and A100, from
   vLLM pull requests), the rows of the ``vllm-2024`` stack.
 
-Rows of a stack measured on an engine profile's own runs (``ENGINE_OF_STACK``: ``vllm-2024`` is vLLM's) are
+Rows of a stack measured on an engine profile's own runs (``ENGINE_OF_STACK``: ``vllm-2024`` is vLLM's,
+``tensorrt-llm`` TensorRT-LLM's) are
 costed with that engine's own kernel fits (``Calibration.for_gpu(..., engine=...)``), as a plan on that engine
 is, so that its step parameters are fitted on the kernels they are used with.
 """
@@ -71,7 +72,9 @@ STACKS = {
             "requests 2542, 3240 and 4002 (calibration/data/measurements_engines.csv)",
 }
 # Stacks measured on an engine profile's own runs -> that profile: their rows are costed with its kernel fits.
-ENGINE_OF_STACK = {"vllm-2024": "vllm"}
+# TensorRT-LLM's own rows (its performance page, NIM's TensorRT-LLM backend) are costed with its kernel fits too,
+# as a TensorRT-LLM plan is: a step fit on one kernel set applied over another mis-states both (review of issue 13).
+ENGINE_OF_STACK = {"vllm-2024": "vllm", "tensorrt-llm": "tensorrt-llm"}
 
 
 def stack_of(source: str, engine: str = "") -> str:
