@@ -564,3 +564,36 @@ def test_the_speculative_step_and_its_operators_add_up(tmp_path):
     assert total_ns == pytest.approx(wf["speculative_step_ns"], rel=1e-3)
     draft = next(op for op in ops if op["operator"] == "speculative_draft")
     assert draft["total_s"] * 1e9 == pytest.approx(wf["draft_ns"], rel=1e-6)
+
+
+def _with_sequence_overhead(us: float):
+    from dataclasses import replace
+
+    from optimizer.model.calibration import shipped_calibration, with_step_fit
+
+    shipped = shipped_calibration()
+    fit = shipped.for_gpu("h100-sxm", shipped.stack_for("vllm"), "vllm").step
+    return with_step_fit(shipped, calibration_id="t", gpu="h100-sxm", engine="vllm", stack="seq",
+                         fit=replace(fit, sequence_overhead_us=us), what="t")
+
+
+def test_prefix_hits_cut_attention_not_the_prompts_sampling():
+    """Review of issue 16: the uncached pair share also scaled the prefill's LM head and per-sequence host
+    work; a prompt with 90% of its tokens cached still samples (and is scheduled) once."""
+    cal = _with_sequence_overhead(1000.0)
+    seq = {}
+    for hit in (None, "0.9"):
+        t = integer_costs(scenario=llama(hit=hit), layouts=(TP8.layout,), batches=(8,), calibration=cal)
+        seq[hit] = t.prefill.last_breakdown.row(0)["sequence_overhead"]
+    assert seq["0.9"] == pytest.approx(seq[None]) and seq[None] == pytest.approx(1e-3, rel=1e-6)
+
+
+def test_a_verify_step_schedules_each_sequence_once():
+    """The verify pass scores 1 + k positions per sequence (LM head) but the host samples and schedules each
+    sequence once per step: sequence_overhead is batch x overhead, not batch x (1 + k) x overhead."""
+    cal = _with_sequence_overhead(1000.0)
+    t = integer_costs(scenario=llama(eagle(3, "0.7")), layouts=(TP8.layout,), batches=(8,), calibration=cal)
+    row = t.decode_step.last_breakdown.row(0)
+    assert row["sequence_overhead"] == pytest.approx(8 * 1e-3, rel=1e-6)
+    plain = integer_costs(scenario=llama(), layouts=(TP8.layout,), batches=(8,), calibration=cal).decode.last_breakdown.row(0)
+    assert row["lm_head"] > plain["lm_head"]  # 4 positions per sequence scored

@@ -613,9 +613,11 @@ def first_stage_works(*, model: ModelSpec, tokens) -> dict[str, Work]:
     return {"embedding": Work("elementwise", bytes=2.0 * tokens * model.hidden_size * ACTIVATION_BYTES)}
 
 
-def last_stage_works(*, model: ModelSpec, g: _Grid, seqs) -> dict[str, Work]:
+def last_stage_works(*, model: ModelSpec, g: _Grid, seqs, requests=None) -> dict[str, Work]:
     """Final norm, the vocab-parallel LM head for ``seqs`` sampled positions, the gather of FP32 logits
-    over TP (vLLM gathers them for the sampler) and the step's per-sequence host work (sampling)."""
+    over TP (vLLM gathers them for the sampler) and the step's per-sequence host work (sampling, scheduling)
+    for ``requests`` sequences (default ``seqs``; a speculative verify step scores 1 + k positions of each
+    sequence but schedules and samples it once)."""
     # The LM head is vocab-parallel over the FFN group: SGLang's ParallelLMHead uses its whole --tp-size
     # unless --enable-dp-lm-head (models/deepseek_v2.py: use_attn_tp_group=enable_dp_lm_head), on the
     # positions gathered from the attention-DP ranks; elsewhere ffn_tp = TP.
@@ -627,7 +629,7 @@ def last_stage_works(*, model: ModelSpec, g: _Grid, seqs) -> dict[str, Work]:
                         bytes=_bytes(shard * h, HIGH_PRECISION.bits) + gathered * shard * LOGITS_BYTES),
         "logits_gather": Work("allgather", bytes=gathered * shard * g.ffn_tp * LOGITS_BYTES, peers=g.ffn_tp,
                               offnode=g.ffn_offnode),
-        "sequence_overhead": Work("overhead", dtype="sequence", repeat=seqs),
+        "sequence_overhead": Work("overhead", dtype="sequence", repeat=seqs if requests is None else requests),
     }
 
 
@@ -765,14 +767,20 @@ class CostTable:
         return self.ttft_chunks[c] * (step + self.ttft_waits[c] * self.prefill_share_ns[c])
 
 
-def _phase(*, scenario: Scenario, g: _Grid, tokens, seqs, context, prefill: bool, cal: GpuCalibration) -> PhaseCosts:
+def _phase(*, scenario: Scenario, g: _Grid, tokens, seqs, context, prefill: bool, cal: GpuCalibration,
+           head_seqs=None) -> PhaseCosts:
+    """One phase's costs: layers for ``tokens`` tokens whose attention scores ``seqs`` sequences' pairs over
+    ``context``, and the last stage's LM head and per-sequence work for ``head_seqs`` sequences (default
+    ``seqs``; with prefix caching the attention share is the uncached pairs', while every prompt still
+    samples its one position)."""
     model = scenario.model
     kw = dict(scenario=scenario, g=g, tokens=tokens, seqs=seqs, context=context, prefill=prefill, cal=cal)
     dense = layer_time(**kw, dense=True)
     moe = layer_time(**kw, dense=False) if model.is_moe else dense
     size = len(g.tp)
     first = timed(first_stage_works(model=model, tokens=tokens), scenario=scenario, cal=cal, size=size)
-    last = timed(last_stage_works(model=model, g=g, seqs=seqs), scenario=scenario, cal=cal, size=size)
+    last = timed(last_stage_works(model=model, g=g, seqs=seqs if head_seqs is None else head_seqs), scenario=scenario,
+                 cal=cal, size=size)
     stage = timed(stage_works(), scenario=scenario, cal=cal, size=size)
     boundary = timed(boundary_works(model=model, g=g, tokens=tokens), scenario=scenario, cal=cal, size=size)
     return PhaseCosts(
@@ -837,7 +845,7 @@ def integer_costs(*, scenario: Scenario, layouts: tuple[Layout, ...], batches: t
     # prefix caching (workload_features): only the uncached tokens are computed, over the whole prompt's context
     new_tokens, pair_share = uncached_prompt_tokens(scenario), float(uncached_pair_share(scenario))
     prefill = _prefill_phase(scenario=scenario, g=g, tokens=one * new_tokens, seqs=one * pair_share,
-                             context=workload.input_tokens, cal=cal)
+                             context=workload.input_tokens, cal=cal, head_seqs=one)
     decode, decode_step, draft_ns = _decode_phases(scenario=scenario, g=g, micro_seqs=micro_seqs, context=context_decode, cal=cal)
     table = CostTable(
         layouts=layouts,
@@ -878,11 +886,11 @@ def _draft_model_pass_ns(*, whole: Scenario, g: _Grid, tokens, seqs, context, pr
             + phase.first_extra_ns + phase.last_extra_ns + own_step)
 
 
-def _prefill_phase(*, scenario: Scenario, g: _Grid, tokens, seqs, context, cal: GpuCalibration) -> PhaseCosts:
+def _prefill_phase(*, scenario: Scenario, g: _Grid, tokens, seqs, context, cal: GpuCalibration, head_seqs=None) -> PhaseCosts:
     """A prefill phase; with a speculative draft network, plus its own prefill of the same tokens on the last
     stage (the draft keeps a KV cache of the prompt too: MTP / EAGLE one layer per draft layer, a draft
     model all of its layers, vLLM's proposers run over the prefill's hidden states / tokens)."""
-    phase = _phase(scenario=scenario, g=g, tokens=tokens, seqs=seqs, context=context, prefill=True, cal=cal)
+    phase = _phase(scenario=scenario, g=g, tokens=tokens, seqs=seqs, context=context, prefill=True, cal=cal, head_seqs=head_seqs)
     layers = draft_layers(scenario)
     if not layers:
         return phase
@@ -914,7 +922,8 @@ def _decode_phases(*, scenario: Scenario, g: _Grid, micro_seqs: np.ndarray, cont
         return plain, None, ()
     size = len(g.tp)
     verify = _phase(scenario=scenario, g=g, tokens=micro_seqs * width, seqs=micro_seqs, context=context, prefill=False, cal=cal)
-    heads = timed(last_stage_works(model=scenario.model, g=g, seqs=micro_seqs * width), scenario=scenario, cal=cal, size=size)
+    heads = timed(last_stage_works(model=scenario.model, g=g, seqs=micro_seqs * width, requests=micro_seqs), scenario=scenario,
+                  cal=cal, size=size)
     whole = draft_scenario(scenario)
     if whole is not None:  # a separate draft model: every layer, its embedding and its LM head, per pass
         one_pass = _draft_model_pass_ns(whole=whole, g=g, tokens=micro_seqs, seqs=micro_seqs, context=context,
@@ -953,7 +962,8 @@ def _with_ttft(*, scenario: Scenario, table: CostTable, g: _Grid, micro_seqs: np
         sizes, chunks = [isl] * n, [1] * n
     tokens = np.asarray(sizes, dtype=float)
     chunk = table.prefill if all(t == isl for t in sizes) else _prefill_phase(
-        scenario=scenario, g=g, tokens=tokens, seqs=tokens / isl * pair_share, context=scenario.workload.input_tokens, cal=cal)
+        scenario=scenario, g=g, tokens=tokens, seqs=tokens / isl * pair_share, context=scenario.workload.input_tokens, cal=cal,
+        head_seqs=tokens / isl)
     return dataclasses.replace(table, chunk=chunk, chunk_tokens=tuple(sizes), ttft_chunks=tuple(chunks),
                                ttft_rides_decode=tuple(int(rides and on) for on in busy), ttft_waits=tuple(int(on) for on in busy),
                                ttft_model=model.value)
