@@ -153,3 +153,38 @@ def test_tensorrt_llm_on_an_amd_gpu_is_refused_at_load() -> None:
         scenario_from_dict(amd)
     assert exc.value.field == "engine.name"
     assert scenario_from_dict({**amd, "engine": {"name": "vllm"}}).cluster.gpu.name == "mi300x"
+
+
+def test_a_zero_efficiency_in_a_calibration_is_refused() -> None:
+    """A 0 efficiency or sustained share makes every time infinite; the error names the calibration field,
+    not the scenario's bandwidths (review of issue 13). Launch times and overheads may be 0."""
+    import copy
+
+    from optimizer.errors import OptimizerError
+    from optimizer.inputs.catalog import calibration_data
+    from optimizer.model.calibration import calibration_from_dict
+
+    data = copy.deepcopy(calibration_data())
+    data["gpus"]["h100-sxm"]["attention"]["decode_memory_efficiency"] = 0
+    with pytest.raises(OptimizerError, match=r"h100-sxm.attention.decode_memory_efficiency = 0: an efficiency must be > 0"):
+        calibration_from_dict(data)
+    data = copy.deepcopy(calibration_data())
+    data["gpus"]["h100-sxm"]["attention"]["decode_launch_us"] = 0
+    calibration_from_dict(data)  # a zero launch time is a value, not an error
+
+
+def test_a_calibration_file_with_a_zero_sustained_share_exits_2(tmp_path: Path) -> None:
+    import yaml
+
+    cal = tmp_path / "cal.yaml"
+    assert run("calibrate", "--scenario", "llama-3.1-70b-8xh100", "--plan", str(LLAMA_PLAN), "--measured", str(MEASURED),
+               "--out", str(cal)).exit_code == 0
+    data = yaml.safe_load(cal.read_text())
+    data["step"]["sustained_compute"] = 0
+    cal.write_text(yaml.safe_dump(data))
+    scenario = yaml.safe_load((ROOT / "scenarios" / "llama-3.1-70b-8xh100.yaml").read_text())
+    scenario["engine"] = {**scenario.get("engine", {}), "calibration_file": str(cal)}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(scenario))
+    result = run("--scenario", str(tmp_path / "s.yaml"))
+    assert result.exit_code == 2, result.output
+    assert "step.sustained_compute" in result.output and "> 0" in result.output

@@ -55,6 +55,8 @@ def calibration_data(data: dict[str, Any], *, source: str) -> dict[str, Any]:
         value = step.get(name)
         if not is_finite_number(value) or value < 0:
             raise ScenarioError(f"expected a finite number >= 0, got {value!r}", source=source, field=f"step.{name}")
+        if name.startswith("sustained_") and value == 0:  # a share of the rate: 0 would make every step infinite
+            raise ScenarioError("expected a share > 0 (a fraction of the GPU's rate), got 0", source=source, field=f"step.{name}")
     return data
 
 

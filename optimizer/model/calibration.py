@@ -276,6 +276,10 @@ def _build(cls, data: dict[str, Any], where: str):
         value = getattr(obj, f.name)
         if isinstance(value, float) and not (math.isfinite(value) and value >= 0):
             raise OptimizerError(f"calibration file: {where}.{f.name} = {value} must be finite and >= 0")
+        # an efficiency or sustained share divides a time: 0 would make every step infinite (and a later
+        # error blame the scenario's bandwidths); a launch, overhead or latency may be 0
+        if isinstance(value, float) and value == 0 and ("efficiency" in f.name or f.name.startswith("sustained_")):
+            raise OptimizerError(f"calibration file: {where}.{f.name} = 0: an efficiency must be > 0")
     return obj
 
 
