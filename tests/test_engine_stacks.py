@@ -113,3 +113,14 @@ def test_engines_without_own_rows_keep_the_stand_in():
 
 def test_every_step_row_of_every_stack_is_a_stack_of_the_calibration():
     assert {r.stack for r in reference_rows() if r.kind in STEP_KINDS} == set(STACKS) == set(shipped_calibration().stacks)
+
+
+def test_the_plan_line_says_what_stood_in_and_what_was_missing():
+    """Review of issue 13: a TensorRT-LLM scenario that asks for another stack is not told its own stack is
+    opt-in (it is its default), and a GPU whose engine tables have no fused-MoE table says the experts use
+    the GEMM fit."""
+    cal = shipped_calibration()
+    chosen = cal.describe("h100-sxm", "vllm-2024", "tensorrt-llm")
+    assert "engine.calibration_stack chose it over tensorrt-llm's own tensorrt-llm" in chosen and "opt-in" not in chosen
+    assert "no fused-MoE table here" in cal.describe("a100-sxm-80gb", cal.stack_for("vllm"), "vllm")
+    assert "no fused-MoE table" not in cal.describe("h100-sxm", cal.stack_for("vllm"), "vllm")

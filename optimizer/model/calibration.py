@@ -244,11 +244,19 @@ class Calibration:
         steps = f"stack {cal.stack}" + ("" if cal.step_measured else " (step parameters: the stack's mean over its GPUs)")
         if engine and not _own_stack(cal.stack, engine):
             own = sorted(name for name in self.stacks if _own_stack(name, engine))
-            why = (f"its own stack{'s' if len(own) > 1 else ''} {', '.join(own)} opt-in with engine.calibration_stack" if own
-                   else f"no {engine} measurements in this calibration")
+            default = self.engine_stacks.get(engine)
+            if default in own:  # the engine's own stack is its default: this one was asked for instead
+                why = f"engine.calibration_stack chose it over {engine}'s own {default}"
+            elif own:
+                why = f"its own stack{'s' if len(own) > 1 else ''} {', '.join(own)} opt-in with engine.calibration_stack"
+            else:
+                why = f"no {engine} measurements in this calibration"
             steps += f", standing in for {engine} ({why})"
         if cal.kernel_engine:
-            kernels = f"kernel tables {cal.kernels[cal.kernel_engine].tables}"
+            own_kernels = cal.kernels[cal.kernel_engine]
+            kernels = f"kernel tables {own_kernels.tables}"
+            if not own_kernels.moe:
+                kernels += " (no fused-MoE table here: routed experts are timed with its GEMM fit)"
         else:
             kernels = "shared kernel tables (aiconfigurator vLLM GEMM and attention, NCCL)"
             if engine and engine != "vllm":
