@@ -34,7 +34,7 @@ def test_json_contract(run, tmp_path):
     out = tmp_path / "plan.json"
     assert run("--scenario", "16gpu-30b", "--json", str(out)).exit_code == 0
     doc = json.loads(out.read_text())
-    assert doc["schema_version"] == "3.4"
+    assert doc["schema_version"] == "3.5"
     plan = doc["plan"]
     for key in ("tp", "pp", "dp", "ep", "etp", "edp", "batch_per_replica"):
         assert isinstance(plan[key], int)

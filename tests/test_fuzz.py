@@ -693,7 +693,7 @@ def plan_documents(draw, plan: dict[str, Any]) -> dict[str, Any]:
     if draw(st.booleans()):
         spelled["notes"] = draw(st.text(max_size=20))
     if draw(st.booleans()):
-        return {"schema_version": "3.4", "plan": spelled}
+        return {"schema_version": "3.5", "plan": spelled}
     return spelled
 
 

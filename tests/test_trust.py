@@ -126,7 +126,7 @@ def test_infeasible_json_names_conflicts_and_changes(tmp_path):
     out = tmp_path / "plan.json"
     assert run("--scenario", "llama-3.1-405b-4xh100", "--json", str(out)).exit_code == 1
     doc = json.loads(out.read_text())
-    assert doc["plan"] is None and doc["schema_version"] == "3.4"
+    assert doc["plan"] is None and doc["schema_version"] == "3.5"
     assert doc["infeasible"]["conflicts"] == [["memory_cap"], ["tpot_target"]]
     assert {"field": "cluster.num_gpus", "current": 4, "proposed": 12}.items() <= doc["infeasible"]["changes"][0].items()
 

@@ -19,7 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from optimizer.inputs import catalog
 from optimizer.inputs.scenario import Scenario
 
-SCHEMA_VERSION = "3.4"
+# 3.5 (issues 13 and 16): estimate.workload_features (speculative decoding, prefix caching, KV offload), the
+# speculative_draft operator of an estimate's decode breakdown, KV capacity counted per sequence with windowed
+# layers, and the scenario's new engine/model/cluster fields (speculative, kv_offload_bytes, windowed_kv_cache,
+# decode_attention_shares_kv, calibration_file, num_nextn_predict_layers, sliding_window_pattern, Llama 4's
+# fields, gpus_per_host). Readers of 3.4 documents see only additions.
+SCHEMA_VERSION = "3.5"
 _STRICT = ConfigDict(extra="forbid")
 
 
@@ -278,7 +283,7 @@ class PlanDocument(BaseModel):
     """A plan (``plan`` set, ``infeasible`` absent) or a proved infeasibility (``plan`` null)."""
 
     model_config = ConfigDict(extra="forbid", title=f"optimizer plan document, schema {SCHEMA_VERSION}")
-    schema_version: Literal["3.4"]
+    schema_version: Literal["3.5"]
     scenario: dict[str, Any] = Field(description="the validated scenario, every field explicit")
     plan: PlanSizes | None
     rank_map: RankMap | None = None
