@@ -184,9 +184,9 @@ def test_cp_sat_matches_exhaustive(scenario):
 @given(scenarios(memory_factors=[0.6, 0.8, 0.95], targets=False, one_head=True))
 def test_cp_sat_matches_exhaustive_where_pipelines_win(scenario):
     """The same agreement where plans pipeline: one attention head keeps TP at 1 and memory of 0.6-0.95 of
-    the one-GPU footprint often calls for stages (about a quarter of the draws pipeline), so the micro-batch cycle (``CostTable.decode_cycle_ns``: every
-    stage's step overhead and a hop per micro-batch) decides the objective (the review of issue 13 found
-    the general draw lands on PP > 1 in about 2% of feasible examples)."""
+    the one-GPU footprint often calls for stages (about a quarter of the draws pipeline), so the micro-batch
+    cycle (``CostTable.decode_cycle_ns``: every stage's step overhead and a hop per micro-batch) decides the
+    objective (the review of issue 13 found the general draw lands on PP > 1 in about 2% of feasible ones)."""
     cp, ex = solve_both(scenario)
     assert (cp is None) == (ex is None), (cp and cp.plan, ex and ex.plan)
     if cp is None:
