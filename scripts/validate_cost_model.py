@@ -20,8 +20,14 @@ not the neighbours of fitted rows.
   the other sources' step rows; ``calibrate.fit_intra_link`` without its all-reduce rows). A stack left
   with no rows is predicted by the stand-in a plan would get (``stand_in_stack``), so the 2023 stack's
   figure is what an engine without measurements carries.
-- Leave-one-regime-out: step rows at batch >= 64, EP >= 16 (none yet: no MoE step rows), TP >= 8 and
-  input >= 4096 tokens, each predicted by a step fit on the rows outside the regime.
+- Leave-one-regime-out: step rows at batch >= 64, TP >= 8 and input >= 4096 tokens, each predicted by a step
+  fit on the rows outside the regime. EP >= 16 has no step row (every one is a TP group with EP 1); its rows
+  are the large-scale expert-parallel throughputs of ``calibration/data/measurements_large_ep.csv`` (the
+  lmsys.org large-scale-EP blog: DeepSeek-V3 prefill at EP 32, decode at EP 72), each predicted by
+  ``scripts/large_scale_ep.py`` from the shipped scenario under the row's conditions with the shipped
+  calibration. Nothing is fitted to them (a check), so in sample, leave-one-out and held out are one
+  figure; a row's time is the step its throughput implies (its tokens per GPU step, an assumption where
+  the blog does not state it: the CSV says which).
 - Kernel tables per GPU: each aiconfigurator file predicted by the default entry of the other GPUs.
 Each with the set's in-sample and row-by-row leave-one-out MAPE beside it, and the held-out rows that miss
 by more than 20%. ``tests/test_held_out.py`` pins the held-out figures.
@@ -44,6 +50,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import calibrate  # noqa: E402  (scripts/calibrate.py: the fits)
+import large_scale_ep  # noqa: E402  (scripts/large_scale_ep.py: the large-scale EP rows and their predictions)
 
 from optimizer.model.calibration import Calibration, shipped_calibration  # noqa: E402
 from optimizer.model.measured import (  # noqa: E402
@@ -192,14 +199,35 @@ def leave_one_source_out(rows: list[MeasuredRow], shipped: Calibration, parts: d
     return out
 
 
+LARGE_EP_REGIME = "EP >= 16"
+LARGE_EP_PREDICTED_BY = "not fitted (a check)"
+
+
+def large_ep_check(shipped: Calibration) -> tuple[tuple, dict, tuple[str, ...]]:
+    """The rows of ``measurements_large_ep.csv`` (``large_scale_ep.large_ep_rows``), their step times as
+    ``large_scale_ep.predict_large_ep`` predicts them with the shipped calibration, and the stacks that made
+    them. Nothing in the calibration is fitted to these rows, so the prediction is held out as it stands."""
+    rows = large_scale_ep.large_ep_rows()
+    predicted = {r: large_scale_ep.predict_large_ep(r) for r in rows}
+    stacks = tuple(sorted({f"{shipped.stack_for(r.engine)} (shipped, for {r.engine})" for r in rows}))
+    return rows, predicted, stacks
+
+
 def leave_one_regime_out(rows: list[MeasuredRow], shipped: Calibration, parts: dict) -> list[HeldOut]:
-    """Every regime's step rows predicted by a step fit on the step rows outside it (every source)."""
+    """Every regime's step rows predicted by a step fit on the step rows outside it (every source); the
+    EP >= 16 regime also holds the large-scale EP rows, predicted by the shipped calibration (``large_ep_check``)."""
     steps = [r for r in rows if r.kind in STEP_KINDS]
     out = []
     for name, inside, trained_on in REGIMES:
         held = [r for r in steps if inside(r)]
         predicted, used = held_out_steps(steps, held, shipped, parts) if held else ({}, {})
-        out.append(HeldOut(name, trained_on, tuple(held), predicted, tuple(sorted(set(used.values())))))
+        stacks = set(used.values())
+        if name == LARGE_EP_REGIME:
+            check, check_predicted, check_stacks = large_ep_check(shipped)
+            trained_on = f"{trained_on} + {LARGE_EP_PREDICTED_BY}" if held else LARGE_EP_PREDICTED_BY
+            held, stacks = held + list(check), stacks | set(check_stacks)
+            predicted.update(check_predicted)
+        out.append(HeldOut(name, trained_on, tuple(held), predicted, tuple(sorted(stacks))))
     return out
 
 
@@ -234,8 +262,9 @@ def held_out_table(sets: list[HeldOut], predicted: dict[MeasuredRow, float], loo
         if not h.rows:
             lines.append(f"{h.name:58s} {0:5d} {'-':>10s} {'-':>7s} {'-':>9s} {'-':>5s}  {'n/a':6s} no measured rows in this regime")
             continue
-        in_sample = mape(pct(predicted[r], r.measured_s) for r in h.rows)
-        loo_text = f"{mape(pct(loo[r], r.measured_s) for r in h.rows):6.1f}%" if loo else "      -"
+        # rows no fit sees (the large-scale EP check) are their own in-sample and leave-one-out prediction
+        in_sample = mape(pct(predicted.get(r, h.predicted[r]), r.measured_s) for r in h.rows)
+        loo_text = f"{mape(pct(loo.get(r, h.predicted[r]), r.measured_s) for r in h.rows):6.1f}%" if loo else "      -"
         misses = h.misses(target_pct)
         by = ", ".join(h.stacks) if h.stacks else "link refit"
         lines.append(f"{h.name:58s} {len(h.rows):5d} {in_sample:9.1f}% {loo_text} {h.mape:8.1f}% {len(misses):5d}  "
