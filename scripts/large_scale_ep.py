@@ -105,14 +105,18 @@ def large_ep_rows(path: Path = MEASUREMENTS) -> tuple[LargeEpRow, ...]:
 
 
 def row_scenario(row: LargeEpRow):
-    """The shipped scenario under the row's conditions: its nodes, its input length, and for decode DeepEP's
-    low-latency mode (what auto resolves to for decode) with the KV length the row states as the decode
-    context (ISL + ceil(OSL / 2) with OSL 1: ``input_len + 1``, one token longer than the row's)."""
+    """The shipped scenario under the row's conditions: its nodes, its input length, the blog's data-parallel
+    dense FFN and LM head (``--moe-dense-tp-size 1``, ``--enable-dp-lm-head``: "Users can enable this
+    feature by setting `--moe-dense-tp-size=1`"; "To enhance scalability and efficiency, we adopt Data
+    Parallelism (DP)" for the LM head), and for decode DeepEP's low-latency mode (what auto resolves to
+    for decode) with the KV length the row states as the decode context (ISL + ceil(OSL / 2) with OSL 1:
+    ``input_len + 1``, one token longer than the row's)."""
     base = load_scenario(SCENARIO)
     assert (base.cluster.gpu.name, base.engine.name.value) == (row.gpu, row.engine), row
     cluster = base.cluster.model_copy(update={"num_nodes": row.nodes})
     workload = base.workload.model_copy(update={"input_tokens": row.input_len, "output_tokens": 1 if row.kind == "decode" else base.workload.output_tokens})
-    engine = base.engine.model_copy(update={"deepep_mode": "low_latency"}) if row.kind == "decode" else base.engine
+    engine = base.engine.model_copy(update={"moe_dense_tp_size": 1, "enable_dp_lm_head": True,
+                                            **({"deepep_mode": "low_latency"} if row.kind == "decode" else {})})
     return base.model_copy(update={"cluster": cluster, "workload": workload, "engine": engine})
 
 

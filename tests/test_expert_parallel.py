@@ -242,3 +242,48 @@ def test_a_misspelt_backend_is_bad_input_with_file_and_field(tmp_path):
                          text=True, timeout=120)
     assert run.returncode == 2
     assert "bad.yaml" in run.stderr and "engine.moe_a2a_backend" in run.stderr and "'deepep'" in run.stderr
+
+
+def test_sglang_data_parallel_dense_ffn_and_lm_head():
+    """SGLang's --moe-dense-tp-size 1 and --enable-dp-lm-head (the large-scale EP recipe, lmsys.org
+    2025-05-05: "Users can enable this feature by setting `--moe-dense-tp-size=1`"; the LM head "we adopt Data
+    Parallelism"): the dense MLP and the LM head run on each GPU's own tokens, so the dense layers lose their
+    all-reduce over the 32-GPU --tp-size group and the LM head its logits gather, while each GPU holds the
+    whole dense MLP and LM head. Default off: SGLang's defaults shard both over --tp-size."""
+    from optimizer.errors import ScenarioError as BadInput
+    from optimizer.model.cost import integer_costs
+    from optimizer.model.memory import stage_memory
+    from optimizer.search.rules import MoeDenseTpOne
+
+    default, dp = _deepseek(), _deepseek(moe_dense_tp_size=1, enable_dp_lm_head=True)
+    t0 = integer_costs(scenario=default, layouts=(EP32,), batches=(32,))
+    t1 = integer_costs(scenario=dp, layouts=(EP32,), batches=(32,))
+    assert "ffn_allreduce" in t0.decode.dense_breakdown.row(0) and "ffn_allreduce" not in t1.decode.dense_breakdown.row(0)
+    assert t1.decode.last_breakdown.row(0)["logits_gather"] < t0.decode.last_breakdown.row(0)["logits_gather"] / 10
+    assert t1.decode.dense_layer_ns[0] < t0.decode.dense_layer_ns[0] and t1.decode.last_extra_ns[0] < t0.decode.last_extra_ns[0]
+    [m0], [m1] = (stage_memory(scenario=s, layout=EP32, layers_per_stage=(61,), batch=32) for s in (default, dp))
+    vocab_h = 129280 * 7168 * 2  # the whole LM head in BF16 on each GPU
+    assert m1.weights_bytes - m0.weights_bytes >= vocab_h - vocab_h // 32
+    # the rule: the switch is planned with attention TP 1
+    rule = next(r for r in build_rules(dp) if isinstance(r, MoeDenseTpOne))
+    assert rule.holds(dp, EP32) and not rule.holds(dp, Layout(tp=2, pp=1, dp=16, ep=32, etp=1, edp=1))
+    assert not any(isinstance(r, MoeDenseTpOne) for r in build_rules(default))
+    with pytest.raises(BadInput, match="SGLang switches"):
+        scenario_from_dict({"name": "t", "cluster": {"gpu": "h100-sxm", "num_nodes": 1}, "model": "Qwen3-30B-A3B",
+                            "workload": {"concurrent_sequences": 8, "input_tokens": 128, "output_tokens": 16},
+                            "engine": {"name": "vllm", "enable_dp_lm_head": True}})
+
+
+def test_the_large_ep_launch_carries_the_data_parallel_switches():
+    from optimizer.outputs.launch import sglang_commands
+    from tests.test_launch import check_flag_sources
+
+    run = subprocess.run([sys.executable, "-m", "optimizer.cli", "--scenario", "deepseek-v3-32xh100-sglang-deepep", "--json", "-"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    doc = json.loads(run.stdout)
+    doc["scenario"]["engine"].update(moe_dense_tp_size=1, enable_dp_lm_head=True)
+    cmds = sglang_commands(doc)
+    check_flag_sources(cmds)
+    argv = " ".join(cmds.commands[0].argv)
+    assert "--moe-dense-tp-size 1" in argv and "--enable-dp-lm-head" in argv
+    assert "--moe-dense-tp-size" not in " ".join(sglang_commands(json.loads(run.stdout)).commands[0].argv)

@@ -50,21 +50,19 @@ SOURCES = {
     VLLM_4002: (6, 25.1, VLLM_MISS.format("the only Mixtral-8x22B rows, 32-token prompts and 128 decode steps, come out "
                                           "21-28% slow")),
 }
-LARGE_EP_MISS = ("not fitted (a check): the EP 72 decode row comes out +307% (374 ms against the 92 ms step its 22,282 "
-                 "tokens/s per node imply at 256 sequences per GPU, an assumption): the cost model charges SGLang's defaults, "
-                 "the dense FFN tensor parallel over all 72 GPUs (an all-reduce of 15.4 ms in each of the 3 dense layers) and "
-                 "the vocab-parallel LM head with its FP32 logits gathered over the 72 GPUs (262 ms), where the blog runs both "
-                 "data parallel (--moe-dense-tp-size=1; DP LM head), which no scenario field expresses; the two EP 32 prefill "
-                 "rows are within 20% (+14%, +10%)")
+LARGE_EP_MISS = ("not fitted (a check): with the blog's data-parallel dense FFN and LM head (engine.moe_dense_tp_size 1, "
+                 "enable_dp_lm_head) every row comes out fast: the EP 32 prefill rows -35% and -37% (80k against 50-52k "
+                 "tokens/s per node, under the 113k speed of light), the EP 72 decode row -29% (at 256 sequences per GPU, an "
+                 "assumption); the DeepEP, two-batch-overlap and redundant-expert terms are not fitted to any measurement")
 # regime -> (rows, held-out MAPE %, why it misses 20% or None)
 REGIMES = {
     "batch >= 64": (14, 18.7, None),
-    "EP >= 16": (3, 110.6, LARGE_EP_MISS),  # the large-scale EP check rows (no step row has EP > 1)
+    "EP >= 16": (3, 33.8, LARGE_EP_MISS),  # the large-scale EP check rows (no step row has EP > 1)
     "TP >= 8": (86, 13.1, None),
     "input >= 4096": (26, 10.1, None),
 }
 # the EP >= 16 rows, (kind, input length) -> error % of the predicted step time (scripts/large_scale_ep.py)
-LARGE_EP_ROWS = {("prefill", 2000): 14.4, ("prefill", 4096): 10.3, ("decode", 2000): 307.2}
+LARGE_EP_ROWS = {("prefill", 2000): -35.2, ("prefill", 4096): -37.4, ("decode", 2000): -28.8}
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +129,7 @@ def test_the_ep_regime_is_the_large_scale_ep_check_predicted_by_the_shipped_cali
     assert set(errors) == set(LARGE_EP_ROWS)
     for key, pinned in LARGE_EP_ROWS.items():
         assert errors[key] == pytest.approx(pinned, abs=BAND), key
-    assert [(r.kind, r.ep) for r in h.misses()] == [("decode", 72)]  # the prefill rows are within 20%
+    assert len(h.misses()) == 3  # every row more than 20% off (fast)
     lines = vcm.held_out_table([h], {}, None)
     assert "not fitted (a check)" in lines[1] and "EP >= 16: DeepSeek-V3 sglang decode EP72" in "\n".join(lines)
 

@@ -583,6 +583,16 @@ class Engine(_Frozen):
         default=False,
         description="SGLang --enable-two-batch-overlap, vLLM --enable-dbo (both default off): two micro-batches, one's "
                     "MoE all-to-all under the other's compute")
+    moe_dense_tp_size: Literal[1] | None = Field(
+        default=None,
+        description="SGLang --moe-dense-tp-size (server_args.py; None or 1): 1 runs a MoE model's dense-layer MLP data "
+                    "parallel, each GPU on its own tokens, instead of over the whole --tp-size group (the large-scale EP "
+                    "recipes, lmsys.org 2025-05-05); planned with attention TP 1 (rule moe_dense_tp_one)")
+    enable_dp_lm_head: bool = Field(
+        default=False,
+        description="SGLang --enable-dp-lm-head (server_args.py): the LM head vocab-parallel over the attention TP group "
+                    "(models/deepseek_v2.py use_attn_tp_group) instead of the whole --tp-size, so no logits gather "
+                    "across the attention-DP ranks; its weights are then held per attention group")
     num_redundant_experts: int = Field(
         default=0, ge=0, le=1 << 16,
         description="extra expert replicas per MoE layer (SGLang --ep-num-redundant-experts, vLLM --num-redundant-experts "
@@ -624,6 +634,9 @@ class Engine(_Frozen):
                              "sends the activations in BF16)")
         if self.calibration_file is not None and self.calibration_stack is not None:
             raise ValueError("give calibration_file or calibration_stack, not both (the file's stack is the one used)")
+        if (self.moe_dense_tp_size is not None or self.enable_dp_lm_head) and self.name is not EngineName.SGLANG:
+            raise ValueError("moe_dense_tp_size and enable_dp_lm_head are SGLang switches (--moe-dense-tp-size, "
+                             f"--enable-dp-lm-head); engine {self.name.value} has no such setting")
         return self
 
     @property

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from optimizer.model.calibration import Calibration, CustomAllReduceFit, GpuCalibration, LinkFit, calibration_for
-from optimizer.model.engines import a2a_dispatch_dtype, chunked_prefill, deepep_mode, ffn_tp, physical_experts, prefill_rides_decode, ttft_model
+from optimizer.model.engines import a2a_dispatch_dtype, chunked_prefill, deepep_mode, ffn_tp, lm_head_tp, physical_experts, prefill_rides_decode, ttft_model
 from optimizer.model.memory import ACTIVATION_BYTES, HIGH_PRECISION, LOGITS_BYTES, kv_cache_bytes_per_token_layer, kv_heads_per_rank
 from optimizer.model.workload_features import (draft_layers, draft_passes, draft_scenario, expected_tokens_per_step, per_token_ns,
                                                 uncached_pair_share, uncached_prompt_tokens, verify_tokens_per_sequence)
@@ -270,6 +270,8 @@ class _Grid:
     batch: np.ndarray  # sequences per replica
     microbatches: np.ndarray  # decode micro-batches in flight per replica
     ffn_tp: np.ndarray  # tensor-parallel width of the dense FFN (engines.ffn_tp: TP, or SGLang's --tp-size)
+    head_tp: np.ndarray  # vocab-parallel width of the LM head (engines.lm_head_tp)
+    head_offnode: np.ndarray  # 1.0 where the LM head's group spans nodes
     kv_bytes_per_token: np.ndarray  # one layer, one GPU
     kv_heads_local: np.ndarray
     tp_offnode: np.ndarray  # 1.0 where a TP group spans nodes
@@ -299,6 +301,8 @@ def grid(scenario: Scenario, layouts: tuple[Layout, ...], batches: tuple[int, ..
         batch=col(batches),
         microbatches=col(min(lay.pp, b) for lay, b in zip(layouts, batches)),
         ffn_tp=col(ffn_tp(scenario, lay) for lay in layouts),
+        head_tp=col(lm_head_tp(scenario, lay) for lay in layouts),
+        head_offnode=col(0.0 if tp_intra_node(tp=lm_head_tp(scenario, lay), gpus_per_node=gpn) else 1.0 for lay in layouts),
         kv_bytes_per_token=col(kv_cache_bytes_per_token_layer(model=model, workload=workload, tp=lay.tp) for lay in layouts),
         kv_heads_local=col(kv_heads_per_rank(model=model, tp=lay.tp) for lay in layouts),
         tp_offnode=col(0.0 if tp_intra_node(tp=lay.tp, gpus_per_node=gpn) else 1.0 for lay in layouts),
@@ -618,17 +622,17 @@ def last_stage_works(*, model: ModelSpec, g: _Grid, seqs, requests=None) -> dict
     over TP (vLLM gathers them for the sampler) and the step's per-sequence host work (sampling, scheduling)
     for ``requests`` sequences (default ``seqs``; a speculative verify step scores 1 + k positions of each
     sequence but schedules and samples it once)."""
-    # The LM head is vocab-parallel over the FFN group: SGLang's ParallelLMHead uses its whole --tp-size
-    # unless --enable-dp-lm-head (models/deepseek_v2.py: use_attn_tp_group=enable_dp_lm_head), on the
-    # positions gathered from the attention-DP ranks; elsewhere ffn_tp = TP.
-    h, shard = model.hidden_size, np.ceil(model.vocab_size / g.ffn_tp)
-    gathered = seqs * g.ffn_tp / g.tp
+    # The LM head is vocab-parallel over ``head_tp`` (engines.lm_head_tp): SGLang's ParallelLMHead uses its
+    # whole --tp-size unless --enable-dp-lm-head (models/deepseek_v2.py: use_attn_tp_group=enable_dp_lm_head),
+    # on the positions gathered from the attention-DP ranks; elsewhere (and with that switch) the attention TP.
+    h, shard = model.hidden_size, np.ceil(model.vocab_size / g.head_tp)
+    gathered = seqs * g.head_tp / g.tp
     return {
         "final_norm": Work("elementwise", bytes=2.0 * seqs * h * ACTIVATION_BYTES),
         "lm_head": Work("gemm", dtype="bf16", flops=2.0 * gathered * h * shard,
                         bytes=_bytes(shard * h, HIGH_PRECISION.bits) + gathered * shard * LOGITS_BYTES),
-        "logits_gather": Work("allgather", bytes=gathered * shard * g.ffn_tp * LOGITS_BYTES, peers=g.ffn_tp,
-                              offnode=g.ffn_offnode),
+        "logits_gather": Work("allgather", bytes=gathered * shard * g.head_tp * LOGITS_BYTES, peers=g.head_tp,
+                              offnode=g.head_offnode),
         "sequence_overhead": Work("overhead", dtype="sequence", repeat=seqs if requests is None else requests),
     }
 

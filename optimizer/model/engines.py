@@ -53,7 +53,20 @@ def attention_dp_per_instance(scenario: Scenario, layout: Layout) -> int:
 
 def ffn_tp(scenario: Scenario, layout: Layout) -> int:
     """Tensor-parallel width of the dense FFN: SGLang's whole ``--tp-size`` group ``TP x DP / EDP`` for a
-    MoE model (item 2 of the module docstring), else the attention TP."""
+    MoE model (item 2 of the module docstring), else the attention TP. With SGLang's ``--moe-dense-tp-size
+    1`` the dense MLP runs on each GPU's own tokens: the attention TP, which rule ``moe_dense_tp_one``
+    keeps at 1."""
+    if scenario.engine.name is EngineName.SGLANG and scenario.model.is_moe and scenario.engine.moe_dense_tp_size is None:
+        return layout.tp * attention_dp_per_instance(scenario, layout)
+    return layout.tp
+
+
+def lm_head_tp(scenario: Scenario, layout: Layout) -> int:
+    """Vocab-parallel width of the LM head: the dense FFN's group (``ffn_tp``: SGLang's ParallelLMHead spans
+    its whole ``--tp-size``), or the attention TP with SGLang's ``--enable-dp-lm-head``
+    (python/sglang/srt/models/deepseek_v2.py: ``use_attn_tp_group=enable_dp_lm_head``)."""
+    if scenario.engine.enable_dp_lm_head:
+        return layout.tp
     if scenario.engine.name is EngineName.SGLANG and scenario.model.is_moe:
         return layout.tp * attention_dp_per_instance(scenario, layout)
     return layout.tp

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from optimizer.model.engines import MemoryLimit, ffn_tp, memory_limits, physical_experts, shared_experts_tp
+from optimizer.model.engines import MemoryLimit, ffn_tp, lm_head_tp, memory_limits, physical_experts, shared_experts_tp
 from optimizer.errors import OptimizerError
 from optimizer.model.parallel import Layout
 from optimizer.model.workload_features import draft_layers, draft_projection_params, draft_scenario, verify_tokens_per_sequence
@@ -367,7 +367,7 @@ def stage_fixed_bytes(*, scenario: Scenario, layout: Layout, batch: int, first: 
     # The embedding is vocab-parallel over the attention TP; the LM head over the FFN group (SGLang's
     # ParallelLMHead spans its whole --tp-size unless --enable-dp-lm-head: models/deepseek_v2.py), which is
     # TP elsewhere. Tied weights on one stage are one tensor, the embedding's.
-    h, shard, head_shard = model.hidden_size, ceil_div(model.vocab_size, layout.tp), ceil_div(model.vocab_size, ffn_tp(scenario, layout))
+    h, shard, head_shard = model.hidden_size, ceil_div(model.vocab_size, layout.tp), ceil_div(model.vocab_size, lm_head_tp(scenario, layout))
     params = (shard * h if first else 0) + ((head_shard * h if not (model.tie_word_embeddings and first) else 0) + h if last else 0)
     draft = draft_bytes(scenario=scenario, layout=layout, batch=batch) if last else DraftBytes(0, 0, 0)
     return StageFixedBytes(

@@ -193,6 +193,10 @@ FLAG_SOURCES: tuple[FlagSource, ...] = (
     FlagSource("sglang", "--deepep-mode", "python/sglang/srt/server_args.py (deepep_mode, default auto); "
                "layers/moe/utils.py DeepEPMode", _S),
     FlagSource("sglang", "--enable-two-batch-overlap", "python/sglang/srt/server_args.py (default False)", _S),
+    FlagSource("sglang", "--moe-dense-tp-size", "python/sglang/srt/server_args.py (moe_dense_tp_size: None or 1, the "
+               "dense MLP's TP; used by the large-scale EP recipe, lmsys.org/blog/2025-05-05-large-scale-ep)", _S),
+    FlagSource("sglang", "--enable-dp-lm-head", "python/sglang/srt/server_args.py (default False); models/deepseek_v2.py "
+               "(use_attn_tp_group=enable_dp_lm_head)", _S),
     FlagSource("sglang", "--ep-num-redundant-experts", "python/sglang/srt/server_args.py (default 0); "
                "eplb/expert_location.py ((E + R) % ep_size == 0)", _S),
     FlagSource("sglang", "--nnodes", _SMULTI, _S),
@@ -801,6 +805,8 @@ def sglang_commands(document: Mapping[str, Any], *, node_addresses: Sequence[str
         common += ["--enable-two-batch-overlap"] if ep_engine.enable_two_batch_overlap else []
         common += (["--ep-num-redundant-experts", str(ep_engine.num_redundant_experts)]
                    if ep_engine.num_redundant_experts else [])
+        common += ["--moe-dense-tp-size", "1"] if ep_engine.moe_dense_tp_size == 1 else []
+    common += ["--enable-dp-lm-head"] if p.scenario.engine.enable_dp_lm_head else []
     common += ["--mem-fraction-static", decimal_text(p.scenario.search.gpu_memory_utilization),
                "--max-running-requests", str(p.batch_per_replica * dp_i),
                "--context-length", str(max_model_len(p.scenario, kv_capacity_tokens=p.kv_capacity_tokens)),

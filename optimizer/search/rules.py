@@ -392,6 +392,26 @@ def speculative_pipeline_refusal(scenario: Scenario) -> str | None:
     return None
 
 
+class MoeDenseTpOne(LayoutRule):
+    """SGLang's ``--moe-dense-tp-size 1`` (``engine.moe_dense_tp_size``) runs the dense MLP on each GPU's own
+    tokens; the planner models it with attention TP 1, the data-parallel attention of the large-scale EP
+    recipes (lmsys.org 2025-05-05), where the dense MLP's width is then 1 (``engines.ffn_tp``)."""
+
+    name = "moe_dense_tp_one"
+    formula = "tp == 1 (engine.moe_dense_tp_size 1)"
+
+    def holds(self, scenario: Scenario, layout: Layout) -> bool:
+        return layout.tp == 1
+
+    def holds_grid(self, scenario: Scenario, grid: SizeArrays) -> np.ndarray:
+        return grid.tp == 1
+
+    def evaluate(self, scenario: Scenario, layout: Layout) -> Check:
+        detail = (f"attention TP = {layout.tp}: " + ("the dense MLP runs on each GPU's own tokens" if layout.tp == 1 else
+                  "--moe-dense-tp-size 1 is planned with data-parallel attention (TP 1) only"))
+        return make_check(self.name, self.formula, layout.tp, "==", 1, detail)
+
+
 class SpeculativeOneStage(LayoutRule):
     """Speculative decoding on an engine that does not pipeline it runs in one stage
     (``speculative_pipeline_refusal`` has the engines and sources): PP = 1."""
@@ -1007,6 +1027,8 @@ def build_rules(scenario: Scenario) -> tuple[Rule, ...]:
     rules.append(TpWithinNode())
     if speculative_pipeline_refusal(scenario):
         rules.append(SpeculativeOneStage())
+    if engine.moe_dense_tp_size == 1 and model.is_moe:
+        rules.append(MoeDenseTpOne())
     if engine.name is not EngineName.MEGATRON and scenario.cluster.num_nodes > 1:  # one node: every map runs
         rules.append(EnginePlacement())
     rules.append(LayerSplit())
