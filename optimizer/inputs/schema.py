@@ -22,8 +22,8 @@ from optimizer.inputs.scenario import Scenario
 # 3.5 (issues 13 and 16): estimate.workload_features (speculative decoding, prefix caching, KV offload), the
 # speculative_draft operator of an estimate's decode breakdown, KV capacity counted per sequence with windowed
 # layers, and the scenario's new engine/model/cluster fields (speculative, kv_offload_bytes, windowed_kv_cache,
-# decode_attention_shares_kv, calibration_file, num_nextn_predict_layers, sliding_window_pattern, Llama 4's
-# fields, gpus_per_host). Readers of 3.4 documents see only additions.
+# decode_attention_shares_kv, calibration_file, moe_dense_tp_size, enable_dp_lm_head, num_nextn_predict_layers,
+# sliding_window_pattern, Llama 4's fields, gpus_per_host). Readers of 3.4 documents see only additions.
 SCHEMA_VERSION = "3.5"
 _STRICT = ConfigDict(extra="forbid")
 
