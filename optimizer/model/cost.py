@@ -688,14 +688,13 @@ class PhaseCosts:
     last_breakdown: LayerTime
     boundary_breakdown: LayerTime
     # Every stage's own fixed cost per step (one micro-batch): its launch and scheduling (``stage_works``).
-    stage_extra_ns: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    stage_breakdown: LayerTime | None = None
+    stage_extra_ns: np.ndarray
+    stage_breakdown: LayerTime
 
     def stage_fixed_ns(self, c: int, pp: int) -> int:
         """What every stage of layout ``c`` pays per micro-batch besides its layers and first/last extras:
         its own step overhead, plus one hop (its send/recv) where ``pp > 1`` (ns)."""
-        extra = int(self.stage_extra_ns[c]) if len(self.stage_extra_ns) else 0
-        return extra + (int(self.boundary_ns[c]) if pp > 1 else 0)
+        return int(self.stage_extra_ns[c]) + (int(self.boundary_ns[c]) if pp > 1 else 0)
 
 
 @dataclass(frozen=True)
@@ -744,7 +743,7 @@ class CostTable:
             + self.num_moe_layers * int(phase.moe_layer_ns[c])
             + int(phase.first_extra_ns[c])
             + int(phase.last_extra_ns[c])
-            + pp * (int(phase.stage_extra_ns[c]) if len(phase.stage_extra_ns) else 0)
+            + pp * int(phase.stage_extra_ns[c])
             + (pp - 1) * int(phase.boundary_ns[c])
         )
 
@@ -766,7 +765,7 @@ class CostTable:
         chunk is the same scheduler step (one forward of chunk and decode tokens), so its stages' step
         overheads are not charged twice. Independent of the layer split."""
         ride = self.ride_phase
-        own = self.layouts[c].pp * (int(ride.stage_extra_ns[c]) if len(ride.stage_extra_ns) else 0)
+        own = self.layouts[c].pp * int(ride.stage_extra_ns[c])
         step = self.phase_total_ns(self.chunk, c) + self.ttft_rides_decode[c] * (self.phase_total_ns(ride, c) - own)
         return self.ttft_chunks[c] * (step + self.ttft_waits[c] * self.prefill_share_ns[c])
 
@@ -885,9 +884,8 @@ def _draft_model_pass_ns(*, whole: Scenario, g: _Grid, tokens, seqs, context, pr
     (``PhaseCosts.stage_extra_ns``: each pass is a forward of its own) (ns per layout)."""
     dg = grid(whole, _layouts(g), tuple(int(b) for b in g.batch))
     phase = _phase(scenario=whole, g=dg, tokens=tokens, seqs=seqs, context=context, prefill=prefill, cal=cal)
-    own_step = phase.stage_extra_ns if len(phase.stage_extra_ns) else 0
     return (whole.model.num_dense_layers * phase.dense_layer_ns + whole.model.num_moe_layers * phase.moe_layer_ns
-            + phase.first_extra_ns + phase.last_extra_ns + own_step)
+            + phase.first_extra_ns + phase.last_extra_ns + phase.stage_extra_ns)
 
 
 def _prefill_phase(*, scenario: Scenario, g: _Grid, tokens, seqs, context, cal: GpuCalibration, head_seqs=None) -> PhaseCosts:
@@ -934,8 +932,7 @@ def _decode_phases(*, scenario: Scenario, g: _Grid, micro_seqs: np.ndarray, cont
                                         prefill=False, cal=cal)
     else:
         draft_layer_ns = plain.moe_layer_ns if scenario.model.is_moe else plain.dense_layer_ns
-        own_step = plain.stage_extra_ns if len(plain.stage_extra_ns) else 0  # each draft pass is a forward of its own
-        one_pass = draft_layer_ns + plain.last_extra_ns + own_step
+        one_pass = draft_layer_ns + plain.last_extra_ns + plain.stage_extra_ns  # each pass is a forward of its own
     draft_ns = draft_passes(scenario) * one_pass
     step = dataclasses.replace(verify, last_extra_ns=_ceil_ns(heads.total_s) + draft_ns, last_breakdown=heads)
     expected = expected_tokens_per_step(scenario)

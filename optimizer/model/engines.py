@@ -56,7 +56,12 @@ def ffn_tp(scenario: Scenario, layout: Layout) -> int:
     MoE model (item 2 of the module docstring), else the attention TP. With SGLang's ``--moe-dense-tp-size
     1`` the dense MLP runs on each GPU's own tokens: the attention TP, which rule ``moe_dense_tp_one``
     keeps at 1."""
-    if scenario.engine.name is EngineName.SGLANG and scenario.model.is_moe and scenario.engine.moe_dense_tp_size is None:
+    return layout.tp if scenario.engine.moe_dense_tp_size == 1 else _tp_size_group(scenario, layout)
+
+
+def _tp_size_group(scenario: Scenario, layout: Layout) -> int:
+    """SGLang's whole ``--tp-size`` group ``TP x DP / EDP`` for a MoE model; the attention TP elsewhere."""
+    if scenario.engine.name is EngineName.SGLANG and scenario.model.is_moe:
         return layout.tp * attention_dp_per_instance(scenario, layout)
     return layout.tp
 
@@ -65,11 +70,7 @@ def lm_head_tp(scenario: Scenario, layout: Layout) -> int:
     """Vocab-parallel width of the LM head: the dense FFN's group (``ffn_tp``: SGLang's ParallelLMHead spans
     its whole ``--tp-size``), or the attention TP with SGLang's ``--enable-dp-lm-head``
     (python/sglang/srt/models/deepseek_v2.py: ``use_attn_tp_group=enable_dp_lm_head``)."""
-    if scenario.engine.enable_dp_lm_head:
-        return layout.tp
-    if scenario.engine.name is EngineName.SGLANG and scenario.model.is_moe:
-        return layout.tp * attention_dp_per_instance(scenario, layout)
-    return layout.tp
+    return layout.tp if scenario.engine.enable_dp_lm_head else _tp_size_group(scenario, layout)
 
 
 def ttft_model(scenario: Scenario) -> TtftModel:

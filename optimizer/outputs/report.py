@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from optimizer.model.cost import COLLECTIVE_KINDS, EP_EXCHANGE_OPS, CostTable, LayerTime, batched_prefill, stage_ns
+from optimizer.model.cost import COLLECTIVE_KINDS, EP_EXCHANGE_OPS, CostTable, LayerTime, batched_prefill
 from optimizer.model.engines import instances as engine_instances
 from optimizer.model.engines import a2a_dispatch_dtype, deepep_mode, memory_limits, physical_experts
 from optimizer.model.memory import active_params, layer_kinds, total_params
@@ -311,11 +311,8 @@ def step_section(scenario: Scenario, table: CostTable, i: int, plan: Plan) -> di
     """``prefill_step_s``: one prompt through every stage and hop (the isolated TTFT); ``decode_step_s``: one decode
     step of one micro-batch through every stage and hop, without the prefill share (TPOT adds it, and
     waits for the slowest stage when micro-batches overlap)."""
-    kinds = layer_kinds(model=scenario.model, layers_per_stage=plan.layers_per_stage)
-    pp = len(kinds)
-    prefill = sum(stage_ns(table.prefill, i, kinds)) + (pp - 1) * int(table.prefill.boundary_ns[i]) + pp * int(table.prefill.stage_extra_ns[i])
-    decode = sum(stage_ns(table.decode, i, kinds)) + (pp - 1) * int(table.decode.boundary_ns[i]) + pp * int(table.decode.stage_extra_ns[i])
-    return {"prefill_step_s": prefill / 1e9, "decode_step_s": decode / 1e9}
+    # every stage, its step overhead and every hop: the table's one definition, whatever the layer split
+    return {"prefill_step_s": table.phase_total_ns(table.prefill, i) / 1e9, "decode_step_s": table.phase_total_ns(table.decode, i) / 1e9}
 
 
 def workload_features_section(scenario: Scenario, table: CostTable, i: int, plan: Plan,
