@@ -50,19 +50,19 @@ SOURCES = {
     VLLM_4002: (6, 25.1, VLLM_MISS.format("the only Mixtral-8x22B rows, 32-token prompts and 128 decode steps, come out "
                                           "21-28% slow")),
 }
-LARGE_EP_MISS = ("not fitted (a check): with the blog's data-parallel dense FFN and LM head (engine.moe_dense_tp_size 1, "
-                 "enable_dp_lm_head) every row comes out fast: the EP 32 prefill rows -35% and -37% (80k against 50-52k "
-                 "tokens/s per node, under the 113k speed of light), the EP 72 decode row -29% (at 256 sequences per GPU, an "
-                 "assumption); the DeepEP, two-batch-overlap and redundant-expert terms are not fitted to any measurement")
 # regime -> (rows, held-out MAPE %, why it misses 20% or None)
 REGIMES = {
     "batch >= 64": (14, 18.7, None),
-    "EP >= 16": (3, 33.8, LARGE_EP_MISS),  # the large-scale EP check rows (no step row has EP > 1)
+    # the large-scale EP check rows (no step row has EP > 1), not fitted: with the blog's data-parallel dense FFN
+    # and LM head and the engines' two-batch-overlap stage order (cost.tbo_layer_s) every row still comes out
+    # fast, the two EP 32 prefill rows by 21-23% (the blog's default expert distribution against a balanced
+    # routing_imbalance 1.0; its simulated perfect EPLB runs 18% faster), the EP 72 decode row by 13%
+    "EP >= 16": (3, 18.7, None),
     "TP >= 8": (86, 13.1, None),
     "input >= 4096": (26, 10.1, None),
 }
 # the EP >= 16 rows, (kind, input length) -> error % of the predicted step time (scripts/large_scale_ep.py)
-LARGE_EP_ROWS = {("prefill", 2000): -35.2, ("prefill", 4096): -37.4, ("decode", 2000): -28.8}
+LARGE_EP_ROWS = {("prefill", 2000): -22.5, ("prefill", 4096): -20.7, ("decode", 2000): -12.9}
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +129,9 @@ def test_the_ep_regime_is_the_large_scale_ep_check_predicted_by_the_shipped_cali
     assert set(errors) == set(LARGE_EP_ROWS)
     for key, pinned in LARGE_EP_ROWS.items():
         assert errors[key] == pytest.approx(pinned, abs=BAND), key
-    assert len(h.misses()) == 3  # every row more than 20% off (fast)
+    assert len(h.misses()) == 2  # the two prefill rows more than 20% off (fast)
     lines = vcm.held_out_table([h], {}, None)
-    assert "not fitted (a check)" in lines[1] and "EP >= 16: DeepSeek-V3 sglang decode EP72" in "\n".join(lines)
+    assert "not fitted (a check)" in lines[1] and "EP >= 16: DeepSeek-V3 sglang prefill EP32" in "\n".join(lines)
 
 
 def test_a_held_out_source_is_really_left_out_of_its_fit(held_out):

@@ -145,6 +145,10 @@ class GpuSpec(_Frozen):
     memory_bytes: int = Field(gt=0)
     hbm_bytes_per_s: int = Field(gt=0)
     dense_tflops: dict[ComputeDtype, float] = Field(description="dense (no sparsity) peak, TFLOPS")
+    sm_count: int | None = Field(
+        default=None, gt=0, le=1 << 12,
+        description="streaming multiprocessors (torch.cuda.get_device_properties().multi_processor_count); used where an "
+                    "engine reserves SMs for communication (SGLang's DeepEP prefill); None: unknown, no reservation charged")
     source: str = ""
 
     @field_validator("dense_tflops", mode="before")

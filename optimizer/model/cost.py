@@ -43,7 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from optimizer.model.calibration import Calibration, CustomAllReduceFit, GpuCalibration, LinkFit, calibration_for
-from optimizer.model.engines import a2a_dispatch_dtype, chunked_prefill, deepep_mode, ffn_tp, lm_head_tp, physical_experts, prefill_rides_decode, ttft_model
+from optimizer.model.engines import (a2a_dispatch_dtype, chunked_prefill, deepep_mode, ffn_tp, lm_head_tp, physical_experts, prefill_rides_decode,
+                                     tbo_expert_sm_share, ttft_model)
 from optimizer.model.memory import ACTIVATION_BYTES, HIGH_PRECISION, LOGITS_BYTES, kv_cache_bytes_per_token_layer, kv_heads_per_rank
 from optimizer.model.workload_features import (draft_layers, draft_passes, draft_scenario, expected_tokens_per_step, per_token_ns,
                                                 uncached_pair_share, uncached_prompt_tokens, verify_tokens_per_sequence)
@@ -570,29 +571,113 @@ def layer_time(*, scenario: Scenario, g: _Grid, tokens, seqs, context, prefill: 
         return whole
     halves = layer_works(scenario=scenario, g=g, tokens=tokens / 2, seqs=seqs / 2, context=context, prefill=prefill, dense=dense)
     return two_batch_overlap(whole=whole, half=timed(halves, scenario=scenario, cal=cal, size=len(g.tp)),
-                             split=np.asarray(tokens, dtype=float) + np.zeros(len(g.tp)) >= 2)
+                             split=np.asarray(tokens, dtype=float) + np.zeros(len(g.tp)) >= 2,
+                             order=tbo_order(scenario, prefill=prefill), expert_sm_share=tbo_expert_sm_share(scenario, prefill=prefill))
 
 
 EP_EXCHANGE_OPS = ("ep_alltoall", "ep_dispatch", "ep_combine")
+# The operators of a MoE layer by the stage of a micro-batch they run in (``two_batch_overlap``): the
+# routed experts between the dispatch and the combine, the shared experts beside them, the attention
+# block (split in decode at the core attention: SGLang's ``op_prepare`` / ``op_core``) before the dispatch.
+TBO_EXPERT_OPS = ("experts", "experts_elementwise", "etp_allreduce")
+TBO_SHARED_OPS = ("shared_experts",)
+TBO_ATTENTION_PREPARE_OPS = ("qkv_proj", "norms_elementwise")
+
+# Each micro-batch's stages of one MoE layer, as the engines split them at their yield points; an action
+# is ("compute", group), ("send", "dispatch" | "combine") (the exchange starts on the communication
+# stream once the compute stream has reached it) or ("wait", ...) (the compute stream waits for it).
+# The stages of the two micro-batches alternate, the second starting ``delta`` stages behind.
+TBO_ORDERS: dict[str, tuple[int, tuple[tuple[tuple[str, str], ...], ...]]] = {
+    # SGLang prefill (batch_overlap/operations_strategy.py _compute_moe_deepseek_blog_prefill,
+    # tbo_delta_stages=0): [attention, gate, dispatch_a] | [dispatch_b, experts, combine_a] | [shared
+    # experts, combine_b, output]. vLLM --enable-dbo yields at the same points (FusedMoEModularKernel:
+    # prepare_async, dbo_yield; experts; finalize_async with the shared experts under the combine; dbo_yield).
+    "prefill_order": (0, ((("compute", "attention"), ("send", "dispatch")),
+                          (("wait", "dispatch"), ("compute", "experts"), ("send", "combine")),
+                          (("compute", "shared"), ("wait", "combine")))),
+    # SGLang decode (_compute_moe_deepseek_blog_decode, tbo_delta_stages=2): [attention prepare] |
+    # [core attention, gate] | [dispatch_a, shared experts] | [dispatch_b, experts, combine_a] |
+    # [combine_b] (the output joins the next layer's first stage). DeepSeek's decode profile
+    # (github.com/deepseek-ai/profile-data, decode.jpg) runs the same order.
+    "decode_order": (2, ((("compute", "attention_prepare"),),
+                         (("compute", "attention"),),
+                         (("send", "dispatch"), ("compute", "shared")),
+                         (("wait", "dispatch"), ("compute", "experts"), ("send", "combine")),
+                         (("wait", "combine"),))),
+}
 
 
-def two_batch_overlap(*, whole: LayerTime, half: LayerTime, split: np.ndarray) -> LayerTime:
-    """A MoE layer run as two micro-batches of half the tokens, one's EP exchange under the other's compute
-    (SGLang ``--enable-two-batch-overlap``, ``batch_overlap/two_batch_overlap.py``; vLLM ``--enable-dbo``;
-    DeepSeek's "dual micro-batch overlap", DeepSeek-V3 report section 3.4). Each micro-batch pays every
-    operator at its own size, launches and per-layer overheads included (the calibration's fixed terms,
-    twice: the cost of splitting), and the ``tbo_overlap`` term takes back the hidden part, ``min(compute,
-    exchange)`` of the two micro-batches together, so the layer costs ``max(compute, exchange) + overheads``:
-    at most perfect overlap, never below either part. The ETP and TP collectives are not overlapped
-    (conservative). Layouts where ``split`` is false (fewer than 2 tokens) run whole.
+def tbo_order(scenario: Scenario, *, prefill: bool) -> str:
+    """The stage order of ``two_batch_overlap``: SGLang's decode order for its decode steps, else the
+    prefill order (SGLang prefill; vLLM DBO in both phases)."""
+    return "decode_order" if scenario.engine.name.value == "sglang" and not prefill else "prefill_order"
+
+
+def tbo_layer_s(groups: dict[str, np.ndarray], comm: dict[str, np.ndarray], order: str, *, layers: tuple[int, int] = (4, 8)) -> np.ndarray:
+    """Seconds per MoE layer in the steady state of two micro-batches run in ``TBO_ORDERS[order]``: one
+    compute stream (in program order, waiting where a stage waits for an exchange) and one communication
+    stream (the exchanges in the order they are sent); ``groups`` and ``comm`` hold one micro-batch's
+    compute and exchange seconds per layout. The schedule is played over ``layers`` identical layers
+    and the per-layer time is the difference over the last ones (the start-up of the first layers
+    excluded). At least ``max(compute, exchange)`` of the two micro-batches, at most their sum."""
+    delta, stages = TBO_ORDERS[order]
+
+    def finish(n: int) -> np.ndarray:
+        a = [stage for _ in range(n) for stage in stages]
+        seq = [(0, s) for s in a[:delta]]
+        for i in range(len(a) - delta):
+            seq += [(0, a[delta + i]), (1, a[i])]
+        seq += [(1, s) for s in a[len(a) - delta:]]
+        zero = np.zeros_like(next(iter(comm.values())))
+        compute_t, comm_t, done = zero, zero, {}
+        for mb, stage in seq:
+            for action, name in stage:
+                if action == "compute":
+                    compute_t = compute_t + groups[name]
+                elif action == "send":
+                    comm_t = np.maximum(compute_t, comm_t) + comm[name]
+                    done[(mb, name)] = comm_t
+                else:
+                    compute_t = np.maximum(compute_t, done.pop((mb, name)))
+        return np.maximum(compute_t, comm_t)
+
+    first, last = layers
+    return (finish(last) - finish(first)) / (last - first)
+
+
+def two_batch_overlap(*, whole: LayerTime, half: LayerTime, split: np.ndarray, order: str = "prefill_order",
+                      expert_sm_share: float = 1.0) -> LayerTime:
+    """A MoE layer run as two micro-batches of half the tokens, one's EP exchange under the other's
+    compute (SGLang ``--enable-two-batch-overlap``, ``batch_overlap/two_batch_overlap.py``; vLLM
+    ``--enable-dbo``; DeepSeek's "dual micro-batch overlap", DeepSeek-V3 report section 3.4). Each
+    micro-batch pays every operator at its own size, launches and per-layer overheads included (the
+    calibration's fixed terms, twice: the cost of splitting). The two micro-batches run the engine's
+    stage order (``TBO_ORDERS``, ``tbo_layer_s``): an exchange hides only under the compute the engine
+    places beside it, so where the exchange is longer the routed experts, which wait for the dispatch,
+    stay in the open. The ``tbo_overlap`` term takes back what the schedule hides: the layer costs the
+    schedule plus the overheads, at most perfect overlap (``max(compute, exchange)``), never more than
+    running the parts one after another. Where the engine runs the routed experts on fewer SMs so that the
+    exchange has its own (``expert_sm_share``, ``engines.tbo_expert_sm_share``), their GEMMs take
+    ``1 / expert_sm_share`` as long (the ``experts`` term says so). The ETP and TP collectives are not
+    overlapped (conservative). Layouts where ``split`` is false (fewer than 2 tokens) run whole.
 
     Units: seconds per layer, per layout; the speed of light overlaps the same way."""
     def merged(whole_t: dict[str, np.ndarray], half_t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if "experts" in half_t:
+            half_t = {**half_t, "experts": half_t["experts"] / expert_sm_share}
         ops = {k: np.where(split, 2 * half_t[k], whole_t[k]) for k in whole_t}
-        comm = sum((ops[k] for k in EP_EXCHANGE_OPS if k in ops), np.zeros_like(split, dtype=float))
-        compute = sum((v for k, v in ops.items() if k not in EP_EXCHANGE_OPS and whole.kinds[k] != "overhead"),
-                      np.zeros_like(split, dtype=float))
-        ops["tbo_overlap"] = np.where(split, -np.minimum(comm, compute), 0.0)
+        zero = np.zeros_like(split, dtype=float)
+        exchange = {k: half_t[k] for k in EP_EXCHANGE_OPS if k in half_t}
+        compute = {k: v for k, v in half_t.items() if k not in EP_EXCHANGE_OPS and whole.kinds[k] != "overhead"}
+        # the engines' plain all-to-all (``ep_alltoall``) is the dispatch and the combine in one term
+        comm = {"dispatch": exchange.get("ep_dispatch", exchange.get("ep_alltoall", zero) / 2),
+                "combine": exchange.get("ep_combine", exchange.get("ep_alltoall", zero) / 2)}
+        groups = {"experts": sum((compute.pop(k) for k in TBO_EXPERT_OPS if k in compute), zero),
+                  "shared": sum((compute.pop(k) for k in TBO_SHARED_OPS if k in compute), zero),
+                  "attention_prepare": sum((compute.pop(k) for k in TBO_ATTENTION_PREPARE_OPS if k in compute), zero) if order == "decode_order" else zero}
+        groups["attention"] = sum(compute.values(), zero)
+        serial = 2 * (sum(groups.values(), zero) + comm["dispatch"] + comm["combine"])
+        ops["tbo_overlap"] = np.where(split, np.minimum(tbo_layer_s(groups, comm, order) - serial, 0.0), 0.0)
         return ops
 
     return LayerTime(ops=merged(whole.ops, half.ops), sol=merged(whole.sol, half.sol),

@@ -140,6 +140,26 @@ def deepep_mode(scenario: Scenario, *, prefill: bool) -> DeepepMode | None:
     return engine.deepep_mode
 
 
+# DeepEP's default SMs for its normal (high-throughput) kernels: ``Buffer.num_sms = 20`` (deep_ep/buffer.py),
+# which SGLang keeps unless --deepep-config names another (token_dispatcher/deepep.py ``DeepEPConfig``).
+DEEPEP_NORMAL_NUM_SMS = 20
+
+
+def tbo_expert_sm_share(scenario: Scenario, *, prefill: bool) -> float:
+    """Share of the GPU's SMs the routed experts' grouped GEMMs run on under two-batch overlap: SGLang's
+    prefill gives DeepGEMM ``total_num_sms - DeepEPConfig.num_sms`` (batch_overlap/operations_strategy.py
+    ``_compute_moe_deepseek_blog_prefill``: ``deep_gemm_num_sms``), leaving DeepEP's normal kernels their 20 SMs
+    (DeepSeek's prefill profile reserves 24 of 132 the same way: github.com/deepseek-ai/profile-data,
+    prefill.jpg). 1.0 elsewhere: SGLang's decode (DeepEP low-latency holds no SMs while in flight, "after RDMA
+    messages are issued, all GPU SMs are freed", the same README), vLLM (no such partition), and a GPU whose
+    ``sm_count`` the catalog does not give (optimistic there, by ``20 / sm_count``)."""
+    engine, sms = scenario.engine, scenario.cluster.gpu.sm_count
+    if (engine.name is not EngineName.SGLANG or not engine.enable_two_batch_overlap or sms is None
+            or deepep_mode(scenario, prefill=prefill) is not DeepepMode.NORMAL or sms <= DEEPEP_NORMAL_NUM_SMS):
+        return 1.0
+    return (sms - DEEPEP_NORMAL_NUM_SMS) / sms
+
+
 def a2a_dispatch_dtype(scenario: Scenario) -> A2aDtype:
     """What the MoE dispatch carries: ``engine.a2a_dispatch_dtype``, else as SGLang decides
     (``token_dispatcher/deepep.py``: FP8 per-128 groups when the DeepEP output dtype is FP8, i.e. the experts run
