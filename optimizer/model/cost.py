@@ -44,7 +44,7 @@ import numpy as np
 
 from optimizer.model.calibration import Calibration, CustomAllReduceFit, GpuCalibration, LinkFit, calibration_for
 from optimizer.model.engines import (a2a_dispatch_dtype, chunked_prefill, deepep_mode, ffn_tp, lm_head_tp, physical_experts, prefill_rides_decode,
-                                     tbo_expert_sm_share, ttft_model)
+                                     tbo_expert_sm_share, tbo_order, ttft_model)
 from optimizer.model.memory import ACTIVATION_BYTES, HIGH_PRECISION, LOGITS_BYTES, kv_cache_bytes_per_token_layer, kv_heads_per_rank
 from optimizer.model.workload_features import (draft_layers, draft_passes, draft_scenario, expected_tokens_per_step, per_token_ns,
                                                 uncached_pair_share, uncached_prompt_tokens, verify_tokens_per_sequence)
@@ -605,12 +605,6 @@ TBO_ORDERS: dict[str, tuple[int, tuple[tuple[tuple[str, str], ...], ...]]] = {
                          (("wait", "dispatch"), ("compute", "experts"), ("send", "combine")),
                          (("wait", "combine"),))),
 }
-
-
-def tbo_order(scenario: Scenario, *, prefill: bool) -> str:
-    """The stage order of ``two_batch_overlap``: SGLang's decode order for its decode steps, else the
-    prefill order (SGLang prefill; vLLM DBO in both phases)."""
-    return "decode_order" if scenario.engine.name.value == "sglang" and not prefill else "prefill_order"
 
 
 def tbo_layer_s(groups: dict[str, np.ndarray], comm: dict[str, np.ndarray], order: str, *, layers: tuple[int, int] = (4, 8)) -> np.ndarray:

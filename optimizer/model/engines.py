@@ -160,6 +160,13 @@ def tbo_expert_sm_share(scenario: Scenario, *, prefill: bool) -> float:
     return (sms - DEEPEP_NORMAL_NUM_SMS) / sms
 
 
+def tbo_order(scenario: Scenario, *, prefill: bool) -> str:
+    """The stage order (``cost.TBO_ORDERS``) two-batch overlap runs: SGLang's decode order for its decode
+    steps (``_compute_moe_deepseek_blog_decode``), else the prefill order (SGLang prefill; vLLM DBO in both
+    phases)."""
+    return "decode_order" if scenario.engine.name is EngineName.SGLANG and not prefill else "prefill_order"
+
+
 def a2a_dispatch_dtype(scenario: Scenario) -> A2aDtype:
     """What the MoE dispatch carries: ``engine.a2a_dispatch_dtype``, else as SGLang decides
     (``token_dispatcher/deepep.py``: FP8 per-128 groups when the DeepEP output dtype is FP8, i.e. the experts run
