@@ -80,6 +80,7 @@ class LargeEpRow:
     tokens_per_s_per_node: float
     step_tokens_per_gpu: int
     assumption: str
+    expert_distribution: str = "default"  # or "simulated perfect EPLB" (the blog's balanced-placement column)
     gpus_per_node: int = 8
 
     @property
@@ -90,7 +91,8 @@ class LargeEpRow:
     def label(self) -> str:
         per = "tokens" if self.kind == "prefill" else "sequences"
         return (f"{self.model} {self.engine} {self.kind} EP{self.ep} on {self.nodes}x{self.gpus_per_node} {self.gpu}, "
-                f"ISL {self.input_len}, {self.step_tokens_per_gpu} {per}/GPU step ({self.tokens_per_s_per_node:,.0f} tok/s/node)")
+                f"ISL {self.input_len}, {self.step_tokens_per_gpu} {per}/GPU step ({self.tokens_per_s_per_node:,.0f} tok/s/node"
+                + ("" if self.expert_distribution == "default" else f", {self.expert_distribution}") + ")")
 
 
 def large_ep_rows(path: Path = MEASUREMENTS) -> tuple[LargeEpRow, ...]:
@@ -100,7 +102,8 @@ def large_ep_rows(path: Path = MEASUREMENTS) -> tuple[LargeEpRow, ...]:
         return tuple(LargeEpRow(source_url=r["source_url"], quote=r["quote"], model=r["model"], gpu=r["gpu"],
                                 engine=r["engine"], ep=int(r["ep"]), nodes=int(r["nodes"]), input_len=int(r["input_len"]),
                                 kind=r["kind"], tokens_per_s_per_node=float(r["tokens_per_s_per_node"]),
-                                step_tokens_per_gpu=int(r["step_tokens_per_gpu"]), assumption=r["assumption"])
+                                step_tokens_per_gpu=int(r["step_tokens_per_gpu"]), assumption=r["assumption"],
+                                expert_distribution=r["expert_distribution"])
                      for r in reader)
 
 
