@@ -342,7 +342,8 @@ def fit_steps(rows: list[MeasuredRow], cals: dict[str, GpuCalibration], parts=No
     ``RIDGE`` (a GPU with many rows gets its own values, a GPU with one row mostly the stack's, a GPU with
     none exactly the stack's ``"*"``). ``sustained_memory`` is capped per GPU so that weights stream at
     most at ``HBM_CEILING`` of the datasheet HBM rate (``HBM_CEILING / gemm memory_efficiency``). The residuals are each row's log
-    error and the ranking hinges (``RANK_WEIGHT``). ``parts`` (row -> StepParts) may be passed in to reuse
+    error and the ranking hinges (``RANK_WEIGHT``); each stack is fitted from every ``STEP_STARTS`` start and
+    keeps the lowest cost (one start ends in a BLAS-dependent local minimum). ``parts`` (row -> StepParts) may be passed in to reuse
     the tabulated base times. ``fixed`` (name -> value) holds parameters at a value instead of fitting
     them (validation: how much worse the rows fit with an overhead they leave at its bound)."""
     fixed = fixed or {}

@@ -95,16 +95,27 @@ class LargeEpRow:
                 + ("" if self.expert_distribution == "default" else f", {self.expert_distribution}") + ")")
 
 
+EXPERT_DISTRIBUTIONS = ("default", "simulated perfect EPLB")  # the blog's two expert placements
+
+
 def large_ep_rows(path: Path = MEASUREMENTS) -> tuple[LargeEpRow, ...]:
-    """The rows of ``measurements_large_ep.csv`` (comment lines start with ``#``)."""
+    """The rows of ``measurements_large_ep.csv`` (comment lines start with ``#``).
+
+    Raises:
+        ValueError: a row's ``expert_distribution`` is not one of ``EXPERT_DISTRIBUTIONS``.
+    """
     with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(line for line in f if not line.startswith("#"))
-        return tuple(LargeEpRow(source_url=r["source_url"], quote=r["quote"], model=r["model"], gpu=r["gpu"],
-                                engine=r["engine"], ep=int(r["ep"]), nodes=int(r["nodes"]), input_len=int(r["input_len"]),
-                                kind=r["kind"], tokens_per_s_per_node=float(r["tokens_per_s_per_node"]),
-                                step_tokens_per_gpu=int(r["step_tokens_per_gpu"]), assumption=r["assumption"],
-                                expert_distribution=r["expert_distribution"])
-                     for r in reader)
+        records = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    for n, r in enumerate(records, start=1):
+        if r["expert_distribution"] not in EXPERT_DISTRIBUTIONS:
+            raise ValueError(f"{path}: data row {n}: expert_distribution {r['expert_distribution']!r} is not one of "
+                             f"{', '.join(EXPERT_DISTRIBUTIONS)}")
+    return tuple(LargeEpRow(source_url=r["source_url"], quote=r["quote"], model=r["model"], gpu=r["gpu"],
+                            engine=r["engine"], ep=int(r["ep"]), nodes=int(r["nodes"]), input_len=int(r["input_len"]),
+                            kind=r["kind"], tokens_per_s_per_node=float(r["tokens_per_s_per_node"]),
+                            step_tokens_per_gpu=int(r["step_tokens_per_gpu"]), assumption=r["assumption"],
+                            expert_distribution=r["expert_distribution"])
+                 for r in records)
 
 
 def row_scenario(row: LargeEpRow):

@@ -202,3 +202,16 @@ def test_held_out_kernel_table_mape_is_pinned(kernel_held_out, table):
     for t, mape in sorted(KERNEL_TABLES.items())])
 def test_held_out_kernel_table_meets_the_20_percent_target(kernel_held_out, table):
     assert kernel_held_out[table] <= 20
+
+
+def test_a_large_ep_row_with_an_unknown_expert_distribution_is_refused(tmp_path):
+    """measurements_large_ep.csv names the blog's placement per row; a value outside the two it ran is an error
+    that names the file and row, not a row silently costed as if balanced."""
+    import large_scale_ep
+
+    text = large_scale_ep.MEASUREMENTS.read_text(encoding="utf-8")
+    bad = tmp_path / "rows.csv"
+    bad.write_text(text.replace(",simulated perfect EPLB\n", ",perfect\n"), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"rows\.csv: data row 4: expert_distribution 'perfect'"):
+        large_scale_ep.large_ep_rows(bad)
+    assert len(large_scale_ep.large_ep_rows()) == 4
